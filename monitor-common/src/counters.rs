@@ -1,0 +1,49 @@
+//! Indices into the per-CPU `COUNTERS` array the kernel programs keep.
+//!
+//! Loss is counted where it happens, in the kernel, so that the agent can
+//! report it next to what it did receive (a failed ring-buffer reserve is
+//! visible only to the program that tried it). The agent sums the per-CPU
+//! slots. Append-only: a retired index stays reserved.
+
+use crate::records::kind;
+
+/// Ring-buffer reserve failed (buffer full): `RINGBUF_FULL + kind`.
+pub const COUNTER_RINGBUF_FULL: u32 = 0;
+/// A user-memory read failed (page not present or bad pointer) while building
+/// a record; the record was still sent with the field marked: `USER_FAULT + kind`.
+pub const COUNTER_USER_FAULT: u32 = 16;
+/// A kernel-memory read failed while building a record: `KERNEL_FAULT + kind`.
+pub const COUNTER_KERNEL_FAULT: u32 = 32;
+/// A new thread could not get a syscall-profile slot (map full): its
+/// syscalls went uncounted.
+pub const COUNTER_PROFILE_MAP_FULL: u32 = 48;
+/// Syscalls that could not be counted because the thread had no profile slot.
+pub const COUNTER_PROFILE_UNCOUNTED: u32 = 49;
+/// A syscall's entry arguments could not be stashed for its exit (map full):
+/// that event was lost.
+pub const COUNTER_PENDING_MAP_FULL: u32 = 50;
+/// A syscall exit found no stashed entry (the agent attached mid-call, or the
+/// stash was lost): that event was lost.
+pub const COUNTER_PENDING_MISSING: u32 = 51;
+/// Paths truncated at the capture bounds (not loss: the record says so).
+pub const COUNTER_PATH_TRUNCATED: u32 = 52;
+/// Number of counter slots.
+pub const COUNTER_SLOTS: u32 = 64;
+
+const _: () = assert!(kind::COUNT <= 16);
+
+/// Stable name of a counter slot, or `None` for an unused slot.
+pub fn counter_name(index: u32) -> Option<(&'static str, Option<&'static str>)> {
+    let kind_of = |base: u32| kind::name((index - base) as u8);
+    Some(match index {
+        0..16 => ("ringbuf_full", Some(kind_of(COUNTER_RINGBUF_FULL))),
+        16..32 => ("user_read_fault", Some(kind_of(COUNTER_USER_FAULT))),
+        32..48 => ("kernel_read_fault", Some(kind_of(COUNTER_KERNEL_FAULT))),
+        COUNTER_PROFILE_MAP_FULL => ("profile_map_full", None),
+        COUNTER_PROFILE_UNCOUNTED => ("profile_uncounted_syscalls", None),
+        COUNTER_PENDING_MAP_FULL => ("pending_map_full", None),
+        COUNTER_PENDING_MISSING => ("pending_missing", None),
+        COUNTER_PATH_TRUNCATED => ("path_truncated", None),
+        _ => return None,
+    })
+}

@@ -1,0 +1,273 @@
+//! Process lifecycle: exec, fork (new processes only) and exit.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use monitor_common::{
+    COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExitRecord, ForkRecord,
+    ThreadExitRecord, exec_flags, kind,
+};
+
+use crate::{
+    kernel::{
+        EVENTS, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
+        fill_task, off, read, read_ptr, write_header,
+    },
+    profile::PROFILES,
+    vfs::{capture_path, set_empty},
+};
+
+/// `sched_process_exec(task, old_pid, bprm)`: runs after the new image is
+/// set up, in the context of the process, so its argument block is mapped
+/// and paths come from `bprm` in kernel memory.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    if configured() {
+        try_exec(&ctx);
+    }
+    0
+}
+
+fn try_exec(ctx: &BtfTracePointContext) {
+    let task: usize = ctx.arg(0);
+    let old_tid: i32 = ctx.arg(1);
+    let bprm: usize = ctx.arg(2);
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+        count_ringbuf_full(kind::EXEC);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record; fields are written in place
+    // (the record is far larger than the 512-byte stack).
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::EXEC, core::mem::size_of::<ExecRecord>());
+        if fill_task(&raw mut (*rec).task, task).is_err() {
+            count_kernel_fault(kind::EXEC);
+        }
+        (*rec).old_tid = old_tid as u32;
+        (*rec)._pad0 = 0;
+        let mut flags = fill_exe(rec, bprm);
+        flags |= fill_argv(rec, task);
+        (*rec).header.flags = flags;
+    }
+    entry.submit(0);
+}
+
+/// Filename, resolved path and inode facts of the executed file.
+///
+/// # Safety
+/// `rec` must point to a reserved exec record.
+#[inline(always)]
+unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize) -> u16 {
+    let mut flags = 0;
+    // SAFETY: per the function contract.
+    unsafe {
+        let filename = read_ptr(bprm, off!(bprm_filename)).unwrap_or(0);
+        let interp = read_ptr(bprm, off!(bprm_interp)).unwrap_or(0);
+        if interp != filename {
+            flags |= exec_flags::SCRIPT;
+        }
+        let n = bpf_probe_read_kernel_str(
+            (*rec).filename.as_mut_ptr().cast(),
+            EXEC_FILENAME_MAX as u32,
+            filename as *const _,
+        );
+        if n > 0 {
+            (*rec).filename_len = (n - 1) as u16;
+            if n as usize >= EXEC_FILENAME_MAX {
+                flags |= exec_flags::FILENAME_TRUNCATED;
+            }
+        } else {
+            (*rec).filename_len = 0;
+            flags |= exec_flags::FILENAME_FAULT;
+            count_kernel_fault(kind::EXEC);
+        }
+
+        (*rec).exe_ino = 0;
+        (*rec).exe_dev = 0;
+        (*rec).exe_mode = 0;
+        (*rec).exe_uid = 0;
+        (*rec).exe_nlink = 1;
+        match read_ptr(bprm, off!(bprm_file)) {
+            Ok(file) => {
+                capture_path(&raw mut (*rec).path, file + off!(file_f_path));
+                if let Ok(inode) = read_ptr(file, off!(file_f_inode)) {
+                    (*rec).exe_ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
+                    (*rec).exe_mode = u32::from(read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0));
+                    (*rec).exe_uid = read::<u32>(inode, off!(inode_i_uid)).unwrap_or(0);
+                    let nlink = read::<u32>(inode, off!(inode_i_nlink)).unwrap_or(1);
+                    (*rec).exe_nlink = nlink;
+                    if nlink == 0 {
+                        flags |= exec_flags::FILELESS;
+                    }
+                    if let Ok(sb) = read_ptr(inode, off!(inode_i_sb)) {
+                        (*rec).exe_dev = read::<u32>(sb, off!(sb_s_dev)).unwrap_or(0);
+                    }
+                }
+            }
+            Err(_) => {
+                set_empty(&raw mut (*rec).path, monitor_common::path_flags::FAULT);
+                count_kernel_fault(kind::EXEC);
+            }
+        }
+    }
+    flags
+}
+
+/// The argument block `mm->arg_start..arg_end` of the new image.
+///
+/// # Safety
+/// `rec` must point to a reserved exec record.
+#[inline(always)]
+unsafe fn fill_argv(rec: *mut ExecRecord, task: usize) -> u16 {
+    let mut flags = 0;
+    let (start, end) = match read_ptr(task, off!(task_mm)) {
+        Ok(mm) => (
+            // SAFETY: probe reads.
+            unsafe { read::<u64>(mm, off!(mm_arg_start)) }.unwrap_or(0),
+            unsafe { read::<u64>(mm, off!(mm_arg_end)) }.unwrap_or(0),
+        ),
+        Err(_) => (0, 0),
+    };
+    let total = end.saturating_sub(start);
+    // One byte below the area size, so a mask can prove the bound.
+    let mut len = if total > (EXEC_ARGV_MAX - 1) as u64 {
+        flags |= exec_flags::ARGV_TRUNCATED;
+        (EXEC_ARGV_MAX - 1) as u32
+    } else {
+        total as u32
+    };
+    len &= (EXEC_ARGV_MAX - 1) as u32;
+    // SAFETY: per the function contract; at most `len` < EXEC_ARGV_MAX bytes
+    // are written into the argv array.
+    unsafe {
+        (*rec).argv_total = total as u32;
+        if len > 0
+            && bpf_probe_read_user((*rec).argv.as_mut_ptr().cast(), len, start as *const _) != 0
+        {
+            flags |= exec_flags::ARGV_FAULT;
+            count(COUNTER_USER_FAULT + u32::from(kind::EXEC));
+            len = 0;
+        }
+        (*rec).argv_len = len;
+    }
+    flags
+}
+
+/// `sched_process_fork(parent, child)`: reported for new processes only.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    if configured() {
+        try_fork(&ctx);
+    }
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) {
+    let parent: usize = ctx.arg(0);
+    let child: usize = ctx.arg(1);
+    // SAFETY: probe reads.
+    let (Ok(tid), Ok(pid)) = (unsafe { read::<u32>(child, off!(task_pid)) }, unsafe {
+        read::<u32>(child, off!(task_tgid))
+    }) else {
+        count_kernel_fault(kind::FORK);
+        return;
+    };
+    if tid != pid {
+        return; // a new thread, not a new process
+    }
+    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
+        count_ringbuf_full(kind::FORK);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::FORK, core::mem::size_of::<ForkRecord>());
+        if fill_task(&raw mut (*rec).task, child).is_err() {
+            count_kernel_fault(kind::FORK);
+        }
+        (*rec).parent_tid = read::<u32>(parent, off!(task_pid)).unwrap_or(0);
+        (*rec).parent_pid = read::<u32>(parent, off!(task_tgid)).unwrap_or(0);
+    }
+    entry.submit(0);
+}
+
+/// `sched_process_exit(task[, group_dead])`: every thread; the process exit
+/// is reported once, for the thread that ends the thread group. Each thread
+/// also hands over its final syscall profile.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    if configured() {
+        try_exit(&ctx);
+    }
+    0
+}
+
+fn try_exit(ctx: &BtfTracePointContext) {
+    let task = current_task();
+    let (tid, pid) = crate::kernel::current_ids();
+    flush_profile(tid, pid);
+
+    let group_dead = if config!(exit_has_group_dead) != 0 {
+        let arg: u64 = ctx.arg(1);
+        arg & 0xff != 0
+    } else {
+        // Older kernels: the live count was decremented before the tracepoint.
+        match read_ptr(task, off!(task_signal)) {
+            // SAFETY: probe read.
+            Ok(signal) => unsafe { read::<i32>(signal, off!(signal_live)) }.unwrap_or(0) == 0,
+            Err(_) => tid == pid,
+        }
+    };
+    if !group_dead {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
+        count_ringbuf_full(kind::EXIT);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::EXIT, core::mem::size_of::<ExitRecord>());
+        if fill_task(&raw mut (*rec).task, task).is_err() {
+            count_kernel_fault(kind::EXIT);
+        }
+        (*rec).exit_code = read::<u32>(task, off!(task_exit_code)).unwrap_or(0);
+        (*rec)._pad0 = 0;
+    }
+    entry.submit(0);
+}
+
+/// Sends the exiting thread's final profile and frees its map slot.
+#[inline(always)]
+fn flush_profile(tid: u32, pid: u32) {
+    if config!(profiles_enabled) == 0 {
+        return;
+    }
+    let Some(profile) = PROFILES.get_ptr(tid) else {
+        return;
+    };
+    match EVENTS.reserve::<ThreadExitRecord>(0) {
+        Some(mut entry) => {
+            let rec = entry.as_mut_ptr();
+            // SAFETY: `rec` is the reserved record; `profile` is a map value.
+            unsafe {
+                write_header(
+                    &raw mut (*rec).header,
+                    kind::THREAD_EXIT,
+                    core::mem::size_of::<ThreadExitRecord>(),
+                );
+                (*rec).tid = tid;
+                (*rec).pid = pid;
+                core::ptr::copy_nonoverlapping(profile, &raw mut (*rec).profile, 1);
+            }
+            entry.submit(0);
+        }
+        None => count_ringbuf_full(kind::THREAD_EXIT),
+    }
+    let _ = PROFILES.remove(tid);
+}

@@ -1,0 +1,304 @@
+//! Live capture: probes, ring-buffer source, process table and enrichment,
+//! yielding finished [`Event`]s in order.
+//!
+//! ```text
+//! kernel ring buffer -> source task (decode) -> bounded channel
+//!     -> Capture::next (process table, enrichment, loss and profile ticks)
+//! ```
+//!
+//! Stopping is two-phase: [`Capture::stop_sources`] stops reading new
+//! records (the source drains what the ring already holds), then `next`
+//! returns the remaining events and finally `None`.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    event::{
+        Detail, Event, LossDetail,
+        decode::{KernelEvent, Payload},
+        time::boottime_ns,
+    },
+    kernel::{
+        ProbeError, ProbeSettings, Probes,
+        counters::{KernelCounters, is_loss},
+        source::{self, SourceStats},
+    },
+    process::{ProcessTable, SeedStats},
+    profiles::{ProfileSettings, Profiler},
+};
+
+/// Capture settings.
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    /// What the kernel side does.
+    pub probes: ProbeSettings,
+    /// Syscall profile windows.
+    pub profiles: ProfileSettings,
+    /// Capacity of the source -> enrichment channel (events).
+    pub channel_capacity: usize,
+    /// How often loss counters are checked and a `loss` event emitted if they grew.
+    pub loss_interval: Duration,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        Self {
+            probes: ProbeSettings::default(),
+            profiles: ProfileSettings::default(),
+            channel_capacity: 8192,
+            loss_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Errors starting a capture.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The probes could not be loaded.
+    #[error(transparent)]
+    Probes(#[from] ProbeError),
+    /// /proc could not be read.
+    #[error("cannot read /proc to seed the process table")]
+    Seed(#[source] std::io::Error),
+    /// The ring buffer could not be polled.
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] std::io::Error),
+}
+
+/// A running capture; see the module docs.
+pub struct Capture {
+    probes: Probes,
+    counters: KernelCounters,
+    table: ProcessTable,
+    profiler: Option<Profiler>,
+    rx: mpsc::Receiver<KernelEvent>,
+    source: Option<JoinHandle<std::io::Result<()>>>,
+    shutdown: CancellationToken,
+    stats: Arc<SourceStats>,
+    loss_reported: BTreeMap<String, u64>,
+    pending: VecDeque<Event>,
+    loss_tick: tokio::time::Interval,
+    profile_tick: tokio::time::Interval,
+    seed: SeedStats,
+    events_out: u64,
+}
+
+impl Capture {
+    /// Loads and attaches the probes, seeds the process table and starts the
+    /// source. Must run inside a tokio runtime.
+    pub fn start(settings: &CaptureSettings) -> Result<Self, CaptureError> {
+        let mut probes = Probes::load(&settings.probes)?;
+        let ring = probes.take_events()?;
+        let counters = probes.take_counters()?;
+        let profiler = if settings.probes.syscall_profiles {
+            Some(Profiler::new(probes.take_profiles()?, settings.profiles.clone()))
+        } else {
+            None
+        };
+        // Seed after attaching, so no process falls between scan and events.
+        let mut table = ProcessTable::new();
+        let seed = table.seed().map_err(CaptureError::Seed)?;
+
+        let (tx, rx) = mpsc::channel(settings.channel_capacity);
+        let stats = Arc::new(SourceStats::default());
+        let shutdown = CancellationToken::new();
+        let source = tokio::spawn(source::run(ring, tx, stats.clone(), shutdown.clone()));
+        let mut loss_tick = tokio::time::interval(settings.loss_interval);
+        loss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut profile_tick = tokio::time::interval(settings.profiles.window);
+        profile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            probes,
+            counters,
+            table,
+            profiler,
+            rx,
+            source: Some(source),
+            shutdown,
+            stats,
+            loss_reported: BTreeMap::new(),
+            pending: VecDeque::new(),
+            loss_tick,
+            profile_tick,
+            seed,
+            events_out: 0,
+        })
+    }
+
+    /// The probes (attached programs, settings).
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// What seeding from /proc found.
+    pub fn seed_stats(&self) -> SeedStats {
+        self.seed
+    }
+
+    /// The process table.
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    /// Events returned so far.
+    pub fn events_out(&self) -> u64 {
+        self.events_out
+    }
+
+    /// Records received from the kernel so far.
+    pub fn records_in(&self) -> u64 {
+        self.stats.records.load(Ordering::Relaxed)
+    }
+
+    /// Stops reading new records; `next` then drains and ends.
+    pub fn stop_sources(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The next event, or `None` once stopped and drained.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.events_out += 1;
+                return Some(event);
+            }
+            tokio::select! {
+                record = self.rx.recv() => match record {
+                    Some(record) => self.accept(record),
+                    None => {
+                        if !self.finish().await {
+                            return None;
+                        }
+                    }
+                },
+                _ = self.loss_tick.tick() => {
+                    self.table.expire(boottime_ns());
+                    self.check_loss();
+                }
+                _ = self.profile_tick.tick() => self.drain_profiles(false),
+            }
+        }
+    }
+
+    /// Called when the source has ended: flushes the last profile windows and
+    /// loss report. Returns true if that queued events.
+    async fn finish(&mut self) -> bool {
+        if let Some(source) = self.source.take() {
+            match source.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "ring-buffer source failed"),
+                Err(err) => tracing::error!(error = %err, "ring-buffer source panicked"),
+            }
+            self.drain_profiles(true);
+            self.check_loss();
+            return !self.pending.is_empty();
+        }
+        false
+    }
+
+    fn accept(&mut self, record: KernelEvent) {
+        self.table.apply(&record);
+        match record.payload {
+            Payload::Event(detail) => {
+                if let (Detail::Exit(_), Some(task), Some(profiler)) =
+                    (&detail, &record.task, &mut self.profiler)
+                    && let Some(window) = profiler.process_exited(task.pid, record.ktime_ns)
+                {
+                    self.push_profile(window);
+                }
+                let event = self.enrich(record.ktime_ns, record.task.as_ref(), detail);
+                self.pending.push_back(event);
+            }
+            Payload::ThreadExit { tid, pid, profile } => {
+                if let Some(profiler) = &mut self.profiler {
+                    profiler.thread_exited(tid, pid, &profile, record.ktime_ns);
+                }
+            }
+        }
+    }
+
+    /// Adds process, parent and (on exec) ancestry to a detail.
+    fn enrich(
+        &mut self,
+        ktime_ns: u64,
+        task: Option<&crate::event::decode::TaskFacts>,
+        detail: Detail,
+    ) -> Event {
+        let mut event = Event::new(self.table.wall_time(ktime_ns), detail);
+        if let Some(task) = task {
+            event.process = self.table.process(task.pid, Some(task.tid));
+            event.parent = self.table.parent(task.pid);
+            if matches!(event.detail, Detail::Exec(_)) {
+                event.ancestry = self.table.ancestry(task.pid);
+            }
+        }
+        event
+    }
+
+    fn drain_profiles(&mut self, final_drain: bool) {
+        let Some(profiler) = &mut self.profiler else {
+            return;
+        };
+        for window in profiler.drain(final_drain) {
+            self.push_profile(window);
+        }
+    }
+
+    fn push_profile(&mut self, window: crate::profiles::ProfileWindow) {
+        let time = self.table.wall_time(window.end_ns);
+        let mut event = Event::new(time, Detail::SyscallProfile(window.detail(&self.table)));
+        event.process = self.table.process(window.pid, None);
+        event.parent = self.table.parent(window.pid);
+        self.pending.push_back(event);
+    }
+
+    /// All loss counters since start (kernel and userspace).
+    pub fn loss_totals(&self) -> BTreeMap<String, u64> {
+        let mut totals: BTreeMap<String, u64> =
+            self.counters.read().into_iter().filter(|(k, _)| is_loss(k)).collect();
+        let decode_errors = self.stats.decode_errors.load(Ordering::Relaxed);
+        if decode_errors > 0 {
+            totals.insert("decode_error".into(), decode_errors);
+        }
+        if let Some(profiler) = &self.profiler {
+            for (k, v) in profiler.loss() {
+                if v > 0 {
+                    totals.insert(k, v);
+                }
+            }
+        }
+        totals
+    }
+
+    /// Fault counters (degraded fields, not lost events).
+    pub fn fault_totals(&self) -> BTreeMap<String, u64> {
+        self.counters.read().into_iter().filter(|(k, _)| !is_loss(k)).collect()
+    }
+
+    /// Queues a `loss` event if any loss counter grew since the last one.
+    fn check_loss(&mut self) {
+        let totals = self.loss_totals();
+        let counts: BTreeMap<String, u64> = totals
+            .iter()
+            .filter_map(|(k, &v)| {
+                let before = self.loss_reported.get(k).copied().unwrap_or(0);
+                (v > before).then(|| (k.clone(), v - before))
+            })
+            .collect();
+        if counts.is_empty() {
+            return;
+        }
+        tracing::warn!(?counts, "events lost");
+        self.loss_reported = totals.clone();
+        let time = crate::event::Timestamp::now();
+        self.pending
+            .push_back(Event::new(time, Detail::Loss(LossDetail { counts, totals })));
+    }
+}

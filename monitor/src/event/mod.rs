@@ -1,0 +1,492 @@
+//! The one event model: an envelope (time, process, parent, ancestry) and a
+//! per-kind detail, serialized as one JSON object per line with a `kind`
+//! field and snake_case keys. The format is specified in `docs/events.md`.
+//!
+//! Kernel records become these typed, owned values once, at the edge
+//! ([`decode`]); everything downstream (process table, windows, the model,
+//! sinks, replay) sees only this type.
+
+pub mod bytes;
+pub mod decode;
+pub mod decode_security;
+pub mod time;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{bytes::ByteString, time::Timestamp};
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened: the `kind` tag and its fields.
+    #[serde(flatten)]
+    pub detail: Detail,
+    /// When it happened (UTC, nanoseconds).
+    pub time: Timestamp,
+    /// The process that acted (for fork: the new child).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The image that started this one: the parent process, or, when the
+    /// process exec'd again without forking, the image it replaced (same pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Process>,
+    /// Every ancestor image, nearest first (the parent first), up to pid 1
+    /// (on exec events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
+}
+
+impl Event {
+    /// An event with no process context.
+    pub fn new(time: Timestamp, detail: Detail) -> Self {
+        Self {
+            detail,
+            time,
+            process: None,
+            parent: None,
+            ancestry: Vec::new(),
+        }
+    }
+
+    /// The `kind` tag as it appears in JSON.
+    pub fn kind(&self) -> &'static str {
+        self.detail.kind()
+    }
+}
+
+/// The identity and context of a process, as the agent knows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// The thread that acted, when it is not the main thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Effective user id.
+    pub euid: u32,
+    /// Effective group id.
+    pub egid: u32,
+    /// User name of `uid`, if the host knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Kernel `comm` (at most 15 bytes).
+    pub comm: ByteString,
+    /// Executable path, resolved by the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<ByteString>,
+    /// Argument vector of the current image, when known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<ByteString>,
+    /// cgroup v2 id.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cgroup_id: u64,
+    /// Container id, when the cgroup path names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// When the process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Timestamp>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// An ancestor in a process chain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// Process id.
+    pub pid: u32,
+    /// Executable path, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<ByteString>,
+    /// Argument vector, when known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<ByteString>,
+    /// Kernel `comm`.
+    pub comm: ByteString,
+    /// Real user id.
+    pub uid: u32,
+}
+
+/// Per-kind details. The variant name, in snake_case, is the `kind` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Detail {
+    /// A process replaced its image.
+    Exec(ExecDetail),
+    /// A new process was created (`process` is the child, `parent` the forker).
+    Fork(ForkDetail),
+    /// A process ended.
+    Exit(ExitDetail),
+    /// Outbound socket connection attempt.
+    Connect(NetDetail),
+    /// Inbound connection accepted.
+    Accept(NetDetail),
+    /// Socket bound to a local address.
+    Bind(NetDetail),
+    /// Socket listening.
+    Listen(NetDetail),
+    /// File opened for writing, or under a sensitive location.
+    FileOpen(FileDetail),
+    /// File removed.
+    FileUnlink(FileDetail),
+    /// File renamed.
+    FileRename(FileDetail),
+    /// setuid/setgid family or capset.
+    CredChange(CredDetail),
+    /// ptrace of another process.
+    Ptrace(PtraceDetail),
+    /// Kernel module load attempt.
+    ModuleLoad(ModuleDetail),
+    /// BPF program load by another process.
+    BpfLoad(BpfDetail),
+    /// memfd_create.
+    MemfdCreate(MemfdDetail),
+    /// Anonymous memory made executable.
+    MemExec(MemExecDetail),
+    /// Signal sent to another process.
+    Kill(KillDetail),
+    /// Syscall counts of one process over one window.
+    SyscallProfile(ProfileDetail),
+    /// Events the agent could not deliver or see, by reason. Never silent.
+    Loss(LossDetail),
+}
+
+impl Detail {
+    /// The `kind` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detail::Exec(_) => "exec",
+            Detail::Fork(_) => "fork",
+            Detail::Exit(_) => "exit",
+            Detail::Connect(_) => "connect",
+            Detail::Accept(_) => "accept",
+            Detail::Bind(_) => "bind",
+            Detail::Listen(_) => "listen",
+            Detail::FileOpen(_) => "file_open",
+            Detail::FileUnlink(_) => "file_unlink",
+            Detail::FileRename(_) => "file_rename",
+            Detail::CredChange(_) => "cred_change",
+            Detail::Ptrace(_) => "ptrace",
+            Detail::ModuleLoad(_) => "module_load",
+            Detail::BpfLoad(_) => "bpf_load",
+            Detail::MemfdCreate(_) => "memfd_create",
+            Detail::MemExec(_) => "mem_exec",
+            Detail::Kill(_) => "kill",
+            Detail::SyscallProfile(_) => "syscall_profile",
+            Detail::Loss(_) => "loss",
+        }
+    }
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// Exec details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecDetail {
+    /// The executed file, resolved by the kernel (`/usr/bin/echo` for `/bin/echo`).
+    pub path: ByteString,
+    /// The name as passed to exec (may be relative, a symlink, or a script).
+    pub filename: ByteString,
+    /// Argument vector.
+    pub args: Vec<ByteString>,
+    /// Argument bytes were cut at the capture bound.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub args_truncated: bool,
+    /// Size in bytes of the whole argument block in the process.
+    pub args_size: u32,
+    /// The path was cut at the capture bound or could not be fully read.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub path_truncated: bool,
+    /// The executed file has no name on disk (memfd or deleted): fileless.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fileless: bool,
+    /// A script: `path` is its interpreter, `filename` the script.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub script: bool,
+    /// Set-user-id or set-group-id executable.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub setuid: bool,
+    /// Owner uid of the executed file.
+    pub file_uid: u32,
+    /// Permission bits of the executed file (octal in text: e.g. 493 = 0o755).
+    pub file_mode: u32,
+    /// Inode of the executed file.
+    pub inode: u64,
+    /// Thread that called exec, when not the main thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_tid: Option<u32>,
+}
+
+/// Fork details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForkDetail {
+    /// Thread of the parent that forked.
+    pub parent_tid: u32,
+}
+
+/// Exit details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitDetail {
+    /// Exit status (0-255) when the process exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Terminating signal number when it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// A core dump was written.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub core_dumped: bool,
+    /// Raw wait status.
+    pub status: u32,
+}
+
+/// Socket operation details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetDetail {
+    /// `inet`, `inet6`, `unix` or `af_N`.
+    pub family: String,
+    /// `stream`, `dgram`, ... when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock_type: Option<String>,
+    /// Remote address (connect, accept) or local address (bind, listen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Remote port (connect, accept) or local port (bind, listen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Local address (accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_address: Option<String>,
+    /// Local port (accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    /// Unix socket path (abstract names start with `@`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_path: Option<ByteString>,
+    /// Socket file descriptor.
+    pub fd: i32,
+    /// listen backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i32>,
+    /// Syscall result: 0 or a new fd on success, negative errno on failure.
+    pub result: i32,
+    /// Why a field is missing (e.g. `address unreadable: page not present`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
+}
+
+/// File operation details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileDetail {
+    /// The file (for rename: the old name). Absolute when the kernel or the
+    /// process context resolved it.
+    pub path: ByteString,
+    /// Rename: the new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_path: Option<ByteString>,
+    /// Open flags as names (`O_WRONLY`, `O_CREAT`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// The open writes, creates or truncates.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub write: bool,
+    /// The path is under a configured sensitive location.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sensitive: bool,
+    /// Syscall result.
+    pub result: i32,
+    /// Why the path may be incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
+}
+
+/// Credential change details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CredDetail {
+    /// The syscall (`setuid`, `setresgid`, `capset`, ...).
+    pub syscall: String,
+    /// Its id arguments (-1 means unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<i64>,
+    /// Real, effective and saved uid after the call.
+    pub new_uids: [u32; 3],
+    /// Real, effective and saved gid after the call.
+    pub new_gids: [u32; 3],
+    /// Effective capabilities before (hex).
+    pub old_caps: String,
+    /// Effective capabilities after (hex).
+    pub new_caps: String,
+    /// Syscall result.
+    pub result: i32,
+}
+
+/// ptrace details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PtraceDetail {
+    /// Request name (`PTRACE_ATTACH`, ...) or number.
+    pub request: String,
+    /// Target thread id.
+    pub target_pid: i32,
+    /// Syscall result.
+    pub result: i32,
+}
+
+/// Module load details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModuleDetail {
+    /// `init_module` or `finit_module`.
+    pub syscall: String,
+    /// The module file (finit_module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<ByteString>,
+    /// Parameter string.
+    pub params: ByteString,
+    /// Syscall result.
+    pub result: i32,
+}
+
+/// BPF program load details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BpfDetail {
+    /// Program type name or number.
+    pub prog_type: String,
+    /// Program name.
+    pub prog_name: ByteString,
+    /// Instruction count.
+    pub insn_count: u32,
+    /// Syscall result.
+    pub result: i32,
+}
+
+/// memfd_create details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemfdDetail {
+    /// The name given.
+    pub name: ByteString,
+    /// `MFD_*` flags as names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// Syscall result (the fd).
+    pub result: i32,
+}
+
+/// Executable anonymous memory details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemExecDetail {
+    /// `mmap` or `mprotect`.
+    pub syscall: String,
+    /// Start address (hex).
+    pub address: String,
+    /// Length in bytes.
+    pub length: u64,
+    /// Protection as names.
+    pub prot: Vec<String>,
+    /// Syscall result.
+    pub result: i32,
+}
+
+/// Signal details.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KillDetail {
+    /// `kill`, `tkill` or `tgkill`.
+    pub syscall: String,
+    /// Target pid (negative: a process group).
+    pub target_pid: i32,
+    /// Signal number.
+    pub signal: i32,
+    /// Signal name (`SIGKILL`...).
+    pub signal_name: String,
+    /// Syscall result.
+    pub result: i32,
+}
+
+/// A syscall profile window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileDetail {
+    /// Window start.
+    pub window_start: Timestamp,
+    /// Window end.
+    pub window_end: Timestamp,
+    /// Total syscalls in the window.
+    pub total: u64,
+    /// Count by canonical syscall name.
+    pub counts: BTreeMap<String, u64>,
+    /// Counts of consecutive-syscall pair buckets (bucket index -> count).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "numeric_keys")]
+    pub pairs: BTreeMap<u16, u64>,
+    /// The process exited during this window (this is its last).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub final_window: bool,
+}
+
+/// Loss report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossDetail {
+    /// New losses since the previous report, by counter name
+    /// (e.g. `ringbuf_full.exec`, `user_read_fault.net`).
+    pub counts: BTreeMap<String, u64>,
+    /// Totals since the agent started.
+    pub totals: BTreeMap<String, u64>,
+}
+
+/// Maps with integer keys, written as JSON objects (string keys) and read
+/// back from them; serde's own integer-key support does not survive the
+/// buffering that `#[serde(flatten)]` does.
+mod numeric_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u16, u64>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, u64>, D::Error> {
+        BTreeMap::<String, u64>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse()
+                    .map(|k| (k, v))
+                    .map_err(|_| D::Error::custom(format!("pair bucket {k:?} is not a number 0-65535")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_json() {
+        let mut counts = BTreeMap::new();
+        counts.insert("getppid".to_owned(), 5);
+        let mut pairs = BTreeMap::new();
+        pairs.insert(56u16, 1u64);
+        let details = vec![
+            Detail::Exec(ExecDetail { path: b"/x\xff".as_slice().into(), ..Default::default() }),
+            Detail::Exit(ExitDetail { exit_code: Some(3), ..Default::default() }),
+            Detail::SyscallProfile(ProfileDetail { counts, pairs, ..Default::default() }),
+            Detail::Loss(LossDetail::default()),
+        ];
+        for detail in details {
+            let mut event = Event::new(Timestamp(1), detail);
+            event.process = Some(Process { pid: 1, ..Default::default() });
+            let json = serde_json::to_string(&event).unwrap();
+            let back: Event = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(back, event, "{json}");
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Reading the kernel's loss and fault counters.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{MapData, PerCpuArray};
+use monitor_common::{COUNTER_SLOTS, counter_name};
+
+/// Reads the per-CPU `COUNTERS` map and sums each slot over CPUs.
+pub struct KernelCounters {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    /// Wraps the map.
+    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        Self { map }
+    }
+
+    /// Non-zero counters by name (`ringbuf_full.exec`, `profile_map_full`...).
+    pub fn read(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for index in 0..COUNTER_SLOTS {
+            let Some((name, sub)) = counter_name(index) else {
+                continue;
+            };
+            let Ok(values) = self.map.get(&index, 0) else {
+                continue;
+            };
+            let total: u64 = values.iter().sum();
+            if total > 0 {
+                let key = match sub {
+                    Some(sub) => format!("{name}.{sub}"),
+                    None => name.to_owned(),
+                };
+                *out.entry(key).or_default() += total;
+            }
+        }
+        out
+    }
+}
+
+/// Counters that mean an event was lost (the rest mean degraded fields).
+pub fn is_loss(name: &str) -> bool {
+    name.starts_with("ringbuf_full")
+        || name.starts_with("profile_")
+        || name.starts_with("pending_")
+        || name.starts_with("userspace_")
+        || name.starts_with("decode_error")
+}

@@ -1,0 +1,23 @@
+//! monitor: a Linux endpoint agent that learns how a host behaves, from
+//! inside the kernel, and reports what deviates — as explained JSON events.
+//!
+//! The crate is organised along the data flow (see `docs/architecture.md`):
+//!
+//! - [`kernel`]: loads the eBPF programs (offsets from BTF), attaches them,
+//!   reads the ring buffer ([`kernel::source`]) and the loss counters;
+//! - [`event`]: the one event model, and the decoder that turns raw records
+//!   into it at the edge;
+//! - [`process`]: the process table (seeded from `/proc`, ancestry);
+//! - [`profiles`]: syscall profile windows from the in-kernel counters;
+//! - [`capture`]: all of the above as one live stream of events;
+//! - [`output`]: JSON Lines and the other sinks.
+#![deny(missing_docs)]
+
+pub mod capture;
+pub mod cli;
+pub mod event;
+pub mod kernel;
+pub mod output;
+pub mod process;
+pub mod profiles;
+pub mod syscalls;

@@ -1,0 +1,34 @@
+//! The `monitor` binary.
+//!
+//! Exit codes: 0 success, 2 error (the message names what failed and why).
+
+use clap::Parser as _;
+use monitor::cli::{Cli, Command, init_logging};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("monitor: error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Record(args) => monitor::cli::record::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("monitor: error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Writing events out.
+
+pub mod jsonl;

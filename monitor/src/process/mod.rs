@@ -1,0 +1,551 @@
+//! The process table: what the agent knows about every live process.
+//!
+//! Seeded from `/proc` at start-up so processes older than the agent have a
+//! parent, an executable, arguments and a user; kept current by fork, exec
+//! and exit events; and able to give any process's ancestry. Exited processes
+//! linger for a grace period so that late events (a child's first event, a
+//! final syscall profile) still resolve, then are removed.
+//!
+//! Lineage follows images, not only pids (as Tetragon does): when a process
+//! execs again without forking (`sh -c 'exec echo hi'`), the image it
+//! replaced becomes the parent of the new one, so the chain reads
+//! `bash -> sh -c 'exec echo hi' -> echo hi` instead of losing the `sh`.
+
+pub mod procfs;
+pub mod users;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::event::{
+    Ancestor, ByteString, Detail, Process, Timestamp,
+    decode::{KernelEvent, Payload, TaskFacts},
+    time::BootClock,
+};
+
+use self::users::UserNames;
+
+/// Longest ancestry chain reported (a guard against cycles from pid reuse).
+pub const MAX_ANCESTRY: usize = 64;
+/// How long an exited process stays resolvable.
+pub const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// Most replaced images remembered per process.
+pub const MAX_PREVIOUS_IMAGES: usize = 8;
+
+/// An image a process ran before it exec'd again without forking.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Image {
+    /// Executable path.
+    pub exe: Option<ByteString>,
+    /// Argument vector.
+    pub args: Vec<ByteString>,
+    /// comm.
+    pub comm: ByteString,
+    /// Real uid.
+    pub uid: u32,
+    /// Effective uid.
+    pub euid: u32,
+}
+
+/// One process.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessEntry {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Effective uid.
+    pub euid: u32,
+    /// Effective gid.
+    pub egid: u32,
+    /// comm.
+    pub comm: ByteString,
+    /// Executable path.
+    pub exe: Option<ByteString>,
+    /// Argument vector.
+    pub args: Vec<ByteString>,
+    /// cgroup id.
+    pub cgroup_id: u64,
+    /// Container id.
+    pub container_id: Option<String>,
+    /// Boot-time start, ns.
+    pub start_ns: u64,
+    /// Boot-time exit, ns, once exited.
+    pub exited_ns: Option<u64>,
+    /// The current image is the process's own (exec'd, or read from /proc),
+    /// not a fork-time copy of its parent's.
+    pub own_image: bool,
+    /// Images this pid ran before, replaced by exec without fork; newest first.
+    pub previous: Vec<Image>,
+}
+
+impl ProcessEntry {
+    fn image(&self) -> Image {
+        Image {
+            exe: self.exe.clone(),
+            args: self.args.clone(),
+            comm: self.comm.clone(),
+            uid: self.uid,
+            euid: self.euid,
+        }
+    }
+}
+
+/// Counts from seeding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedStats {
+    /// Processes added.
+    pub processes: usize,
+    /// Kernel threads skipped.
+    pub kernel_threads: usize,
+}
+
+/// See the module docs.
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcessEntry>,
+    /// (exit time, pid, start time) in exit order, for expiry.
+    exited: VecDeque<(u64, u32, u64)>,
+    users: UserNames,
+    proc_root: PathBuf,
+    cgroup_root: PathBuf,
+    /// cgroup id -> container id (None: looked up, not a container).
+    containers: HashMap<u64, Option<String>>,
+    clock: BootClock,
+}
+
+impl ProcessTable {
+    /// An empty table reading `/proc` and `/sys/fs/cgroup`.
+    pub fn new() -> Self {
+        Self::with_roots(Path::new("/proc"), Path::new("/sys/fs/cgroup"), UserNames::system())
+    }
+
+    /// An empty table with other roots (tests).
+    pub fn with_roots(proc_root: &Path, cgroup_root: &Path, users: UserNames) -> Self {
+        Self {
+            procs: HashMap::new(),
+            exited: VecDeque::new(),
+            users,
+            proc_root: proc_root.to_owned(),
+            cgroup_root: cgroup_root.to_owned(),
+            containers: HashMap::new(),
+            clock: BootClock::new(),
+        }
+    }
+
+    /// Number of processes known (live or in their exit grace period).
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// True if no process is known.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// The entry of a process.
+    pub fn get(&self, pid: u32) -> Option<&ProcessEntry> {
+        self.procs.get(&pid)
+    }
+
+    /// Adds every process under the procfs root. Call after the probes are
+    /// attached, so nothing falls between the scan and the first event;
+    /// events then win over what the scan read.
+    pub fn seed(&mut self) -> std::io::Result<SeedStats> {
+        let mut stats = SeedStats::default();
+        for pid in procfs::list_pids(&self.proc_root)? {
+            match self.seed_one(pid) {
+                Some(true) => stats.processes += 1,
+                Some(false) => stats.kernel_threads += 1,
+                None => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Adds one process from /proc; Some(false) for a kernel thread.
+    fn seed_one(&mut self, pid: u32) -> Option<bool> {
+        if self.procs.contains_key(&pid) {
+            return Some(true);
+        }
+        let facts = procfs::read_process(&self.proc_root, pid)?;
+        let cgroup_id = facts
+            .cgroup
+            .as_ref()
+            .and_then(|c| procfs::cgroup_id(&self.cgroup_root, c.as_bytes()))
+            .unwrap_or(0);
+        let container_id = facts.cgroup.as_ref().and_then(|c| procfs::container_id(c.as_bytes()));
+        if cgroup_id != 0 {
+            self.containers.insert(cgroup_id, container_id.clone());
+        }
+        let kernel_thread = facts.kernel_thread;
+        self.procs.insert(
+            pid,
+            ProcessEntry {
+                pid,
+                ppid: facts.ppid,
+                uid: facts.uid,
+                gid: facts.gid,
+                euid: facts.euid,
+                egid: facts.egid,
+                comm: facts.comm,
+                exe: facts.exe,
+                args: facts.args,
+                cgroup_id,
+                container_id,
+                start_ns: facts.start_ns,
+                exited_ns: None,
+                own_image: true,
+                previous: Vec::new(),
+            },
+        );
+        Some(!kernel_thread)
+    }
+
+    /// Updates the table from a kernel event (call for every event, in order).
+    pub fn apply(&mut self, event: &KernelEvent) {
+        let Some(task) = &event.task else {
+            return;
+        };
+        match &event.payload {
+            Payload::Event(Detail::Fork(_)) => {
+                // The child runs its parent's image until it execs.
+                let (exe, args) = self
+                    .procs
+                    .get(&task.ppid)
+                    .map(|p| (p.exe.clone(), p.args.clone()))
+                    .unwrap_or_default();
+                let mut entry = self.entry_from_task(task);
+                entry.exe = exe;
+                entry.args = args;
+                self.procs.insert(task.pid, entry);
+            }
+            Payload::Event(Detail::Exec(exec)) => {
+                let mut entry = self.entry_from_task(task);
+                if let Some(old) = self.procs.get(&task.pid)
+                    && old.own_image
+                    && old.start_ns == task.start_ns
+                {
+                    // exec without fork: the replaced image becomes the parent.
+                    entry.previous = std::iter::once(old.image())
+                        .chain(old.previous.iter().cloned())
+                        .take(MAX_PREVIOUS_IMAGES)
+                        .collect();
+                }
+                entry.exe = Some(exec.path.clone());
+                entry.args = exec.args.clone();
+                entry.own_image = true;
+                self.procs.insert(task.pid, entry);
+            }
+            Payload::Event(Detail::Exit(_)) => {
+                self.refresh(task);
+                if let Some(p) = self.procs.get_mut(&task.pid)
+                    && p.exited_ns.is_none()
+                {
+                    p.exited_ns = Some(event.ktime_ns);
+                    self.exited.push_back((event.ktime_ns, task.pid, p.start_ns));
+                }
+            }
+            _ => self.refresh(task),
+        }
+    }
+
+    /// Brings an entry's mutable facts (parent after reparenting, creds,
+    /// comm) up to date from a record; creates it from /proc if unknown.
+    fn refresh(&mut self, task: &TaskFacts) {
+        if !self.procs.contains_key(&task.pid) && self.seed_one(task.pid).is_none() {
+            let entry = self.entry_from_task(task);
+            self.procs.insert(task.pid, entry);
+            return;
+        }
+        let container = self.container_for(task.cgroup_id, task.pid);
+        if let Some(p) = self.procs.get_mut(&task.pid) {
+            p.ppid = task.ppid;
+            p.uid = task.uid;
+            p.gid = task.gid;
+            p.euid = task.euid;
+            p.egid = task.egid;
+            p.comm = task.comm.clone();
+            if task.cgroup_id != 0 {
+                p.cgroup_id = task.cgroup_id;
+                p.container_id = container;
+            }
+        }
+    }
+
+    fn entry_from_task(&mut self, task: &TaskFacts) -> ProcessEntry {
+        ProcessEntry {
+            pid: task.pid,
+            ppid: task.ppid,
+            uid: task.uid,
+            gid: task.gid,
+            euid: task.euid,
+            egid: task.egid,
+            comm: task.comm.clone(),
+            exe: None,
+            args: Vec::new(),
+            cgroup_id: task.cgroup_id,
+            container_id: self.container_for(task.cgroup_id, task.pid),
+            start_ns: task.start_ns,
+            exited_ns: None,
+            own_image: false,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Container id of a cgroup id, looked up once per cgroup through a
+    /// process that is in it.
+    fn container_for(&mut self, cgroup_id: u64, pid: u32) -> Option<String> {
+        if cgroup_id == 0 {
+            return None;
+        }
+        if let Some(known) = self.containers.get(&cgroup_id) {
+            return known.clone();
+        }
+        let path = self.proc_root.join(pid.to_string()).join("cgroup");
+        let found = std::fs::read(path)
+            .ok()
+            .and_then(|c| procfs::parse_cgroup_v2(&c))
+            .and_then(|c| procfs::container_id(c.as_bytes()));
+        self.containers.insert(cgroup_id, found.clone());
+        found
+    }
+
+    /// Removes processes whose exit grace period has passed.
+    pub fn expire(&mut self, now_boot_ns: u64) {
+        let grace = EXIT_GRACE.as_nanos() as u64;
+        while let Some(&(at, pid, start)) = self.exited.front() {
+            if now_boot_ns.saturating_sub(at) < grace {
+                break;
+            }
+            self.exited.pop_front();
+            // Only if the pid was not reused by a new process since.
+            if self.procs.get(&pid).is_some_and(|p| p.start_ns == start && p.exited_ns.is_some()) {
+                self.procs.remove(&pid);
+            }
+        }
+    }
+
+    /// The event-model view of a process, with `tid` when a thread acted.
+    pub fn process(&mut self, pid: u32, tid: Option<u32>) -> Option<Process> {
+        let p = self.procs.get(&pid)?.clone();
+        Some(Process {
+            pid: p.pid,
+            tid: tid.filter(|&t| t != pid),
+            ppid: p.ppid,
+            uid: p.uid,
+            gid: p.gid,
+            euid: p.euid,
+            egid: p.egid,
+            user: self.users.name(p.uid),
+            comm: p.comm,
+            exe: p.exe,
+            args: p.args,
+            cgroup_id: p.cgroup_id,
+            container_id: p.container_id,
+            start_time: (p.start_ns != 0).then(|| self.clock.to_wall(p.start_ns)),
+        })
+    }
+
+    /// The parent of a process's current image: the image it replaced when
+    /// it exec'd without forking, else its parent process.
+    pub fn parent(&mut self, pid: u32) -> Option<Process> {
+        let p = self.procs.get(&pid)?;
+        let (ppid, replaced) = (p.ppid, p.previous.first().cloned());
+        match replaced {
+            Some(image) => {
+                let mut process = self.process(pid, None)?;
+                process.exe = image.exe.clone();
+                process.args = image.args.clone();
+                process.comm = image.comm.clone();
+                process.uid = image.uid;
+                process.euid = image.euid;
+                process.user = self.users.name(image.uid);
+                Some(process)
+            }
+            None => self.process(ppid, None),
+        }
+    }
+
+    /// Ancestors of `pid`'s current image, nearest first: its replaced
+    /// images, then its parent process's image and replaced images, and so
+    /// on, stopping after pid 1, at an unknown process, or at [`MAX_ANCESTRY`].
+    pub fn ancestry(&self, pid: u32) -> Vec<Ancestor> {
+        let mut chain = Vec::new();
+        let Some(start) = self.procs.get(&pid) else {
+            return chain;
+        };
+        let push_images = |chain: &mut Vec<Ancestor>, p: &ProcessEntry| {
+            for image in &p.previous {
+                chain.push(Ancestor {
+                    pid: p.pid,
+                    exe: image.exe.clone(),
+                    args: image.args.clone(),
+                    comm: image.comm.clone(),
+                    uid: image.uid,
+                });
+            }
+        };
+        push_images(&mut chain, start);
+        let mut current = start.ppid;
+        while current != 0 && chain.len() < MAX_ANCESTRY {
+            let Some(p) = self.procs.get(&current) else {
+                break;
+            };
+            chain.push(Ancestor {
+                pid: p.pid,
+                exe: p.exe.clone(),
+                args: p.args.clone(),
+                comm: p.comm.clone(),
+                uid: p.uid,
+            });
+            push_images(&mut chain, p);
+            if current == 1 || p.ppid == current {
+                break;
+            }
+            current = p.ppid;
+        }
+        chain.truncate(MAX_ANCESTRY);
+        chain
+    }
+
+    /// Wall-clock time of a boot-time instant.
+    pub fn wall_time(&self, boot_ns: u64) -> Timestamp {
+        self.clock.to_wall(boot_ns)
+    }
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExecDetail, ExitDetail, ForkDetail};
+
+    fn table() -> ProcessTable {
+        // An empty proc root: nothing resolves from /proc, only events count.
+        let dir = std::env::temp_dir().join(format!("monitor-empty-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        ProcessTable::with_roots(&dir, &dir, UserNames::from_passwd("root:x:0:0::/root:/bin/sh\n"))
+    }
+
+    fn task(pid: u32, ppid: u32, comm: &str) -> TaskFacts {
+        TaskFacts {
+            tid: pid,
+            pid,
+            ppid,
+            comm: comm.into(),
+            start_ns: u64::from(pid) * 1000,
+            ..Default::default()
+        }
+    }
+
+    fn ev(ktime_ns: u64, task: TaskFacts, detail: Detail) -> KernelEvent {
+        KernelEvent {
+            ktime_ns,
+            task: Some(task),
+            payload: Payload::Event(detail),
+        }
+    }
+
+    fn exec(path: &str, args: &[&str]) -> Detail {
+        Detail::Exec(ExecDetail {
+            path: path.into(),
+            args: args.iter().map(|a| (*a).into()).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn fork_exec_exit_lifecycle_and_ancestry() {
+        let mut t = table();
+        t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
+        t.apply(&ev(2, task(10, 1, "init"), Detail::Fork(ForkDetail::default())));
+        // The forked child runs the parent's image.
+        assert_eq!(t.get(10).unwrap().exe.as_ref().unwrap().as_bytes(), b"/sbin/init");
+        t.apply(&ev(3, task(10, 1, "sh"), exec("/usr/bin/dash", &["sh", "-c", "x"])));
+        t.apply(&ev(4, task(11, 10, "sh"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(5, task(11, 10, "echo"), exec("/usr/bin/echo", &["echo", "hi"])));
+
+        let chain = t.ancestry(11);
+        let pids: Vec<u32> = chain.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, vec![10, 1]);
+        assert_eq!(chain[0].exe.as_ref().unwrap().as_bytes(), b"/usr/bin/dash");
+        // The fork-time copy of init's image in pid 10 is not an ancestor.
+        assert_eq!(t.parent(11).unwrap().pid, 10);
+
+        let p = t.process(11, Some(11)).unwrap();
+        assert_eq!(p.tid, None, "tid equal to pid is omitted");
+        assert_eq!(p.user.as_deref(), Some("root"), "uid 0 is root in the test passwd");
+
+        t.apply(&ev(6, task(11, 10, "echo"), Detail::Exit(ExitDetail::default())));
+        t.expire(6 + EXIT_GRACE.as_nanos() as u64 - 1);
+        assert!(t.get(11).is_some(), "kept during the grace period");
+        t.expire(6 + EXIT_GRACE.as_nanos() as u64);
+        assert!(t.get(11).is_none(), "removed after it");
+        assert!(t.get(10).is_some());
+    }
+
+    #[test]
+    fn exec_without_fork_makes_the_replaced_image_the_parent() {
+        let mut t = table();
+        t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
+        t.apply(&ev(2, task(20, 1, "init"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(3, task(20, 1, "sh"), exec("/usr/bin/dash", &["sh", "-c", "exec /bin/echo x"])));
+        t.apply(&ev(4, task(20, 1, "echo"), exec("/usr/bin/echo", &["/bin/echo", "x"])));
+        let parent = t.parent(20).unwrap();
+        assert_eq!(parent.pid, 20);
+        assert_eq!(parent.exe.unwrap().as_bytes(), b"/usr/bin/dash");
+        assert_eq!(parent.args[2].as_bytes(), b"exec /bin/echo x");
+        let chain: Vec<(u32, Vec<u8>)> = t
+            .ancestry(20)
+            .into_iter()
+            .map(|a| (a.pid, a.exe.unwrap().0))
+            .collect();
+        assert_eq!(chain, vec![(20, b"/usr/bin/dash".to_vec()), (1, b"/sbin/init".to_vec())]);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_removed_by_the_old_exit() {
+        let mut t = table();
+        t.apply(&ev(1, task(20, 1, "a"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(2, task(20, 1, "a"), Detail::Exit(ExitDetail::default())));
+        let mut reused = task(20, 1, "b");
+        reused.start_ns = 99_999;
+        t.apply(&ev(3, reused, Detail::Fork(ForkDetail::default())));
+        t.expire(u64::MAX);
+        assert_eq!(t.get(20).unwrap().comm.as_bytes(), b"b");
+    }
+
+    #[test]
+    fn ancestry_stops_on_cycles_and_unknown_parents() {
+        let mut t = table();
+        t.apply(&ev(1, task(30, 31, "x"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(1, task(31, 30, "y"), Detail::Fork(ForkDetail::default())));
+        assert!(t.ancestry(30).len() <= MAX_ANCESTRY);
+        t.apply(&ev(1, task(40, 999, "z"), Detail::Fork(ForkDetail::default())));
+        assert!(t.ancestry(40).is_empty());
+    }
+
+    #[test]
+    fn seeds_from_the_real_proc() {
+        let mut t = ProcessTable::new();
+        let stats = t.seed().unwrap();
+        assert!(stats.processes > 0);
+        let me = t.get(std::process::id()).expect("this test process");
+        assert!(me.exe.is_some());
+        // Our ancestry reaches pid 1 unless we run in a pid namespace whose
+        // init is not visible; at least our parent is there.
+        assert!(!t.ancestry(std::process::id()).is_empty());
+    }
+}

@@ -1,0 +1,206 @@
+//! Syscall profile windows from the kernel's per-thread counters.
+//!
+//! The kernel only ever increments (see `monitor_common::profile`). Every
+//! window the agent reads each thread's counters, subtracts the snapshot it
+//! took last time (wrapping), adds the difference to the thread's process,
+//! and emits one `syscall_profile` event per process that made syscalls. A
+//! thread's final counters arrive with its exit record, so its last window is
+//! never lost; a process's final window is emitted as soon as it exits.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use monitor_common::{PAIR_BUCKETS, SYSCALL_SLOTS, ThreadProfile};
+
+use crate::{
+    event::{ProfileDetail, time::boottime_ns},
+    process::ProcessTable,
+    syscalls::Abi,
+};
+
+/// Profile window settings.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    /// Window length.
+    pub window: Duration,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of one thread as last read.
+struct Snapshot {
+    pid: u32,
+    counts: Box<[u32; SYSCALL_SLOTS]>,
+    pairs: Box<[u32; PAIR_BUCKETS]>,
+}
+
+/// A process's counts accumulated since its last window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProfileWindow {
+    /// Process id.
+    pub pid: u32,
+    /// Window start, boot-time ns.
+    pub start_ns: u64,
+    /// Window end, boot-time ns.
+    pub end_ns: u64,
+    /// Syscalls in the window.
+    pub total: u64,
+    /// Count per syscall number.
+    pub counts: BTreeMap<u16, u64>,
+    /// Count per pair bucket.
+    pub pairs: BTreeMap<u16, u64>,
+    /// The process exited: this is its last window.
+    pub final_window: bool,
+}
+
+impl ProfileWindow {
+    /// The event detail, with canonical syscall names and wall-clock times.
+    pub fn detail(&self, table: &ProcessTable) -> ProfileDetail {
+        let abi = Abi::X86_64;
+        ProfileDetail {
+            window_start: table.wall_time(self.start_ns),
+            window_end: table.wall_time(self.end_ns),
+            total: self.total,
+            counts: self
+                .counts
+                .iter()
+                .map(|(&nr, &n)| (abi.name(u32::from(nr)).into_owned(), n))
+                .collect(),
+            pairs: self.pairs.clone(),
+            final_window: self.final_window,
+        }
+    }
+}
+
+/// Drains the `PROFILES` map into windows.
+pub struct Profiler {
+    map: BpfHashMap<MapData, u32, ThreadProfile>,
+    settings: ProfileSettings,
+    snapshots: HashMap<u32, Snapshot>,
+    open: HashMap<u32, ProfileWindow>,
+    last_drain_ns: u64,
+    read_errors: u64,
+}
+
+impl Profiler {
+    /// Wraps the map.
+    pub fn new(map: BpfHashMap<MapData, u32, ThreadProfile>, settings: ProfileSettings) -> Self {
+        Self {
+            map,
+            settings,
+            snapshots: HashMap::new(),
+            open: HashMap::new(),
+            last_drain_ns: boottime_ns(),
+            read_errors: 0,
+        }
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Duration {
+        self.settings.window
+    }
+
+    /// Loss counters of the userspace side.
+    pub fn loss(&self) -> Vec<(String, u64)> {
+        vec![("profile_read_error".into(), self.read_errors)]
+    }
+
+    /// Adds `profile` (a thread's counters now) to its process's window.
+    fn add(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, now_ns: u64) {
+        let last_drain = self.last_drain_ns;
+        let snapshot = self.snapshots.entry(tid).or_insert_with(|| Snapshot {
+            pid,
+            counts: Box::new([0; SYSCALL_SLOTS]),
+            pairs: Box::new([0; PAIR_BUCKETS]),
+        });
+        if snapshot.pid != pid {
+            // The tid was reused by another process: start from zero.
+            snapshot.pid = pid;
+            snapshot.counts.fill(0);
+            snapshot.pairs.fill(0);
+        }
+        let window = self.open.entry(pid).or_insert_with(|| ProfileWindow {
+            pid,
+            start_ns: last_drain,
+            ..Default::default()
+        });
+        window.end_ns = now_ns;
+        for (nr, (&now, before)) in profile.counts.iter().zip(snapshot.counts.iter_mut()).enumerate() {
+            let delta = now.wrapping_sub(*before);
+            if delta != 0 {
+                *window.counts.entry(nr as u16).or_default() += u64::from(delta);
+                window.total += u64::from(delta);
+                *before = now;
+            }
+        }
+        for (bucket, (&now, before)) in profile.pairs.iter().zip(snapshot.pairs.iter_mut()).enumerate() {
+            let delta = now.wrapping_sub(*before);
+            if delta != 0 {
+                *window.pairs.entry(bucket as u16).or_default() += u64::from(delta);
+                *before = now;
+            }
+        }
+    }
+
+    /// A thread exited with these final counters.
+    pub fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
+        self.add(tid, pid, profile, ktime_ns);
+        self.snapshots.remove(&tid);
+    }
+
+    /// The process exited: its final window, if it made any syscall since
+    /// the last one.
+    pub fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Option<ProfileWindow> {
+        let mut window = self.open.remove(&pid)?;
+        window.end_ns = window.end_ns.max(ktime_ns);
+        window.final_window = true;
+        (window.total > 0).then_some(window)
+    }
+
+    /// Reads every live thread's counters and closes the open windows.
+    /// With `final_drain`, windows are marked final (the agent is stopping).
+    pub fn drain(&mut self, final_drain: bool) -> Vec<ProfileWindow> {
+        let now = boottime_ns();
+        let mut seen = HashSet::new();
+        let keys: Vec<u32> = self.map.keys().filter_map(Result::ok).collect();
+        for tid in keys {
+            // A thread may exit between listing and reading: not an error.
+            match self.map.get(&tid, 0) {
+                Ok(profile) => {
+                    seen.insert(tid);
+                    self.add(tid, profile.pid, &profile, now);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => {
+                    self.read_errors += 1;
+                    tracing::debug!(tid, error = %err, "cannot read a syscall profile");
+                }
+            }
+        }
+        // Threads whose exit record was lost (counted in the kernel) vanish
+        // from the map; forget their snapshots.
+        self.snapshots.retain(|tid, _| seen.contains(tid));
+        self.last_drain_ns = now;
+        let mut out: Vec<ProfileWindow> = self
+            .open
+            .drain()
+            .map(|(_, mut w)| {
+                w.end_ns = now;
+                w.final_window = final_drain;
+                w
+            })
+            .filter(|w| w.total > 0)
+            .collect();
+        out.sort_by_key(|w| w.pid);
+        out
+    }
+}

@@ -1,0 +1,6 @@
+//! Kernel integration tests: the real eBPF programs, loaded into the running
+//! kernel, observing processes the tests start themselves. Run as root with
+//! `cargo xtask test`.
+
+mod cli;
+mod process;

@@ -1,0 +1,179 @@
+//! Process lifecycle capture: exec, fork, exit, ancestry, exec storms.
+
+use std::{
+    ffi::OsStr,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
+    process::Command,
+    time::Duration,
+};
+
+use monitor::{
+    capture::CaptureSettings,
+    event::{Detail, Event},
+};
+use monitor_tests::{Recorder, execs_with, kernel_test, token};
+
+fn exec_of<'a>(events: &'a [Event], pid: u32) -> Option<&'a Event> {
+    events.iter().find(|e| {
+        matches!(e.detail, Detail::Exec(_)) && e.process.as_ref().is_some_and(|p| p.pid == pid)
+    })
+}
+
+fn exit_of<'a>(events: &'a [Event], pid: u32) -> Option<&'a Event> {
+    events.iter().find(|e| {
+        matches!(e.detail, Detail::Exit(_)) && e.process.as_ref().is_some_and(|p| p.pid == pid)
+    })
+}
+
+#[test]
+fn exec_fork_exit_of_a_spawned_process_carry_exact_facts() {
+    let Some(_kernel) = kernel_test("exec_fork_exit_of_a_spawned_process_carry_exact_facts") else {
+        return;
+    };
+    let mut rec = Recorder::start();
+    let token = token("exec");
+    let non_utf8 = OsStr::from_bytes(b"caf\xe9-\xff\xfe-\nline");
+    let big = "A".repeat(4096);
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "exit 7", "sh", &token])
+        .arg(non_utf8)
+        .arg(&big)
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .expect("spawn /bin/sh");
+    let pid = child.id();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(7));
+
+    rec.until(Duration::from_secs(10), "exec and exit of the child", |evs| {
+        exec_of(evs, pid).is_some() && exit_of(evs, pid).is_some()
+    });
+    let exec = exec_of(&rec.events, pid).unwrap();
+    let Detail::Exec(detail) = &exec.detail else { unreachable!() };
+    let real_sh = std::fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(detail.path.as_bytes(), real_sh.as_os_str().as_bytes(), "kernel-resolved path");
+    assert_eq!(detail.filename.as_bytes(), b"/bin/sh");
+    let args: Vec<&[u8]> = detail.args.iter().map(|a| a.as_bytes()).collect();
+    let expected: Vec<&[u8]> = vec![
+        b"/bin/sh",
+        b"-c",
+        b"exit 7",
+        b"sh",
+        token.as_bytes(),
+        non_utf8.as_bytes(),
+        big.as_bytes(),
+    ];
+    assert_eq!(args, expected, "argv, byte for byte, including the 4 KiB argument");
+    assert!(!detail.args_truncated);
+    let process = exec.process.as_ref().unwrap();
+    assert_eq!(process.ppid, std::process::id(), "parent is this test process");
+    assert_eq!((process.uid, process.euid, process.gid), (65534, 65534, 65534));
+    assert_eq!(process.exe.as_ref().unwrap().as_bytes(), real_sh.as_os_str().as_bytes());
+    assert_eq!(exec.parent.as_ref().unwrap().pid, std::process::id());
+
+    // The event survives JSON (lossless for the non-UTF-8 argument).
+    let json = serde_json::to_string(exec).unwrap();
+    let back: Event = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, exec);
+
+    // Ancestry: this test process (seeded from /proc) and up to pid 1.
+    assert_eq!(exec.ancestry.first().map(|a| a.pid), Some(std::process::id()));
+    assert_eq!(exec.ancestry.last().map(|a| a.pid), Some(1), "{:?}", exec.ancestry);
+
+    let exit = exit_of(&rec.events, pid).unwrap();
+    let Detail::Exit(exit_detail) = &exit.detail else { unreachable!() };
+    assert_eq!(exit_detail.exit_code, Some(7));
+    assert_eq!(exit_detail.signal, None);
+
+    let fork = rec.events.iter().find(|e| {
+        matches!(e.detail, Detail::Fork(_)) && e.process.as_ref().is_some_and(|p| p.pid == pid)
+    });
+    let fork = fork.expect("fork event of the child");
+    assert_eq!(fork.parent.as_ref().unwrap().pid, std::process::id());
+}
+
+#[test]
+fn a_killed_process_reports_its_signal() {
+    let Some(_kernel) = kernel_test("a_killed_process_reports_its_signal") else {
+        return;
+    };
+    let mut rec = Recorder::start();
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    rec.until(Duration::from_secs(10), "exit of the killed child", |evs| exit_of(evs, pid).is_some());
+    let Detail::Exit(exit) = &exit_of(&rec.events, pid).unwrap().detail else { unreachable!() };
+    assert_eq!((exit.exit_code, exit.signal), (None, Some(libc::SIGKILL)));
+}
+
+/// Spawns `n` short processes directly from this process (no shell, so every
+/// exec in the window is one of them), each with `token` as its argument.
+fn storm(n: usize, token: &str) {
+    for _ in 0..n {
+        let status = Command::new("/bin/true").arg(token).status().expect("spawn /bin/true");
+        assert!(status.success());
+    }
+}
+
+fn count_storm(rec: &Recorder, token: &str) -> (u64, u64) {
+    let captured = execs_with(&rec.events, token).count() as u64;
+    let dropped = rec.capture().loss_totals().get("ringbuf_full.exec").copied().unwrap_or(0);
+    (captured, dropped)
+}
+
+#[test]
+fn exec_storm_is_captured_or_its_shortfall_is_the_drop_count() {
+    let Some(_kernel) = kernel_test("exec_storm_is_captured_or_its_shortfall_is_the_drop_count") else {
+        return;
+    };
+    const N: u64 = 2000;
+    let mut rec = Recorder::start();
+    let token = token("storm");
+    let spawner = {
+        let token = token.clone();
+        std::thread::spawn(move || storm(N as usize, &token))
+    };
+    rec.collect_for(Duration::from_millis(200));
+    while !spawner.is_finished() {
+        rec.collect_for(Duration::from_millis(100));
+    }
+    spawner.join().unwrap();
+    rec.stop();
+    let (captured, dropped) = count_storm(&rec, &token);
+    eprintln!("exec storm: {N} execs, {captured} captured, {dropped} dropped (counted)");
+    assert_eq!(captured + dropped, N, "every exec is either captured or counted as dropped");
+}
+
+#[test]
+fn exec_storm_through_a_tiny_ring_counts_every_drop() {
+    let Some(_kernel) = kernel_test("exec_storm_through_a_tiny_ring_counts_every_drop") else {
+        return;
+    };
+    const N: u64 = 2000;
+    // A 64 KiB ring holds about four exec records, and a one-slot channel that
+    // nobody reads during the storm keeps it full: drops are certain.
+    let mut settings = CaptureSettings::default();
+    settings.probes.ringbuf_bytes = 64 * 1024;
+    settings.channel_capacity = 1;
+    let mut rec = Recorder::with_settings(settings);
+    let token = token("tiny");
+    storm(N as usize, &token);
+    rec.stop();
+    let (captured, dropped) = count_storm(&rec, &token);
+    eprintln!("tiny-ring exec storm: {N} execs, {captured} captured, {dropped} dropped (counted)");
+    assert!(dropped > 0, "the tiny ring must overflow");
+    assert_eq!(captured + dropped, N, "shortfall equals the reported drop count");
+    // The loss is also in the stream, as an event.
+    let reported: u64 = rec
+        .events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            Detail::Loss(loss) => loss.counts.get("ringbuf_full.exec").copied(),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(reported, dropped, "loss events add up to the counter");
+}

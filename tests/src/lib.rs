@@ -1,0 +1,143 @@
+//! Helpers for monitor's integration tests: a privilege gate, a live capture
+//! that collects events in the background, and partial event matchers.
+
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use monitor::{
+    capture::{Capture, CaptureSettings},
+    event::{Detail, Event},
+};
+
+/// Kernel tests hold this lock: they attach probes that see every process on
+/// the host, and exact counts (an exec storm) must not see another test's
+/// processes.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Takes the kernel lock if this process may load eBPF programs.
+///
+/// Without root the test cannot run: under `cargo xtask test`
+/// (`MONITOR_REQUIRE_KERNEL=1`) that is a failure; otherwise it prints a loud
+/// SKIPPED line and the test returns.
+pub fn kernel_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var_os("MONITOR_REQUIRE_KERNEL").is_some() {
+            panic!("{name}: needs root to load eBPF programs (MONITOR_REQUIRE_KERNEL is set)");
+        }
+        eprintln!("SKIPPED {name}: needs root to load eBPF programs; run `sudo -E cargo xtask test`");
+        return None;
+    }
+    Some(KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// A capture running on its own runtime, collecting every event.
+pub struct Recorder {
+    runtime: tokio::runtime::Runtime,
+    capture: Option<Capture>,
+    /// Events collected so far.
+    pub events: Vec<Event>,
+}
+
+impl Recorder {
+    /// Starts a capture with default settings.
+    pub fn start() -> Self {
+        Self::with_settings(CaptureSettings::default())
+    }
+
+    /// Starts a capture with these settings.
+    pub fn with_settings(settings: CaptureSettings) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let capture = runtime.block_on(async { Capture::start(&settings) }).expect("capture starts");
+        Self {
+            runtime,
+            capture: Some(capture),
+            events: Vec::new(),
+        }
+    }
+
+    /// The capture.
+    pub fn capture(&self) -> &Capture {
+        self.capture.as_ref().expect("running")
+    }
+
+    /// Collects events until `done` holds for the collected set, or panics
+    /// after `timeout` with what was seen.
+    pub fn until(&mut self, timeout: Duration, what: &str, done: impl Fn(&[Event]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let capture = self.capture.as_mut().expect("running");
+        let events = &mut self.events;
+        self.runtime.block_on(async {
+            while !done(events) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, capture.next()).await {
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) => break,
+                    Err(_) => break,
+                }
+            }
+        });
+        if !done(&self.events) {
+            let kinds: Vec<&str> = self.events.iter().map(Event::kind).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; saw {} events: {kinds:?}",
+                self.events.len()
+            );
+        }
+    }
+
+    /// Collects for `duration` regardless of content.
+    pub fn collect_for(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        let capture = self.capture.as_mut().expect("running");
+        let events = &mut self.events;
+        self.runtime.block_on(async {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, capture.next()).await {
+                    Ok(Some(event)) => events.push(event),
+                    _ => break,
+                }
+            }
+        });
+    }
+
+    /// Stops the sources and collects everything still queued.
+    pub fn stop(&mut self) {
+        let Some(mut capture) = self.capture.take() else {
+            return;
+        };
+        let events = &mut self.events;
+        self.runtime.block_on(async {
+            capture.stop_sources();
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_secs(10), capture.next()).await
+            {
+                events.push(event);
+            }
+        });
+        self.capture = Some(capture);
+    }
+}
+
+/// Exec events whose arguments contain `token`.
+pub fn execs_with<'a>(events: &'a [Event], token: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
+    events.iter().filter(move |e| match &e.detail {
+        Detail::Exec(x) => x.args.iter().any(|a| a.as_bytes() == token.as_bytes()),
+        _ => false,
+    })
+}
+
+/// A unique token for one test's processes.
+pub fn token(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("monitor-test-{name}-{}-{nanos}", std::process::id())
+}

@@ -1,0 +1,68 @@
+//! `cargo xtask`: everything that needs more than `cargo build`.
+//!
+//! Each command first prepares what is missing on this machine (printing one
+//! line per step and skipping finished ones), then does its job:
+//!
+//! - `build`: nightly `rust-src`, `bpf-linker` built against nightly's own
+//!   libLLVM, then `cargo build --release`; the agent lands at
+//!   `target/release/monitor`.
+//! - `run`: `build`, the kernel mounts, then `monitor run` as root.
+//! - `test`: `build`, mounts, the servers and tools the tests use, then the
+//!   whole test suite as root.
+//! - `bench`: benchmarks (`overhead`, `model`, `sinks`).
+
+mod bench;
+mod prepare;
+mod run;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prepare the toolchain and build the agent (target/release/monitor).
+    Build,
+    /// Build, then run the agent as root (default: `monitor run`).
+    Run {
+        /// Arguments for `monitor` (default: `run`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, prepare test dependencies, and run every test as root.
+    Test {
+        /// Only tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// Run a benchmark: `overhead`, `model` or `sinks`.
+    Bench {
+        /// Which benchmark.
+        which: String,
+        /// Extra arguments for it.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build => prepare::build().map(|_| ()),
+        Command::Run { args } => run::run(args),
+        Command::Test { filter } => test::test(filter),
+        Command::Bench { which, args } => bench::bench(&which, args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

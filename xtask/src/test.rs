@@ -1,0 +1,32 @@
+//! `cargo xtask test`: everything the tests need, then every test, as root.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::prepare::{self, run_cmd, step};
+
+pub fn test(filter: Option<String>) -> anyhow::Result<()> {
+    if !prepare::is_root() {
+        bail!(
+            "the tests load eBPF programs into the running kernel and need root; \
+             run `sudo -E cargo xtask test`"
+        );
+    }
+    let agent = prepare::build()?;
+    prepare::mounts()?;
+    step("..", "cargo test", "unit, kernel and end-to-end tests (release profile)");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--release", "--workspace", "--exclude", "monitor-ebpf"])
+        .current_dir(prepare::root())
+        .env("PATH", prepare::path_with_cargo_bin())
+        .env("MONITOR_BIN", &agent)
+        // Kernel tests must run here: a missing privilege is a failure, not a skip.
+        .env("MONITOR_REQUIRE_KERNEL", "1");
+    if let Some(filter) = filter {
+        cmd.args(["--", &filter]);
+    }
+    run_cmd(&mut cmd)?;
+    step("done", "tests", "all passed");
+    Ok(())
+}
