@@ -26,6 +26,7 @@ pub mod counters;
 pub mod offsets;
 pub mod profile;
 pub mod records;
+pub mod stash;
 
 pub use counters::*;
 pub use offsets::KernelOffsets;
@@ -43,4 +44,6 @@ mod pod {
     // SAFETY: #[repr(C)] structs of integers and byte arrays whose padding is
     // spelled out as fields: every bit pattern is a valid value.
     unsafe impl aya::Pod for crate::ThreadProfile {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::InodeKey {}
 }

@@ -415,7 +415,7 @@ pub mod cred_op {
 pub struct CredRecord {
     /// `kind::CRED`.
     pub header: RecordHeader,
-    /// Who, with credentials as they were before the call.
+    /// Who, with credentials as they are after the call.
     pub task: TaskInfo,
     /// One of [`cred_op`].
     pub op: u8,
@@ -423,8 +423,12 @@ pub struct CredRecord {
     pub _pad0: [u8; 3],
     /// Return value.
     pub ret: i32,
-    /// The syscall's id arguments (unused ones are 0; -1 means "unchanged").
+    /// The syscall's id arguments (unused ones are 0; `u32::MAX` means "unchanged").
     pub args: [u32; 3],
+    /// Real, effective, saved uid before the call.
+    pub old_uid: [u32; 3],
+    /// Real, effective, saved gid before the call.
+    pub old_gid: [u32; 3],
     /// Real, effective, saved uid after the call.
     pub new_uid: [u32; 3],
     /// Real, effective, saved gid after the call.
@@ -436,7 +440,9 @@ pub struct CredRecord {
     /// Effective capabilities after the call.
     pub new_cap_effective: u64,
 }
-const _: () = assert!(size_of::<CredRecord>() == 144);
+const _: () = assert!(offset_of!(CredRecord, args) == 88);
+const _: () = assert!(offset_of!(CredRecord, old_cap_effective) == 152);
+const _: () = assert!(size_of::<CredRecord>() == 168);
 
 /// A `ptrace` request.
 #[repr(C)]
@@ -532,7 +538,8 @@ const _: () = assert!(size_of::<MemfdRecord>() == 352);
 pub mod mem_op {
     /// `mmap` with `PROT_EXEC` and `MAP_ANONYMOUS`.
     pub const MMAP: u8 = 1;
-    /// `mprotect` adding `PROT_EXEC` to an anonymous mapping.
+    /// `mprotect` adding `PROT_EXEC` to an anonymous mapping (one that no
+    /// file backs: the kernel checks the VMA).
     pub const MPROTECT: u8 = 2;
 }
 
@@ -552,8 +559,8 @@ pub struct MemExecRecord {
     pub prot: u32,
     /// `MAP_*` flags (mmap only).
     pub map_flags: u32,
-    /// Return value (0 for mprotect; low 32 bits of the address for mmap
-    /// failures: negative means -errno).
+    /// Always 0: reported when the call is made (the request itself is
+    /// the behaviour of interest).
     pub ret: i32,
     /// Start address (mmap: the mapped address on success).
     pub addr: u64,
@@ -580,3 +587,17 @@ pub struct KillRecord {
     pub syscall: u32,
 }
 const _: () = assert!(size_of::<KillRecord>() == 96);
+
+/// Key of the `SENSITIVE` map: a directory or file the agent marked as a
+/// sensitive location, by device and inode (resolved from configured paths).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    /// Device, kernel encoding (`major << 20 | minor`).
+    pub dev: u32,
+    /// Always zero.
+    pub _pad0: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+const _: () = assert!(size_of::<InodeKey>() == 16);

@@ -210,6 +210,7 @@ fn try_exit(ctx: &BtfTracePointContext) {
     let task = current_task();
     let (tid, pid) = crate::kernel::current_ids();
     flush_profile(tid, pid);
+    crate::pending::forget(tid);
 
     let group_dead = if config!(exit_has_group_dead) != 0 {
         let arg: u64 = ctx.arg(1);

@@ -8,9 +8,14 @@
 #![no_std]
 #![no_main]
 
+mod fds;
+mod files;
 mod kernel;
 mod lifecycle;
+mod net;
+mod pending;
 mod profile;
+mod security;
 mod vfs;
 
 /// A reachable panic would be an infinite loop, which the verifier rejects:

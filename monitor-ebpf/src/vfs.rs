@@ -107,12 +107,11 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     let Ok(parent) = read_ptr(walk.dentry, off!(dentry_d_parent)) else {
         return fault(walk);
     };
-    if walk.dentry == mnt_root || walk.dentry == parent {
-        if walk.dentry != mnt_root {
-            // A dentry disconnected from its mount (e.g. reached through a
-            // file handle): nothing above it is reachable.
-            return 1;
-        }
+    // A dentry that is its own parent but not its mount's root is a pseudo
+    // or disconnected dentry (memfd, anonymous files, file-handle opens):
+    // its own name is all there is, so capture it and stop.
+    let last = walk.dentry == parent && walk.dentry != mnt_root;
+    if walk.dentry == mnt_root {
         let Ok(mnt_parent) = read_ptr(walk.mnt, off!(mount_mnt_parent)) else {
             return fault(walk);
         };
@@ -152,7 +151,7 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     walk.len = at + n as usize;
     walk.depth = walk.depth.wrapping_add(1);
     walk.dentry = parent;
-    0
+    i64::from(last)
 }
 
 /// Captures a NUL-terminated string from user memory as a

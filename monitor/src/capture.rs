@@ -32,7 +32,30 @@ use crate::{
     },
     process::{ProcessTable, SeedStats},
     profiles::{ProfileSettings, Profiler},
+    sensitive::SensitivePaths,
 };
+
+/// The kernel's map of sensitive inodes, and the patterns it is filled from.
+struct SensitiveMap {
+    map: aya::maps::HashMap<aya::maps::MapData, monitor_common::InodeKey, u8>,
+    loaded: std::collections::HashSet<monitor_common::InodeKey>,
+}
+
+impl SensitiveMap {
+    /// Makes the map hold exactly the inodes the read patterns name now.
+    fn refresh(&mut self, paths: &SensitivePaths) {
+        let wanted = paths.read_inodes();
+        for key in self.loaded.difference(&wanted) {
+            let _ = self.map.remove(key);
+        }
+        for key in wanted.difference(&self.loaded) {
+            if let Err(err) = self.map.insert(key, 1, 0) {
+                tracing::warn!(error = %err, "cannot add a sensitive location to the kernel map");
+            }
+        }
+        self.loaded = wanted;
+    }
+}
 
 /// Capture settings.
 #[derive(Debug, Clone)]
@@ -45,6 +68,11 @@ pub struct CaptureSettings {
     pub channel_capacity: usize,
     /// How often loss counters are checked and a `loss` event emitted if they grew.
     pub loss_interval: Duration,
+    /// Sensitive locations.
+    pub sensitive: SensitivePaths,
+    /// How often the sensitive locations are re-resolved (new home
+    /// directories, replaced files).
+    pub sensitive_refresh: Duration,
 }
 
 impl Default for CaptureSettings {
@@ -54,6 +82,8 @@ impl Default for CaptureSettings {
             profiles: ProfileSettings::default(),
             channel_capacity: 8192,
             loss_interval: Duration::from_secs(1),
+            sensitive: SensitivePaths::default(),
+            sensitive_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -88,6 +118,10 @@ pub struct Capture {
     profile_tick: tokio::time::Interval,
     seed: SeedStats,
     events_out: u64,
+    sensitive: SensitivePaths,
+    sensitive_map: Option<SensitiveMap>,
+    sensitive_tick: tokio::time::Interval,
+    filtered: u64,
 }
 
 impl Capture {
@@ -102,6 +136,18 @@ impl Capture {
         } else {
             None
         };
+        let sensitive_map = if settings.probes.security_events {
+            let mut map = SensitiveMap {
+                map: probes.take_sensitive()?,
+                loaded: Default::default(),
+            };
+            map.refresh(&settings.sensitive);
+            Some(map)
+        } else {
+            None
+        };
+        let mut sensitive_tick = tokio::time::interval(settings.sensitive_refresh);
+        sensitive_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Seed after attaching, so no process falls between scan and events.
         let mut table = ProcessTable::new();
         let seed = table.seed().map_err(CaptureError::Seed)?;
@@ -129,6 +175,10 @@ impl Capture {
             profile_tick,
             seed,
             events_out: 0,
+            sensitive: settings.sensitive.clone(),
+            sensitive_map,
+            sensitive_tick,
+            filtered: 0,
         })
     }
 
@@ -183,6 +233,11 @@ impl Capture {
                     self.check_loss();
                 }
                 _ = self.profile_tick.tick() => self.drain_profiles(false),
+                _ = self.sensitive_tick.tick() => {
+                    if let Some(map) = &mut self.sensitive_map {
+                        map.refresh(&self.sensitive);
+                    }
+                }
             }
         }
     }
@@ -206,7 +261,11 @@ impl Capture {
     fn accept(&mut self, record: KernelEvent) {
         self.table.apply(&record);
         match record.payload {
-            Payload::Event(detail) => {
+            Payload::Event(mut detail) => {
+                if !self.keep(&mut detail) {
+                    self.filtered += 1;
+                    return;
+                }
                 if let (Detail::Exit(_), Some(task), Some(profiler)) =
                     (&detail, &record.task, &mut self.profiler)
                     && let Some(window) = profiler.process_exited(task.pid, record.ktime_ns)
@@ -221,6 +280,38 @@ impl Capture {
                     profiler.thread_exited(tid, pid, &profile, record.ktime_ns);
                 }
             }
+        }
+    }
+
+    /// Events deliberately not reported (non-sensitive unlinks, renames and
+    /// refused opens): filtering, not loss.
+    pub fn filtered(&self) -> u64 {
+        self.filtered
+    }
+
+    /// Applies the sensitive-location policy to file events: flags them,
+    /// and says whether to keep them.
+    fn keep(&self, detail: &mut Detail) -> bool {
+        match detail {
+            Detail::FileOpen(f) if f.result < 0 => {
+                // Refused opens: kept when they aimed at a sensitive location.
+                let path = f.path.as_bytes();
+                f.sensitive = self.sensitive.read_matches(path)
+                    || (f.write && self.sensitive.write_matches(path));
+                f.sensitive
+            }
+            Detail::FileOpen(f) => {
+                if f.write && !f.sensitive {
+                    f.sensitive = self.sensitive.write_matches(f.path.as_bytes());
+                }
+                true
+            }
+            Detail::FileUnlink(f) | Detail::FileRename(f) => {
+                f.sensitive = self.sensitive.write_matches(f.path.as_bytes())
+                    || f.new_path.as_ref().is_some_and(|p| self.sensitive.write_matches(p.as_bytes()));
+                f.sensitive
+            }
+            _ => true,
         }
     }
 

@@ -20,4 +20,5 @@ pub mod kernel;
 pub mod output;
 pub mod process;
 pub mod profiles;
+pub mod sensitive;
 pub mod syscalls;

@@ -39,6 +39,8 @@ impl Default for ProfileSettings {
 /// Counters of one thread as last read.
 struct Snapshot {
     pid: u32,
+    /// When they were read (boot ns): the start of what the next read adds.
+    taken_ns: u64,
     counts: Box<[u32; SYSCALL_SLOTS]>,
     pairs: Box<[u32; PAIR_BUCKETS]>,
 }
@@ -119,6 +121,7 @@ impl Profiler {
         let last_drain = self.last_drain_ns;
         let snapshot = self.snapshots.entry(tid).or_insert_with(|| Snapshot {
             pid,
+            taken_ns: last_drain.min(now_ns),
             counts: Box::new([0; SYSCALL_SLOTS]),
             pairs: Box::new([0; PAIR_BUCKETS]),
         });
@@ -130,10 +133,12 @@ impl Profiler {
         }
         let window = self.open.entry(pid).or_insert_with(|| ProfileWindow {
             pid,
-            start_ns: last_drain,
+            start_ns: snapshot.taken_ns,
             ..Default::default()
         });
-        window.end_ns = now_ns;
+        window.start_ns = window.start_ns.min(snapshot.taken_ns);
+        window.end_ns = window.end_ns.max(now_ns);
+        snapshot.taken_ns = now_ns;
         for (nr, (&now, before)) in profile.counts.iter().zip(snapshot.counts.iter_mut()).enumerate() {
             let delta = now.wrapping_sub(*before);
             if delta != 0 {

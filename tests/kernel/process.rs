@@ -177,3 +177,41 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
         .sum();
     assert_eq!(reported, dropped, "loss events add up to the counter");
 }
+
+#[test]
+fn syscall_profiles_count_exactly_what_a_process_did() {
+    let Some(_kernel) = kernel_test("syscall_profiles_count_exactly_what_a_process_did") else {
+        return;
+    };
+    const N: u64 = 3_000_000;
+    let mut settings = CaptureSettings::default();
+    // Short windows: the count must add up across several of them.
+    settings.profiles.window = Duration::from_millis(200);
+    let mut rec = Recorder::with_settings(settings);
+    let child = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["getppid", &N.to_string()])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let profiles = |evs: &[Event]| -> Vec<monitor::event::ProfileDetail> {
+        evs.iter()
+            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+            .filter_map(|e| match &e.detail {
+                Detail::SyscallProfile(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    rec.until(Duration::from_secs(10), "the final profile window", |evs| {
+        profiles(evs).iter().any(|p| p.final_window)
+    });
+    let windows = profiles(&rec.events);
+    let counted: u64 = windows.iter().map(|p| p.counts.get("getppid").copied().unwrap_or(0)).sum();
+    eprintln!("getppid: {N} calls, {counted} counted over {} windows", windows.len());
+    // The helper's runtime makes no getppid calls of its own.
+    assert_eq!(counted, N, "every call counted once");
+    assert!(windows.iter().all(|w| w.window_start <= w.window_end));
+    let total: u64 = windows.iter().map(|p| p.total).sum();
+    assert!(total >= N);
+}

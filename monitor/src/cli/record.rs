@@ -28,6 +28,7 @@ pub struct RecordArgs {
 
 /// Runs the command; returns when stopped and flushed.
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
+    let mut signals = super::ShutdownSignals::install().context("cannot install signal handlers")?;
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create output file {}", path.display()))?,
@@ -40,9 +41,16 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     settings.probes.syscall_profiles = !args.no_syscall_profiles;
     settings.profiles.window = positive_secs(args.profile_window, "--profile-window")?;
     let mut capture = Capture::start(&settings).context("cannot start capture")?;
-    let sensors: Vec<&str> = capture.probes().attached().iter().map(|p| p.name).collect();
+    let sensors: Vec<&str> = capture
+        .probes()
+        .sensors()
+        .iter()
+        .filter(|(_, state)| **state == crate::kernel::SensorState::Attached)
+        .map(|(sensor, _)| sensor.name())
+        .collect();
     tracing::info!(
-        programs = ?sensors,
+        sensors = sensors.join(","),
+        programs = capture.probes().attached().len(),
         processes = capture.seed_stats().processes,
         "recording"
     );
@@ -58,8 +66,6 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(sleep);
-    let signal = super::shutdown_signal();
-    tokio::pin!(signal);
     let mut stopping = false;
     let mut stop_deadline = None;
     let mut broken_pipe = false;
@@ -87,8 +93,8 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
                 stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 capture.stop_sources();
             }
-            sig = &mut signal, if !stopping => {
-                tracing::info!(signal = sig.unwrap_or("signal"), "stopping");
+            sig = signals.recv(), if !stopping => {
+                tracing::info!(signal = sig, "stopping");
                 stopping = true;
                 stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 capture.stop_sources();

@@ -320,6 +320,10 @@ pub struct CredDetail {
     /// Its id arguments (-1 means unchanged).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<i64>,
+    /// Real, effective and saved uid before the call.
+    pub old_uids: [u32; 3],
+    /// Real, effective and saved gid before the call.
+    pub old_gids: [u32; 3],
     /// Real, effective and saved uid after the call.
     pub new_uids: [u32; 3],
     /// Real, effective and saved gid after the call.

@@ -46,6 +46,24 @@ pub enum Sensor {
     Process,
     /// Per-thread syscall counts.
     SyscallProfile,
+    /// connect, accept, bind, listen.
+    Network,
+    /// Opens that write or touch sensitive locations; unlink, rename.
+    Files,
+    /// setuid/setgid families, capset.
+    Credentials,
+    /// ptrace requests.
+    Ptrace,
+    /// Kernel module loads.
+    Modules,
+    /// BPF program loads.
+    Bpf,
+    /// memfd_create.
+    Memfd,
+    /// Anonymous memory made executable.
+    MemExec,
+    /// Signals to other processes.
+    Signals,
 }
 
 impl Sensor {
@@ -54,11 +72,27 @@ impl Sensor {
         match self {
             Sensor::Process => "process",
             Sensor::SyscallProfile => "syscall_profile",
+            Sensor::Network => "network",
+            Sensor::Files => "files",
+            Sensor::Credentials => "credentials",
+            Sensor::Ptrace => "ptrace",
+            Sensor::Modules => "modules",
+            Sensor::Bpf => "bpf",
+            Sensor::Memfd => "memfd",
+            Sensor::MemExec => "mem_exec",
+            Sensor::Signals => "signals",
         }
+    }
+
+    /// True for the security-event sensors (everything but lifecycle and profiles).
+    pub fn is_security(self) -> bool {
+        !matches!(self, Sensor::Process | Sensor::SyscallProfile)
     }
 }
 
-/// One program of the object.
+/// One attachment: a program of the object at one hook, for one sensor. A
+/// program may have several (the security entry program serves every
+/// watched syscall).
 #[derive(Debug, Clone, Copy)]
 pub struct ProgramSpec {
     /// Function name in the eBPF object.
@@ -69,35 +103,109 @@ pub struct ProgramSpec {
     pub sensor: Sensor,
 }
 
-/// Every program the agent knows, with its hook.
+const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
+    ProgramSpec { name, hook: Hook::BtfTracepoint(name), sensor }
+}
+
+/// `program` at the `syscalls:tracepoint` tracepoint.
+const fn sys(program: &'static str, tracepoint: &'static str, sensor: Sensor) -> ProgramSpec {
+    ProgramSpec { name: program, hook: Hook::Tracepoint("syscalls", tracepoint), sensor }
+}
+
+/// The entry program that stashes arguments (see `monitor_common::stash`).
+const STASH: &str = "sys_enter_stash";
+
+/// Every attachment the agent knows.
 pub const PROGRAMS: &[ProgramSpec] = &[
-    ProgramSpec {
-        name: "sched_process_exec",
-        hook: Hook::BtfTracepoint("sched_process_exec"),
-        sensor: Sensor::Process,
-    },
-    ProgramSpec {
-        name: "sched_process_fork",
-        hook: Hook::BtfTracepoint("sched_process_fork"),
-        sensor: Sensor::Process,
-    },
-    ProgramSpec {
-        name: "sched_process_exit",
-        hook: Hook::BtfTracepoint("sched_process_exit"),
-        sensor: Sensor::Process,
-    },
-    ProgramSpec {
-        name: "sys_enter",
-        hook: Hook::BtfTracepoint("sys_enter"),
-        sensor: Sensor::SyscallProfile,
-    },
+    btf("sched_process_exec", Sensor::Process),
+    btf("sched_process_fork", Sensor::Process),
+    btf("sched_process_exit", Sensor::Process),
+    btf("sys_enter", Sensor::SyscallProfile),
+    sys(STASH, "sys_enter_connect", Sensor::Network),
+    sys(STASH, "sys_enter_bind", Sensor::Network),
+    sys(STASH, "sys_enter_listen", Sensor::Network),
+    sys("sys_exit_sock", "sys_exit_connect", Sensor::Network),
+    sys("sys_exit_sock", "sys_exit_bind", Sensor::Network),
+    sys("sys_exit_sock", "sys_exit_listen", Sensor::Network),
+    sys("sys_exit_accept", "sys_exit_accept", Sensor::Network),
+    sys("sys_exit_accept", "sys_exit_accept4", Sensor::Network),
+    sys(STASH, "sys_enter_openat", Sensor::Files),
+    sys(STASH, "sys_enter_open", Sensor::Files),
+    sys(STASH, "sys_enter_creat", Sensor::Files),
+    sys(STASH, "sys_enter_openat2", Sensor::Files),
+    sys(STASH, "sys_enter_unlink", Sensor::Files),
+    sys(STASH, "sys_enter_unlinkat", Sensor::Files),
+    sys(STASH, "sys_enter_rename", Sensor::Files),
+    sys(STASH, "sys_enter_renameat", Sensor::Files),
+    sys(STASH, "sys_enter_renameat2", Sensor::Files),
+    sys("sys_exit_open", "sys_exit_openat", Sensor::Files),
+    sys("sys_exit_open", "sys_exit_open", Sensor::Files),
+    sys("sys_exit_open", "sys_exit_creat", Sensor::Files),
+    sys("sys_exit_open", "sys_exit_openat2", Sensor::Files),
+    sys("sys_exit_names", "sys_exit_unlink", Sensor::Files),
+    sys("sys_exit_names", "sys_exit_unlinkat", Sensor::Files),
+    sys("sys_exit_names", "sys_exit_rename", Sensor::Files),
+    sys("sys_exit_names", "sys_exit_renameat", Sensor::Files),
+    sys("sys_exit_names", "sys_exit_renameat2", Sensor::Files),
+    sys(STASH, "sys_enter_setuid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setreuid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setresuid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setfsuid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setgid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setregid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setresgid", Sensor::Credentials),
+    sys(STASH, "sys_enter_setfsgid", Sensor::Credentials),
+    sys(STASH, "sys_enter_capset", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setuid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setreuid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setresuid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setfsuid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setgid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setregid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setresgid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_setfsgid", Sensor::Credentials),
+    sys("sys_exit_cred", "sys_exit_capset", Sensor::Credentials),
+    sys(STASH, "sys_enter_ptrace", Sensor::Ptrace),
+    sys("sys_exit_ptrace", "sys_exit_ptrace", Sensor::Ptrace),
+    sys(STASH, "sys_enter_init_module", Sensor::Modules),
+    sys(STASH, "sys_enter_finit_module", Sensor::Modules),
+    sys("sys_exit_module", "sys_exit_init_module", Sensor::Modules),
+    sys("sys_exit_module", "sys_exit_finit_module", Sensor::Modules),
+    sys(STASH, "sys_enter_bpf", Sensor::Bpf),
+    sys("sys_exit_bpf", "sys_exit_bpf", Sensor::Bpf),
+    sys(STASH, "sys_enter_memfd_create", Sensor::Memfd),
+    sys("sys_exit_memfd", "sys_exit_memfd_create", Sensor::Memfd),
+    sys("sys_enter_mmap", "sys_enter_mmap", Sensor::MemExec),
+    sys("sys_enter_mprotect", "sys_enter_mprotect", Sensor::MemExec),
+    sys(STASH, "sys_enter_kill", Sensor::Signals),
+    sys(STASH, "sys_enter_tkill", Sensor::Signals),
+    sys(STASH, "sys_enter_tgkill", Sensor::Signals),
+    sys("sys_exit_kill", "sys_exit_kill", Sensor::Signals),
+    sys("sys_exit_kill", "sys_exit_tkill", Sensor::Signals),
+    sys("sys_exit_kill", "sys_exit_tgkill", Sensor::Signals),
 ];
+
+/// Why a sensor is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorState {
+    /// All its programs are attached.
+    Attached,
+    /// Turned off in the settings.
+    Disabled,
+    /// The kernel lacks its hooks (e.g. no module support): nothing of this
+    /// kind can happen, or it cannot be seen. The text says which.
+    Unavailable(String),
+    /// A program failed to load or attach; the text is the error chain.
+    Failed(String),
+}
 
 /// What to load.
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
     /// Count syscalls per thread.
     pub syscall_profiles: bool,
+    /// Stream security-relevant events (network, files, credentials...).
+    pub security_events: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ringbuf_bytes: u32,
     /// Most threads with a syscall profile at once.
@@ -108,6 +216,7 @@ impl Default for ProbeSettings {
     fn default() -> Self {
         Self {
             syscall_profiles: true,
+            security_events: true,
             ringbuf_bytes: 16 << 20,
             profile_max_threads: 16384,
         }
@@ -157,6 +266,7 @@ pub enum ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<ProgramSpec>,
+    sensors: std::collections::BTreeMap<Sensor, SensorState>,
     settings: ProbeSettings,
     offsets: KernelOffsets,
 }
@@ -189,18 +299,74 @@ impl Probes {
             .map_err(ProbeError::Object)?;
         let aya_btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
 
-        let mut attached = Vec::new();
+        let mut sensors = std::collections::BTreeMap::new();
+        let mut planned = Vec::new();
         for spec in PROGRAMS {
+            let state = sensors.entry(spec.sensor).or_insert(SensorState::Attached);
             if !sensor_enabled(spec.sensor, settings) {
-                continue;
+                *state = SensorState::Disabled;
+            } else if let Hook::Tracepoint(category, name) = spec.hook
+                && !tracepoint_exists(category, name)
+            {
+                *state = SensorState::Unavailable(format!(
+                    "this kernel has no tracepoint {category}/{name}{}",
+                    if spec.sensor == Sensor::Modules {
+                        " (built without loadable module support: no module can be loaded)"
+                    } else {
+                        ""
+                    }
+                ));
+            } else {
+                planned.push(*spec);
             }
-            attach(&mut ebpf, spec, &aya_btf)?;
-            tracing::debug!(program = spec.name, hook = %spec.hook, "attached");
-            attached.push(*spec);
+        }
+        planned.retain(|spec| sensors.get(&spec.sensor) == Some(&SensorState::Attached));
+
+        fill_syscall_ops(&mut ebpf)?;
+        let results = attach_all(&mut ebpf, &planned, &aya_btf);
+        let mut links = Vec::new();
+        let mut attached = Vec::new();
+        let mut fatal = None;
+        for (spec, result) in planned.iter().zip(results) {
+            match result {
+                Ok(link) => {
+                    tracing::debug!(program = spec.name, hook = %spec.hook, "attached");
+                    attached.push(*spec);
+                    links.push((*spec, link));
+                }
+                // The lifecycle sensor is the floor everything stands on.
+                Err(err) if spec.sensor == Sensor::Process => {
+                    fatal.get_or_insert(err);
+                }
+                Err(err) => {
+                    let chain = error_chain(&err);
+                    tracing::error!(sensor = spec.sensor.name(), error = %chain, "sensor failed; continuing without it");
+                    sensors.insert(spec.sensor, SensorState::Failed(chain));
+                }
+            }
+        }
+        if let Some(err) = fatal {
+            let mut probes = Self { ebpf, attached, sensors, settings: settings.clone(), offsets };
+            probes.detach_all();
+            return Err(err);
+        }
+        // A sensor is all or nothing: detach what a failed sensor did attach
+        // (an entry hook without its exit would only fill the stash).
+        for (spec, link) in links {
+            if sensors.get(&spec.sensor) != Some(&SensorState::Attached) {
+                detach(&mut ebpf, spec.name, link);
+            }
+        }
+        attached.retain(|spec| sensors.get(&spec.sensor) == Some(&SensorState::Attached));
+        for (sensor, state) in &sensors {
+            if let SensorState::Unavailable(why) = state {
+                tracing::warn!(sensor = sensor.name(), "sensor unavailable: {why}");
+            }
         }
         Ok(Self {
             ebpf,
             attached,
+            sensors,
             settings: settings.clone(),
             offsets,
         })
@@ -209,6 +375,44 @@ impl Probes {
     /// Programs attached, in order.
     pub fn attached(&self) -> &[ProgramSpec] {
         &self.attached
+    }
+
+    /// Detaches and unloads every program, in parallel: each detach waits for
+    /// an RCU grace period, and concurrent waits share one, so 60 programs
+    /// detach in about the time of one instead of several seconds.
+    pub fn detach_all(&mut self) {
+        use aya::programs::Program;
+        let programs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
+        std::thread::scope(|scope| {
+            for program in programs {
+                scope.spawn(move || {
+                    let _ = match program {
+                        Program::TracePoint(p) => p.unload(),
+                        Program::BtfTracePoint(p) => p.unload(),
+                        _ => Ok(()),
+                    };
+                });
+            }
+        });
+        self.attached.clear();
+    }
+
+    /// The state of every sensor.
+    pub fn sensors(&self) -> &std::collections::BTreeMap<Sensor, SensorState> {
+        &self.sensors
+    }
+
+    /// Takes the sensitive-locations map (once).
+    pub fn take_sensitive(
+        &mut self,
+    ) -> Result<BpfHashMap<MapData, monitor_common::InodeKey, u8>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("SENSITIVE")
+            .ok_or(ProbeError::Map("SENSITIVE", aya::maps::MapError::InvalidName {
+                name: "SENSITIVE".into(),
+            }))?;
+        BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("SENSITIVE", e))
     }
 
     /// The settings loaded with.
@@ -257,17 +461,109 @@ impl Probes {
     }
 }
 
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
 fn sensor_enabled(sensor: Sensor, settings: &ProbeSettings) -> bool {
     match sensor {
         Sensor::Process => true,
         Sensor::SyscallProfile => settings.syscall_profiles,
+        _ => settings.security_events,
     }
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), ProbeError> {
-    let program = ebpf
-        .program_mut(spec.name)
-        .ok_or(ProbeError::MissingProgram(spec.name))?;
+/// Fills `SYSCALL_OPS` (syscall number -> stash op) from this build's
+/// syscall table, so the entry program needs no per-architecture numbers.
+fn fill_syscall_ops(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut("SYSCALL_OPS").ok_or(ProbeError::Map(
+        "SYSCALL_OPS",
+        aya::maps::MapError::InvalidName { name: "SYSCALL_OPS".into() },
+    ))?;
+    let mut ops: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map("SYSCALL_OPS", e))?;
+    for (name, op) in monitor_common::stash::BY_NAME {
+        if let Some(nr) = crate::syscalls::Abi::x86_64_number(name) {
+            ops.set(nr, op, 0).map_err(|e| ProbeError::Map("SYSCALL_OPS", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    std::path::Path::new("/sys/kernel/tracing/events").join(category).join(name).is_dir()
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Loads each program once and attaches it at each of its hooks, with the
+/// programs split over two threads (the verifier is the slow part of
+/// start-up, and it runs in the calling thread). Results are in `specs` order.
+fn attach_all(ebpf: &mut Ebpf, specs: &[ProgramSpec], btf: &aya::Btf) -> Vec<Result<Link, ProbeError>> {
+    type Job<'a> = (&'static str, Option<&'a mut aya::programs::Program>, Vec<(usize, ProgramSpec)>);
+    let mut by_name: std::collections::HashMap<&str, &mut aya::programs::Program> =
+        ebpf.programs_mut().collect();
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        match jobs.iter_mut().find(|(name, _, _)| *name == spec.name) {
+            Some((_, _, hooks)) => hooks.push((i, *spec)),
+            None => jobs.push((spec.name, by_name.remove(spec.name), vec![(i, *spec)])),
+        }
+    }
+    // Alternate programs between the threads, so the big ones spread.
+    let (odd, even): (Vec<(usize, Job<'_>)>, Vec<(usize, Job<'_>)>) =
+        jobs.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
+    let run = |jobs: Vec<(usize, Job<'_>)>| {
+        let mut out = Vec::new();
+        for (_, (name, program, hooks)) in jobs {
+            match program {
+                Some(program) => {
+                    let mut loaded = false;
+                    for (i, spec) in hooks {
+                        let result = attach(program, &spec, btf, !loaded);
+                        loaded |= result.is_ok();
+                        out.push((i, result));
+                    }
+                }
+                None => out.extend(hooks.into_iter().map(|(i, _)| (i, Err(ProbeError::MissingProgram(name))))),
+            }
+        }
+        out
+    };
+    let mut results: Vec<(usize, Result<Link, ProbeError>)> = std::thread::scope(|scope| {
+        let other = scope.spawn(|| run(odd));
+        let mut mine = run(even);
+        mine.extend(other.join().expect("attach thread does not panic"));
+        mine
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A link made by [`attach`], to detach one hook of a shared program.
+enum Link {
+    Btf(aya::programs::tp_btf::BtfTracePointLinkId),
+    Tracepoint(aya::programs::trace_point::TracePointLinkId),
+}
+
+fn attach(
+    program: &mut aya::programs::Program,
+    spec: &ProgramSpec,
+    btf: &aya::Btf,
+    load: bool,
+) -> Result<Link, ProbeError> {
     let err = |action| {
         move |source| ProbeError::Program {
             action,
@@ -279,16 +575,31 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: &aya::Btf) -> Result<(), Pro
     match spec.hook {
         Hook::BtfTracepoint(name) => {
             let p: &mut BtfTracePoint = program.try_into().map_err(err("load"))?;
-            p.load(name, btf).map_err(err("load"))?;
-            p.attach().map_err(err("attach"))?;
+            if load {
+                p.load(name, btf).map_err(err("load"))?;
+            }
+            Ok(Link::Btf(p.attach().map_err(err("attach"))?))
         }
         Hook::Tracepoint(category, name) => {
             let p: &mut TracePoint = program.try_into().map_err(err("load"))?;
-            p.load().map_err(err("load"))?;
-            p.attach(category, name).map_err(err("attach"))?;
+            if load && p.fd().is_err() {
+                p.load().map_err(err("load"))?;
+            }
+            Ok(Link::Tracepoint(p.attach(category, name).map_err(err("attach"))?))
         }
     }
-    Ok(())
+}
+
+/// Detaches one link of a program.
+fn detach(ebpf: &mut Ebpf, name: &str, link: Link) {
+    let Some(program) = ebpf.program_mut(name) else {
+        return;
+    };
+    let _ = match (program, link) {
+        (aya::programs::Program::TracePoint(p), Link::Tracepoint(id)) => p.detach(id),
+        (aya::programs::Program::BtfTracePoint(p), Link::Btf(id)) => p.detach(id),
+        _ => Ok(()),
+    };
 }
 
 /// Kernels since 6.16 pass `group_dead` to `sched_process_exit`; the

@@ -1,0 +1,85 @@
+//! Operations the entry program stashes arguments for.
+//!
+//! One entry program serves every security syscall: it looks the syscall
+//! number up in the `SYSCALL_OPS` array (filled by the agent from its
+//! syscall table, so the kernel side has no per-architecture numbers) and
+//! stashes the arguments under the op found. The exit programs, one per
+//! family, check that the stash belongs to their syscall.
+
+/// Not watched.
+pub const NONE: u32 = 0;
+/// connect(fd, addr, len)
+pub const CONNECT: u32 = 1;
+/// bind(fd, addr, len)
+pub const BIND: u32 = 2;
+/// listen(fd, backlog)
+pub const LISTEN: u32 = 3;
+/// openat(dfd, name, flags, mode)
+pub const OPENAT: u32 = 10;
+/// open(name, flags, mode)
+pub const OPEN: u32 = 11;
+/// creat(name, mode)
+pub const CREAT: u32 = 12;
+/// openat2(dfd, name, how, size)
+pub const OPENAT2: u32 = 13;
+/// unlink(name)
+pub const UNLINK: u32 = 20;
+/// unlinkat(dfd, name, flags)
+pub const UNLINKAT: u32 = 21;
+/// rename(old, new)
+pub const RENAME: u32 = 22;
+/// renameat(olddfd, old, newdfd, new)
+pub const RENAMEAT: u32 = 23;
+/// renameat2(olddfd, old, newdfd, new, flags)
+pub const RENAMEAT2: u32 = 24;
+/// Credential syscalls: `CRED + cred_op::*` (31..=39).
+pub const CRED: u32 = 30;
+/// ptrace(request, pid, addr, data)
+pub const PTRACE: u32 = 40;
+/// bpf(cmd, attr, size)
+pub const BPF: u32 = 41;
+/// memfd_create(name, flags)
+pub const MEMFD: u32 = 42;
+/// kill(pid, sig)
+pub const KILL: u32 = 50;
+/// tkill(tid, sig)
+pub const TKILL: u32 = 51;
+/// tgkill(tgid, tid, sig)
+pub const TGKILL: u32 = 52;
+/// init_module(image, len, params)
+pub const INIT_MODULE: u32 = 60;
+/// finit_module(fd, params, flags)
+pub const FINIT_MODULE: u32 = 61;
+
+/// Syscall name -> op, for the agent to fill `SYSCALL_OPS`.
+pub const BY_NAME: &[(&str, u32)] = &[
+    ("connect", CONNECT),
+    ("bind", BIND),
+    ("listen", LISTEN),
+    ("openat", OPENAT),
+    ("open", OPEN),
+    ("creat", CREAT),
+    ("openat2", OPENAT2),
+    ("unlink", UNLINK),
+    ("unlinkat", UNLINKAT),
+    ("rename", RENAME),
+    ("renameat", RENAMEAT),
+    ("renameat2", RENAMEAT2),
+    ("setuid", CRED + crate::cred_op::SETUID as u32),
+    ("setreuid", CRED + crate::cred_op::SETREUID as u32),
+    ("setresuid", CRED + crate::cred_op::SETRESUID as u32),
+    ("setfsuid", CRED + crate::cred_op::SETFSUID as u32),
+    ("setgid", CRED + crate::cred_op::SETGID as u32),
+    ("setregid", CRED + crate::cred_op::SETREGID as u32),
+    ("setresgid", CRED + crate::cred_op::SETRESGID as u32),
+    ("setfsgid", CRED + crate::cred_op::SETFSGID as u32),
+    ("capset", CRED + crate::cred_op::CAPSET as u32),
+    ("ptrace", PTRACE),
+    ("bpf", BPF),
+    ("memfd_create", MEMFD),
+    ("kill", KILL),
+    ("tkill", TKILL),
+    ("tgkill", TGKILL),
+    ("init_module", INIT_MODULE),
+    ("finit_module", FINIT_MODULE),
+];

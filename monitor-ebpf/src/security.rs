@@ -1,0 +1,336 @@
+//! Credential changes, ptrace, module loads, BPF program loads, memfd,
+//! executable anonymous memory and signals to other processes.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use monitor_common::{
+    BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
+    MemExecRecord, MemfdRecord, ModuleRecord, PtraceRecord, file_flags, kind, mem_op, path_flags,
+    stash,
+};
+
+use crate::{
+    fds::file_of_fd,
+    kernel::{
+        EVENTS, configured, count, count_ringbuf_full, current_task, fill_task, off, read,
+        read_ptr, write_header,
+    },
+    pending::{Pending, arg, is_agent, ret, take},
+    vfs::{capture_path, set_empty},
+};
+
+// ---- credentials -----------------------------------------------------------
+
+/// The current credentials: ([uid, euid, suid], [gid, egid, sgid], caps).
+fn current_creds() -> ([u32; 3], [u32; 3], u64) {
+    let Ok(cred) = read_ptr(current_task(), off!(task_cred)) else {
+        return ([0; 3], [0; 3], 0);
+    };
+    // SAFETY: probe reads.
+    unsafe {
+        (
+            [
+                read(cred, off!(cred_uid)).unwrap_or(0),
+                read(cred, off!(cred_euid)).unwrap_or(0),
+                read(cred, off!(cred_suid)).unwrap_or(0),
+            ],
+            [
+                read(cred, off!(cred_gid)).unwrap_or(0),
+                read(cred, off!(cred_egid)).unwrap_or(0),
+                read(cred, off!(cred_sgid)).unwrap_or(0),
+            ],
+            read(cred, off!(cred_cap_effective)).unwrap_or(0),
+        )
+    }
+}
+
+/// Exit of the setuid and setgid families and capset.
+#[tracepoint]
+pub fn sys_exit_cred(ctx: TracePointContext) -> u32 {
+    if let Some(p) = take(&ctx) {
+        cred_exit(&ctx, &p);
+    }
+    0
+}
+
+fn cred_exit(ctx: &TracePointContext, p: &Pending) {
+    let op = (p.op - stash::CRED) as u8;
+    let Some(mut entry) = EVENTS.reserve::<CredRecord>(0) else {
+        count_ringbuf_full(kind::CRED);
+        return;
+    };
+    let (uid, gid, caps) = current_creds();
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::CRED, core::mem::size_of::<CredRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).op = op;
+        (*rec)._pad0 = [0; 3];
+        (*rec).ret = ret(ctx) as i32;
+        (*rec).args = [p.args[0] as u32, p.args[1] as u32, p.args[2] as u32];
+        (*rec).old_uid = [p.aux[0] as u32, (p.aux[0] >> 32) as u32, p.aux[1] as u32];
+        (*rec).old_gid = [(p.aux[1] >> 32) as u32, p.aux[2] as u32, (p.aux[2] >> 32) as u32];
+        (*rec).new_uid = uid;
+        (*rec).new_gid = gid;
+        (*rec)._pad1 = 0;
+        (*rec).old_cap_effective = p.aux[3];
+        (*rec).new_cap_effective = caps;
+    }
+    entry.submit(0);
+}
+
+// ---- ptrace ------------------------------------------------------------------
+
+/// Exit of ptrace (only requests the entry filter kept were stashed).
+#[tracepoint]
+pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
+    let Some(p) = take(&ctx) else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<PtraceRecord>(0) else {
+        count_ringbuf_full(kind::PTRACE);
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::PTRACE, core::mem::size_of::<PtraceRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).request = p.args[0] as i64;
+        (*rec).target = p.args[1] as i32;
+        (*rec).ret = ret(&ctx) as i32;
+    }
+    entry.submit(0);
+    0
+}
+
+// ---- bpf ---------------------------------------------------------------------
+
+/// Exit of bpf (only BPF_PROG_LOAD calls were stashed).
+#[tracepoint]
+pub fn sys_exit_bpf(ctx: TracePointContext) -> u32 {
+    let Some(p) = take(&ctx) else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<BpfRecord>(0) else {
+        count_ringbuf_full(kind::BPF);
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record; user reads land in its fields.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::BPF, core::mem::size_of::<BpfRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).cmd = p.args[0] as u32;
+        (*rec).ret = ret(&ctx) as i32;
+        (*rec).prog_type = 0;
+        (*rec).insn_cnt = 0;
+        (*rec).prog_name = [0; 16];
+        let attr = p.args[1];
+        // union bpf_attr, BPF_PROG_LOAD: prog_type @0, insn_cnt @4, prog_name @48.
+        let ok = bpf_probe_read_user((&raw mut (*rec).prog_type).cast(), 4, attr as *const _) == 0
+            && bpf_probe_read_user((&raw mut (*rec).insn_cnt).cast(), 4, (attr + 4) as *const _) == 0
+            && bpf_probe_read_user((*rec).prog_name.as_mut_ptr().cast(), 16, (attr + 48) as *const _)
+                == 0;
+        if !ok {
+            count(COUNTER_USER_FAULT + u32::from(kind::BPF));
+            (*rec).header.flags = file_flags::USER_FAULT;
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+// ---- memfd -------------------------------------------------------------------
+
+/// Exit of memfd_create.
+#[tracepoint]
+pub fn sys_exit_memfd(ctx: TracePointContext) -> u32 {
+    let Some(p) = take(&ctx) else {
+        return 0;
+    };
+    let Some(mut entry) = EVENTS.reserve::<MemfdRecord>(0) else {
+        count_ringbuf_full(kind::MEMFD);
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::MEMFD, core::mem::size_of::<MemfdRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).flags = p.args[1] as u32;
+        (*rec).ret = ret(&ctx) as i32;
+        (*rec)._pad0 = 0;
+        let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+            (*rec).name.as_mut_ptr().cast(),
+            MEMFD_NAME_MAX as u32,
+            p.args[0] as *const _,
+        );
+        if n > 0 {
+            (*rec).name_len = (n - 1) as u32;
+        } else {
+            (*rec).name_len = 0;
+            (*rec).header.flags = file_flags::USER_FAULT;
+            count(COUNTER_USER_FAULT + u32::from(kind::MEMFD));
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+// ---- signals -----------------------------------------------------------------
+
+/// Exit of kill, tkill and tgkill (signals to self and signal 0 were not
+/// stashed).
+#[tracepoint]
+pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
+    let Some(p) = take(&ctx) else {
+        return 0;
+    };
+    let (target, sig, syscall) = match p.op {
+        stash::TGKILL => (p.args[1] as i32, p.args[2] as i32, 3),
+        stash::TKILL => (p.args[0] as i32, p.args[1] as i32, 2),
+        _ => (p.args[0] as i32, p.args[1] as i32, 1),
+    };
+    let Some(mut entry) = EVENTS.reserve::<KillRecord>(0) else {
+        count_ringbuf_full(kind::KILL);
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::KILL, core::mem::size_of::<KillRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).target = target;
+        (*rec).signal = sig;
+        (*rec).ret = ret(&ctx) as i32;
+        (*rec).syscall = syscall;
+    }
+    entry.submit(0);
+    0
+}
+
+// ---- kernel modules ------------------------------------------------------------
+
+/// Exit of init_module and finit_module.
+#[tracepoint]
+pub fn sys_exit_module(ctx: TracePointContext) -> u32 {
+    if let Some(p) = take(&ctx) {
+        if p.op == stash::FINIT_MODULE {
+            module_exit(2, p.args[0] as i64, p.args[1], ret(&ctx));
+        } else {
+            module_exit(1, -1, p.args[2], ret(&ctx));
+        }
+    }
+    0
+}
+
+fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
+    let Some(mut entry) = EVENTS.reserve::<ModuleRecord>(0) else {
+        count_ringbuf_full(kind::MODULE);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::MODULE, core::mem::size_of::<ModuleRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).op = op;
+        (*rec)._pad0 = [0; 3];
+        (*rec).ret = ret as i32;
+        (*rec).fd = fd as i32;
+        let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+            (*rec).args.as_mut_ptr().cast(),
+            MODULE_ARGS_MAX as u32,
+            uargs as *const _,
+        );
+        (*rec).args_len = if n > 0 { (n - 1) as u32 } else { 0 };
+        match file_of_fd(fd) {
+            Some(file) => capture_path(&raw mut (*rec).path, file + off!(file_f_path)),
+            None => set_empty(&raw mut (*rec).path, path_flags::ABSENT),
+        }
+    }
+    entry.submit(0);
+}
+
+// ---- executable anonymous memory -------------------------------------------------
+
+const PROT_EXEC: u64 = 0x4;
+const MAP_ANONYMOUS: u64 = 0x20;
+
+/// `mmap(addr, len, prot, flags, fd, off)` asking for anonymous executable memory.
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let prot = arg(&ctx, 2);
+    let flags = arg(&ctx, 3);
+    if prot & PROT_EXEC != 0 && flags & MAP_ANONYMOUS != 0 && configured() && !is_agent() {
+        emit_mem(mem_op::MMAP, arg(&ctx, 0), arg(&ctx, 1), prot, flags);
+    }
+    0
+}
+
+/// Context of the VMA lookup.
+#[repr(C)]
+struct VmaCheck {
+    anonymous: u32,
+    _pad0: u32,
+}
+
+extern "C" fn vma_is_anonymous(
+    _task: *mut core::ffi::c_void,
+    vma: *mut core::ffi::c_void,
+    ctx: *mut core::ffi::c_void,
+) -> i64 {
+    // SAFETY: bpf_find_vma passes the VMA and our context back.
+    unsafe {
+        let file: usize = read(vma as usize, off!(vma_vm_file)).unwrap_or(1);
+        (*ctx.cast::<VmaCheck>()).anonymous = u32::from(file == 0);
+    }
+    0
+}
+
+/// `mprotect(start, len, prot)` adding execute permission to anonymous memory.
+#[tracepoint]
+pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
+    let prot = arg(&ctx, 2);
+    if prot & PROT_EXEC == 0 || !configured() || is_agent() {
+        return 0;
+    }
+    let start = arg(&ctx, 0);
+    let mut check = VmaCheck { anonymous: 0, _pad0: 0 };
+    // SAFETY: the callback matches bpf_find_vma's signature and only writes
+    // `check` through the context pointer.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        bpf_find_vma(task, start, vma_is_anonymous as *mut _, (&raw mut check).cast(), 0);
+    }
+    if check.anonymous != 0 {
+        emit_mem(mem_op::MPROTECT, start, arg(&ctx, 1), prot, 0);
+    }
+    0
+}
+
+fn emit_mem(op: u8, addr: u64, len: u64, prot: u64, flags: u64) {
+    let Some(mut entry) = EVENTS.reserve::<MemExecRecord>(0) else {
+        count_ringbuf_full(kind::MEM_EXEC);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(&raw mut (*rec).header, kind::MEM_EXEC, core::mem::size_of::<MemExecRecord>());
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).op = op;
+        (*rec)._pad0 = [0; 3];
+        (*rec).prot = prot as u32;
+        (*rec).map_flags = flags as u32;
+        (*rec).ret = 0;
+        (*rec).addr = addr;
+        (*rec).len = len;
+    }
+    entry.submit(0);
+}

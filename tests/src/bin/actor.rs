@@ -1,0 +1,177 @@
+//! A test helper that performs one security-relevant action and exits, so the
+//! kernel tests can assert on exactly what it did. (The tests cannot act
+//! themselves: the in-process capture treats its own process as the agent,
+//! whose actions are never reported.)
+//!
+//! Usage: `actor ACTION [ARGS...]`; prints a line of facts for the test.
+
+use std::{
+    ffi::CString,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    os::unix::net::UnixStream,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_else(|| panic!("missing argument {i}"));
+    match args.first().map(String::as_str) {
+        Some("connect") => {
+            let mut s = TcpStream::connect(("127.0.0.1", arg(1).parse::<u16>().unwrap())).unwrap();
+            let _ = s.write_all(b"hi");
+        }
+        Some("connect6") => {
+            let _ = TcpStream::connect(("::1", arg(1).parse::<u16>().unwrap()));
+        }
+        Some("connect-unix") => {
+            let _ = UnixStream::connect(arg(1));
+        }
+        Some("connect-badaddr") => {
+            // SAFETY: connect with an invalid pointer: the kernel answers EFAULT.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let r = libc::connect(fd, 8 as *const libc::sockaddr, 16);
+                assert_eq!(r, -1);
+            }
+        }
+        Some("udp") => {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.connect(("127.0.0.1", arg(1).parse::<u16>().unwrap())).unwrap();
+        }
+        Some("serve") => {
+            // bind + listen, print the port, accept one connection.
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            println!("{}", l.local_addr().unwrap().port());
+            std::io::stdout().flush().unwrap();
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 2];
+            let _ = c.read(&mut buf);
+        }
+        Some("write") => {
+            std::fs::write(arg(1), b"written by actor\n").unwrap();
+        }
+        Some("read") => {
+            let _ = std::fs::read(arg(1));
+        }
+        Some("unlink") => std::fs::remove_file(arg(1)).unwrap(),
+        Some("rename") => std::fs::rename(arg(1), arg(2)).unwrap(),
+        Some("unlink-relative") => {
+            std::env::set_current_dir(arg(1)).unwrap();
+            std::fs::remove_file(arg(2)).unwrap();
+        }
+        Some("setuid") => {
+            // SAFETY: plain syscalls.
+            let r = unsafe { libc::setuid(arg(1).parse().unwrap()) };
+            assert_eq!(r, 0, "setuid failed");
+        }
+        Some("ptrace") => {
+            let pid: i32 = arg(1).parse().unwrap();
+            // SAFETY: plain syscalls on a test child.
+            unsafe {
+                assert_eq!(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0), 0, "PTRACE_ATTACH failed");
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, libc::__WALL);
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+            }
+        }
+        Some("kill") => {
+            // SAFETY: signalling a test child.
+            unsafe { libc::kill(arg(1).parse().unwrap(), arg(2).parse().unwrap()) };
+        }
+        Some("memfd-exec") => memfd_exec(),
+        Some("mmap-exec") => {
+            // SAFETY: anonymous mapping, then mprotect of it.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(p, libc::MAP_FAILED);
+                println!("{:#x}", p as usize);
+                let q = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_eq!(libc::mprotect(q, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+                println!("{:#x}", q as usize);
+            }
+        }
+        Some("bpf-load") => bpf_load(),
+        Some("getppid") => {
+            let n: u64 = arg(1).parse().unwrap();
+            for _ in 0..n {
+                // SAFETY: a plain syscall.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+        }
+        other => panic!("unknown action {other:?}"),
+    }
+}
+
+/// memfd_create("actor-payload"), copy /bin/true into it, execveat it.
+fn memfd_exec() {
+    let name = CString::new("actor-payload").unwrap();
+    // SAFETY: plain syscalls; the fd is ours.
+    unsafe {
+        let fd = libc::memfd_create(name.as_ptr(), 0);
+        assert!(fd >= 0, "memfd_create failed");
+        let bytes = std::fs::read("/bin/true").unwrap();
+        assert_eq!(libc::write(fd, bytes.as_ptr().cast(), bytes.len()), bytes.len() as isize);
+        let empty = CString::new("").unwrap();
+        let argv0 = CString::new("fileless-true").unwrap();
+        let argv = [argv0.as_ptr(), std::ptr::null()];
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        panic!("execveat failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Loads the smallest valid socket filter (`r0 = 0; exit`) named "actor_prog".
+fn bpf_load() {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        pad: [u8; 32],
+        pad2: [u8; 32],
+    }
+    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    let mut attr = Attr {
+        prog_type: 1, // socket filter
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    attr.prog_name[..10].copy_from_slice(b"actor_prog");
+    // SAFETY: bpf(BPF_PROG_LOAD) with a valid attribute block.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, 5, &raw const attr, std::mem::size_of::<Attr>() as u32)
+    };
+    assert!(fd >= 0, "BPF_PROG_LOAD failed: {}", std::io::Error::last_os_error());
+}
