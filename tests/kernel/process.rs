@@ -193,7 +193,6 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    assert!(child.wait_with_output().unwrap().status.success());
     let profiles = |evs: &[Event]| -> Vec<monitor::event::ProfileDetail> {
         evs.iter()
             .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
@@ -206,7 +205,9 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
     rec.until(Duration::from_secs(10), "the final profile window", |evs| {
         profiles(evs).iter().any(|p| p.final_window)
     });
+    assert!(child.wait_with_output().unwrap().status.success());
     let windows = profiles(&rec.events);
+    assert!(windows.len() > 1, "the count spans several windows");
     let counted: u64 = windows.iter().map(|p| p.counts.get("getppid").copied().unwrap_or(0)).sum();
     eprintln!("getppid: {N} calls, {counted} counted over {} windows", windows.len());
     // The helper's runtime makes no getppid calls of its own.
