@@ -83,3 +83,10 @@ fn insert(tid: u32, pid: u32) -> Option<*mut ThreadProfile> {
     }
     Some(profile)
 }
+
+/// An empty program on every syscall: the floor cost of hooking `sys_enter`,
+/// attached only by `monitor bench-floor` for the overhead benchmark.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}

@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Record(args) => monitor::cli::record::run(args).await,
+            Command::BenchFloor => monitor::cli::bench_floor().await,
         }
     });
     match result {

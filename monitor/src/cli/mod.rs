@@ -26,6 +26,21 @@ pub struct Cli {
 pub enum Command {
     /// Capture kernel events and write them as JSON Lines (needs root).
     Record(record::RecordArgs),
+    /// Benchmark floor: attach only an empty program to every syscall and
+    /// wait for SIGTERM (used by `cargo xtask bench overhead`).
+    #[command(hide = true)]
+    BenchFloor,
+}
+
+/// `monitor bench-floor`.
+pub async fn bench_floor() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let probe = crate::kernel::FloorProbe::attach().context("cannot attach the empty sys_enter program")?;
+    eprintln!("monitor: ready (empty sys_enter hook attached)");
+    signals.recv().await;
+    drop(probe);
+    Ok(())
 }
 
 /// Sets up `tracing` on stderr.

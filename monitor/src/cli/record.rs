@@ -54,6 +54,8 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         processes = capture.seed_stats().processes,
         "recording"
     );
+    // A plain line for scripts that wait for readiness.
+    eprintln!("monitor: ready");
 
     let deadline = match args.duration {
         Some(secs) => Some(tokio::time::Instant::now() + positive_secs(secs, "--duration")?),

@@ -461,6 +461,33 @@ impl Probes {
     }
 }
 
+/// The benchmark floor: only an empty program on `sys_enter` (see
+/// `monitor bench-floor`). Detaches when dropped.
+pub struct FloorProbe {
+    _ebpf: Ebpf,
+}
+
+impl FloorProbe {
+    /// Loads the object and attaches only the empty `sys_enter` program.
+    pub fn attach() -> Result<Self, ProbeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ProbeError::NotPrivileged);
+        }
+        mounts::ensure_mounted()?;
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(ProbeError::Object)?;
+        let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
+        let spec = ProgramSpec {
+            name: "sys_enter_empty",
+            hook: Hook::BtfTracepoint("sys_enter"),
+            sensor: Sensor::SyscallProfile,
+        };
+        let program = ebpf.program_mut(spec.name).ok_or(ProbeError::MissingProgram(spec.name))?;
+        attach(program, &spec, &btf, true)?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
 impl Drop for Probes {
     fn drop(&mut self) {
         self.detach_all();

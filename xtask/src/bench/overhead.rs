@@ -1,0 +1,551 @@
+//! `cargo xtask bench overhead`: what the agent costs the workloads it watches.
+//!
+//! Four workloads, five configurations, several rounds, interleaved (each
+//! round runs every configuration, in an order rotated per round, so drift in
+//! the machine's speed spreads over all of them); medians and ratios to
+//! `none` are printed and written to `docs/performance.md`.
+//!
+//! Workloads (static C programs compiled here, so their syscalls are exactly
+//! the ones counted):
+//! - W1: 5,000,000 `getppid` calls in a tight loop;
+//! - W2: 3,000 sequential fork+exec of `/bin/true`;
+//! - W3: 300,000 open+read+close of a small file;
+//! - W4: `make -j2` of 50 small C files.
+//!
+//! Configurations: none; an empty BPF program on every syscall (the floor
+//! for hooking every syscall); the agent with everything on; the agent with
+//! syscall profiles off; bpftrace counting per (pid, syscall).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::prepare::{self, step};
+
+const W1_CALLS: u64 = 5_000_000;
+const W2_EXECS: u64 = 3_000;
+const W3_OPENS: u64 = 300_000;
+const W4_FILES: usize = 50;
+
+const W1_C: &str = r#"
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    for (long i = 0; i < n; i++) syscall(SYS_getppid);
+    return 0;
+}
+"#;
+
+const W2_C: &str = r#"
+#include <unistd.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    char *child_argv[] = {"true", argv[2], NULL};
+    char *envp[] = {NULL};
+    for (long i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid == 0) { execve("/bin/true", child_argv, envp); _exit(127); }
+        int status;
+        waitpid(pid, &status, 0);
+    }
+    return 0;
+}
+"#;
+
+const W3_C: &str = r#"
+#include <fcntl.h>
+#include <unistd.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    char buf[256];
+    for (long i = 0; i < n; i++) {
+        int fd = open(argv[2], O_RDONLY);
+        if (fd < 0) return 1;
+        if (read(fd, buf, sizeof buf) < 0) return 1;
+        close(fd);
+    }
+    return 0;
+}
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    None,
+    EmptyHook,
+    AgentFull,
+    AgentNoProfiles,
+    Bpftrace,
+}
+
+impl Config {
+    const ALL: [Config; 5] = [
+        Config::None,
+        Config::EmptyHook,
+        Config::AgentFull,
+        Config::AgentNoProfiles,
+        Config::Bpftrace,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::None => "none",
+            Config::EmptyHook => "empty hook",
+            Config::AgentFull => "agent (all on)",
+            Config::AgentNoProfiles => "agent (profiles off)",
+            Config::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Workload {
+    W1,
+    W2,
+    W3,
+    W4,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [Workload::W1, Workload::W2, Workload::W3, Workload::W4];
+
+    fn label(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1 5M getppid",
+            Workload::W2 => "W2 3k fork+exec",
+            Workload::W3 => "W3 300k open+read+close",
+            Workload::W4 => "W4 make -j2, 50 C files",
+        }
+    }
+}
+
+/// A running configuration.
+struct Running {
+    child: Option<Child>,
+    output: Option<PathBuf>,
+    stderr_log: Option<PathBuf>,
+}
+
+/// What one agent run saw.
+#[derive(Debug, Default, Clone)]
+struct AgentRun {
+    cpu_secs: f64,
+    peak_rss_kib: u64,
+    w2_execs: u64,
+    w2_exec_drops: u64,
+    w3_openat: u64,
+    w3_profile_drops: u64,
+}
+
+struct Bench {
+    dir: PathBuf,
+    agent: PathBuf,
+    rounds: usize,
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if !prepare::is_root() {
+        bail!("the overhead benchmark loads eBPF programs and needs root; run `sudo -E cargo xtask bench overhead`");
+    }
+    let rounds = match args.iter().position(|a| a == "--rounds") {
+        Some(i) => args.get(i + 1).context("--rounds needs a number")?.parse().context("--rounds")?,
+        None => 5,
+    };
+    let agent = prepare::build()?;
+    prepare::mounts()?;
+    prepare::apt_packages(&[("bpftrace", "bpftrace"), ("make", "make"), ("gcc", "gcc")])?;
+    check_audit();
+    let dir = std::env::temp_dir().join("monitor-bench-overhead");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let bench = Bench { dir, agent, rounds };
+    bench.compile()?;
+    let started = Instant::now();
+    let (times, agents) = bench.measure()?;
+    let idle = bench.idle()?;
+    let report = render(&times, &agents, idle, rounds, started.elapsed());
+    println!("\n{report}");
+    let doc = prepare::root().join("docs/performance.md");
+    write_report(&doc, &report)?;
+    step("done", "report", &doc.display().to_string());
+    Ok(())
+}
+
+/// Audit rules make every task pay an audit context on each syscall; the
+/// numbers would then measure auditd, not us.
+fn check_audit() {
+    match prepare::output(Command::new("auditctl").arg("-l")) {
+        Some(rules) if !rules.contains("No rules") && !rules.trim().is_empty() => {
+            step("!!", "auditd", "audit rules are loaded: figures include audit's cost (`auditctl -D`)");
+        }
+        _ => step("ok", "auditd", "no audit rules"),
+    }
+}
+
+impl Bench {
+    fn compile(&self) -> anyhow::Result<()> {
+        for (name, src) in [("w1", W1_C), ("w2", W2_C), ("w3", W3_C)] {
+            let c = self.dir.join(format!("{name}.c"));
+            std::fs::write(&c, src)?;
+            prepare::run_cmd(
+                Command::new("gcc").args(["-O2", "-static", "-o"]).arg(self.dir.join(name)).arg(&c),
+            )
+            .with_context(|| format!("cannot compile workload {name}"))?;
+        }
+        std::fs::write(self.dir.join("small.txt"), "a small file\n")?;
+        let w4 = self.dir.join("w4");
+        std::fs::create_dir_all(&w4)?;
+        let mut objs = Vec::new();
+        for i in 0..W4_FILES {
+            let src = format!(
+                "#include <string.h>\n#include <stdio.h>\n\
+                 static int table_{i}[64];\n\
+                 int f{i}(int x) {{ for (int k = 0; k < 64; k++) table_{i}[k] = x * k + {i}; return table_{i}[x & 63]; }}\n\
+                 int g{i}(const char *s) {{ char b[64]; snprintf(b, sizeof b, \"%s-{i}\", s); return (int)strlen(b); }}\n"
+            );
+            std::fs::write(w4.join(format!("f{i}.c")), src)?;
+            objs.push(format!("f{i}.o"));
+        }
+        std::fs::write(
+            w4.join("Makefile"),
+            format!(
+                "OBJS = {}\nall: libw4.a\nlibw4.a: $(OBJS)\n\tar rcs $@ $(OBJS)\n%.o: %.c\n\tgcc -O2 -c $< -o $@\nclean:\n\trm -f $(OBJS) libw4.a\n",
+                objs.join(" ")
+            ),
+        )?;
+        step("ok", "workloads", &format!("compiled in {}", self.dir.display()));
+        Ok(())
+    }
+
+    /// Runs one workload; returns its wall time and the pid it ran as.
+    fn workload(&self, w: Workload, token: &str) -> anyhow::Result<(Duration, u32)> {
+        let mut cmd = match w {
+            Workload::W1 => {
+                let mut c = Command::new(self.dir.join("w1"));
+                c.arg(W1_CALLS.to_string());
+                c
+            }
+            Workload::W2 => {
+                let mut c = Command::new(self.dir.join("w2"));
+                c.arg(W2_EXECS.to_string()).arg(token);
+                c
+            }
+            Workload::W3 => {
+                let mut c = Command::new(self.dir.join("w3"));
+                c.arg(W3_OPENS.to_string()).arg(self.dir.join("small.txt"));
+                c
+            }
+            Workload::W4 => {
+                prepare::run_cmd(
+                    Command::new("make").args(["-s", "clean"]).current_dir(self.dir.join("w4")),
+                )?;
+                let mut c = Command::new("make");
+                c.args(["-s", "-j2"]).current_dir(self.dir.join("w4"));
+                c
+            }
+        };
+        let started = Instant::now();
+        let mut child = cmd.stdout(Stdio::null()).spawn().with_context(|| format!("cannot run {w:?}"))?;
+        let pid = child.id();
+        let status = child.wait()?;
+        let took = started.elapsed();
+        if !status.success() {
+            bail!("workload {w:?} failed: {status}");
+        }
+        Ok((took, pid))
+    }
+
+    fn start(&self, config: Config, round: usize) -> anyhow::Result<Running> {
+        let mut running = Running { child: None, output: None, stderr_log: None };
+        let (mut cmd, ready_marker) = match config {
+            Config::None => return Ok(running),
+            Config::EmptyHook => {
+                let mut c = Command::new(&self.agent);
+                c.arg("bench-floor");
+                (c, "ready")
+            }
+            Config::AgentFull | Config::AgentNoProfiles => {
+                let out = self.dir.join(format!("agent-{round}-{config:?}.jsonl"));
+                let mut c = Command::new(&self.agent);
+                c.args(["record", "--output"]).arg(&out);
+                if config == Config::AgentNoProfiles {
+                    c.arg("--no-syscall-profiles");
+                }
+                running.output = Some(out);
+                (c, "ready")
+            }
+            Config::Bpftrace => {
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", "tracepoint:raw_syscalls:sys_enter { @[pid, args->id] = count(); }"]);
+                c.stdout(Stdio::null());
+                (c, "Attaching")
+            }
+        };
+        let log = self.dir.join(format!("stderr-{round}-{config:?}.log"));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdout(if config == Config::Bpftrace { Stdio::piped() } else { Stdio::null() })
+            .spawn()
+            .with_context(|| format!("cannot start {}", config.name()))?;
+        // bpftrace announces on stdout, the agent on stderr.
+        let stream: Box<dyn std::io::Read + Send> = if config == Config::Bpftrace {
+            Box::new(child.stdout.take().expect("piped"))
+        } else {
+            Box::new(child.stderr.take().expect("piped"))
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).ok();
+            let mut sent = false;
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{line}");
+                }
+                if !sent && line.contains(ready_marker) {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            bail!("{} did not become ready (see {})", config.name(), log.display());
+        }
+        // Let start-up work (process table seeding, first windows) settle.
+        std::thread::sleep(Duration::from_millis(500));
+        running.child = Some(child);
+        running.stderr_log = Some(log);
+        Ok(running)
+    }
+
+    /// Stops a configuration; for the agent, returns what it saw.
+    fn stop(&self, running: Running, w2_token: &str, w3_pid: u32) -> anyhow::Result<Option<AgentRun>> {
+        let Some(mut child) = running.child else {
+            return Ok(None);
+        };
+        let pid = child.id();
+        let (cpu_secs, peak_rss_kib) = proc_usage(pid);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let status = child.wait()?;
+        let Some(out) = running.output else {
+            return Ok(None);
+        };
+        if !status.success() {
+            bail!("the agent exited with {status}; see {:?}", running.stderr_log);
+        }
+        let mut run = AgentRun { cpu_secs, peak_rss_kib, ..Default::default() };
+        let text = std::fs::read_to_string(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        for line in text.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("bad JSON from the agent: {line}"))?;
+            let total = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+            match v["kind"].as_str() {
+                // The children exec /bin/true with the token; the w2 driver's
+                // own exec carries it too, so match the path.
+                Some("exec")
+                    if v["path"].as_str().is_some_and(|p| p.ends_with("/true"))
+                        && v["args"].as_array().is_some_and(|a| a.iter().any(|x| x == w2_token)) =>
+                {
+                    run.w2_execs += 1;
+                }
+                Some("syscall_profile") if v["process"]["pid"] == w3_pid => {
+                    run.w3_openat += v["counts"]["openat"].as_u64().unwrap_or(0);
+                }
+                Some("loss") => {
+                    run.w2_exec_drops = run.w2_exec_drops.max(total("ringbuf_full.exec"));
+                    run.w3_profile_drops = run
+                        .w3_profile_drops
+                        .max(total("ringbuf_full.thread_exit") + total("profile_map_full"));
+                }
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(&out);
+        Ok(Some(run))
+    }
+
+    #[allow(clippy::type_complexity, reason = "local result tables")]
+    fn measure(
+        &self,
+    ) -> anyhow::Result<(BTreeMap<(Config, Workload), Vec<f64>>, BTreeMap<Config, Vec<AgentRun>>)> {
+        let mut times: BTreeMap<(Config, Workload), Vec<f64>> = BTreeMap::new();
+        let mut agents: BTreeMap<Config, Vec<AgentRun>> = BTreeMap::new();
+        for round in 0..self.rounds {
+            let mut order = Config::ALL.to_vec();
+            let n = order.len();
+            order.rotate_left(round % n);
+            for config in order {
+                let running = self.start(config, round)?;
+                let token = format!("bench-w2-{round}-{config:?}");
+                let mut w3_pid = 0;
+                let mut line = Vec::new();
+                for w in Workload::ALL {
+                    let (took, pid) = self.workload(w, &token)?;
+                    if w == Workload::W3 {
+                        w3_pid = pid;
+                    }
+                    times.entry((config, w)).or_default().push(took.as_secs_f64());
+                    line.push(format!("{:?} {:.2}s", w, took.as_secs_f64()));
+                }
+                // Give the agent time to drain the last windows before stopping.
+                std::thread::sleep(Duration::from_millis(300));
+                if let Some(run) = self.stop(running, &token, w3_pid)? {
+                    agents.entry(config).or_default().push(run);
+                }
+                step("..", &format!("round {}/{} {}", round + 1, self.rounds, config.name()), &line.join(", "));
+            }
+        }
+        Ok((times, agents))
+    }
+
+    /// The agent on an idle host: CPU share of one core and RSS.
+    fn idle(&self) -> anyhow::Result<(f64, u64)> {
+        let running = self.start(Config::AgentFull, 999)?;
+        let pid = running.child.as_ref().map(Child::id).unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(5));
+        let (cpu0, _) = proc_usage(pid);
+        let window = Duration::from_secs(20);
+        std::thread::sleep(window);
+        let (cpu1, rss) = proc_usage(pid);
+        let _ = self.stop(running, "", 0)?;
+        let share = (cpu1 - cpu0) / window.as_secs_f64() * 100.0;
+        step("ok", "idle agent", &format!("{share:.2}% of one core, peak RSS {} KiB", rss));
+        Ok((share, rss))
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11usize, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, rss)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
+}
+
+fn render(
+    times: &BTreeMap<(Config, Workload), Vec<f64>>,
+    agents: &BTreeMap<Config, Vec<AgentRun>>,
+    idle: (f64, u64),
+    rounds: usize,
+    took: Duration,
+) -> String {
+    let mut out = String::new();
+    let machine = machine_line();
+    out.push_str(&format!(
+        "Measured {} on {machine}; {rounds} interleaved rounds, medians; whole run {:.0} s.\n\n",
+        date(),
+        took.as_secs_f64()
+    ));
+    out.push_str("| workload | ");
+    out.push_str(&Config::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(" | "));
+    out.push_str(" |\n|---|");
+    out.push_str(&"---|".repeat(Config::ALL.len()));
+    out.push('\n');
+    for w in Workload::ALL {
+        let none = median(&times[&(Config::None, w)]);
+        out.push_str(&format!("| {} |", w.label()));
+        for c in Config::ALL {
+            let m = median(&times[&(c, w)]);
+            if c == Config::None {
+                out.push_str(&format!(" {m:.3} s |"));
+            } else {
+                out.push_str(&format!(" {m:.3} s (x{:.2}) |", m / none));
+            }
+        }
+        out.push('\n');
+    }
+    let w1 = |c| median(&times[&(c, Workload::W1)]);
+    out.push_str(&format!(
+        "\nW1, agent (all on) / empty hook: x{:.3} (floor: at most x1.15).\n",
+        w1(Config::AgentFull) / w1(Config::EmptyHook)
+    ));
+    out.push_str("\n| agent | W2 execs captured + dropped / expected | W3 openat counted + dropped / expected | agent CPU s per round | agent peak RSS |\n|---|---|---|---|---|\n");
+    for c in [Config::AgentFull, Config::AgentNoProfiles] {
+        let runs = agents.get(&c).cloned().unwrap_or_default();
+        let sum = |f: fn(&AgentRun) -> u64| runs.iter().map(f).sum::<u64>();
+        let n = runs.len() as u64;
+        let cpu = median(&runs.iter().map(|r| r.cpu_secs).collect::<Vec<_>>());
+        let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        let w3 = if c == Config::AgentFull {
+            format!("{} + {} / {}", sum(|r| r.w3_openat), sum(|r| r.w3_profile_drops), W3_OPENS * n)
+        } else {
+            "profiles off".to_owned()
+        };
+        out.push_str(&format!(
+            "| {} | {} + {} / {} | {} | {:.2} | {:.1} MiB |\n",
+            c.name(),
+            sum(|r| r.w2_execs),
+            sum(|r| r.w2_exec_drops),
+            W2_EXECS * n,
+            w3,
+            cpu,
+            rss as f64 / 1024.0
+        ));
+    }
+    out.push_str(&format!(
+        "\nIdle host, agent (all on): {:.2}% of one core over 20 s, peak RSS {:.1} MiB (floors: 2%, 64 MiB).\n",
+        idle.0,
+        idle.1 as f64 / 1024.0
+    ));
+    out
+}
+
+fn machine_line() -> String {
+    let kernel = prepare::output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("Linux {} ({cores} cores, {cpu})", kernel.trim())
+}
+
+fn date() -> String {
+    prepare::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default().trim().to_owned()
+}
+
+fn write_report(doc: &Path, report: &str) -> anyhow::Result<()> {
+    let header = "# Performance\n\nFigures written by `cargo xtask bench overhead` (see `xtask/src/bench/overhead.rs` for\nthe method). Each run replaces the section below.\n\n## Overhead on workloads\n\n";
+    let existing = std::fs::read_to_string(doc).unwrap_or_default();
+    let marker = "<!-- overhead:start -->";
+    let end = "<!-- overhead:end -->";
+    let section = format!("{marker}\n{report}{end}");
+    let text = match (existing.find(marker), existing.find(end)) {
+        (Some(a), Some(b)) => format!("{}{}{}", &existing[..a], section, &existing[b + end.len()..]),
+        _ if existing.is_empty() => format!("{header}{section}\n"),
+        _ => format!("{existing}\n## Overhead on workloads\n\n{section}\n"),
+    };
+    std::fs::write(doc, text).with_context(|| format!("cannot write {}", doc.display()))
+}
+
