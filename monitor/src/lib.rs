@@ -15,8 +15,10 @@
 
 pub mod capture;
 pub mod cli;
+pub mod detect;
 pub mod event;
 pub mod kernel;
+pub mod model;
 pub mod output;
 pub mod process;
 pub mod profiles;

@@ -23,6 +23,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Record(args) => monitor::cli::record::run(args).await,
             Command::BenchFloor => monitor::cli::bench_floor().await,
+            Command::Eval(args) => monitor::cli::eval::run(&args),
+            Command::Replay(args) => monitor::cli::replay::run(&args),
         }
     });
     match result {

@@ -35,6 +35,43 @@ impl Abi {
     pub fn x86_64_number(name: &str) -> Option<u32> {
         name.parse::<syscalls::x86_64::Sysno>().ok().map(|s| s.id() as u32)
     }
+
+    /// Canonical id of syscall `nr` of this ABI (see [`canonical_id`]).
+    pub fn canonical_id(self, nr: u32) -> u16 {
+        canonical_id(&self.name(nr))
+    }
+}
+
+/// Names that exist only outside x86_64, with fixed ids above its table.
+const EXTRA_NAMES: &[&str] = &["socketcall", "ipc", "sys_unknown"];
+/// First id of [`EXTRA_NAMES`].
+const EXTRA_BASE: u16 = 1000;
+
+/// A small integer for a canonical syscall name: its x86_64 number, or a
+/// fixed id above 1000 for names x86_64 lacks; `sys_<n>` names keep `n`
+/// offset by 2000 so they stay distinct.
+pub fn canonical_id(name: &str) -> u16 {
+    if let Some(nr) = Abi::x86_64_number(name) {
+        return nr as u16;
+    }
+    if let Some(i) = EXTRA_NAMES.iter().position(|n| *n == name) {
+        return EXTRA_BASE + i as u16;
+    }
+    if let Some(n) = name.strip_prefix("sys_").and_then(|n| n.parse::<u16>().ok()) {
+        return 2000 + n.min(999);
+    }
+    EXTRA_BASE + (EXTRA_NAMES.len() - 1) as u16
+}
+
+/// The canonical name of a canonical id.
+pub fn canonical_name(id: u16) -> Cow<'static, str> {
+    match id {
+        0..1000 => Abi::X86_64.name(u32::from(id)),
+        2000.. => Cow::Owned(format!("sys_{}", id - 2000)),
+        _ => Cow::Borrowed(
+            EXTRA_NAMES.get(usize::from(id - EXTRA_BASE)).copied().unwrap_or("sys_unknown"),
+        ),
+    }
 }
 
 /// The canonical (x86_64) name of an ABI's native name.
@@ -106,6 +143,14 @@ mod tests {
         assert_eq!(Abi::I386.name(199), "getuid");
         assert_eq!(Abi::I386.name(102), "socketcall");
         assert_eq!(Abi::X86_64.name(511), "sys_511");
+    }
+
+    #[test]
+    fn canonical_ids_round_trip() {
+        for name in ["getppid", "mmap", "socketcall", "ipc", "sys_511"] {
+            assert_eq!(canonical_name(canonical_id(name)), name);
+        }
+        assert_eq!(Abi::I386.canonical_id(192), Abi::X86_64.canonical_id(9), "mmap2 is mmap");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Command-line commands. Each returns `anyhow::Result`; `main` prints the
 //! error chain once and maps it to exit code 2.
 
+pub mod eval;
 pub mod record;
+pub mod replay;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Capture kernel events and write them as JSON Lines (needs root).
     Record(record::RecordArgs),
+    /// Evaluate the model on a public dataset (ADFA-LD).
+    Eval(eval::EvalArgs),
+    /// Run a recorded stream through learning and detection; alerts on stdout.
+    Replay(replay::ReplayArgs),
     /// Benchmark floor: attach only an empty program to every syscall and
     /// wait for SIGTERM (used by `cargo xtask bench overhead`).
     #[command(hide = true)]

@@ -1,0 +1,121 @@
+//! The detection stage: events in, windows built, the model engine fed,
+//! alerts out. One stage owns all of it (windows and the model are state),
+//! and the same stage serves `monitor run` (live events) and `monitor
+//! replay` (recorded ones).
+
+use std::time::Duration;
+
+use crate::{
+    event::Event,
+    model::{Engine, EngineSettings, Outcome, Progress, Window, WindowBuilder, alert::Alert},
+};
+
+/// What the stage produced for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detection {
+    /// An explained alert.
+    Alert(Box<Alert>),
+    /// Learning finished; detection starts with the next window.
+    Learned {
+        /// Windows the baseline was learned from.
+        windows: u64,
+        /// Profiles with their own model.
+        profiles: usize,
+    },
+    /// Learning could not finish (too few usable windows); it goes on.
+    LearningExtended(String),
+}
+
+/// Events to windows to the engine.
+pub struct Detector {
+    windows: WindowBuilder,
+    engine: Engine,
+    /// The last windows scored, kept for acknowledgements (`monitor ack`).
+    recent: std::collections::VecDeque<Window>,
+}
+
+/// Windows kept for acknowledgement.
+const RECENT: usize = 256;
+
+impl Detector {
+    /// A detector around an engine; windows without a profile drain close
+    /// after `window_len`.
+    pub fn new(engine: Engine, window_len: Duration) -> Self {
+        Self {
+            windows: WindowBuilder::new(window_len),
+            engine,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// A learning detector with these settings.
+    pub fn learning(settings: EngineSettings, window_len: Duration) -> Self {
+        Self::new(Engine::new(settings), window_len)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The engine, mutably (for acknowledgements and saving).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// Progress of the engine.
+    pub fn progress(&self) -> Progress {
+        self.engine.progress()
+    }
+
+    /// Feeds an event.
+    pub fn push(&mut self, event: &Event) -> Vec<Detection> {
+        let closed = self.windows.push(event);
+        self.observe_all(closed)
+    }
+
+    /// Closes every open window (end of stream, shutdown).
+    pub fn finish(&mut self) -> Vec<Detection> {
+        let closed = self.windows.finish();
+        self.observe_all(closed)
+    }
+
+    /// Ends learning now, if still learning.
+    pub fn finish_learning(&mut self) -> Vec<Detection> {
+        if self.engine.baseline().is_some() {
+            return Vec::new();
+        }
+        match self.engine.finish_learning() {
+            Ok(Outcome::Learned { windows, profiles }) => vec![Detection::Learned { windows, profiles }],
+            Ok(_) => Vec::new(),
+            Err(err) => vec![Detection::LearningExtended(err.to_string())],
+        }
+    }
+
+    /// A recently scored window by its alert id.
+    pub fn recent_window(&self, alert_id: &str) -> Option<&Window> {
+        self.recent.iter().find(|w| crate::model::alert::alert_id(w) == alert_id)
+    }
+
+    fn observe_all(&mut self, closed: Vec<Window>) -> Vec<Detection> {
+        let mut out = Vec::new();
+        for w in closed {
+            let keep = self.engine.baseline().is_some().then(|| w.clone());
+            match self.engine.observe(w) {
+                Ok(Outcome::Alert(alert)) => out.push(Detection::Alert(alert)),
+                Ok(Outcome::Learned { windows, profiles }) => {
+                    out.push(Detection::Learned { windows, profiles });
+                }
+                Ok(Outcome::Learning | Outcome::Normal(_) | Outcome::Suppressed(_)) => {}
+                Err(err) => out.push(Detection::LearningExtended(err.to_string())),
+            }
+            if let Some(w) = keep {
+                if self.recent.len() == RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(w);
+            }
+        }
+        out
+    }
+}

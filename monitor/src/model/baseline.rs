@@ -1,0 +1,764 @@
+//! The learned baseline: clusters of behaviour per profile, nearest
+//! neighbours, categorical novelty, an optional sequence model, and a
+//! calibration that turns all of it into a score whose threshold is a
+//! false-alarm rate.
+//!
+//! Model (see [`Baseline::fit`]): the feature space (vocabulary, idf) is
+//! learned from the baseline windows; every profile with at least
+//! [`MIN_PROFILE_WINDOWS`] windows gets its own k-means clusters (linfa),
+//! each with its *spread* (the median distance of its members to the
+//! centroid), plus up to [`EXEMPLARS`] exemplar windows for
+//! nearest-neighbour distance; the rest share one global model. Novelty sets
+//! (syscalls, programs executed, peers, ports, sensitive paths, actions,
+//! parents) are the union over the windows.
+//!
+//! Evidence for one window (see [`Baseline::score`]):
+//! - the *distance statistic*: the mean of (distance to the nearest centroid
+//!   / that cluster's spread) and (distance to the nearest exemplar / the
+//!   exemplars' typical spacing);
+//! - the *sequence statistic*, when the window carries a syscall sequence;
+//! - each *novelty fact* (a program this profile never ran, a peer it never
+//!   contacted...).
+//!
+//! Calibration, by 5-fold cross-validation over the baseline windows: each
+//! fold is scored by a model fitted on the other four. That gives, for
+//! windows the model did not learn from, the distribution of the distance
+//! and sequence statistics (turned into upper-tail p-values, with a Pareto
+//! tail beyond the largest value seen), and how often each kind of novelty
+//! occurs: per profile for the kinds that belong to a profile, with the
+//! host-wide rate as a prior (so a server that never spawned anything in
+//! a thousand windows makes "spawned a shell" rare, while a shell that runs
+//! new programs all day makes it common), and host-wide for the others,
+//! with a fixed prior ([`NoveltyKind::prior_rate`]).
+//!
+//! The score answers: how often does a normal window show evidence at least
+//! this strong? With `p*` the smallest p-value or novelty rate of the
+//! window, that is at most `p*` for each continuous test (distance, and
+//! sequence when present) plus the rate of every novelty kind at least as
+//! rare as `p*` (a union bound over the evidence families). The score is one
+//! minus that bound, so alerting at `score >= 1 - r` happens on at most a
+//! fraction `r` of baseline-like windows: the threshold is a false-alarm rate.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use linfa::{DatasetBase, traits::Fit};
+use linfa_clustering::KMeans;
+use ndarray::{Array1, Array2, ArrayView1, Axis};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    features::FeatureSpace,
+    sequence::SequenceModel,
+    window::{Facts, Window},
+};
+
+/// Train windows a profile needs for a model of its own.
+pub const MIN_PROFILE_WINDOWS: usize = 12;
+/// Exemplar windows kept per model for nearest-neighbour distance.
+pub const EXEMPLARS: usize = 24;
+/// Largest k per profile model.
+pub const MAX_CLUSTERS: usize = 6;
+/// Largest k of the global model.
+pub const MAX_GLOBAL_CLUSTERS: usize = 12;
+/// Smallest spread, so a cluster of identical windows does not make every
+/// tiny difference infinite.
+const MIN_SPREAD: f64 = 0.05;
+
+/// Errors fitting a baseline.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// Too little data.
+    #[error("cannot learn a baseline from {windows} windows (at least {needed} are needed)")]
+    TooFew {
+        /// Windows given.
+        windows: usize,
+        /// Windows needed.
+        needed: usize,
+    },
+    /// linfa failed.
+    #[error("k-means clustering failed for profile {profile}")]
+    Cluster {
+        /// The profile.
+        profile: String,
+        /// linfa's error.
+        #[source]
+        source: linfa_clustering::KMeansError,
+    },
+}
+
+/// Smallest baseline accepted.
+pub const MIN_WINDOWS: usize = 20;
+/// Strength, in windows, of the host-wide novelty priors.
+pub const PRIOR_WINDOWS: f64 = 1000.0;
+/// Strength, in windows, of the host-wide rate as the prior of a profile's.
+pub const PROFILE_PRIOR_WINDOWS: f64 = 10.0;
+
+/// Clusters and exemplars of one model, stored as plain vectors (f32 is
+/// precise enough and halves the model file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Clusters {
+    /// k centroids.
+    pub centroids: Vec<Vec<f32>>,
+    /// Median member distance per centroid.
+    pub spreads: Vec<f32>,
+    /// Members per centroid (grows with drift updates).
+    pub members: Vec<u64>,
+    /// Exemplar vectors for nearest-neighbour distance.
+    pub exemplars: Vec<Vec<f32>>,
+    /// Median nearest-neighbour distance among exemplars.
+    pub exemplar_spread: f32,
+}
+
+/// Where a window landed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Nearest {
+    /// Cluster index.
+    pub cluster: usize,
+    /// Distance to its centroid.
+    pub distance: f64,
+    /// That cluster's spread.
+    pub spread: f64,
+    /// Distance to the nearest exemplar.
+    pub exemplar_distance: f64,
+    /// The exemplars' typical spacing.
+    pub exemplar_spread: f64,
+}
+
+impl Nearest {
+    /// The distance statistic: both distances in units of their spread.
+    pub fn statistic(&self) -> f64 {
+        0.5 * (self.distance / self.spread + self.exemplar_distance / self.exemplar_spread)
+    }
+}
+
+fn dist(a: ArrayView1<'_, f64>, b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - f64::from(*y)).powi(2)).sum::<f64>().sqrt()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl Clusters {
+    /// k-means on `rows` (each a feature vector), k chosen from the count.
+    fn fit(rows: &Array2<f64>, max_k: usize, profile: &str) -> Result<Self, FitError> {
+        let n = rows.nrows();
+        let k = (n / 8).clamp(1, max_k).min(n);
+        let model = KMeans::params(k)
+            .max_n_iterations(100)
+            .tolerance(1e-5)
+            .n_runs(3)
+            .fit(&DatasetBase::from(rows.clone()))
+            .map_err(|source| FitError::Cluster {
+                profile: profile.to_owned(),
+                source,
+            })?;
+        let centroids: Vec<Vec<f32>> = model
+            .centroids()
+            .axis_iter(Axis(0))
+            .map(|c| c.iter().map(|&v| v as f32).collect())
+            .collect();
+        let mut member_dists: Vec<Vec<f64>> = vec![Vec::new(); k];
+        for row in rows.axis_iter(Axis(0)) {
+            let (c, d) = nearest_centroid(&centroids, row);
+            member_dists[c].push(d);
+        }
+        let members = member_dists.iter().map(|d| d.len() as u64).collect();
+        let spreads = member_dists
+            .into_iter()
+            .map(|d| median(d).max(MIN_SPREAD) as f32)
+            .collect();
+        // Exemplars: an even stride through the rows (deterministic).
+        let step = n.div_ceil(EXEMPLARS).max(1);
+        let exemplars: Vec<Vec<f32>> = rows
+            .axis_iter(Axis(0))
+            .step_by(step)
+            .map(|r| r.iter().map(|&v| v as f32).collect())
+            .collect();
+        let exemplar_spread = if exemplars.len() < 2 {
+            MIN_SPREAD
+        } else {
+            let nn: Vec<f64> = exemplars
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let ev = Array1::from_iter(e.iter().map(|&v| f64::from(v)));
+                    exemplars
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, o)| dist(ev.view(), o))
+                        .fold(f64::INFINITY, f64::min)
+                })
+                .collect();
+            median(nn).max(MIN_SPREAD)
+        };
+        Ok(Self {
+            centroids,
+            spreads,
+            members,
+            exemplars,
+            exemplar_spread: exemplar_spread as f32,
+        })
+    }
+
+    /// The nearest cluster and exemplar of `x`.
+    pub fn nearest(&self, x: ArrayView1<'_, f64>) -> Nearest {
+        let (cluster, distance) = nearest_centroid(&self.centroids, x);
+        let exemplar_distance =
+            self.exemplars.iter().map(|e| dist(x, e)).fold(f64::INFINITY, f64::min);
+        Nearest {
+            cluster,
+            distance,
+            spread: f64::from(self.spreads[cluster]),
+            exemplar_distance: if exemplar_distance.is_finite() { exemplar_distance } else { distance },
+            exemplar_spread: f64::from(self.exemplar_spread),
+        }
+    }
+
+    /// Moves the nearest centroid toward `x` (online k-means), for drift.
+    pub fn absorb(&mut self, x: ArrayView1<'_, f64>) {
+        let (c, _) = nearest_centroid(&self.centroids, x);
+        self.members[c] += 1;
+        // The rate never falls below 1/1000, so the baseline keeps following.
+        let rate = (1.0 / self.members[c] as f64).max(1e-3);
+        for (v, &xi) in self.centroids[c].iter_mut().zip(x.iter()) {
+            *v += (rate * (xi - f64::from(*v))) as f32;
+        }
+    }
+}
+
+fn nearest_centroid(centroids: &[Vec<f32>], x: ArrayView1<'_, f64>) -> (usize, f64) {
+    centroids
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, dist(x, c)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0))
+}
+
+/// Everything known about one profile (or the global model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileModel {
+    /// Baseline windows it was learned from (plus drift updates).
+    pub windows: u64,
+    /// Its clusters.
+    pub clusters: Clusters,
+    /// Syscalls it made.
+    pub syscalls: BTreeSet<u16>,
+    /// Categorical facts seen.
+    pub facts: Facts,
+    /// Parent executables seen.
+    pub parents: BTreeSet<String>,
+    /// Windows of this profile scored by cross-validation.
+    #[serde(default)]
+    pub cv_windows: u64,
+    /// How many of them showed each kind of novelty.
+    #[serde(default)]
+    pub novelty_counts: BTreeMap<NoveltyKind, u64>,
+}
+
+impl ProfileModel {
+    fn new(clusters: Clusters) -> Self {
+        Self {
+            windows: 0,
+            clusters,
+            syscalls: BTreeSet::new(),
+            facts: Facts::default(),
+            parents: BTreeSet::new(),
+            cv_windows: 0,
+            novelty_counts: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a window's categorical facts.
+    pub fn learn_facts(&mut self, w: &Window) {
+        self.windows += 1;
+        self.syscalls.extend(w.syscalls.keys().copied());
+        self.facts.executed.extend(w.facts.executed.iter().cloned());
+        self.facts.peers.extend(w.facts.peers.iter().cloned());
+        self.facts.listening.extend(w.facts.listening.iter().cloned());
+        self.facts.sensitive_paths.extend(w.facts.sensitive_paths.iter().cloned());
+        self.facts.actions.extend(w.facts.actions.iter().cloned());
+        self.facts.exec_pairs.extend(w.facts.exec_pairs.iter().cloned());
+        if let Some(p) = &w.parent_profile {
+            self.parents.insert(p.clone());
+        }
+    }
+}
+
+/// A kind of categorical novelty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoveltyKind {
+    /// An executable the baseline never saw run.
+    NewExecutable,
+    /// This profile started a program it never started.
+    NewChildProgram,
+    /// A program was started by a parent that never started it before
+    /// (`parent -> program`, across the host).
+    NewParentChild,
+    /// A syscall this profile never made.
+    NewSyscall,
+    /// A network peer this profile never contacted.
+    NewPeer,
+    /// A port this profile never listened on.
+    NewListeningPort,
+    /// A sensitive path this profile never touched.
+    NewSensitivePath,
+    /// An action (ptrace, memfd, setuid, ...) this profile never took.
+    NewAction,
+}
+
+impl NoveltyKind {
+    /// Prior rate per window: how often a normal window of an established
+    /// host shows this kind of novelty, before the host's own evidence.
+    /// Combined with the cross-validated count as a Beta prior of strength
+    /// [`PRIOR_WINDOWS`] (see [`Calibration::novelty_rates`]): a host where
+    /// such novelty is common raises the rate and quiets it.
+    pub fn prior_rate(self) -> f64 {
+        match self {
+            NoveltyKind::NewExecutable | NoveltyKind::NewSyscall | NoveltyKind::NewPeer => 1e-3,
+            NoveltyKind::NewChildProgram | NoveltyKind::NewParentChild => 3e-4,
+            NoveltyKind::NewListeningPort | NoveltyKind::NewSensitivePath | NoveltyKind::NewAction => 1e-4,
+        }
+    }
+
+    /// True for kinds judged per profile (the rest are host-wide).
+    pub fn per_profile(self) -> bool {
+        !matches!(self, NoveltyKind::NewExecutable | NoveltyKind::NewParentChild)
+    }
+
+    /// Every kind.
+    pub const ALL: [NoveltyKind; 8] = [
+        NoveltyKind::NewExecutable,
+        NoveltyKind::NewChildProgram,
+        NoveltyKind::NewParentChild,
+        NoveltyKind::NewSyscall,
+        NoveltyKind::NewPeer,
+        NoveltyKind::NewListeningPort,
+        NoveltyKind::NewSensitivePath,
+        NoveltyKind::NewAction,
+    ];
+
+    /// What it means, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NoveltyKind::NewExecutable => "an executable never seen running on this host",
+            NoveltyKind::NewChildProgram => "started a program it never started before",
+            NoveltyKind::NewParentChild => "was started by a parent that never started it before",
+            NoveltyKind::NewSyscall => "made a system call it never made before",
+            NoveltyKind::NewPeer => "contacted a network peer it never contacted before",
+            NoveltyKind::NewListeningPort => "listened on a port it never used before",
+            NoveltyKind::NewSensitivePath => "touched a sensitive file it never touched before",
+            NoveltyKind::NewAction => "took an action it never took before",
+        }
+    }
+}
+
+/// One novelty fact of a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Novelty {
+    /// Its kind.
+    pub kind: NoveltyKind,
+    /// What was new (a program path, a peer, a syscall name...).
+    pub value: String,
+}
+
+/// Upper-tail p-values against a sample, with a Pareto tail beyond it.
+///
+/// Within the sample the p-value is empirical (`(at least + 1) / (n + 1)`).
+/// Beyond its largest value, a Pareto tail with the Hill estimate of its
+/// index over the top tenth extrapolates: heavier than an exponential, so a
+/// value somewhat past everything seen is not called impossible.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tail {
+    /// The sample, sorted ascending.
+    pub sorted: Vec<f64>,
+    /// Start of the fitted tail (a high quantile of the sample).
+    pub tail_start: f64,
+    /// Pareto tail index.
+    pub tail_index: f64,
+    /// Values at or above `tail_start`.
+    pub tail_count: usize,
+}
+
+/// Offset that keeps statistics positive for the Pareto fit.
+const TAIL_SHIFT: f64 = 1.0;
+
+impl Tail {
+    /// Fits the tail of a sample.
+    pub fn fit(mut sample: Vec<f64>) -> Self {
+        sample.retain(|v| v.is_finite());
+        sample.sort_by(f64::total_cmp);
+        let n = sample.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let k = (n / 10).max(5).min(n);
+        let tail_start = sample[n - k];
+        let u = tail_start.max(0.0) + TAIL_SHIFT;
+        let logs: f64 = sample[n - k..].iter().map(|v| ((v.max(0.0) + TAIL_SHIFT) / u).ln()).sum();
+        let tail_index = if logs > 0.0 { (k as f64 / logs).clamp(1.0, 30.0) } else { 30.0 };
+        Self {
+            sorted: sample,
+            tail_start,
+            tail_index,
+            tail_count: k,
+        }
+    }
+
+    /// Probability that a baseline window's value is at least `x`.
+    pub fn p_value(&self, x: f64) -> f64 {
+        let n = self.sorted.len();
+        if n == 0 {
+            return 1.0;
+        }
+        let max = self.sorted[n - 1];
+        if x <= max {
+            let at_least = n - self.sorted.partition_point(|&v| v < x);
+            return (at_least as f64 + 1.0) / (n as f64 + 1.0);
+        }
+        let edge = 1.0 / (n as f64 + 1.0);
+        let u = self.tail_start.max(0.0) + TAIL_SHIFT;
+        let ratio = (x.max(0.0) + TAIL_SHIFT) / u;
+        let tail = self.tail_count as f64 / (n as f64 + 1.0) * ratio.powf(-self.tail_index);
+        // Continuous past the largest value and never above the edge.
+        tail.min(edge)
+    }
+}
+
+/// The calibration learned by cross-validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Distance statistics of unseen baseline windows.
+    pub distance: Tail,
+    /// Sequence statistics of unseen baseline windows (datasets only).
+    pub sequence: Tail,
+    /// Host-wide rate of each novelty kind: its count among cross-validated
+    /// windows, with a Beta prior of mean [`NoveltyKind::prior_rate`] and
+    /// strength [`PRIOR_WINDOWS`].
+    pub novelty_rates: BTreeMap<NoveltyKind, f64>,
+    /// Windows scored by cross-validation.
+    pub windows: usize,
+}
+
+/// The score of one window, with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Calibrated score in [0, 1].
+    pub score: f64,
+    /// `-ln` of the bound behind the score: a continuous anomaly statistic
+    /// for ranking (it keeps growing where the score saturates near 1).
+    pub raw: f64,
+    /// Upper-tail p-value of the distance statistic.
+    pub distance_p: f64,
+    /// Upper-tail p-value of the sequence statistic, when the window has one.
+    pub sequence_p: Option<f64>,
+    /// Which model scored it: the profile's own, or the global one.
+    pub scope: Scope,
+    /// Nearest cluster and exemplar.
+    pub nearest: Nearest,
+    /// Novelty facts.
+    pub novelty: Vec<Novelty>,
+    /// The feature vector.
+    pub x: Array1<f64>,
+}
+
+/// Which model scored a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The profile's own model.
+    Profile,
+    /// The global model (the profile had too few baseline windows).
+    Global,
+}
+
+/// The baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Feature space.
+    pub space: FeatureSpace,
+    /// Models of profiles with enough windows.
+    pub profiles: BTreeMap<String, ProfileModel>,
+    /// The model of everything.
+    pub global: ProfileModel,
+    /// Calibration.
+    pub calibration: Calibration,
+    /// Sequence model, for windows that carry syscall sequences.
+    pub sequence: Option<SequenceModel>,
+    /// Baseline windows learned from.
+    pub windows: u64,
+}
+
+/// Cross-validation folds.
+const FOLDS: u64 = 5;
+/// Largest number of windows the global k-means sees (a stride sample).
+const GLOBAL_FIT_ROWS: usize = 4000;
+
+/// Deterministic fold of a window.
+fn fold_of(w: &Window, i: usize) -> u64 {
+    // FNV-1a over the identity: stable across runs and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in w.profile.bytes().chain(w.pid.to_le_bytes()).chain(w.start.0.to_le_bytes()).chain((i as u64).to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % FOLDS
+}
+
+/// The evidence measured for one window.
+struct Evidence {
+    distance: f64,
+    sequence: Option<f64>,
+    novelty: Vec<Novelty>,
+}
+
+impl Baseline {
+    /// Learns a baseline; see the module docs.
+    pub fn fit<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Result<Self, FitError> {
+        let usable: Vec<&Window> = windows.into_iter().filter(|w| !w.tainted).collect();
+        if usable.len() < MIN_WINDOWS {
+            return Err(FitError::TooFew {
+                windows: usable.len(),
+                needed: MIN_WINDOWS,
+            });
+        }
+        let folds: Vec<u64> = usable.iter().enumerate().map(|(i, w)| fold_of(w, i)).collect();
+        let mut evidence = Vec::with_capacity(usable.len());
+        let mut profile_counts: BTreeMap<&str, (u64, BTreeMap<NoveltyKind, u64>)> = BTreeMap::new();
+        for f in 0..FOLDS {
+            let train: Vec<&Window> =
+                usable.iter().zip(&folds).filter(|(_, k)| **k != f).map(|(w, _)| *w).collect();
+            let model = Self::fit_model(&train)?;
+            for (w, _) in usable.iter().zip(&folds).filter(|(_, k)| **k == f) {
+                let (_, nearest, novelty, _) = model.measure(w);
+                let sequence = model.sequence.as_ref().and_then(|s| s.statistic(w));
+                let entry = profile_counts.entry(w.profile.as_str()).or_default();
+                entry.0 += 1;
+                let kinds: BTreeSet<NoveltyKind> = novelty.iter().map(|n| n.kind).collect();
+                for k in kinds {
+                    *entry.1.entry(k).or_default() += 1;
+                }
+                evidence.push(Evidence {
+                    distance: nearest.statistic(),
+                    sequence,
+                    novelty,
+                });
+            }
+        }
+        let n = evidence.len() as f64;
+        let mut kind_counts: BTreeMap<NoveltyKind, usize> = BTreeMap::new();
+        for e in &evidence {
+            let kinds: BTreeSet<NoveltyKind> = e.novelty.iter().map(|n| n.kind).collect();
+            for k in kinds {
+                *kind_counts.entry(k).or_default() += 1;
+            }
+        }
+        let mut baseline = Self::fit_model(&usable)?;
+        baseline.calibration = Calibration {
+            distance: Tail::fit(evidence.iter().map(|e| e.distance).collect()),
+            sequence: Tail::fit(evidence.iter().filter_map(|e| e.sequence).collect()),
+            novelty_rates: NoveltyKind::ALL
+                .iter()
+                .map(|&k| {
+                    let seen = kind_counts.get(&k).copied().unwrap_or(0) as f64;
+                    (k, (seen + k.prior_rate() * PRIOR_WINDOWS) / (n + PRIOR_WINDOWS))
+                })
+                .collect(),
+            windows: evidence.len(),
+        };
+        for (profile, (windows, counts)) in profile_counts {
+            if let Some(m) = baseline.profiles.get_mut(profile) {
+                m.cv_windows = windows;
+                m.novelty_counts = counts;
+            }
+        }
+        Ok(baseline)
+    }
+
+    /// Fits clusters, novelty sets and the sequence model (no calibration).
+    fn fit_model(windows: &[&Window]) -> Result<Self, FitError> {
+        let space = FeatureSpace::fit(windows.iter().copied());
+        let rows_of = |ws: &[&Window]| {
+            let mut m = Array2::zeros((ws.len(), space.len()));
+            for (i, w) in ws.iter().enumerate() {
+                m.row_mut(i).assign(&space.vectorize(w));
+            }
+            m
+        };
+        let stride = windows.len().div_ceil(GLOBAL_FIT_ROWS).max(1);
+        let sample: Vec<&Window> = windows.iter().step_by(stride).copied().collect();
+        let mut global = ProfileModel::new(Clusters::fit(&rows_of(&sample), MAX_GLOBAL_CLUSTERS, "(global)")?);
+        windows.iter().for_each(|w| global.learn_facts(w));
+        let mut by_profile: BTreeMap<&str, Vec<&Window>> = BTreeMap::new();
+        for w in windows {
+            by_profile.entry(w.profile.as_str()).or_default().push(w);
+        }
+        let mut profiles = BTreeMap::new();
+        for (profile, ws) in &by_profile {
+            if ws.len() >= MIN_PROFILE_WINDOWS {
+                let mut m = ProfileModel::new(Clusters::fit(&rows_of(ws), MAX_CLUSTERS, profile)?);
+                ws.iter().for_each(|w| m.learn_facts(w));
+                profiles.insert((*profile).to_owned(), m);
+            }
+        }
+        Ok(Baseline {
+            sequence: SequenceModel::fit(windows.iter().copied()),
+            space,
+            profiles,
+            global,
+            calibration: Calibration {
+                distance: Tail::default(),
+                sequence: Tail::default(),
+                novelty_rates: BTreeMap::new(),
+                windows: 0,
+            },
+            windows: windows.len() as u64,
+        })
+    }
+
+    /// The model scoring a profile.
+    pub fn model_for(&self, profile: &str) -> (&ProfileModel, Scope) {
+        match self.profiles.get(profile) {
+            Some(m) => (m, Scope::Profile),
+            None => (&self.global, Scope::Global),
+        }
+    }
+
+    /// Vector, nearest cluster, novelty facts and scope of a window.
+    fn measure(&self, w: &Window) -> (Array1<f64>, Nearest, Vec<Novelty>, Scope) {
+        let x = self.space.vectorize(w);
+        let (model, scope) = self.model_for(&w.profile);
+        let nearest = model.clusters.nearest(x.view());
+        let mut novelty = Vec::new();
+        let mut push = |kind, value: String| novelty.push(Novelty { kind, value });
+        let known_exe = self.profiles.contains_key(&w.profile)
+            || self.global.facts.executed.contains(&w.profile);
+        if !known_exe && !w.profile.is_empty() && w.sequence.is_empty() {
+            push(NoveltyKind::NewExecutable, w.profile.clone());
+        }
+        for exe in &w.facts.executed {
+            if *exe != w.profile && !model.facts.executed.contains(exe) {
+                push(NoveltyKind::NewChildProgram, exe.clone());
+            }
+        }
+        for pair in w.facts.exec_pairs.difference(&self.global.facts.exec_pairs) {
+            push(NoveltyKind::NewParentChild, pair.clone());
+        }
+        for id in w.syscalls.keys() {
+            if !model.syscalls.contains(id) {
+                push(NoveltyKind::NewSyscall, crate::syscalls::canonical_name(*id).into_owned());
+            }
+        }
+        for peer in w.facts.peers.difference(&model.facts.peers) {
+            push(NoveltyKind::NewPeer, peer.clone());
+        }
+        for port in w.facts.listening.difference(&model.facts.listening) {
+            push(NoveltyKind::NewListeningPort, port.clone());
+        }
+        for path in w.facts.sensitive_paths.difference(&model.facts.sensitive_paths) {
+            push(NoveltyKind::NewSensitivePath, path.clone());
+        }
+        for action in w.facts.actions.difference(&model.facts.actions) {
+            push(NoveltyKind::NewAction, action.clone());
+        }
+        (x, nearest, novelty, scope)
+    }
+
+    /// How often a normal window of `profile` shows novelty of `kind`.
+    pub fn novelty_rate(&self, kind: NoveltyKind, profile: &str) -> f64 {
+        let host = self.calibration.novelty_rates.get(&kind).copied().unwrap_or(kind.prior_rate());
+        match self.profiles.get(profile) {
+            Some(m) if kind.per_profile() => {
+                let seen = m.novelty_counts.get(&kind).copied().unwrap_or(0) as f64;
+                (seen + PROFILE_PRIOR_WINDOWS * host) / (m.cv_windows as f64 + PROFILE_PRIOR_WINDOWS)
+            }
+            _ => host,
+        }
+    }
+
+    /// The union bound of the module docs: how often a normal window of this
+    /// profile shows evidence at least as strong. Returns it with the
+    /// distance and sequence p-values.
+    fn bound(&self, w: &Window, distance: f64, sequence: Option<f64>, novelty: &[Novelty]) -> (f64, f64, Option<f64>) {
+        let distance_p = self.calibration.distance.p_value(distance);
+        let sequence_p = sequence.map(|s| self.calibration.sequence.p_value(s));
+        let mut strongest = distance_p;
+        if let Some(sp) = sequence_p {
+            strongest = strongest.min(sp);
+        }
+        for n in novelty {
+            strongest = strongest.min(self.novelty_rate(n.kind, &w.profile));
+        }
+        let continuous_tests = if sequence_p.is_some() { 2.0 } else { 1.0 };
+        let mut bound = strongest * continuous_tests;
+        for kind in NoveltyKind::ALL {
+            let rate = self.novelty_rate(kind, &w.profile);
+            if rate <= strongest {
+                bound += rate;
+            }
+        }
+        (bound.min(1.0), distance_p, sequence_p)
+    }
+
+    /// Scores a window; see the module docs.
+    pub fn score(&self, w: &Window) -> Scored {
+        let (x, nearest, novelty, scope) = self.measure(w);
+        let sequence = self.sequence.as_ref().and_then(|s| s.statistic(w));
+        let (bound, distance_p, sequence_p) = self.bound(w, nearest.statistic(), sequence, &novelty);
+        Scored {
+            score: 1.0 - bound,
+            raw: -bound.max(f64::MIN_POSITIVE).ln(),
+            distance_p,
+            sequence_p,
+            scope,
+            nearest,
+            novelty,
+            x,
+        }
+    }
+
+    /// Learns from a window judged normal (drift): its facts, and a step of
+    /// its nearest centroid toward it.
+    pub fn absorb(&mut self, w: &Window, x: &Array1<f64>) {
+        self.windows += 1;
+        self.global.learn_facts(w);
+        if let Some(m) = self.profiles.get_mut(&w.profile) {
+            m.learn_facts(w);
+            m.clusters.absorb(x.view());
+        } else {
+            self.global.clusters.absorb(x.view());
+        }
+    }
+
+    /// The features of `x` that differ most from its nearest centroid: index,
+    /// share of the squared distance.
+    pub fn deviations(&self, w: &Window, scored: &Scored, top: usize) -> Vec<(usize, f64, f64, f64)> {
+        let (model, _) = self.model_for(&w.profile);
+        let centroid = &model.clusters.centroids[scored.nearest.cluster];
+        let mut contributions: Vec<(usize, f64)> = scored
+            .x
+            .iter()
+            .zip(centroid)
+            .enumerate()
+            .map(|(i, (x, c))| (i, (x - f64::from(*c)).powi(2)))
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        let total: f64 = contributions.iter().map(|(_, d)| d).sum();
+        contributions.sort_by(|a, b| b.1.total_cmp(&a.1));
+        contributions
+            .into_iter()
+            .take(top)
+            .map(|(i, d)| {
+                let (observed, expected) = self.space.observed_expected(i, w, f64::from(centroid[i]));
+                (i, d / total.max(f64::MIN_POSITIVE), observed, expected)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,335 @@
+//! The on-device behaviour model: learn this host's baseline, score every new
+//! window against it, explain what deviates.
+//!
+//! - [`window`]: behaviour windows, built from events;
+//! - [`features`]: named feature vectors (ndarray);
+//! - [`baseline`]: per-profile k-means clusters (linfa), nearest neighbours,
+//!   categorical novelty, calibration;
+//! - [`sequence`]: an n-gram model for windows with full syscall sequences;
+//! - [`alert`]: explained alerts;
+//! - [`persist`]: the versioned model file;
+//! - [`Engine`] (here): the lifecycle — learning with progress, then
+//!   detecting, following drift, never learning from tainted windows or from
+//!   a profile with an open alert.
+
+pub mod alert;
+pub mod baseline;
+pub mod eval;
+pub mod features;
+pub mod persist;
+pub mod sequence;
+pub mod window;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    alert::Alert,
+    baseline::{Baseline, FitError, Scored},
+    window::{Window, WindowBuilder},
+};
+use crate::event::Timestamp;
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// How long to learn before detecting (time of the windows seen).
+    pub learn_for: Duration,
+    /// Fewest baseline windows before detecting (learning goes on until both
+    /// this and `learn_for` are reached).
+    pub min_windows: usize,
+    /// False-alarm rate the alert threshold is set for, per window. A busy
+    /// host closes thousands of windows an hour, so the default is 0.05%.
+    pub false_alarm_rate: f64,
+    /// Keep learning from windows judged normal while detecting.
+    pub follow_drift: bool,
+    /// Windows kept per profile while learning (reservoir sampling beyond).
+    pub per_profile_cap: usize,
+    /// After an alert, the profile's windows are not learned from for this long.
+    pub alert_quarantine: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            learn_for: Duration::from_secs(15 * 60),
+            min_windows: 200,
+            false_alarm_rate: 0.0005,
+            follow_drift: true,
+            per_profile_cap: 300,
+            alert_quarantine: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Learning or detecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Collecting the baseline.
+    Learning,
+    /// Scoring against it.
+    Detecting,
+}
+
+/// Learning progress, for the progress line and `monitor status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The phase.
+    pub phase: Phase,
+    /// Windows seen so far (all phases).
+    pub windows_seen: u64,
+    /// Windows in the baseline store (learning) or learned (detecting).
+    pub baseline_windows: u64,
+    /// Profiles seen while learning (or modelled, when detecting).
+    pub profiles: usize,
+    /// Time learned so far.
+    pub learned_secs: f64,
+    /// Estimated time left learning (0 when detecting).
+    pub remaining_secs: f64,
+    /// Windows still needed to reach the minimum.
+    pub windows_needed: u64,
+    /// Alerts raised.
+    pub alerts: u64,
+    /// Windows not learned from because they overlapped lost events.
+    pub tainted: u64,
+    /// Alert-worthy windows folded into an open alert of their profile.
+    pub suppressed: u64,
+}
+
+/// What observing a window produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored for the baseline.
+    Learning,
+    /// Learning just finished: the baseline is ready.
+    Learned {
+        /// Windows it was learned from.
+        windows: u64,
+        /// Profiles with their own model.
+        profiles: usize,
+    },
+    /// Scored below the threshold.
+    Normal(f64),
+    /// Scored at or above the threshold.
+    Alert(Box<Alert>),
+    /// Scored at or above the threshold, but the profile already has an
+    /// open alert covering every novelty fact of this window: folded into it.
+    Suppressed(f64),
+}
+
+/// Deterministic xorshift for reservoir sampling (no rand dependency in the
+/// hot path, reproducible replays).
+#[derive(Debug, Clone)]
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The lifecycle around a [`Baseline`].
+pub struct Engine {
+    settings: EngineSettings,
+    baseline: Option<Baseline>,
+    store: BTreeMap<String, Vec<Window>>,
+    seen_per_profile: HashMap<String, u64>,
+    first_time: Option<Timestamp>,
+    last_time: Timestamp,
+    windows_seen: u64,
+    alerts: u64,
+    tainted: u64,
+    quarantine: HashMap<String, Timestamp>,
+    /// Novelty facts already alerted per profile (while quarantined).
+    alerted: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
+    suppressed: u64,
+    rng: Xorshift,
+}
+
+impl Engine {
+    /// A learning engine.
+    pub fn new(settings: EngineSettings) -> Self {
+        Self {
+            settings,
+            baseline: None,
+            store: BTreeMap::new(),
+            seen_per_profile: HashMap::new(),
+            first_time: None,
+            last_time: Timestamp::default(),
+            windows_seen: 0,
+            alerts: 0,
+            tainted: 0,
+            quarantine: HashMap::new(),
+            alerted: HashMap::new(),
+            suppressed: 0,
+            rng: Xorshift(0x9e37_79b9_7f4a_7c15),
+        }
+    }
+
+    /// A detecting engine resumed from a saved baseline.
+    pub fn resume(settings: EngineSettings, baseline: Baseline) -> Self {
+        let mut engine = Self::new(settings);
+        engine.baseline = Some(baseline);
+        engine
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        if self.baseline.is_some() { Phase::Detecting } else { Phase::Learning }
+    }
+
+    /// The baseline, once learned.
+    pub fn baseline(&self) -> Option<&Baseline> {
+        self.baseline.as_ref()
+    }
+
+    /// The alert threshold on the score.
+    pub fn threshold(&self) -> f64 {
+        1.0 - self.settings.false_alarm_rate
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    fn stored(&self) -> u64 {
+        self.store.values().map(|v| v.len() as u64).sum()
+    }
+
+    /// Progress now.
+    pub fn progress(&self) -> Progress {
+        let learned = self
+            .first_time
+            .map_or(Duration::ZERO, |first| self.last_time.since(first));
+        let (baseline_windows, profiles) = match &self.baseline {
+            Some(b) => (b.windows, b.profiles.len()),
+            None => (self.stored(), self.store.len()),
+        };
+        let learning = self.baseline.is_none();
+        Progress {
+            phase: self.phase(),
+            windows_seen: self.windows_seen,
+            baseline_windows,
+            profiles,
+            learned_secs: learned.as_secs_f64(),
+            remaining_secs: if learning {
+                self.settings.learn_for.saturating_sub(learned).as_secs_f64()
+            } else {
+                0.0
+            },
+            windows_needed: if learning {
+                (self.settings.min_windows as u64).saturating_sub(self.stored())
+            } else {
+                0
+            },
+            alerts: self.alerts,
+            tainted: self.tainted,
+            suppressed: self.suppressed,
+        }
+    }
+
+    /// Observes one closed window.
+    pub fn observe(&mut self, mut w: Window) -> Result<Outcome, FitError> {
+        self.windows_seen += 1;
+        self.first_time.get_or_insert(w.start);
+        self.last_time = self.last_time.max(w.end);
+        if w.tainted {
+            self.tainted += 1;
+        }
+        let Some(baseline) = &mut self.baseline else {
+            if !w.tainted {
+                // The context (process, ancestry) is for alerts; the baseline
+                // does not need it, and it is most of a window's memory.
+                w.context = Default::default();
+                self.store_window(w);
+            }
+            if self.learning_done() {
+                return self.finish_learning();
+            }
+            return Ok(Outcome::Learning);
+        };
+        let scored = baseline.score(&w);
+        let threshold = 1.0 - self.settings.false_alarm_rate;
+        let quarantined = self
+            .quarantine
+            .get(&w.profile)
+            .is_some_and(|&at| w.end.since(at) < self.settings.alert_quarantine);
+        if scored.score >= threshold {
+            let facts: std::collections::BTreeSet<_> =
+                scored.novelty.iter().map(|n| (n.kind, n.value.clone())).collect();
+            let known = self.alerted.entry(w.profile.clone()).or_default();
+            if quarantined && facts.is_subset(known) {
+                // Nothing new about this profile since its open alert.
+                self.suppressed += 1;
+                return Ok(Outcome::Suppressed(scored.score));
+            }
+            if !quarantined {
+                known.clear();
+            }
+            known.extend(facts);
+            self.alerts += 1;
+            self.quarantine.insert(w.profile.clone(), w.end);
+            return Ok(Outcome::Alert(Box::new(Alert::new(baseline, &w, &scored, threshold))));
+        }
+        if self.settings.follow_drift && !w.tainted && !quarantined {
+            baseline.absorb(&w, &scored.x);
+        }
+        Ok(Outcome::Normal(scored.score))
+    }
+
+    /// Learns a window the analyst marked benign (`monitor ack`), whatever
+    /// its score, and lifts the profile's quarantine.
+    pub fn learn_benign(&mut self, w: &Window) {
+        self.quarantine.remove(&w.profile);
+        self.alerted.remove(&w.profile);
+        if let Some(baseline) = &mut self.baseline {
+            let x = baseline.space.vectorize(w);
+            baseline.absorb(w, &x);
+        }
+    }
+
+    fn learning_done(&self) -> bool {
+        let learned = self.first_time.map_or(Duration::ZERO, |f| self.last_time.since(f));
+        learned >= self.settings.learn_for && self.stored() >= self.settings.min_windows as u64
+    }
+
+    /// Ends learning now and fits the baseline (also used by `replay
+    /// --learn-for` and tests).
+    pub fn finish_learning(&mut self) -> Result<Outcome, FitError> {
+        // The store is kept until the fit succeeds: a failed fit (too few
+        // usable windows) must not lose what was learned so far.
+        let baseline = Baseline::fit(self.store.values().flatten())?;
+        self.store.clear();
+        let outcome = Outcome::Learned {
+            windows: baseline.windows,
+            profiles: baseline.profiles.len(),
+        };
+        self.baseline = Some(baseline);
+        Ok(outcome)
+    }
+
+    /// Per-profile reservoir: every window of a profile has the same chance
+    /// to be kept, so a chatty process cannot crowd out the rest.
+    fn store_window(&mut self, w: Window) {
+        let seen = self.seen_per_profile.entry(w.profile.clone()).or_default();
+        *seen += 1;
+        let seen = *seen;
+        let cap = self.settings.per_profile_cap;
+        let slot = self.rng.next() % seen;
+        let kept = self.store.entry(w.profile.clone()).or_default();
+        if kept.len() < cap {
+            kept.push(w);
+        } else if (slot as usize) < cap {
+            kept[slot as usize] = w;
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The model file: versioned, checksummed, written atomically.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! "MONITOR-MODEL\n"   14-byte magic
+//! u32 format version  (FORMAT_VERSION)
+//! u32 reserved        (0)
+//! u64 body length
+//! u32 CRC-32 of the body
+//! body                gzip-compressed JSON of ModelFile
+//! ```
+//!
+//! A missing, truncated, corrupt or foreign file is a [`ModelError`] naming
+//! the file and what is wrong; the caller decides (and documents) whether to
+//! relearn or stop. Writes go to a temporary file in the same directory,
+//! created 0600, fsynced, then renamed over the old one, so a crash leaves
+//! either the old model or the new one, never half of one.
+
+use std::{
+    io::{Read, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::baseline::Baseline;
+use crate::event::Timestamp;
+
+/// Magic bytes at the start of every model file.
+pub const MAGIC: &[u8; 14] = b"MONITOR-MODEL\n";
+/// The format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 14 + 4 + 4 + 8 + 4;
+
+/// What the file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// When the baseline was learned.
+    pub created: Timestamp,
+    /// When the file was written.
+    pub saved: Timestamp,
+    /// Host it was learned on.
+    pub host: String,
+    /// Agent version that wrote it.
+    pub agent_version: String,
+    /// The baseline.
+    pub baseline: Baseline,
+}
+
+/// Errors reading or writing a model file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// No file there.
+    #[error("no model file at {0}")]
+    Missing(PathBuf),
+    /// Not a model file.
+    #[error("{0} is not a monitor model file (wrong magic bytes)")]
+    Foreign(PathBuf),
+    /// Written by another format version.
+    #[error("{path} is model format version {found}; this agent reads version {supported}")]
+    Version {
+        /// File.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// Shorter than its header says.
+    #[error("{path} is truncated: {got} bytes of body, the header says {expected}")]
+    Truncated {
+        /// File.
+        path: PathBuf,
+        /// Bytes promised.
+        expected: u64,
+        /// Bytes found.
+        got: u64,
+    },
+    /// Checksum or content wrong.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// I/O failure.
+    #[error("cannot {action} {path}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ModelError {
+    /// True when the file simply is not there (first start).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, ModelError::Missing(_))
+    }
+}
+
+/// Encodes a model file.
+pub fn encode(file: &ModelFile) -> Vec<u8> {
+    let json = serde_json::to_vec(file).expect("a model serializes");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&json).expect("writing to memory");
+    let body = gz.finish().expect("writing to memory");
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a model file's bytes; `path` names it in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
+    let corrupt = |reason: String| ModelError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(ModelError::Foreign(path.to_owned()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(ModelError::Truncated {
+            path: path.to_owned(),
+            expected: HEADER_LEN as u64,
+            got: bytes.len() as u64,
+        });
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let version = u32_at(14);
+    if version != FORMAT_VERSION {
+        return Err(ModelError::Version {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let len = u64::from_le_bytes(bytes[22..30].try_into().expect("8 bytes"));
+    let crc = u32_at(30);
+    let body = &bytes[HEADER_LEN..];
+    if (body.len() as u64) < len {
+        return Err(ModelError::Truncated {
+            path: path.to_owned(),
+            expected: len,
+            got: body.len() as u64,
+        });
+    }
+    if body.len() as u64 > len {
+        return Err(corrupt(format!("{} bytes after the body", body.len() as u64 - len)));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut json)
+        .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| corrupt(format!("bad content: {e}")))
+}
+
+/// Reads a model file.
+pub fn load(path: &Path) -> Result<ModelFile, ModelError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ModelError::Missing(path.to_owned()));
+        }
+        Err(source) => {
+            return Err(ModelError::Io {
+                action: "read model file",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    decode(&bytes, path)
+}
+
+/// Writes a model file atomically (0600, fsync, rename).
+pub fn save(path: &Path, file: &ModelFile) -> Result<u64, ModelError> {
+    let bytes = encode(file);
+    write_atomically(path, &bytes).map_err(|(action, source)| ModelError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes `bytes` to `path` so that readers see the old or the new content,
+/// never a mix: temporary file (0600) in the same directory, fsync, rename,
+/// fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map_or("model".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| ("create", e))?;
+        f.write_all(bytes).map_err(|e| ("write", e))?;
+        f.sync_all().map_err(|e| ("sync", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| ("rename into place", e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::window::Window;
+
+    fn sample() -> ModelFile {
+        let windows: Vec<Window> = (0..60)
+            .map(|i| {
+                let seq: Vec<u16> = (0..50).map(|j| ((i + j) % 7) as u16).collect();
+                let mut w = Window::from_sequence("/usr/bin/x", seq);
+                w.pid = i as u32;
+                w
+            })
+            .collect();
+        ModelFile {
+            created: Timestamp(1),
+            saved: Timestamp(2),
+            host: "h".into(),
+            agent_version: "t".into(),
+            baseline: Baseline::fit(&windows).unwrap(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = sample();
+        let back = decode(&encode(&f), Path::new("m")).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn bad_files_are_named_and_explained() {
+        let p = Path::new("/state/model.bin");
+        let good = encode(&sample());
+        let err = decode(b"GIF89a....", p).unwrap_err();
+        assert_eq!(err.to_string(), "/state/model.bin is not a monitor model file (wrong magic bytes)");
+        let err = decode(&good[..good.len() - 10], p).unwrap_err();
+        assert!(err.to_string().starts_with("/state/model.bin is truncated"), "{err}");
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        assert!(decode(&flipped, p).unwrap_err().to_string().contains("checksum mismatch"));
+        let mut future = good.clone();
+        future[14] = 9;
+        assert!(decode(&future, p).unwrap_err().to_string().contains("format version 9"));
+        let err = load(Path::new("/nonexistent/model.bin")).unwrap_err();
+        assert!(err.is_missing());
+    }
+
+    #[test]
+    fn atomic_save_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("monitor-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.bin");
+        save(&path, &sample()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load(&path).unwrap(), sample());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,372 @@
+//! Behaviour windows: what one process did over one stretch of time.
+//!
+//! The model never sees a kernel record, only these. Live and in replay they
+//! are built from [`Event`]s by [`WindowBuilder`]; for datasets of syscall
+//! traces (ADFA-LD) each trace is one window with its full sequence.
+//!
+//! A window belongs to one process and carries its *profile*: the executable
+//! it ran when the window closed (the parent's executable is kept as
+//! context). It closes when the kernel's syscall profile for the process is
+//! drained (every profile interval), when the process exits, or, when no
+//! profiles arrive (profiles off, old recordings), when it has been open for
+//! the window length.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::{Ancestor, Detail, Event, Process, Timestamp},
+    syscalls::canonical_id,
+};
+
+/// Counts of security-relevant activity in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// Processes forked.
+    pub spawned: u32,
+    /// Programs executed (exec events of this process).
+    pub execs: u32,
+    /// Files opened for writing.
+    pub files_written: u32,
+    /// Sensitive locations touched (read, written, removed, renamed).
+    pub sensitive: u32,
+    /// Outbound connections.
+    pub connects: u32,
+    /// Inbound connections accepted.
+    pub accepts: u32,
+    /// Sockets bound or listening.
+    pub listens: u32,
+    /// Credential changes.
+    pub cred_changes: u32,
+    /// ptrace, signals to others, BPF loads, module loads.
+    pub tampering: u32,
+    /// memfd_create and executable anonymous memory.
+    pub fileless: u32,
+    /// Files removed or renamed.
+    pub file_changes: u32,
+}
+
+impl Activity {
+    /// Names of the counters, in [`Activity::values`] order.
+    pub const NAMES: [&'static str; 11] = [
+        "processes_spawned",
+        "programs_executed",
+        "files_written",
+        "sensitive_paths_touched",
+        "outbound_connections",
+        "inbound_connections",
+        "sockets_listening",
+        "credential_changes",
+        "tampering_actions",
+        "fileless_actions",
+        "files_removed_or_renamed",
+    ];
+
+    /// The counters, in [`Activity::NAMES`] order.
+    pub fn values(&self) -> [u32; 11] {
+        [
+            self.spawned,
+            self.execs,
+            self.files_written,
+            self.sensitive,
+            self.connects,
+            self.accepts,
+            self.listens,
+            self.cred_changes,
+            self.tampering,
+            self.fileless,
+            self.file_changes,
+        ]
+    }
+}
+
+/// Categorical facts of a window, for novelty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Executables this process started (exec of a child, or its own exec).
+    pub executed: BTreeSet<String>,
+    /// Network peers contacted (`addr:port`, `unix:path`).
+    pub peers: BTreeSet<String>,
+    /// Local ports listened on.
+    pub listening: BTreeSet<String>,
+    /// Sensitive paths touched.
+    pub sensitive_paths: BTreeSet<String>,
+    /// Other notable actions (`ptrace`, `memfd`, `mem_exec`, `setuid`, ...).
+    pub actions: BTreeSet<String>,
+    /// `parent -> program` for each exec of this window (the image that
+    /// started the program, and the program).
+    #[serde(default)]
+    pub exec_pairs: BTreeSet<String>,
+}
+
+/// What the window is about, for explanations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowContext {
+    /// The process as last seen.
+    pub process: Option<Process>,
+    /// Its ancestry (from its exec, when seen).
+    pub ancestry: Vec<Ancestor>,
+}
+
+/// One behaviour window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// The behaviour profile: the executable path.
+    pub profile: String,
+    /// The parent's executable, as context.
+    pub parent_profile: Option<String>,
+    /// Process id.
+    pub pid: u32,
+    /// Window start.
+    pub start: Timestamp,
+    /// Window end.
+    pub end: Timestamp,
+    /// Syscall counts by canonical id.
+    pub syscalls: BTreeMap<u16, u64>,
+    /// Consecutive-pair bucket counts (live) .
+    pub pairs: BTreeMap<u16, u64>,
+    /// The full syscall sequence, by canonical id (datasets only).
+    pub sequence: Vec<u16>,
+    /// Activity counters.
+    pub activity: Activity,
+    /// Categorical facts.
+    pub facts: Facts,
+    /// The window overlapped lost events: never learned from.
+    pub tainted: bool,
+    /// The process ended with this window.
+    pub final_window: bool,
+    /// Process context.
+    pub context: WindowContext,
+}
+
+impl Window {
+    /// Total syscalls in the window.
+    pub fn total_syscalls(&self) -> u64 {
+        self.syscalls.values().sum()
+    }
+
+    /// A window from a syscall trace (datasets), with counts and pairs
+    /// derived from the sequence.
+    pub fn from_sequence(profile: &str, sequence: Vec<u16>) -> Self {
+        let mut w = Window {
+            profile: profile.to_owned(),
+            ..Default::default()
+        };
+        for &id in &sequence {
+            *w.syscalls.entry(id).or_default() += 1;
+        }
+        for pair in sequence.windows(2) {
+            let bucket = monitor_common::pair_bucket(u32::from(pair[0]), u32::from(pair[1]));
+            *w.pairs.entry(bucket as u16).or_default() += 1;
+        }
+        w.sequence = sequence;
+        w.final_window = true;
+        w
+    }
+}
+
+/// Builds windows from a stream of events.
+pub struct WindowBuilder {
+    open: HashMap<u32, Window>,
+    /// Close a window after this long when no profile closes it.
+    max_len: std::time::Duration,
+    last_time: Timestamp,
+}
+
+impl WindowBuilder {
+    /// A builder closing idle-profile windows after `max_len`.
+    pub fn new(max_len: std::time::Duration) -> Self {
+        Self {
+            open: HashMap::new(),
+            max_len,
+            last_time: Timestamp::default(),
+        }
+    }
+
+    /// Windows currently open.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    fn window(&mut self, pid: u32, time: Timestamp) -> &mut Window {
+        self.open.entry(pid).or_insert_with(|| Window {
+            pid,
+            start: time,
+            end: time,
+            ..Default::default()
+        })
+    }
+
+    /// Feeds one event; returns the windows it closed.
+    pub fn push(&mut self, event: &Event) -> Vec<Window> {
+        self.last_time = self.last_time.max(event.time);
+        let mut closed = Vec::new();
+        if let Detail::Loss(_) = event.detail {
+            // Every open window overlapped the loss: none may teach the model.
+            for w in self.open.values_mut() {
+                w.tainted = true;
+            }
+            return closed;
+        }
+        let Some(process) = &event.process else {
+            return closed;
+        };
+        let pid = process.pid;
+        if let Detail::Fork(_) = event.detail {
+            // The parent spawned; the child's window starts now.
+            if let Some(parent) = &event.parent {
+                self.window(parent.pid, event.time).activity.spawned += 1;
+            }
+        }
+        let time = event.time;
+        let mut parent_started = None;
+        let w = self.window(pid, time);
+        w.end = w.end.max(time);
+        if let Some(exe) = &process.exe {
+            w.profile = exe.to_string_lossy().into_owned();
+        }
+        w.context.process = Some(process.clone());
+        if let Some(parent) = &event.parent {
+            w.parent_profile = parent.exe.as_ref().map(|e| e.to_string_lossy().into_owned());
+        }
+        match &event.detail {
+            Detail::Exec(exec) => {
+                let program = exec.path.to_string_lossy().into_owned();
+                w.activity.execs += 1;
+                w.facts.executed.insert(program.clone());
+                w.context.ancestry = event.ancestry.clone();
+                if exec.fileless {
+                    w.activity.fileless += 1;
+                    w.facts.actions.insert("fileless_exec".into());
+                }
+                let parent = event.parent.as_ref();
+                let parent_exe = parent
+                    .and_then(|p| p.exe.as_ref())
+                    .map_or_else(|| "?".to_owned(), |e| e.to_string_lossy().into_owned());
+                w.facts.exec_pairs.insert(format!("{parent_exe} -> {program}"));
+                // The parent started a program too: its window learns it.
+                if let Some(parent) = parent.filter(|p| p.pid != pid) {
+                    parent_started = Some((parent.pid, program));
+                }
+            }
+            Detail::Connect(n) => {
+                w.activity.connects += 1;
+                w.facts.peers.insert(peer(n));
+            }
+            Detail::Accept(n) => {
+                w.activity.accepts += 1;
+                w.facts.peers.insert(format!("from:{}", n.address.as_deref().unwrap_or("?")));
+            }
+            Detail::Bind(n) | Detail::Listen(n) => {
+                w.activity.listens += 1;
+                w.facts.listening.insert(peer(n));
+            }
+            Detail::FileOpen(f) => {
+                if f.write {
+                    w.activity.files_written += 1;
+                }
+                if f.sensitive {
+                    w.activity.sensitive += 1;
+                    w.facts.sensitive_paths.insert(f.path.to_string_lossy().into_owned());
+                }
+            }
+            Detail::FileUnlink(f) | Detail::FileRename(f) => {
+                w.activity.file_changes += 1;
+                if f.sensitive {
+                    w.activity.sensitive += 1;
+                    w.facts.sensitive_paths.insert(f.path.to_string_lossy().into_owned());
+                }
+            }
+            Detail::CredChange(c) => {
+                w.activity.cred_changes += 1;
+                w.facts.actions.insert(c.syscall.clone());
+            }
+            Detail::Ptrace(p) => {
+                w.activity.tampering += 1;
+                w.facts.actions.insert(format!("ptrace:{}", p.request));
+            }
+            Detail::Kill(k) => {
+                w.activity.tampering += 1;
+                w.facts.actions.insert(format!("signal:{}", k.signal_name));
+            }
+            Detail::BpfLoad(_) => {
+                w.activity.tampering += 1;
+                w.facts.actions.insert("bpf_load".into());
+            }
+            Detail::ModuleLoad(_) => {
+                w.activity.tampering += 1;
+                w.facts.actions.insert("module_load".into());
+            }
+            Detail::MemfdCreate(_) => {
+                w.activity.fileless += 1;
+                w.facts.actions.insert("memfd_create".into());
+            }
+            Detail::MemExec(m) => {
+                w.activity.fileless += 1;
+                w.facts.actions.insert(format!("exec_memory:{}", m.syscall));
+            }
+            Detail::SyscallProfile(p) => {
+                for (name, &count) in &p.counts {
+                    *w.syscalls.entry(canonical_id(name)).or_default() += count;
+                }
+                for (&bucket, &count) in &p.pairs {
+                    *w.pairs.entry(bucket).or_default() += count;
+                }
+                w.start = w.start.min(p.window_start);
+                w.end = w.end.max(p.window_end);
+                w.final_window = p.final_window;
+                if let Some(done) = self.open.remove(&pid) {
+                    closed.push(done);
+                }
+            }
+            Detail::Exit(_) => {
+                // Without profiles the exit closes the window; with them the
+                // final profile (emitted just before the exit) already did.
+                if let Some(mut done) = self.open.remove(&pid) {
+                    done.final_window = true;
+                    closed.push(done);
+                }
+            }
+            Detail::Fork(_) | Detail::Loss(_) => {}
+        }
+        if let Some((parent_pid, program)) = parent_started {
+            self.window(parent_pid, time).facts.executed.insert(program);
+        }
+        closed.extend(self.expire(self.last_time));
+        closed
+    }
+
+    /// Closes windows open longer than the window length (streams without
+    /// syscall profiles; with profiles, the profile interval is shorter and
+    /// closes them first).
+    fn expire(&mut self, now: Timestamp) -> Vec<Window> {
+        let max = self.max_len;
+        let stale: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(_, w)| now.since(w.start) > max)
+            .map(|(&pid, _)| pid)
+            .collect();
+        stale.into_iter().filter_map(|pid| self.open.remove(&pid)).filter(has_content).collect()
+    }
+
+    /// Closes everything (end of stream).
+    pub fn finish(&mut self) -> Vec<Window> {
+        let mut all: Vec<Window> = self.open.drain().map(|(_, w)| w).filter(has_content).collect();
+        all.sort_by_key(|w| (w.start, w.pid));
+        all
+    }
+}
+
+fn has_content(w: &Window) -> bool {
+    !w.syscalls.is_empty() || w.activity != Activity::default()
+}
+
+fn peer(n: &crate::event::NetDetail) -> String {
+    match (&n.address, n.port, &n.unix_path) {
+        (Some(a), Some(p), _) => format!("{a}:{p}"),
+        (_, _, Some(u)) => format!("unix:{u}"),
+        _ => format!("{}:?", n.family),
+    }
+}
