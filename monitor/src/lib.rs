@@ -13,8 +13,11 @@
 //! - [`output`]: JSON Lines and the other sinks.
 #![deny(missing_docs)]
 
+pub mod agent;
+pub mod api;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod detect;
 pub mod event;
 pub mod kernel;

@@ -21,6 +21,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => monitor::cli::run::run(args).await,
+            Command::Status(args) => monitor::cli::run::status(&args),
+            Command::Config(cmd) => monitor::cli::run::config(&cmd),
+            Command::Model(cmd) => monitor::cli::model::run(&cmd),
             Command::Record(args) => monitor::cli::record::run(args).await,
             Command::BenchFloor => monitor::cli::bench_floor().await,
             Command::Eval(args) => monitor::cli::eval::run(&args),

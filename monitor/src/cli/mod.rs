@@ -2,8 +2,10 @@
 //! error chain once and maps it to exit code 2.
 
 pub mod eval;
+pub mod model;
 pub mod record;
 pub mod replay;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,17 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: learn this host's behaviour, then report what deviates
+    /// (needs root). The main job.
+    Run(run::RunArgs),
+    /// Show the state of a running agent.
+    Status(run::StatusArgs),
+    /// Print the default configuration, or check a file.
+    #[command(subcommand)]
+    Config(run::ConfigCommand),
+    /// Show, export or import the learned model.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Capture kernel events and write them as JSON Lines (needs root).
     Record(record::RecordArgs),
     /// Evaluate the model on a public dataset (ADFA-LD).

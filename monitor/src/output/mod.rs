@@ -1,3 +1,8 @@
-//! Writing events out.
+//! Writing events and findings out: JSON Lines, OCSF records, the spool,
+//! and the sinks that deliver from it.
 
 pub mod jsonl;
+pub mod ocsf;
+pub mod sinks;
+pub mod spool;
+pub mod syslog;

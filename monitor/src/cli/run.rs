@@ -1,0 +1,183 @@
+//! `monitor run`: the agent. Also `monitor config` and `monitor status`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::config::{DEFAULT_PATH, DEFAULT_TOML, RawConfig, Settings};
+
+/// Arguments of `monitor run` (each overrides the configuration file).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (default: /etc/monitor/monitor.toml if it exists,
+    /// else built-in defaults).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Learning period before detecting (model.learn_for), e.g. 2m, 24h.
+    #[arg(long, value_name = "DURATION")]
+    pub learn_for: Option<String>,
+    /// Fewest windows before detecting (model.min_windows).
+    #[arg(long, value_name = "N")]
+    pub min_windows: Option<usize>,
+    /// False-alarm rate per window (model.false_alarm_rate).
+    #[arg(long, value_name = "RATE")]
+    pub false_alarm_rate: Option<f64>,
+    /// State directory (agent.state_dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// API listen address, or "" to turn it off (api.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+    /// Also export raw activity as OCSF (output.raw_events).
+    #[arg(long)]
+    pub raw_events: bool,
+    /// Syscall profile interval (capture.profile_window), e.g. 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub profile_window: Option<String>,
+}
+
+/// Loads the file (or defaults) and applies the flags.
+pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    let mut raw = RawConfig::load(&path, explicit)?;
+    let dur = |text: &str, flag: &str| {
+        humantime::parse_duration(text).with_context(|| format!("{flag} {text:?}: expected a duration like 90s, 15m or 24h"))
+    };
+    if let Some(v) = &args.learn_for {
+        raw.model.learn_for = dur(v, "--learn-for")?;
+    }
+    if let Some(v) = args.min_windows {
+        raw.model.min_windows = v;
+    }
+    if let Some(v) = args.false_alarm_rate {
+        raw.model.false_alarm_rate = v;
+    }
+    if let Some(v) = &args.state_dir {
+        raw.agent.state_dir = v.clone();
+    }
+    if let Some(v) = &args.api_listen {
+        raw.api.listen = v.clone();
+    }
+    if args.raw_events {
+        raw.output.raw_events = true;
+    }
+    if let Some(v) = &args.profile_window {
+        raw.capture.profile_window = dur(v, "--profile-window")?;
+    }
+    Ok(Settings::from_raw(raw, &path)?)
+}
+
+/// Runs the agent.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Signals first: a SIGTERM during start-up still stops cleanly.
+    let signals = super::ShutdownSignals::install().context("cannot install signal handlers")?;
+    let settings = settings(&args)?;
+    crate::agent::run(settings, signals).await
+}
+
+/// `monitor config`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the commented default configuration.
+    Default,
+    /// Check a configuration file; report errors with file, line and key.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// Runs `monitor config ...`.
+pub fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::Default => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        ConfigCommand::Check { file } => {
+            let raw = RawConfig::load(file, true)?;
+            let settings = Settings::from_raw(raw, file)?;
+            println!(
+                "{}: ok ({} sink{}: {}; state in {})",
+                file.display(),
+                settings.raw.sink.len(),
+                if settings.raw.sink.len() == 1 { "" } else { "s" },
+                settings.raw.sink.iter().map(crate::config::SinkConfig::name).collect::<Vec<_>>().join(", "),
+                settings.state_dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Arguments of `monitor status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's state directory.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/monitor")]
+    pub state_dir: PathBuf,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Shows the state of a running agent (from the status file it refreshes
+/// every second).
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let path = crate::agent::StatePaths::new(&args.state_dir).status();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no status at {} (is the agent running with --state-dir {}?)", path.display(), args.state_dir.display())
+    })?;
+    let s: crate::api::Status = serde_json::from_str(&text).with_context(|| format!("{} is not a status file", path.display()))?;
+    if args.json {
+        println!("{text}");
+        return Ok(());
+    }
+    let age = crate::event::Timestamp::now().since(s.updated);
+    let running = age.as_secs() < 5 && Path::new(&format!("/proc/{}", s.pid)).exists();
+    println!("agent      {} (pid {}, version {}, host {})", if running { "running" } else { "NOT RUNNING (stale status)" }, s.pid, s.version, s.host);
+    println!("since      {} (status {:.0} s old)", s.started, age.as_secs_f64());
+    let p = &s.progress;
+    match s.phase {
+        crate::model::Phase::Learning => println!(
+            "model      learning: {} windows, {} profiles, {:.0} s learned, {:.0} s left",
+            p.baseline_windows, p.profiles, p.learned_secs, p.remaining_secs
+        ),
+        crate::model::Phase::Detecting => println!(
+            "model      detecting: baseline of {} windows, {} profiles; {} windows scored",
+            p.baseline_windows, p.profiles, p.windows_seen
+        ),
+    }
+    println!("events     {} total, {:.0}/s; {} kernel records; {} processes tracked", s.events, s.events_per_sec, s.kernel_records, s.processes);
+    println!(
+        "lost       {}",
+        if s.lost.is_empty() { "none".into() } else { s.lost.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") }
+    );
+    println!("findings   {} raised{}", s.findings, s.last_finding.as_ref().map(|f| format!("; last: {f}")).unwrap_or_default());
+    for sink in &s.sinks {
+        println!(
+            "sink       {}: {} delivered, {} failures{}",
+            sink.name,
+            sink.delivered,
+            sink.failures,
+            sink.last_error.as_ref().map(|e| format!(", FAILING: {e}")).unwrap_or_default()
+        );
+    }
+    println!(
+        "spool      {} bytes, dropped {} findings / {} activity{}",
+        s.spool.bytes,
+        s.spool.dropped_findings,
+        s.spool.dropped_activity,
+        s.spool.degraded.as_ref().map(|d| format!(", DEGRADED: {d}")).unwrap_or_default()
+    );
+    for (sensor, state) in &s.sensors {
+        if state != "attached" {
+            println!("sensor     {sensor}: {state}");
+        }
+    }
+    println!("memory     {:.1} MiB resident", s.rss_bytes as f64 / 1048576.0);
+    Ok(())
+}

@@ -1,0 +1,676 @@
+//! Configuration: one TOML file, parsed into raw structs that mirror it
+//! ([`RawConfig`], unknown keys rejected), then validated into ready-to-use
+//! [`Settings`]. Command-line flags override the file (see `cli::run`).
+//!
+//! `default.toml` next to this file is the commented default that `monitor
+//! config default` prints; a test checks that it parses to exactly
+//! [`RawConfig::default`], so the documentation cannot drift from the code.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    capture::CaptureSettings,
+    kernel::ProbeSettings,
+    model::EngineSettings,
+    profiles::ProfileSettings,
+    sensitive::SensitivePaths,
+};
+
+/// The commented default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+/// Where the agent looks for its configuration.
+pub const DEFAULT_PATH: &str = "/etc/monitor/monitor.toml";
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax or type error, or an unknown key.
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The key path (`sink[1].url`), or `(file)` when not in a key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but cannot be used.
+    #[error("{path}: {key}: {message}")]
+    Value {
+        /// The file (or `command line`).
+        path: PathBuf,
+        /// The key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration (like \"90s\", \"15m\", \"24h\"): {e}"))
+    })
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_size(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses a size like `16MiB`, `100MB`, `4096` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (like \"16MiB\", \"100MB\", \"4096\")"))?;
+    let factor: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" | "K" => 1024.0,
+        "MiB" | "M" => 1024.0 * 1024.0,
+        "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("{text:?}: unknown size unit {other:?} (use B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    Ok((value * factor) as u64)
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Host name for findings.
+    pub host_name: String,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/monitor"),
+            host_name: String::new(),
+        }
+    }
+}
+
+/// `[capture]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// Count syscalls per process.
+    pub syscall_profiles: bool,
+    /// Stream security events.
+    pub security_events: bool,
+    /// Profile drain interval.
+    #[serde(deserialize_with = "de_duration")]
+    pub profile_window: Duration,
+    /// Ring buffer bytes.
+    #[serde(deserialize_with = "de_size")]
+    pub ring_buffer: u64,
+    /// Sensitive read patterns.
+    pub sensitive_read: Vec<String>,
+    /// Sensitive write patterns.
+    pub sensitive_write: Vec<String>,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        Self {
+            syscall_profiles: true,
+            security_events: true,
+            profile_window: Duration::from_secs(5),
+            ring_buffer: 16 << 20,
+            sensitive_read: crate::sensitive::DEFAULT_READ.iter().map(|s| (*s).to_owned()).collect(),
+            sensitive_write: crate::sensitive::DEFAULT_WRITE.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// What to do with a model file that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadModel {
+    /// Move it aside and learn again.
+    Relearn,
+    /// Refuse to start.
+    Stop,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Learning period.
+    #[serde(deserialize_with = "de_duration")]
+    pub learn_for: Duration,
+    /// Fewest windows.
+    pub min_windows: usize,
+    /// False-alarm rate per window.
+    pub false_alarm_rate: f64,
+    /// Follow drift.
+    pub follow_drift: bool,
+    /// Bad model policy.
+    pub on_bad_model: OnBadModel,
+    /// Save interval.
+    #[serde(deserialize_with = "de_duration")]
+    pub save_every: Duration,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        let e = EngineSettings::default();
+        Self {
+            learn_for: e.learn_for,
+            min_windows: e.min_windows,
+            false_alarm_rate: e.false_alarm_rate,
+            follow_drift: e.follow_drift,
+            on_bad_model: OnBadModel::Relearn,
+            save_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// Export raw activity as OCSF.
+    pub raw_events: bool,
+    /// Heartbeat interval.
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat: Duration,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self {
+            raw_events: false,
+            heartbeat: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Bytes.
+    #[serde(deserialize_with = "de_size")]
+    pub max_size: u64,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self { max_size: 256 << 20 }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// Listen address; empty: off.
+    pub listen: String,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// syslog transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogTransport {
+    /// UDP datagrams.
+    Udp,
+    /// TCP with octet counting (RFC 6587).
+    Tcp,
+    /// A unix datagram socket (e.g. `/dev/log`).
+    Unix,
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// gzip.
+    Gzip,
+    /// None.
+    None,
+}
+
+fn default_keep() -> usize {
+    5
+}
+fn default_file_size() -> u64 {
+    100 << 20
+}
+fn default_app_name() -> String {
+    "monitor".into()
+}
+fn default_facility() -> String {
+    "local0".into()
+}
+fn default_batch_size() -> usize {
+    500
+}
+fn default_batch_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_compression() -> Compression {
+    Compression::Gzip
+}
+fn default_sourcetype() -> String {
+    "ocsf:monitor".into()
+}
+fn default_es_index() -> String {
+    "monitor-findings".into()
+}
+
+/// One `[[sink]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Standard output.
+    Stdout {},
+    /// A JSON Lines file with size rotation.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Rotate beyond this size.
+        #[serde(default = "default_file_size", deserialize_with = "de_size")]
+        max_size: u64,
+        /// Rotated files kept.
+        #[serde(default = "default_keep")]
+        keep: usize,
+    },
+    /// syslog, RFC 5424.
+    Syslog {
+        /// Transport.
+        transport: SyslogTransport,
+        /// `host:port` for udp and tcp.
+        #[serde(default)]
+        address: Option<String>,
+        /// Socket path for unix.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// APP-NAME field.
+        #[serde(default = "default_app_name")]
+        app_name: String,
+        /// Facility name.
+        #[serde(default = "default_facility")]
+        facility: String,
+    },
+    /// Splunk HTTP Event Collector.
+    SplunkHec {
+        /// Collector URL.
+        url: String,
+        /// File holding the token.
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+        /// Environment variable holding the token.
+        #[serde(default)]
+        token_env: Option<String>,
+        /// Index.
+        #[serde(default)]
+        index: Option<String>,
+        /// Source type.
+        #[serde(default = "default_sourcetype")]
+        sourcetype: String,
+        /// Events per request.
+        #[serde(default = "default_batch_size")]
+        batch_size: usize,
+        /// Longest wait to fill a batch.
+        #[serde(default = "default_batch_timeout", deserialize_with = "de_duration")]
+        batch_timeout: Duration,
+        /// Body compression.
+        #[serde(default = "default_compression")]
+        compression: Compression,
+        /// Extra CA certificate (PEM).
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Elasticsearch `_bulk`.
+    Elasticsearch {
+        /// Base URL.
+        url: String,
+        /// Index.
+        #[serde(default = "default_es_index")]
+        index: String,
+        /// File holding the API key.
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+        /// Environment variable holding the API key.
+        #[serde(default)]
+        token_env: Option<String>,
+        /// Events per request.
+        #[serde(default = "default_batch_size")]
+        batch_size: usize,
+        /// Longest wait to fill a batch.
+        #[serde(default = "default_batch_timeout", deserialize_with = "de_duration")]
+        batch_timeout: Duration,
+        /// Body compression.
+        #[serde(default = "default_compression")]
+        compression: Compression,
+        /// Extra CA certificate (PEM).
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl SinkConfig {
+    /// A short name for logs and metrics (`stdout`, `file:/path`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            SinkConfig::Stdout {} => "stdout".into(),
+            SinkConfig::File { path, .. } => format!("file:{}", path.display()),
+            SinkConfig::Syslog { transport, address, path, .. } => format!(
+                "syslog-{}:{}",
+                format!("{transport:?}").to_lowercase(),
+                address.clone().unwrap_or_else(|| path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+            ),
+            SinkConfig::SplunkHec { url, .. } => format!("splunk_hec:{url}"),
+            SinkConfig::Elasticsearch { url, .. } => format!("elasticsearch:{url}"),
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[agent]`.
+    pub agent: AgentSection,
+    /// `[capture]`.
+    pub capture: CaptureSection,
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[output]`.
+    pub output: OutputSection,
+    /// `[spool]`.
+    pub spool: SpoolSection,
+    /// `[[sink]]`.
+    pub sink: Vec<SinkConfig>,
+    /// `[api]`.
+    pub api: ApiSection,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            agent: AgentSection::default(),
+            capture: CaptureSection::default(),
+            model: ModelSection::default(),
+            output: OutputSection::default(),
+            spool: SpoolSection::default(),
+            sink: vec![SinkConfig::Stdout {}],
+            api: ApiSection::default(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl RawConfig {
+    /// Parses configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(e.span(), "(file)".into(), e.message().to_owned()))?;
+        let mut track = serde_path_to_error::Track::new();
+        let result = RawConfig::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+        let mut raw = result.map_err(|e| {
+            let key = track.path().to_string();
+            invalid(e.span(), if key == "." { "(file)".into() } else { key }, e.message().to_owned())
+        })?;
+        if raw.sink.is_empty() {
+            raw.sink.push(SinkConfig::Stdout {});
+        }
+        Ok(raw)
+    }
+
+    /// Reads a file; a missing default file means the built-in defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Validated, ready-to-use settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The raw configuration they came from.
+    pub raw: RawConfig,
+    /// Capture.
+    pub capture: CaptureSettings,
+    /// Model engine.
+    pub engine: EngineSettings,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Host name.
+    pub host_name: String,
+    /// API listen address, if on.
+    pub api_listen: Option<std::net::SocketAddr>,
+}
+
+impl Settings {
+    /// Validates a raw configuration; `path` names its origin in errors.
+    pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Value {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let m = &raw.model;
+        if !(m.false_alarm_rate > 0.0 && m.false_alarm_rate < 1.0) {
+            return Err(bad("model.false_alarm_rate", format!("must be between 0 and 1, got {}", m.false_alarm_rate)));
+        }
+        if m.min_windows < crate::model::baseline::MIN_WINDOWS {
+            return Err(bad(
+                "model.min_windows",
+                format!("must be at least {}, got {}", crate::model::baseline::MIN_WINDOWS, m.min_windows),
+            ));
+        }
+        let c = &raw.capture;
+        let ring = c.ring_buffer;
+        if !ring.is_power_of_two() || ring < 64 * 1024 || ring > 1 << 30 {
+            return Err(bad("capture.ring_buffer", format!("must be a power of two between 64KiB and 1GiB, got {ring} bytes")));
+        }
+        if c.profile_window < Duration::from_millis(100) {
+            return Err(bad("capture.profile_window", "must be at least 100ms".into()));
+        }
+        let sensitive = SensitivePaths::new(&c.sensitive_read, &c.sensitive_write)
+            .map_err(|e| bad("capture.sensitive_read/sensitive_write", e.to_string()))?;
+        if raw.spool.max_size < 1 << 20 {
+            return Err(bad("spool.max_size", "must be at least 1MiB".into()));
+        }
+        for (i, sink) in raw.sink.iter().enumerate() {
+            validate_sink(sink).map_err(|(key, msg)| bad(&format!("sink[{i}].{key}"), msg))?;
+        }
+        let api_listen = if raw.api.listen.trim().is_empty() {
+            None
+        } else {
+            Some(raw.api.listen.parse().map_err(|_| {
+                bad("api.listen", format!("{:?} is not an address like 127.0.0.1:9464", raw.api.listen))
+            })?)
+        };
+        let host_name = if raw.agent.host_name.is_empty() { system_host_name() } else { raw.agent.host_name.clone() };
+        let capture = CaptureSettings {
+            probes: ProbeSettings {
+                syscall_profiles: c.syscall_profiles,
+                security_events: c.security_events,
+                ringbuf_bytes: ring as u32,
+                ..ProbeSettings::default()
+            },
+            profiles: ProfileSettings { window: c.profile_window },
+            sensitive,
+            ..CaptureSettings::default()
+        };
+        let engine = EngineSettings {
+            learn_for: m.learn_for,
+            min_windows: m.min_windows,
+            false_alarm_rate: m.false_alarm_rate,
+            follow_drift: m.follow_drift,
+            ..EngineSettings::default()
+        };
+        Ok(Self {
+            capture,
+            engine,
+            state_dir: raw.agent.state_dir.clone(),
+            host_name,
+            api_listen,
+            raw,
+        })
+    }
+}
+
+fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
+    match sink {
+        SinkConfig::Stdout {} => Ok(()),
+        SinkConfig::File { path, max_size, .. } => {
+            if path.as_os_str().is_empty() {
+                return Err(("path", "must not be empty".into()));
+            }
+            if *max_size < 4096 {
+                return Err(("max_size", "must be at least 4KiB".into()));
+            }
+            Ok(())
+        }
+        SinkConfig::Syslog { transport, address, path, facility, .. } => {
+            if crate::output::syslog::facility_code(facility).is_none() {
+                return Err(("facility", format!("unknown facility {facility:?} (kern, user, daemon, auth, local0..local7, ...)")));
+            }
+            match transport {
+                SyslogTransport::Unix if path.is_none() => Err(("path", "the unix transport needs a socket path".into())),
+                SyslogTransport::Udp | SyslogTransport::Tcp if address.is_none() => {
+                    Err(("address", "udp and tcp need an address like 127.0.0.1:514".into()))
+                }
+                _ => Ok(()),
+            }
+        }
+        SinkConfig::SplunkHec { url, token_file, token_env, batch_size, .. }
+        | SinkConfig::Elasticsearch { url, token_file, token_env, batch_size, .. } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(("url", format!("{url:?} must start with http:// or https://")));
+            }
+            if token_file.is_some() && token_env.is_some() {
+                return Err(("token_file", "give token_file or token_env, not both".into()));
+            }
+            if matches!(sink, SinkConfig::SplunkHec { .. }) && token_file.is_none() && token_env.is_none() {
+                return Err(("token_file", "Splunk HEC needs a token: token_file or token_env".into()));
+            }
+            if *batch_size == 0 || *batch_size > 10_000 {
+                return Err(("batch_size", "must be between 1 and 10000".into()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The system host name.
+pub fn system_host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name = if ok { crate::event::decode::until_nul(&buf) } else { b"localhost" };
+    String::from_utf8_lossy(name).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        RawConfig::parse(text, Path::new("/etc/monitor/monitor.toml"))
+    }
+
+    #[test]
+    fn the_commented_default_is_the_default() {
+        assert_eq!(parse(DEFAULT_TOML).unwrap(), RawConfig::default());
+        assert_eq!(parse("").unwrap(), RawConfig::default());
+        Settings::from_raw(RawConfig::default(), Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_file_line_and_key() {
+        let err = parse("[model]\nlearn_for = \"1m\"\nlearn_four = \"2m\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/monitor/monitor.toml:3:1: model.learn_four: unknown field `learn_four`"), "{err}");
+        assert!(err.contains("expected one of"), "{err}");
+        let err = parse("[[sink]]\ntype = \"stdout\"\n[[sink]]\ntype = \"file\"\npath = \"/x\"\nmax_sise = \"1MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":6:") && err.contains("sink[1]") && err.contains("max_sise"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = parse("[model]\nlearn_for = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("model.learn_for") && err.contains("\"soon\""), "{err}");
+        let err = parse("[capture]\nring_buffer = \"3 bananas\"\n").unwrap_err().to_string();
+        assert!(err.contains("capture.ring_buffer"), "{err}");
+        let raw = parse("[model]\nfalse_alarm_rate = 2.0\n").unwrap();
+        let err = Settings::from_raw(raw, Path::new("f.toml")).unwrap_err().to_string();
+        assert_eq!(err, "f.toml: model.false_alarm_rate: must be between 0 and 1, got 2");
+        let raw = parse("[[sink]]\ntype = \"splunk_hec\"\nurl = \"https://x\"\n").unwrap();
+        let err = Settings::from_raw(raw, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(err.contains("sink[0].token_file") && err.contains("needs a token"), "{err}");
+        let err = parse("[agent\n").unwrap_err().to_string();
+        assert!(err.contains("monitor.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+    }
+}

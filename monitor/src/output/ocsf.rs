@@ -1,0 +1,362 @@
+//! OCSF (Open Cybersecurity Schema Framework) records, version [`VERSION`],
+//! `host` profile.
+//!
+//! - findings: *Detection Finding* (class 2004);
+//! - raw activity, when exported: *Process Activity* (1007), *Network
+//!   Activity* (4001), *File System Activity* (1001);
+//! - the agent's own lifecycle, heartbeats and health: *Application
+//!   Lifecycle* (6002).
+//!
+//! Every class is validated against the official OCSF JSON Schema in the
+//! tests (`tests/kernel/ocsf.rs`), so a field the schema rejects fails the
+//! build's tests. Byte strings that are not UTF-8 appear lossily here (OCSF
+//! fields are strings); the exact bytes stay in `unmapped.monitor`.
+
+use serde_json::{Value, json};
+
+use crate::{
+    event::{Ancestor, Detail, Event, Process},
+    model::{alert::Alert, baseline::NoveltyKind},
+};
+
+/// The OCSF version emitted.
+pub const VERSION: &str = "1.4.0";
+/// Product name.
+pub const PRODUCT: &str = "monitor";
+
+/// Context shared by every record: the host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Host name.
+    pub name: String,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Host {
+    /// This host.
+    pub fn current(name: &str) -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        Self {
+            name: name.to_owned(),
+            kernel: kernel.trim().to_owned(),
+        }
+    }
+
+    fn device(&self) -> Value {
+        json!({
+            "hostname": self.name,
+            "type_id": 1,
+            "type": "Server",
+            "os": { "name": "Linux", "type_id": 200, "type": "Linux", "kernel_release": self.kernel },
+        })
+    }
+}
+
+fn metadata(uid: Option<&str>) -> Value {
+    let mut m = json!({
+        "version": VERSION,
+        "profiles": ["host"],
+        "product": {
+            "name": PRODUCT,
+            "vendor_name": PRODUCT,
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+    });
+    if let Some(uid) = uid {
+        m["uid"] = json!(uid);
+    }
+    m
+}
+
+fn ms(t: crate::event::Timestamp) -> u64 {
+    t.as_millis()
+}
+
+/// A unique id for a process instance: pid and start time.
+fn process_uid(p: &Process) -> String {
+    format!("{}-{}", p.pid, p.start_time.map_or(0, |t| t.0))
+}
+
+fn cmd_line(args: &[crate::event::ByteString]) -> String {
+    args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
+fn file_of(path: &str) -> Value {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    json!({ "name": if name.is_empty() { "/" } else { name }, "path": path, "type_id": 1, "type": "Regular File" })
+}
+
+/// An OCSF `process` object.
+pub fn process(p: &Process, parent: Option<&Process>, ancestry: &[Ancestor]) -> Value {
+    let mut v = json!({
+        "pid": p.pid,
+        "uid": process_uid(p),
+        "name": p.comm.to_string_lossy(),
+        "user": user(p.uid, p.user.as_deref()),
+    });
+    if let Some(exe) = &p.exe {
+        v["file"] = file_of(&exe.to_string_lossy());
+    }
+    if !p.args.is_empty() {
+        v["cmd_line"] = json!(cmd_line(&p.args));
+    }
+    if let Some(tid) = p.tid {
+        v["tid"] = json!(tid);
+    }
+    if let Some(start) = p.start_time {
+        v["created_time"] = json!(ms(start));
+    }
+    if let Some(parent) = parent {
+        v["parent_process"] = process(parent, None, &[]);
+    }
+    if !ancestry.is_empty() {
+        v["lineage"] = json!(ancestry
+            .iter()
+            .map(|a| a.exe.as_ref().map_or_else(|| a.comm.to_string_lossy().into_owned(), |e| e.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>());
+    }
+    v
+}
+
+fn user(uid: u32, name: Option<&str>) -> Value {
+    let mut u = json!({ "uid": uid.to_string() });
+    if let Some(name) = name {
+        u["name"] = json!(name);
+    }
+    u
+}
+
+fn severity(score: f64, alert: &Alert) -> (u8, &'static str) {
+    let critical_kinds = alert.novelty.iter().any(|n| {
+        matches!(n.kind, NoveltyKind::NewSensitivePath | NoveltyKind::NewAction)
+            || (n.kind == NoveltyKind::NewParentChild && n.value.contains("sh"))
+    });
+    match (score, critical_kinds) {
+        (s, true) if s >= 0.9999 => (4, "High"),
+        (s, _) if s >= 0.99999 => (4, "High"),
+        (s, _) if s >= 0.999 => (3, "Medium"),
+        _ => (2, "Low"),
+    }
+}
+
+/// The multi-line explanation of an alert (also used by `monitor alerts`).
+pub fn explanation(alert: &Alert) -> String {
+    let mut out = format!("{}\n", alert.summary);
+    out.push_str(&format!(
+        "score {:.4} against a threshold of {:.4} (calibrated for a false-alarm rate of {} per window)\n",
+        alert.score, alert.threshold, alert.false_alarm_rate
+    ));
+    if !alert.novelty.is_empty() {
+        out.push_str("new for this host's baseline:\n");
+        for n in &alert.novelty {
+            out.push_str(&format!("  - {}: {}\n", n.kind.describe(), n.value));
+        }
+    }
+    if !alert.deviations.is_empty() {
+        out.push_str("observed vs expected:\n");
+        for d in &alert.deviations {
+            out.push_str(&format!("  - {}: {} (expected about {})\n", d.feature, d.observed, d.expected));
+        }
+    }
+    out
+}
+
+/// A Detection Finding for an alert.
+pub fn finding(alert: &Alert, host: &Host) -> Value {
+    let (severity_id, severity_name) = severity(alert.score, alert);
+    let proc = alert.process.as_ref();
+    let mut v = json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": 1,
+        "activity_name": "Create",
+        "type_uid": 200401,
+        "type_name": "Detection Finding: Create",
+        "time": ms(alert.time),
+        "start_time": ms(alert.window_start),
+        "end_time": ms(alert.window_end),
+        "severity_id": severity_id,
+        "severity": severity_name,
+        "status_id": 1,
+        "status": "New",
+        "is_alert": true,
+        "confidence_score": (alert.score * 100.0).round() as u32,
+        "risk_score": (alert.score * 100.0).round() as u32,
+        "message": alert.summary,
+        "metadata": metadata(Some(&alert.id)),
+        "device": host.device(),
+        "finding_info": {
+            "uid": alert.id,
+            "title": alert.summary,
+            "desc": explanation(alert),
+            "types": ["Behavioral Anomaly"],
+            "first_seen_time": ms(alert.window_start),
+            "last_seen_time": ms(alert.window_end),
+            "analytic": {
+                "name": "monitor behaviour baseline",
+                "type_id": 4,
+                "type": "Learning (ML/DL)",
+                "desc": "Per-host baseline: k-means clusters per executable profile, nearest neighbours and categorical novelty, calibrated to a false-alarm rate",
+            },
+        },
+        "unmapped": {
+            "monitor": {
+                "profile": alert.profile,
+                "parent_profile": alert.parent_profile,
+                "score": alert.score,
+                "threshold": alert.threshold,
+                "false_alarm_rate": alert.false_alarm_rate,
+                "deviations": alert.deviations,
+                "nearest_cluster": alert.nearest_cluster,
+                "novelty": alert.novelty,
+                "syscalls": alert.syscalls,
+                "incomplete": alert.incomplete,
+                "process": alert.process,
+            },
+        },
+    });
+    if let Some(p) = proc {
+        let parent = alert.ancestry.first().map(|a| Process {
+            pid: a.pid,
+            comm: a.comm.clone(),
+            exe: a.exe.clone(),
+            args: a.args.clone(),
+            uid: a.uid,
+            ..Default::default()
+        });
+        let process = process(p, parent.as_ref(), &alert.ancestry);
+        v["actor"] = json!({ "process": process, "user": user(p.uid, p.user.as_deref()) });
+        v["evidences"] = json!([{ "process": process, "data": { "novelty": alert.novelty } }]);
+    } else {
+        v["evidences"] = json!([{ "data": { "novelty": alert.novelty, "profile": alert.profile } }]);
+    }
+    v
+}
+
+/// An OCSF activity record for a raw event, if its kind has one.
+pub fn activity(event: &Event, host: &Host) -> Option<Value> {
+    let process_obj = event.process.as_ref().map(|p| process(p, event.parent.as_ref(), &event.ancestry));
+    let actor = json!({ "process": event.parent.as_ref().map_or_else(
+        || process_obj.clone().unwrap_or(json!({"pid": 0})),
+        |p| process(p, None, &[])) });
+    let base = |class_uid: u32, class_name: &str, category: (u32, &str), activity: (u32, &str)| {
+        json!({
+            "class_uid": class_uid,
+            "class_name": class_name,
+            "category_uid": category.0,
+            "category_name": category.1,
+            "activity_id": activity.0,
+            "activity_name": activity.1,
+            "type_uid": class_uid * 100 + activity.0,
+            "type_name": format!("{class_name}: {}", activity.1),
+            "time": ms(event.time),
+            "severity_id": 1,
+            "severity": "Informational",
+            "metadata": metadata(None),
+            "device": host.device(),
+        })
+    };
+    let system = (1, "System Activity");
+    match &event.detail {
+        Detail::Exec(_) | Detail::Exit(_) | Detail::Fork(_) => {
+            let activity = match event.detail {
+                Detail::Exit(_) => (2, "Terminate"),
+                _ => (1, "Launch"),
+            };
+            let mut v = base(1007, "Process Activity", system, activity);
+            v["process"] = process_obj?;
+            v["actor"] = actor;
+            if let Detail::Exit(x) = &event.detail {
+                v["exit_code"] = json!(x.exit_code.unwrap_or(128 + x.signal.unwrap_or(0)));
+            }
+            v["unmapped"] = json!({ "monitor": &event.detail });
+            Some(v)
+        }
+        Detail::Connect(n) | Detail::Accept(n) | Detail::Bind(n) | Detail::Listen(n) => {
+            let (activity, direction) = match &event.detail {
+                Detail::Connect(_) => ((1, "Open"), (2, "Outbound")),
+                Detail::Accept(_) => ((1, "Open"), (1, "Inbound")),
+                _ => ((7, "Listen"), (0, "Unknown")),
+            };
+            let mut v = base(4001, "Network Activity", (4, "Network Activity"), activity);
+            let remote = json!({ "ip": n.address, "port": n.port });
+            let local = json!({ "ip": n.local_address, "port": n.local_port });
+            match &event.detail {
+                Detail::Connect(_) => v["dst_endpoint"] = remote,
+                Detail::Accept(_) => {
+                    v["src_endpoint"] = remote;
+                    v["dst_endpoint"] = local;
+                }
+                _ => v["src_endpoint"] = remote,
+            }
+            v["connection_info"] = json!({
+                "direction_id": direction.0,
+                "direction": direction.1,
+                "protocol_name": n.sock_type.as_deref().map_or("unknown", |t| if t == "stream" { "tcp" } else if t == "dgram" { "udp" } else { t }),
+            });
+            if let Some(p) = process_obj {
+                v["actor"] = json!({ "process": p });
+            }
+            v["unmapped"] = json!({ "monitor": &event.detail });
+            Some(v)
+        }
+        Detail::FileOpen(f) | Detail::FileUnlink(f) | Detail::FileRename(f) => {
+            let activity = match &event.detail {
+                Detail::FileUnlink(_) => (4, "Delete"),
+                Detail::FileRename(_) => (5, "Rename"),
+                _ if f.write => (3, "Update"),
+                _ => (2, "Read"),
+            };
+            let mut v = base(1001, "File System Activity", system, activity);
+            v["file"] = file_of(&f.path.to_string_lossy());
+            v["actor"] = json!({ "process": process_obj? });
+            v["unmapped"] = json!({ "monitor": &event.detail });
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// Lifecycle record kinds of the agent itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// The agent started.
+    Start,
+    /// The agent is stopping.
+    Stop,
+    /// Periodic: the agent is alive.
+    Heartbeat,
+    /// A problem (sink down, spool full, events lost).
+    Health,
+}
+
+/// An Application Lifecycle record about the agent.
+pub fn lifecycle(kind: Lifecycle, host: &Host, message: &str, details: Value) -> Value {
+    let (activity_id, activity_name, severity_id, severity) = match kind {
+        Lifecycle::Start => (3, "Start", 1, "Informational"),
+        Lifecycle::Stop => (4, "Stop", 1, "Informational"),
+        Lifecycle::Heartbeat => (99, "Heartbeat", 1, "Informational"),
+        Lifecycle::Health => (99, "Health", 3, "Medium"),
+    };
+    json!({
+        "class_uid": 6002,
+        "class_name": "Application Lifecycle",
+        "category_uid": 6,
+        "category_name": "Application Activity",
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": 600200 + activity_id,
+        "type_name": format!("Application Lifecycle: {activity_name}"),
+        "time": crate::event::Timestamp::now().as_millis(),
+        "severity_id": severity_id,
+        "severity": severity,
+        "message": message,
+        "metadata": metadata(None),
+        "device": host.device(),
+        "app": { "name": PRODUCT, "vendor_name": PRODUCT, "version": env!("CARGO_PKG_VERSION") },
+        "unmapped": { "monitor": details },
+    })
+}

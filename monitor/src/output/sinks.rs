@@ -1,0 +1,573 @@
+//! Sinks: where records go, and the delivery loop that feeds each of them
+//! from the spool.
+//!
+//! A sink acknowledges a batch by returning `Ok`; only then does the spool
+//! forget it for that sink. Failures are retried with exponential backoff
+//! and jitter (0.5 s doubling to 30 s, times 0.5..1.5), forever: records wait
+//! in the spool, which is bounded. A batch the destination rejects as
+//! malformed (HTTP 400, 413, 422) would block the queue forever, so it is
+//! counted as `rejected`, logged, and skipped.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    spool::{Class, Record, Spool},
+    syslog::Syslog,
+};
+use crate::config::{Compression, SinkConfig};
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying (network, 5xx, auth, I/O).
+    #[error("{0}")]
+    Retry(String),
+    /// The destination refused the batch as malformed: retrying cannot help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// A secret read from a file or the environment; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+/// Reads a token from `file` or environment variable `env`.
+pub fn read_token(file: Option<&PathBuf>, env: Option<&str>) -> Result<Option<Secret>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("token file {} is empty", path.display()));
+        }
+        return Ok(Some(Secret(token.to_owned())));
+    }
+    if let Some(var) = env {
+        let token = std::env::var(var).map_err(|_| format!("environment variable {var} (the token) is not set"))?;
+        return Ok(Some(Secret(token.trim().to_owned())));
+    }
+    Ok(None)
+}
+
+/// The HTTP API a sink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpFlavour {
+    SplunkHec,
+    Elasticsearch,
+}
+
+/// An HTTP sink (Splunk HEC or Elasticsearch `_bulk`).
+pub struct Http {
+    flavour: HttpFlavour,
+    client: reqwest::Client,
+    url: String,
+    token: Option<Secret>,
+    compression: Compression,
+    index: Option<String>,
+    sourcetype: String,
+    host: String,
+}
+
+/// A configured sink.
+pub enum Sink {
+    /// Standard output.
+    Stdout,
+    /// A rotating JSON Lines file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Rotation size.
+        max_size: u64,
+        /// Rotated files kept.
+        keep: usize,
+        /// Open file and its size.
+        open: Option<(std::fs::File, u64)>,
+    },
+    /// syslog.
+    Syslog(Syslog),
+    /// HTTP.
+    Http(Box<Http>),
+}
+
+impl Sink {
+    /// Builds a sink from its configuration (reads tokens and CA files now,
+    /// so a misconfiguration stops the start with a clear error).
+    pub fn from_config(config: &SinkConfig, host: &str) -> Result<Self, String> {
+        Ok(match config {
+            SinkConfig::Stdout {} => Sink::Stdout,
+            SinkConfig::File { path, max_size, keep } => Sink::File {
+                path: path.clone(),
+                max_size: *max_size,
+                keep: *keep,
+                open: None,
+            },
+            SinkConfig::Syslog { transport, address, path, app_name, facility } => Sink::Syslog(Syslog::new(
+                *transport,
+                address.clone(),
+                path.clone(),
+                super::syslog::facility_code(facility).unwrap_or(16),
+                app_name.clone(),
+            )),
+            SinkConfig::SplunkHec { url, token_file, token_env, index, sourcetype, compression, ca_file, .. } => {
+                Sink::Http(Box::new(Http {
+                    flavour: HttpFlavour::SplunkHec,
+                    client: http_client(ca_file.as_ref())?,
+                    url: url.clone(),
+                    token: read_token(token_file.as_ref(), token_env.as_deref())?,
+                    compression: *compression,
+                    index: index.clone(),
+                    sourcetype: sourcetype.clone(),
+                    host: host.to_owned(),
+                }))
+            }
+            SinkConfig::Elasticsearch { url, index, token_file, token_env, compression, ca_file, .. } => {
+                Sink::Http(Box::new(Http {
+                    flavour: HttpFlavour::Elasticsearch,
+                    client: http_client(ca_file.as_ref())?,
+                    url: format!("{}/_bulk", url.trim_end_matches('/')),
+                    token: read_token(token_file.as_ref(), token_env.as_deref())?,
+                    compression: *compression,
+                    index: Some(index.clone()),
+                    sourcetype: String::new(),
+                    host: host.to_owned(),
+                }))
+            }
+        })
+    }
+
+    /// Sends a batch; `Ok` means the destination has it.
+    pub async fn send(&mut self, batch: &[Record], host: &str) -> Result<(), SinkError> {
+        match self {
+            Sink::Stdout => {
+                let mut out = Vec::new();
+                for r in batch {
+                    out.extend_from_slice(&r.payload);
+                    out.push(b'\n');
+                }
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(&out)
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| SinkError::Retry(format!("stdout: {e}")))
+            }
+            Sink::File { path, max_size, keep, open } => {
+                write_file(path, *max_size, *keep, open, batch).map_err(|e| SinkError::Retry(format!("{}: {e}", path.display())))
+            }
+            Sink::Syslog(s) => {
+                let messages: Vec<Vec<u8>> = batch
+                    .iter()
+                    .map(|r| {
+                        let (severity, msgid) = classify(r);
+                        let id = record_uid(&r.payload);
+                        super::syslog::format(s.facility, severity, host, &s.app_name, msgid, id.as_deref(), &r.payload)
+                    })
+                    .collect();
+                s.send(&messages).await.map_err(|e| SinkError::Retry(format!("syslog: {e}")))
+            }
+            Sink::Http(h) => h.send(batch).await,
+        }
+    }
+}
+
+/// syslog severity and MSGID of a record.
+fn classify(r: &Record) -> (u8, &'static str) {
+    match r.class {
+        Class::Findings => (4, "finding"),
+        Class::Activity => {
+            let text = String::from_utf8_lossy(&r.payload[..r.payload.len().min(64)]).into_owned();
+            if text.contains("\"class_uid\":6002") { (5, "lifecycle") } else { (6, "activity") }
+        }
+    }
+}
+
+/// The finding id (`metadata.uid`) of a record, if any.
+fn record_uid(payload: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v["metadata"]["uid"].as_str().map(str::to_owned)
+}
+
+fn http_client(ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("monitor/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("CA file {} is not a PEM certificate: {e}", path.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+fn write_file(
+    path: &PathBuf,
+    max_size: u64,
+    keep: usize,
+    open: &mut Option<(std::fs::File, u64)>,
+    batch: &[Record],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if open.is_none() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let size = f.metadata()?.len();
+        *open = Some((f, size));
+    }
+    let mut buf = Vec::new();
+    for r in batch {
+        buf.extend_from_slice(&r.payload);
+        buf.push(b'\n');
+    }
+    let (f, size) = open.as_mut().expect("opened above");
+    f.write_all(&buf)?;
+    *size += buf.len() as u64;
+    if *size >= max_size {
+        // Rotate: path.(keep-1) is dropped, every other one moves up.
+        *open = None;
+        for i in (1..keep.max(1)).rev() {
+            let from = rotated(path, i);
+            if from.exists() {
+                std::fs::rename(&from, rotated(path, i + 1))?;
+            }
+        }
+        if keep > 0 {
+            std::fs::rename(path, rotated(path, 1))?;
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+fn rotated(path: &std::path::Path, n: usize) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
+impl Http {
+    fn body(&self, batch: &[Record]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for r in batch {
+            match self.flavour {
+                HttpFlavour::SplunkHec => {
+                    #[derive(Serialize)]
+                    struct Hec<'a> {
+                        time: f64,
+                        host: &'a str,
+                        source: &'a str,
+                        sourcetype: &'a str,
+                        #[serde(skip_serializing_if = "Option::is_none")]
+                        index: Option<&'a str>,
+                        event: &'a serde_json::value::RawValue,
+                    }
+                    let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(&r.payload) else {
+                        continue;
+                    };
+                    let time = serde_json::from_slice::<serde_json::Value>(&r.payload)
+                        .ok()
+                        .and_then(|v| v["time"].as_f64())
+                        .map_or(0.0, |ms| ms / 1000.0);
+                    let _ = serde_json::to_writer(
+                        &mut body,
+                        &Hec { time, host: &self.host, source: "monitor", sourcetype: &self.sourcetype, index: self.index.as_deref(), event: raw },
+                    );
+                    body.push(b'\n');
+                }
+                HttpFlavour::Elasticsearch => {
+                    // `create` with the finding id as _id: a retried batch
+                    // cannot duplicate a finding (409 conflicts are success).
+                    let index = self.index.as_deref().unwrap_or("monitor");
+                    let action = match record_uid(&r.payload) {
+                        Some(id) => serde_json::json!({ "create": { "_index": index, "_id": id } }),
+                        None => serde_json::json!({ "create": { "_index": index } }),
+                    };
+                    let _ = serde_json::to_writer(&mut body, &action);
+                    body.push(b'\n');
+                    body.extend_from_slice(&r.payload);
+                    body.push(b'\n');
+                }
+            }
+        }
+        body
+    }
+
+    async fn send(&self, batch: &[Record]) -> Result<(), SinkError> {
+        let mut body = self.body(batch);
+        let mut req = self.client.post(&self.url);
+        req = match self.flavour {
+            HttpFlavour::SplunkHec => req.header("Content-Type", "application/json"),
+            HttpFlavour::Elasticsearch => req.header("Content-Type", "application/x-ndjson"),
+        };
+        if self.compression == Compression::Gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&body).map_err(|e| SinkError::Retry(e.to_string()))?;
+            body = gz.finish().map_err(|e| SinkError::Retry(e.to_string()))?;
+            req = req.header("Content-Encoding", "gzip");
+        }
+        if let Some(token) = &self.token {
+            req = match self.flavour {
+                HttpFlavour::SplunkHec => req.header("Authorization", format!("Splunk {}", token.0)),
+                HttpFlavour::Elasticsearch => req.header("Authorization", format!("ApiKey {}", token.0)),
+            };
+        }
+        let response = req.body(body).send().await.map_err(|e| SinkError::Retry(format!("{}: {}", self.url, without_url(&e))))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let snippet: String = text.chars().take(300).collect();
+        match status.as_u16() {
+            200..=299 => {
+                if self.flavour == HttpFlavour::Elasticsearch && bulk_failed(&text) {
+                    return Err(SinkError::Retry(format!("{}: _bulk reported item errors: {snippet}", self.url)));
+                }
+                Ok(())
+            }
+            400 | 413 | 422 => Err(SinkError::Rejected(format!("{}: HTTP {status}: {snippet}", self.url))),
+            _ => Err(SinkError::Retry(format!("{}: HTTP {status}: {snippet}", self.url))),
+        }
+    }
+}
+
+/// reqwest errors print the URL; ours already does.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// True if a `_bulk` response holds item errors other than "already exists".
+fn bulk_failed(text: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return true;
+    };
+    if v["errors"] != serde_json::Value::Bool(true) {
+        return false;
+    }
+    v["items"].as_array().is_none_or(|items| {
+        items.iter().any(|item| {
+            let status = item.as_object().and_then(|o| o.values().next()).and_then(|a| a["status"].as_u64()).unwrap_or(500);
+            status >= 300 && status != 409
+        })
+    })
+}
+
+/// A sink's health, for status and metrics.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct SinkHealth {
+    /// Sink name.
+    pub name: String,
+    /// Records delivered.
+    pub delivered: u64,
+    /// Records rejected by the destination and skipped.
+    pub rejected: u64,
+    /// Failed attempts.
+    pub failures: u64,
+    /// The last error, while failing.
+    pub last_error: Option<String>,
+    /// Seconds it has been failing, while failing.
+    pub failing_for_secs: Option<f64>,
+    #[serde(skip)]
+    failing_since: Option<Instant>,
+}
+
+impl SinkHealth {
+    /// A healthy sink's record.
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_owned(), ..Default::default() }
+    }
+
+    /// True while the sink fails.
+    pub fn failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+}
+
+/// Shared health of every sink.
+pub type Healths = Arc<Mutex<Vec<SinkHealth>>>;
+
+/// Batch size and wait of a sink.
+pub fn batching(config: &SinkConfig) -> (usize, Duration) {
+    match config {
+        SinkConfig::SplunkHec { batch_size, batch_timeout, .. } | SinkConfig::Elasticsearch { batch_size, batch_timeout, .. } => {
+            (*batch_size, *batch_timeout)
+        }
+        _ => (1000, Duration::from_millis(200)),
+    }
+}
+
+/// One sink's delivery job.
+pub struct Delivery {
+    /// The spool to read.
+    pub spool: Arc<Spool>,
+    /// The sink.
+    pub sink: Sink,
+    /// Its name (spool cursor and health key).
+    pub name: String,
+    /// Its index in `healths`.
+    pub index: usize,
+    /// Batch size and the longest wait to fill a batch.
+    pub batching: (usize, Duration),
+    /// Host name (syslog header, HEC host).
+    pub host: String,
+    /// Shared health.
+    pub healths: Healths,
+    /// Stops new work.
+    pub shutdown: CancellationToken,
+    /// After `shutdown`, how long to keep delivering what is spooled.
+    pub drain: Duration,
+}
+
+/// Delivers from the spool to one sink until `shutdown`, then until the
+/// spool is empty for it or `drain` passes.
+pub async fn deliver(job: Delivery) {
+    let Delivery { spool, mut sink, name, index, batching: (batch_size, wait), host, healths, shutdown, drain } = job;
+    let mut attempt: u32 = 0;
+    let mut drain_until = None;
+    loop {
+        if shutdown.is_cancelled() && drain_until.is_none() {
+            drain_until = Some(tokio::time::Instant::now() + drain);
+        }
+        if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return;
+        }
+        let wait = if drain_until.is_some() { Duration::ZERO } else { wait };
+        let batch = tokio::select! {
+            b = spool.next_batch(&name, batch_size, wait) => b,
+            () = shutdown.cancelled(), if drain_until.is_none() => continue,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "cannot read the spool");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if drain_until.is_some() {
+                return; // delivered everything
+            }
+            continue;
+        }
+        match sink.send(&batch, &host).await {
+            Ok(()) => {
+                attempt = 0;
+                if let Err(e) = spool.ack(&name, &batch) {
+                    tracing::error!(sink = %name, error = %e, "cannot record delivery; records may be sent again");
+                }
+                let mut h = healths.lock().expect("health lock");
+                let hs = &mut h[index];
+                if hs.failing() {
+                    tracing::info!(sink = %name, "sink delivering again");
+                }
+                hs.delivered += batch.len() as u64;
+                hs.last_error = None;
+                hs.failing_since = None;
+                hs.failing_for_secs = None;
+            }
+            Err(SinkError::Rejected(why)) => {
+                tracing::error!(sink = %name, records = batch.len(), error = %why, "destination rejected a batch; skipped");
+                let _ = spool.ack(&name, &batch);
+                healths.lock().expect("health lock")[index].rejected += batch.len() as u64;
+            }
+            Err(SinkError::Retry(why)) => {
+                {
+                    let mut h = healths.lock().expect("health lock");
+                    let hs = &mut h[index];
+                    hs.failures += 1;
+                    if !hs.failing() {
+                        tracing::warn!(sink = %name, error = %why, "sink failing; retrying with backoff");
+                        hs.failing_since = Some(Instant::now());
+                    }
+                    hs.failing_for_secs = hs.failing_since.map(|s| s.elapsed().as_secs_f64());
+                    hs.last_error = Some(why);
+                }
+                let backoff = backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled(), if drain_until.is_none() => {}
+                }
+                if drain_until.is_some() {
+                    return; // do not retry a failing sink during shutdown
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 0.5 s doubling to 30 s, times 0.5..1.5.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = (0.5 * 2f64.powi(attempt.min(10) as i32)).min(30.0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.5 + f64::from(nanos % 1000) / 1000.0;
+    Duration::from_secs_f64(base * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_secs_f64(0.75));
+        assert!(backoff(20) <= Duration::from_secs(45));
+        assert!(backoff(20) >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn bulk_conflicts_are_success() {
+        assert!(!bulk_failed(r#"{"errors":false,"items":[]}"#));
+        assert!(!bulk_failed(r#"{"errors":true,"items":[{"create":{"status":409}}]}"#));
+        assert!(bulk_failed(r#"{"errors":true,"items":[{"create":{"status":429}}]}"#));
+    }
+
+    #[test]
+    fn tokens_are_never_printed() {
+        let s = Secret("hunter2".into());
+        assert_eq!(format!("{s:?}"), "Secret(redacted)");
+        let err = read_token(None, Some("MONITOR_TEST_NO_SUCH_VAR")).unwrap_err();
+        assert!(err.contains("MONITOR_TEST_NO_SUCH_VAR"));
+    }
+
+    #[test]
+    fn file_sink_rotates_by_size() {
+        let dir = std::env::temp_dir().join(format!("monitor-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("out.jsonl");
+        let mut open = None;
+        let rec = Record {
+            class: Class::Findings,
+            at: Default::default(),
+            next: Default::default(),
+            in_memory: false,
+            payload: vec![b'x'; 100],
+        };
+        for _ in 0..30 {
+            write_file(&path, 1000, 2, &mut open, std::slice::from_ref(&rec)).unwrap();
+        }
+        assert!(rotated(&path, 1).exists() && rotated(&path, 2).exists());
+        assert!(!rotated(&path, 3).exists(), "only `keep` rotated files");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,698 @@
+//! The spool: every record is written to disk before any sink sees it and
+//! removed only once every sink acknowledged it (at-least-once delivery; a
+//! record's id lets a SIEM drop duplicates after a crash).
+//!
+//! Layout under the spool directory (0700, files 0600):
+//!
+//! ```text
+//! findings/00000000000000000001.seg   appended records of one class
+//! activity/00000000000000000001.seg   (raw events, heartbeats, health)
+//! cursors/<sink>.json                 how far each sink has acknowledged
+//! ```
+//!
+//! A segment is a sequence of `[u32 length][u32 CRC-32][payload]` (little
+//! endian). A record torn by a crash fails its length or checksum; it and
+//! everything after it in that segment are cut off at the next start.
+//!
+//! Bounded: past `max_bytes`, whole segments are evicted oldest first, raw
+//! activity before findings, and every record evicted before all sinks had
+//! it is counted as dropped (findings are the last thing dropped). When the
+//! disk refuses writes (full, read-only, permissions), records are held in
+//! memory (bounded, same priority) and the failure is reported until the disk
+//! works again.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fs::{File, OpenOptions},
+    io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The two classes of records, in delivery priority order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Findings: delivered first, dropped last.
+    Findings,
+    /// Raw activity, heartbeats, health: dropped first.
+    Activity,
+}
+
+impl Class {
+    const ALL: [Class; 2] = [Class::Findings, Class::Activity];
+
+    fn dir(self) -> &'static str {
+        match self {
+            Class::Findings => "findings",
+            Class::Activity => "activity",
+        }
+    }
+}
+
+/// Spool errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation failed.
+    #[error("spool: cannot {action} {path}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Spool settings.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Largest total size on disk.
+    pub max_bytes: u64,
+    /// Start a new segment past this size.
+    pub segment_bytes: u64,
+    /// Records held in memory while the disk fails.
+    pub memory_records: usize,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            segment_bytes: 4 << 20,
+            memory_records: 20_000,
+        }
+    }
+}
+
+/// A position in a class: segment number and byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    /// Segment number.
+    pub segment: u64,
+    /// Byte offset.
+    pub offset: u64,
+}
+
+/// A record read for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its class.
+    pub class: Class,
+    /// Where it starts (disk), or its memory sequence number.
+    pub at: Position,
+    /// Where the next record starts.
+    pub next: Position,
+    /// In memory (the disk was failing when it was appended).
+    pub in_memory: bool,
+    /// The JSON payload.
+    pub payload: Vec<u8>,
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolStats {
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Records appended since start.
+    pub appended: u64,
+    /// Findings dropped because the spool was full.
+    pub dropped_findings: u64,
+    /// Activity records dropped because the spool was full.
+    pub dropped_activity: u64,
+    /// Records held in memory because the disk failed.
+    pub in_memory: u64,
+    /// The disk error, while the spool is degraded.
+    pub degraded: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct ClassState {
+    /// Segment numbers present, oldest first, with their sizes.
+    segments: BTreeMap<u64, u64>,
+    /// The segment being appended to.
+    writer: Option<(u64, File)>,
+}
+
+struct MemoryRecord {
+    class: Class,
+    seq: u64,
+    payload: Vec<u8>,
+}
+
+struct Inner {
+    classes: BTreeMap<Class, ClassState>,
+    cursors: BTreeMap<String, BTreeMap<Class, Position>>,
+    memory: VecDeque<MemoryRecord>,
+    memory_next: u64,
+    memory_cursors: BTreeMap<String, u64>,
+    stats: SpoolStats,
+}
+
+/// The spool; shared between the writer and one reader per sink.
+pub struct Spool {
+    dir: PathBuf,
+    settings: SpoolSettings,
+    inner: Mutex<Inner>,
+    notify: tokio::sync::Notify,
+}
+
+const HEADER: usize = 8;
+
+fn seg_name(n: u64) -> String {
+    format!("{n:020}.seg")
+}
+
+fn create_dir(path: &Path) -> Result<(), SpoolError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io("create directory", path))
+}
+
+/// Length of the valid prefix of a segment (every record with a good length
+/// and checksum, up to the first bad one).
+fn valid_prefix(path: &Path) -> Result<u64, SpoolError> {
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(io("read", path))?;
+    let mut at = 0usize;
+    while at + HEADER <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4"));
+        let end = at + HEADER + len;
+        if end > bytes.len() || crc32fast::hash(&bytes[at + HEADER..end]) != crc {
+            break;
+        }
+        at = end;
+    }
+    Ok(at as u64)
+}
+
+impl Spool {
+    /// Opens (or creates) a spool for these sinks, recovering torn tails.
+    pub fn open(dir: &Path, settings: SpoolSettings, sinks: &[String]) -> Result<Arc<Self>, SpoolError> {
+        create_dir(dir)?;
+        create_dir(&dir.join("cursors"))?;
+        let mut classes = BTreeMap::new();
+        let mut total = 0;
+        for class in Class::ALL {
+            let cdir = dir.join(class.dir());
+            create_dir(&cdir)?;
+            let mut state = ClassState::default();
+            for entry in std::fs::read_dir(&cdir).map_err(io("list", &cdir))? {
+                let entry = entry.map_err(io("list", &cdir))?;
+                let name = entry.file_name();
+                let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let path = entry.path();
+                let valid = valid_prefix(&path)?;
+                let len = entry.metadata().map_err(io("stat", &path))?.len();
+                if valid < len {
+                    tracing::warn!(segment = %path.display(), kept = valid, cut = len - valid, "spool: cut a torn record at the end of a segment");
+                    OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(valid)).map_err(io("truncate", &path))?;
+                }
+                total += valid;
+                state.segments.insert(n, valid);
+            }
+            classes.insert(class, state);
+        }
+        let mut cursors = BTreeMap::new();
+        for sink in sinks {
+            let path = cursor_path(dir, sink);
+            let cursor: BTreeMap<Class, Position> = match std::fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                    tracing::warn!(cursor = %path.display(), error = %e, "spool: unreadable cursor; the sink gets everything again");
+                    BTreeMap::new()
+                }),
+                Err(_) => BTreeMap::new(),
+            };
+            cursors.insert(sink.clone(), cursor);
+        }
+        let spool = Arc::new(Self {
+            dir: dir.to_owned(),
+            settings,
+            inner: Mutex::new(Inner {
+                classes,
+                cursors,
+                memory: VecDeque::new(),
+                memory_next: 1,
+                memory_cursors: sinks.iter().map(|s| (s.clone(), 0)).collect(),
+                stats: SpoolStats {
+                    bytes: total,
+                    ..Default::default()
+                },
+            }),
+            notify: tokio::sync::Notify::new(),
+        });
+        Ok(spool)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> SpoolStats {
+        self.inner.lock().expect("spool lock").stats.clone()
+    }
+
+    /// Records not yet acknowledged by `sink` (on disk and in memory).
+    pub fn pending(&self, sink: &str) -> u64 {
+        let inner = self.inner.lock().expect("spool lock");
+        let mut pending = 0;
+        if let Some(cursor) = inner.cursors.get(sink) {
+            for (class, state) in &inner.classes {
+                let from = cursor.get(class).copied().unwrap_or_default();
+                for (&n, &size) in &state.segments {
+                    if n > from.segment || (n == from.segment && size > from.offset) {
+                        pending += 1; // at least one record; exact counts need a scan
+                    }
+                }
+            }
+        }
+        let mem_from = inner.memory_cursors.get(sink).copied().unwrap_or(0);
+        pending + inner.memory.iter().filter(|m| m.seq > mem_from).count() as u64
+    }
+
+    /// Appends a record. On a disk failure the record is kept in memory and
+    /// the error is returned (the record is not lost while memory lasts).
+    pub fn append(&self, class: Class, payload: &[u8]) -> Result<(), SpoolError> {
+        let result = {
+            let mut inner = self.inner.lock().expect("spool lock");
+            inner.stats.appended += 1;
+            let result = self.append_disk(&mut inner, class, payload);
+            match &result {
+                Ok(()) => {
+                    if inner.stats.degraded.is_some() {
+                        tracing::info!("spool: the disk accepts writes again");
+                        inner.stats.degraded = None;
+                    }
+                }
+                Err(err) => {
+                    inner.stats.degraded = Some(crate::kernel::error_chain(err));
+                    self.append_memory(&mut inner, class, payload);
+                }
+            }
+            result
+        };
+        self.notify.notify_waiters();
+        result
+    }
+
+    fn append_disk(&self, inner: &mut Inner, class: Class, payload: &[u8]) -> Result<(), SpoolError> {
+        let cdir = self.dir.join(class.dir());
+        let state = inner.classes.get_mut(&class).expect("every class has a state");
+        let record_len = (HEADER + payload.len()) as u64;
+        let need_new = match (&state.writer, state.segments.last_key_value()) {
+            (Some((n, _)), _) => state.segments.get(n).copied().unwrap_or(0) + record_len > self.settings.segment_bytes,
+            (None, _) => true,
+        };
+        if need_new {
+            let next = state.segments.last_key_value().map_or(1, |(n, _)| n + 1);
+            let path = cdir.join(seg_name(next));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io("create segment", &path))?;
+            state.segments.insert(next, 0);
+            state.writer = Some((next, file));
+        }
+        let (n, file) = state.writer.as_mut().expect("writer set above");
+        let mut buf = Vec::with_capacity(HEADER + payload.len());
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        buf.extend_from_slice(payload);
+        let path = cdir.join(seg_name(*n));
+        if let Err(e) = file.write_all(&buf) {
+            // A partial write would be a torn record: cut back to the last
+            // good one so readers never see it.
+            let size = state.segments.get(n).copied().unwrap_or(0);
+            let _ = file.set_len(size);
+            state.writer = None;
+            return Err(SpoolError::Io {
+                action: "append to",
+                path,
+                source: e,
+            });
+        }
+        *state.segments.get_mut(n).expect("segment exists") += record_len;
+        inner.stats.bytes += record_len;
+        self.enforce_limit(inner);
+        Ok(())
+    }
+
+    fn append_memory(&self, inner: &mut Inner, class: Class, payload: &[u8]) {
+        if inner.memory.len() >= self.settings.memory_records {
+            // Make room: the oldest activity record, else the oldest finding.
+            let victim = inner
+                .memory
+                .iter()
+                .position(|m| m.class == Class::Activity)
+                .unwrap_or(0);
+            if let Some(m) = inner.memory.remove(victim) {
+                match m.class {
+                    Class::Findings => inner.stats.dropped_findings += 1,
+                    Class::Activity => inner.stats.dropped_activity += 1,
+                }
+            }
+        }
+        let seq = inner.memory_next;
+        inner.memory_next += 1;
+        inner.memory.push_back(MemoryRecord {
+            class,
+            seq,
+            payload: payload.to_vec(),
+        });
+        inner.stats.in_memory = inner.memory.len() as u64;
+    }
+
+    /// Evicts whole segments, activity first, until under the limit.
+    fn enforce_limit(&self, inner: &mut Inner) {
+        while inner.stats.bytes > self.settings.max_bytes {
+            let victim = Class::ALL.into_iter().rev().find_map(|class| {
+                let state = &inner.classes[&class];
+                let active = state.writer.as_ref().map(|(n, _)| *n);
+                state.segments.keys().find(|&&n| Some(n) != active).map(|&n| (class, n))
+            });
+            let Some((class, n)) = victim else {
+                break; // only active segments left: nothing evictable
+            };
+            let undelivered = self.undelivered_in(inner, class, n);
+            match class {
+                Class::Findings => inner.stats.dropped_findings += undelivered,
+                Class::Activity => inner.stats.dropped_activity += undelivered,
+            }
+            if undelivered > 0 {
+                tracing::error!(class = ?class, records = undelivered, "spool full: dropped undelivered records");
+            }
+            self.remove_segment(inner, class, n);
+        }
+    }
+
+    /// Records of segment `n` that some sink has not acknowledged.
+    fn undelivered_in(&self, inner: &Inner, class: Class, n: u64) -> u64 {
+        let slowest = inner
+            .cursors
+            .values()
+            .map(|c| c.get(&class).copied().unwrap_or_default())
+            .min()
+            .unwrap_or_default();
+        if slowest.segment > n {
+            return 0;
+        }
+        let path = self.dir.join(class.dir()).join(seg_name(n));
+        let Ok(bytes) = std::fs::read(&path) else {
+            return 0;
+        };
+        let start = if slowest.segment == n { slowest.offset as usize } else { 0 };
+        let mut at = start;
+        let mut count = 0;
+        while at + HEADER <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+            at += HEADER + len;
+            count += 1;
+        }
+        count
+    }
+
+    fn remove_segment(&self, inner: &mut Inner, class: Class, n: u64) {
+        let state = inner.classes.get_mut(&class).expect("class state");
+        if let Some(size) = state.segments.remove(&n) {
+            inner.stats.bytes = inner.stats.bytes.saturating_sub(size);
+        }
+        let path = self.dir.join(class.dir()).join(seg_name(n));
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(segment = %path.display(), error = %e, "spool: cannot remove a segment");
+        }
+    }
+
+    /// Up to `max` records for `sink`, findings first; waits up to `wait`
+    /// for the first one.
+    pub async fn next_batch(&self, sink: &str, max: usize, wait: Duration) -> Result<Vec<Record>, SpoolError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            let batch = self.read_batch(sink, max)?;
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(batch);
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    fn read_batch(&self, sink: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
+        let inner = self.inner.lock().expect("spool lock");
+        let mut out = Vec::new();
+        let cursor = inner.cursors.get(sink).cloned().unwrap_or_default();
+        for class in Class::ALL {
+            let state = &inner.classes[&class];
+            let mut pos = cursor.get(&class).copied().unwrap_or_default();
+            for (&n, &size) in state.segments.range(pos.segment..) {
+                if out.len() >= max {
+                    break;
+                }
+                if n > pos.segment {
+                    pos = Position { segment: n, offset: 0 };
+                }
+                if pos.offset >= size {
+                    continue;
+                }
+                let path = self.dir.join(class.dir()).join(seg_name(n));
+                let f = File::open(&path).map_err(io("open segment", &path))?;
+                let mut r = std::io::BufReader::with_capacity(64 * 1024, f);
+                r.seek(SeekFrom::Start(pos.offset)).map_err(io("seek in", &path))?;
+                let mut offset = pos.offset;
+                // Only records inside the known size: the writer may be mid-append.
+                while offset + HEADER as u64 <= size && out.len() < max {
+                    let mut header = [0u8; HEADER];
+                    r.read_exact(&mut header).map_err(io("read", &path))?;
+                    let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
+                    let mut payload = vec![0u8; len];
+                    r.read_exact(&mut payload).map_err(io("read", &path))?;
+                    let start = Position { segment: n, offset };
+                    offset += (HEADER + len) as u64;
+                    out.push(Record {
+                        class,
+                        at: start,
+                        next: Position { segment: n, offset },
+                        in_memory: false,
+                        payload,
+                    });
+                }
+            }
+        }
+        let mem_from = inner.memory_cursors.get(sink).copied().unwrap_or(0);
+        for m in inner.memory.iter().filter(|m| m.seq > mem_from) {
+            if out.len() >= max {
+                break;
+            }
+            out.push(Record {
+                class: m.class,
+                at: Position { segment: 0, offset: m.seq },
+                next: Position { segment: 0, offset: m.seq },
+                in_memory: true,
+                payload: m.payload.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges a delivered batch for `sink`: its cursor moves past it
+    /// (persisted), and segments every sink has passed are removed.
+    pub fn ack(&self, sink: &str, batch: &[Record]) -> Result<(), SpoolError> {
+        let mut inner = self.inner.lock().expect("spool lock");
+        let cursor = inner.cursors.entry(sink.to_owned()).or_default();
+        for r in batch.iter().filter(|r| !r.in_memory) {
+            let c = cursor.entry(r.class).or_default();
+            if r.next > *c {
+                *c = r.next;
+            }
+        }
+        let snapshot = cursor.clone();
+        if let Some(last) = batch.iter().filter(|r| r.in_memory).map(|r| r.at.offset).max() {
+            let m = inner.memory_cursors.entry(sink.to_owned()).or_default();
+            *m = (*m).max(last);
+        }
+        let path = cursor_path(&self.dir, sink);
+        let bytes = serde_json::to_vec(&snapshot).expect("cursor serializes");
+        crate::model::persist::write_atomically(&path, &bytes)
+            .map_err(|(action, source)| SpoolError::Io { action, path: path.clone(), source })?;
+        self.collect(&mut inner);
+        Ok(())
+    }
+
+    /// Removes segments and memory records every sink has acknowledged.
+    fn collect(&self, inner: &mut Inner) {
+        for class in Class::ALL {
+            let slowest = inner
+                .cursors
+                .values()
+                .map(|c| c.get(&class).copied().unwrap_or_default())
+                .min()
+                .unwrap_or_default();
+            let state = &inner.classes[&class];
+            let active = state.writer.as_ref().map(|(n, _)| *n);
+            let done: Vec<u64> = state
+                .segments
+                .iter()
+                .filter(|&(&n, &size)| {
+                    Some(n) != active && (n < slowest.segment || (n == slowest.segment && slowest.offset >= size))
+                })
+                .map(|(&n, _)| n)
+                .collect();
+            for n in done {
+                self.remove_segment(inner, class, n);
+            }
+        }
+        let slowest_mem = inner.memory_cursors.values().copied().min().unwrap_or(0);
+        while inner.memory.front().is_some_and(|m| m.seq <= slowest_mem) {
+            inner.memory.pop_front();
+        }
+        inner.stats.in_memory = inner.memory.len() as u64;
+    }
+
+    /// Writes what the disk holds to stable storage (called periodically,
+    /// and at shutdown).
+    pub fn sync(&self) {
+        let inner = self.inner.lock().expect("spool lock");
+        for state in inner.classes.values() {
+            if let Some((_, f)) = &state.writer {
+                let _ = f.sync_data();
+            }
+        }
+    }
+}
+
+fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
+    // Sink names hold URLs and paths; the file name must not.
+    let safe: String = sink
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sink.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    dir.join("cursors").join(format!("{}-{h:016x}.json", &safe[..safe.len().min(40)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("monitor-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn delivers_findings_first_and_resumes_after_reopen() {
+        let dir = tempdir("resume");
+        let sinks = vec!["a".to_owned(), "b".to_owned()];
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        spool.append(Class::Activity, b"act1").unwrap();
+        spool.append(Class::Findings, b"f1").unwrap();
+        spool.append(Class::Findings, b"f2").unwrap();
+        let batch = rt().block_on(spool.next_batch("a", 2, Duration::ZERO)).unwrap();
+        let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_slice()).collect();
+        assert_eq!(payloads, vec![&b"f1"[..], b"f2"]);
+        spool.ack("a", &batch).unwrap();
+        drop(spool);
+        // Reopen: sink a resumes after f2; sink b gets everything.
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        let a = rt().block_on(spool.next_batch("a", 10, Duration::ZERO)).unwrap();
+        assert_eq!(a.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), vec![b"act1".to_vec()]);
+        let b = rt().block_on(spool.next_batch("b", 10, Duration::ZERO)).unwrap();
+        assert_eq!(b.len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_on_open() {
+        let dir = tempdir("torn");
+        let sinks = vec!["s".to_owned()];
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        spool.append(Class::Findings, b"whole").unwrap();
+        drop(spool);
+        let seg = dir.join("findings").join(seg_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap(); // a header promising 200 bytes
+        drop(f);
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        let batch = rt().block_on(spool.next_batch("s", 10, Duration::ZERO)).unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), (HEADER + 5) as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn when_full_activity_goes_first_and_drops_are_counted() {
+        let dir = tempdir("full");
+        let settings = SpoolSettings {
+            max_bytes: 3000,
+            segment_bytes: 1000,
+            memory_records: 10,
+        };
+        let spool = Spool::open(&dir, settings, &["s".to_owned()]).unwrap();
+        let payload = vec![b'x'; 200];
+        for _ in 0..10 {
+            spool.append(Class::Activity, &payload).unwrap();
+        }
+        for _ in 0..5 {
+            spool.append(Class::Findings, &payload).unwrap();
+        }
+        let stats = spool.stats();
+        assert!(stats.bytes <= 3000, "{stats:?}");
+        assert!(stats.dropped_activity > 0);
+        assert_eq!(stats.dropped_findings, 0, "findings are dropped last");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_spool_degrades_to_memory_and_says_why() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("ro");
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        // Make the findings directory unwritable (root bypasses modes, so
+        // also replace it with a file to make creation fail for anyone).
+        let fdir = dir.join("findings");
+        std::fs::remove_dir_all(&fdir).unwrap();
+        std::fs::write(&fdir, b"not a directory").unwrap();
+        std::fs::set_permissions(&fdir, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let err = spool.append(Class::Findings, b"kept").unwrap_err().to_string();
+        assert!(err.starts_with("spool: cannot create segment"), "{err}");
+        let stats = spool.stats();
+        assert!(stats.degraded.is_some() && stats.in_memory == 1, "{stats:?}");
+        let batch = rt().block_on(spool.next_batch("s", 10, Duration::ZERO)).unwrap();
+        assert_eq!(batch[0].payload, b"kept", "the record is still delivered");
+        spool.ack("s", &batch).unwrap();
+        assert_eq!(spool.stats().in_memory, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
