@@ -436,6 +436,42 @@ impl Default for RawConfig {
     }
 }
 
+/// The byte range of `key` (`sink[1].max_sise`) in the text, found by
+/// walking to the table and then to the key's line.
+fn locate(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut parts = key.split('.');
+    let table = parts.next()?;
+    let field = parts.last();
+    let (name, index) = match table.split_once('[') {
+        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()?),
+        None => (table, 0),
+    };
+    let headers = [format!("[[{name}]]"), format!("[{name}]")];
+    let mut offset = 0;
+    let mut seen = 0;
+    let mut in_table = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = headers.iter().any(|h| t == h.as_str()) && {
+                seen += 1;
+                seen == index + 1
+            };
+            if in_table && field.is_none() {
+                return Some(offset..offset + line.len());
+            }
+        } else if in_table
+            && let Some(f) = field
+            && t.split('=').next().is_some_and(|k| k.trim() == f)
+        {
+            let start = offset + (line.len() - line.trim_start().len());
+            return Some(start..start + f.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -462,8 +498,21 @@ impl RawConfig {
         let mut track = serde_path_to_error::Track::new();
         let result = RawConfig::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
         let mut raw = result.map_err(|e| {
-            let key = track.path().to_string();
-            invalid(e.span(), if key == "." { "(file)".into() } else { key }, e.message().to_owned())
+            let mut key = track.path().to_string();
+            let message = e.message().to_owned();
+            // Inside `[[sink]]` tables (an internally tagged enum) the
+            // parser's span and the last key are lost: find them again.
+            let field = message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned);
+            if let Some(f) = &field
+                && !key.ends_with(f.as_str())
+            {
+                key = format!("{key}.{f}");
+            }
+            let span = e.span().filter(|s| s.start > 0).or_else(|| locate(text, &key));
+            invalid(span, if key == "." { "(file)".into() } else { key }, message)
         })?;
         if raw.sink.is_empty() {
             raw.sink.push(SinkConfig::Stdout {});
