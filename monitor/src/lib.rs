@@ -27,3 +27,6 @@ pub mod process;
 pub mod profiles;
 pub mod sensitive;
 pub mod syscalls;
+
+/// Re-exported for embedders and tests that drive sinks directly.
+pub use tokio_util::sync::CancellationToken;

@@ -3,5 +3,6 @@
 //! `cargo xtask test`.
 
 mod cli;
+mod output;
 mod process;
 mod security;

@@ -1,6 +1,9 @@
 //! Helpers for monitor's integration tests: a privilege gate, a live capture
 //! that collects events in the background, and partial event matchers.
 
+pub mod receiver;
+pub mod rsyslog;
+
 use std::{
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -140,4 +143,12 @@ pub fn token(name: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("monitor-test-{name}-{}-{nanos}", std::process::id())
+}
+
+/// A fresh directory for one test.
+pub fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(token(name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
