@@ -102,6 +102,15 @@ kernel_offsets! {
     skc_rcv_saddr => "sock_common.skc_rcv_saddr",
     skc_v6_daddr => "sock_common.skc_v6_daddr",
     skc_v6_rcv_saddr => "sock_common.skc_v6_rcv_saddr",
+    // Syscall arguments in the saved user registers (x86_64 calling
+    // convention: di, si, dx, r10, r8, r9).
+    regs_arg0 => "pt_regs.di",
+    regs_arg1 => "pt_regs.si",
+    regs_arg2 => "pt_regs.dx",
+    regs_arg3 => "pt_regs.r10",
+    regs_arg4 => "pt_regs.r8",
+    regs_arg5 => "pt_regs.r9",
+    regs_syscall_nr => "pt_regs.orig_ax",
 }
 
 /// Settings the agent writes into the programs' read-only data with the offsets.
@@ -115,6 +124,11 @@ pub struct ProbeConfig {
     pub agent_pid: u32,
     /// Non-zero: count syscalls per thread (the `sys_enter` program).
     pub profiles_enabled: u32,
+    /// Non-zero: stash security syscalls' arguments at entry (the
+    /// `sys_enter` program) for their exit programs.
+    pub security_enabled: u32,
+    /// Always zero.
+    pub _pad0: u32,
     /// Non-zero: the `sched_process_exit` tracepoint passes `group_dead`
     /// (kernel 6.16+); otherwise the programs read `signal->live`.
     pub exit_has_group_dead: u32,
@@ -123,7 +137,7 @@ pub struct ProbeConfig {
 impl ProbeConfig {
     /// All zero: the placeholder compiled into the eBPF object (programs idle).
     pub const fn zeroed() -> Self {
-        Self { abi_version: 0, agent_pid: 0, profiles_enabled: 0, exit_has_group_dead: 0 }
+        Self { abi_version: 0, agent_pid: 0, profiles_enabled: 0, security_enabled: 0, _pad0: 0, exit_has_group_dead: 0 }
     }
 }
 

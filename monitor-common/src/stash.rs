@@ -1,10 +1,10 @@
 //! Operations the entry program stashes arguments for.
 //!
-//! One entry program serves every security syscall: it looks the syscall
-//! number up in the `SYSCALL_OPS` array (filled by the agent from its
-//! syscall table, so the kernel side has no per-architecture numbers) and
-//! stashes the arguments under the op found. The exit programs, one per
-//! family, check that the stash belongs to their syscall.
+//! The `sys_enter` program serves every security syscall: it looks the
+//! syscall number up in the `SYSCALL_OPS` array (filled by the agent from
+//! its syscall table, so the kernel side has no per-architecture numbers)
+//! and stashes the arguments under the op found. The `sys_exit` program
+//! takes the stash back for the same op and hands it to the op's family.
 
 /// Not watched.
 pub const NONE: u32 = 0;
@@ -14,6 +14,8 @@ pub const CONNECT: u32 = 1;
 pub const BIND: u32 = 2;
 /// listen(fd, backlog)
 pub const LISTEN: u32 = 3;
+/// accept and accept4: handled at exit only (the new fd is the result).
+pub const ACCEPT: u32 = 4;
 /// openat(dfd, name, flags, mode)
 pub const OPENAT: u32 = 10;
 /// open(name, flags, mode)
@@ -50,12 +52,18 @@ pub const TGKILL: u32 = 52;
 pub const INIT_MODULE: u32 = 60;
 /// finit_module(fd, params, flags)
 pub const FINIT_MODULE: u32 = 61;
+/// mmap(addr, len, prot, flags, fd, off): checked at entry, not stashed.
+pub const MMAP: u32 = 70;
+/// mprotect(start, len, prot): checked at entry, not stashed.
+pub const MPROTECT: u32 = 71;
 
 /// Syscall name -> op, for the agent to fill `SYSCALL_OPS`.
 pub const BY_NAME: &[(&str, u32)] = &[
     ("connect", CONNECT),
     ("bind", BIND),
     ("listen", LISTEN),
+    ("accept", ACCEPT),
+    ("accept4", ACCEPT),
     ("openat", OPENAT),
     ("open", OPEN),
     ("creat", CREAT),
@@ -82,4 +90,6 @@ pub const BY_NAME: &[(&str, u32)] = &[
     ("tgkill", TGKILL),
     ("init_module", INIT_MODULE),
     ("finit_module", FINIT_MODULE),
+    ("mmap", MMAP),
+    ("mprotect", MPROTECT),
 ];

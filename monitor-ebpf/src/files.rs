@@ -5,9 +5,8 @@
 
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::map,
     maps::HashMap,
-    programs::TracePointContext,
 };
 use monitor_common::{
     COUNTER_USER_FAULT, FileRecord, InodeKey, KernelPath, file_flags, file_op, kind, path_flags,
@@ -17,7 +16,7 @@ use monitor_common::{
 use crate::{
     fds::{cwd_path, file_of_fd},
     kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr, write_header},
-    pending::{Pending, ret, take},
+    pending::Pending,
     vfs::{capture_path, capture_user_string, set_empty},
 };
 
@@ -58,15 +57,8 @@ fn open_args(p: &Pending) -> (i64, u64, u32, u32) {
 }
 
 /// Exit of open, openat, creat and openat2.
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    if let Some(p) = take(&ctx) {
-        open_exit(&p, ret(&ctx));
-    }
-    0
-}
-
-fn open_exit(p: &Pending, ret: i64) {
+#[inline(never)]
+pub fn on_open_exit(p: &Pending, ret: i64) {
     let (dfd, filename, flags, mode) = open_args(p);
     if ret >= 0 {
         let Some(file) = file_of_fd(ret) else {
@@ -237,12 +229,9 @@ extern "C" fn sensitive_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 /// Exit of unlink, unlinkat, rename, renameat and renameat2.
-#[tracepoint]
-pub fn sys_exit_names(ctx: TracePointContext) -> u32 {
-    if let Some(p) = take(&ctx) {
-        emit_names(&p, ret(&ctx));
-    }
-    0
+#[inline(never)]
+pub fn on_names_exit(p: &Pending, ret: i64) {
+    emit_names(p, ret);
 }
 
 /// unlink/rename: (op, dirfd, name, second dirfd, second name, flags).

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod exits;
 mod fds;
 mod files;
 mod kernel;

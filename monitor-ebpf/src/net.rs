@@ -1,15 +1,13 @@
 //! Socket operations: connect and bind (address from the caller's
 //! `sockaddr`), listen and accept (addresses from the socket itself).
 
-use aya_ebpf::{
-    helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use monitor_common::{COUNTER_USER_FAULT, NetRecord, UNIX_PATH_MAX, kind, net_flags, net_op, stash};
 
 use crate::{
     fds::{file_of_fd, sock_of_file},
     kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, write_header},
-    pending::{Pending, is_agent, ret, take},
+    pending::Pending,
 };
 
 const AF_UNIX: u16 = 1;
@@ -17,36 +15,24 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
 /// Exit of connect, bind and listen.
-#[tracepoint]
-pub fn sys_exit_sock(ctx: TracePointContext) -> u32 {
-    if let Some(p) = take(&ctx) {
-        let op = match p.op {
-            stash::CONNECT => net_op::CONNECT,
-            stash::BIND => net_op::BIND,
-            _ => net_op::LISTEN,
-        };
-        emit(op, &p, ret(&ctx));
-    }
-    0
+#[inline(never)]
+pub fn on_exit(p: &Pending, ret: i64) {
+    let op = match p.op {
+        stash::CONNECT => net_op::CONNECT,
+        stash::BIND => net_op::BIND,
+        _ => net_op::LISTEN,
+    };
+    emit(op, p, ret);
 }
 
-/// Exit of accept and accept4: no stash needed, the new fd is the return value.
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    accept(&ctx);
-    0
-}
-
-fn accept(ctx: &TracePointContext) {
-    if !crate::kernel::configured() || is_agent() {
-        return;
-    }
-    let fd = ret(ctx);
-    if fd < 0 {
+/// Exit of accept and accept4: no stash needed, the new fd is the result.
+#[inline(never)]
+pub fn on_accept(ret: i64) {
+    if ret < 0 {
         return; // failed accepts (EAGAIN on non-blocking sockets) are noise
     }
     let pending = Pending { op: 0, _pad0: 0, args: [0; 6], aux: [0; 4] };
-    emit(net_op::ACCEPT, &pending, fd);
+    emit(net_op::ACCEPT, &pending, ret);
 }
 
 fn emit(op: u8, p: &Pending, ret: i64) {

@@ -3,18 +3,21 @@
 //! Most security events are reported at syscall exit, with the result, and
 //! read user memory there: the kernel has just copied that memory itself, so
 //! its pages are present. The exit tracepoint only carries the return value,
-//! so one entry program, attached to every watched `sys_enter_*` tracepoint,
-//! stashes the arguments per thread here under the op that
-//! `SYSCALL_OPS[syscall number]` names (see `monitor_common::stash`).
+//! so the `sys_enter` program (which runs on every syscall anyway, for the
+//! profiles) stashes the arguments of watched syscalls per thread here,
+//! under the op that `SYSCALL_OPS[syscall number]` names (see
+//! `monitor_common::stash`). One hook on the raw `sys_enter` tracepoint
+//! instead of one per syscall keeps start-up and, above all, shutdown fast:
+//! the kernel detaches tracepoints one at a time, each after an RCU grace
+//! period.
 
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    macros::map,
     maps::{Array, HashMap},
-    programs::TracePointContext,
 };
 use monitor_common::{COUNTER_PENDING_MAP_FULL, COUNTER_PENDING_MISSING, stash as op};
 
-use crate::kernel::{config, configured, count, current_ids, current_task, off, read, read_ptr};
+use crate::kernel::{config, count, current_ids, current_task, off, read, read_ptr};
 
 /// Syscall number -> stash op (0: not watched). Filled by the agent.
 #[map]
@@ -39,23 +42,19 @@ pub struct Pending {
 #[map]
 pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
-/// Offset of argument `i` in a `syscalls:sys_enter_*` record.
-const fn arg_offset(i: usize) -> usize {
-    16 + 8 * i
-}
-
-/// Reads syscall argument `i` of an entry tracepoint.
+/// Syscall argument `i` from the saved user registers.
 #[inline(always)]
-pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    // SAFETY: the tracepoint record has six 8-byte arguments from offset 16.
-    unsafe { ctx.read_at::<u64>(arg_offset(i)) }.unwrap_or(0)
-}
-
-/// The return value of a `syscalls:sys_exit_*` record.
-#[inline(always)]
-pub fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: `long ret` sits at offset 16.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0)
+pub fn reg_arg(regs: usize, i: usize) -> u64 {
+    let offset = match i {
+        0 => off!(regs_arg0),
+        1 => off!(regs_arg1),
+        2 => off!(regs_arg2),
+        3 => off!(regs_arg3),
+        4 => off!(regs_arg4),
+        _ => off!(regs_arg5),
+    };
+    // SAFETY: probe read.
+    unsafe { read::<u64>(regs, offset) }.unwrap_or(0)
 }
 
 /// True if the current process is the agent (its own actions are not
@@ -65,11 +64,9 @@ pub fn is_agent() -> bool {
     current_ids().1 == config!(agent_pid)
 }
 
-/// The op watched for the syscall of a `sys_enter_*`/`sys_exit_*` record.
+/// The op watched for syscall number `nr`.
 #[inline(always)]
-fn op_of(ctx: &TracePointContext) -> u32 {
-    // SAFETY: `int __syscall_nr` sits at offset 8 of both record kinds.
-    let nr: i32 = unsafe { ctx.read_at(8) }.unwrap_or(-1);
+pub fn op_of_nr(nr: i64) -> u32 {
     if !(0..512).contains(&nr) {
         return op::NONE;
     }
@@ -105,35 +102,34 @@ fn packed_creds() -> [u64; 4] {
     ]
 }
 
-/// The one entry program of the security sensors.
-#[tracepoint]
-pub fn sys_enter_stash(ctx: TracePointContext) -> u32 {
-    if configured() && !is_agent() {
-        try_stash(&ctx);
-    }
-    0
-}
-
+/// Called by `sys_enter` for a watched syscall (`op` from [`op_of_nr`]).
 #[inline(always)]
-fn try_stash(ctx: &TracePointContext) {
-    let op = op_of(ctx);
+pub fn on_enter(regs: usize, op: u32) {
+    if is_agent() {
+        return;
+    }
     let (tid, pid) = current_ids();
+    let arg = |i| reg_arg(regs, i);
     let mut aux = [0u64; 4];
     match op {
         op::NONE => return,
-        op::PTRACE if !ptrace_reported(arg(ctx, 0)) => return,
-        op::BPF if arg(ctx, 0) != 5 => return, // only BPF_PROG_LOAD
+        op::MMAP | op::MPROTECT => {
+            crate::security::check_exec_memory(op, arg(0), arg(1), arg(2), arg(3));
+            return;
+        }
+        op::PTRACE if !ptrace_reported(arg(0)) => return,
+        op::BPF if arg(0) != 5 => return, // only BPF_PROG_LOAD
         // Signals to self and existence probes (signal 0) are not reported.
-        op::KILL if arg(ctx, 1) == 0 || arg(ctx, 0) as i32 == pid as i32 => return,
-        op::TKILL if arg(ctx, 1) == 0 || arg(ctx, 0) as i32 == tid as i32 => return,
-        op::TGKILL if arg(ctx, 2) == 0 || arg(ctx, 0) as i32 == pid as i32 => return,
+        op::KILL if arg(1) == 0 || arg(0) as i32 == pid as i32 => return,
+        op::TKILL if arg(1) == 0 || arg(0) as i32 == tid as i32 => return,
+        op::TGKILL if arg(2) == 0 || arg(0) as i32 == pid as i32 => return,
         o if (op::CRED + 1..op::CRED + 10).contains(&o) => aux = packed_creds(),
         _ => {}
     }
     let pending = Pending {
         op,
         _pad0: 0,
-        args: [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3), arg(ctx, 4), arg(ctx, 5)],
+        args: [arg(0), arg(1), arg(2), arg(3), arg(4), arg(5)],
         aux,
     };
     if PENDING.insert(tid, &pending, 0).is_err() {
@@ -141,13 +137,9 @@ fn try_stash(ctx: &TracePointContext) {
     }
 }
 
-/// Takes the current thread's stash for the syscall this exit record is of.
+/// Takes the current thread's stash, if it was made for `op`.
 #[inline(always)]
-pub fn take(ctx: &TracePointContext) -> Option<Pending> {
-    if !configured() || is_agent() {
-        return None;
-    }
-    let op = op_of(ctx);
+pub fn take(op: u32) -> Option<Pending> {
     let tid = current_ids().0;
     // SAFETY: copied out before the entry is removed.
     let pending = unsafe { PENDING.get(tid) }.copied();

@@ -27,12 +27,23 @@ pub static PROFILES: HashMap<u32, ThreadProfile> =
 #[map]
 static ZERO_PROFILE: Array<ThreadProfile> = Array::with_max_entries(1, 0);
 
-/// `sys_enter(regs, id)`.
+/// `sys_enter(regs, id)`: counts the syscall, and hands watched ones to the
+/// security sensors.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
-    if configured() && config!(profiles_enabled) != 0 {
-        let id: i64 = ctx.arg(1);
+    if !configured() {
+        return 0;
+    }
+    let id: i64 = ctx.arg(1);
+    if config!(profiles_enabled) != 0 {
         count_syscall(id);
+    }
+    if config!(security_enabled) != 0 {
+        let op = crate::pending::op_of_nr(id);
+        if op != monitor_common::stash::NONE {
+            let regs: usize = ctx.arg(0);
+            crate::pending::on_enter(regs, op);
+        }
     }
     0
 }

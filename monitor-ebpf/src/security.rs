@@ -1,11 +1,7 @@
 //! Credential changes, ptrace, module loads, BPF program loads, memfd,
 //! executable anonymous memory and signals to other processes.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user};
 use monitor_common::{
     BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
     MemExecRecord, MemfdRecord, ModuleRecord, PtraceRecord, file_flags, kind, mem_op, path_flags,
@@ -15,10 +11,10 @@ use monitor_common::{
 use crate::{
     fds::file_of_fd,
     kernel::{
-        EVENTS, configured, count, count_ringbuf_full, current_task, fill_task, off, read,
-        read_ptr, write_header,
+        EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
+        write_header,
     },
-    pending::{Pending, arg, is_agent, ret, take},
+    pending::Pending,
     vfs::{capture_path, set_empty},
 };
 
@@ -48,15 +44,8 @@ fn current_creds() -> ([u32; 3], [u32; 3], u64) {
 }
 
 /// Exit of the setuid and setgid families and capset.
-#[tracepoint]
-pub fn sys_exit_cred(ctx: TracePointContext) -> u32 {
-    if let Some(p) = take(&ctx) {
-        cred_exit(&ctx, &p);
-    }
-    0
-}
-
-fn cred_exit(ctx: &TracePointContext, p: &Pending) {
+#[inline(never)]
+pub fn on_cred_exit(p: &Pending, ret: i64) {
     let op = (p.op - stash::CRED) as u8;
     let Some(mut entry) = EVENTS.reserve::<CredRecord>(0) else {
         count_ringbuf_full(kind::CRED);
@@ -70,7 +59,7 @@ fn cred_exit(ctx: &TracePointContext, p: &Pending) {
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec)._pad0 = [0; 3];
-        (*rec).ret = ret(ctx) as i32;
+        (*rec).ret = ret as i32;
         (*rec).args = [p.args[0] as u32, p.args[1] as u32, p.args[2] as u32];
         (*rec).old_uid = [p.aux[0] as u32, (p.aux[0] >> 32) as u32, p.aux[1] as u32];
         (*rec).old_gid = [(p.aux[1] >> 32) as u32, p.aux[2] as u32, (p.aux[2] >> 32) as u32];
@@ -86,14 +75,11 @@ fn cred_exit(ctx: &TracePointContext, p: &Pending) {
 // ---- ptrace ------------------------------------------------------------------
 
 /// Exit of ptrace (only requests the entry filter kept were stashed).
-#[tracepoint]
-pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
-    let Some(p) = take(&ctx) else {
-        return 0;
-    };
+#[inline(never)]
+pub fn on_ptrace_exit(p: &Pending, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<PtraceRecord>(0) else {
         count_ringbuf_full(kind::PTRACE);
-        return 0;
+        return;
     };
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
@@ -102,23 +88,19 @@ pub fn sys_exit_ptrace(ctx: TracePointContext) -> u32 {
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).request = p.args[0] as i64;
         (*rec).target = p.args[1] as i32;
-        (*rec).ret = ret(&ctx) as i32;
+        (*rec).ret = ret as i32;
     }
     entry.submit(0);
-    0
 }
 
 // ---- bpf ---------------------------------------------------------------------
 
 /// Exit of bpf (only BPF_PROG_LOAD calls were stashed).
-#[tracepoint]
-pub fn sys_exit_bpf(ctx: TracePointContext) -> u32 {
-    let Some(p) = take(&ctx) else {
-        return 0;
-    };
+#[inline(never)]
+pub fn on_bpf_exit(p: &Pending, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<BpfRecord>(0) else {
         count_ringbuf_full(kind::BPF);
-        return 0;
+        return;
     };
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record; user reads land in its fields.
@@ -126,7 +108,7 @@ pub fn sys_exit_bpf(ctx: TracePointContext) -> u32 {
         write_header(&raw mut (*rec).header, kind::BPF, core::mem::size_of::<BpfRecord>());
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).cmd = p.args[0] as u32;
-        (*rec).ret = ret(&ctx) as i32;
+        (*rec).ret = ret as i32;
         (*rec).prog_type = 0;
         (*rec).insn_cnt = 0;
         (*rec).prog_name = [0; 16];
@@ -142,20 +124,16 @@ pub fn sys_exit_bpf(ctx: TracePointContext) -> u32 {
         }
     }
     entry.submit(0);
-    0
 }
 
 // ---- memfd -------------------------------------------------------------------
 
 /// Exit of memfd_create.
-#[tracepoint]
-pub fn sys_exit_memfd(ctx: TracePointContext) -> u32 {
-    let Some(p) = take(&ctx) else {
-        return 0;
-    };
+#[inline(never)]
+pub fn on_memfd_exit(p: &Pending, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<MemfdRecord>(0) else {
         count_ringbuf_full(kind::MEMFD);
-        return 0;
+        return;
     };
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
@@ -163,7 +141,7 @@ pub fn sys_exit_memfd(ctx: TracePointContext) -> u32 {
         write_header(&raw mut (*rec).header, kind::MEMFD, core::mem::size_of::<MemfdRecord>());
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).flags = p.args[1] as u32;
-        (*rec).ret = ret(&ctx) as i32;
+        (*rec).ret = ret as i32;
         (*rec)._pad0 = 0;
         let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(
             (*rec).name.as_mut_ptr().cast(),
@@ -179,18 +157,14 @@ pub fn sys_exit_memfd(ctx: TracePointContext) -> u32 {
         }
     }
     entry.submit(0);
-    0
 }
 
 // ---- signals -----------------------------------------------------------------
 
 /// Exit of kill, tkill and tgkill (signals to self and signal 0 were not
 /// stashed).
-#[tracepoint]
-pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
-    let Some(p) = take(&ctx) else {
-        return 0;
-    };
+#[inline(never)]
+pub fn on_kill_exit(p: &Pending, ret: i64) {
     let (target, sig, syscall) = match p.op {
         stash::TGKILL => (p.args[1] as i32, p.args[2] as i32, 3),
         stash::TKILL => (p.args[0] as i32, p.args[1] as i32, 2),
@@ -198,7 +172,7 @@ pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
     };
     let Some(mut entry) = EVENTS.reserve::<KillRecord>(0) else {
         count_ringbuf_full(kind::KILL);
-        return 0;
+        return;
     };
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
@@ -207,26 +181,22 @@ pub fn sys_exit_kill(ctx: TracePointContext) -> u32 {
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).target = target;
         (*rec).signal = sig;
-        (*rec).ret = ret(&ctx) as i32;
+        (*rec).ret = ret as i32;
         (*rec).syscall = syscall;
     }
     entry.submit(0);
-    0
 }
 
 // ---- kernel modules ------------------------------------------------------------
 
 /// Exit of init_module and finit_module.
-#[tracepoint]
-pub fn sys_exit_module(ctx: TracePointContext) -> u32 {
-    if let Some(p) = take(&ctx) {
-        if p.op == stash::FINIT_MODULE {
-            module_exit(2, p.args[0] as i64, p.args[1], ret(&ctx));
-        } else {
-            module_exit(1, -1, p.args[2], ret(&ctx));
-        }
+#[inline(never)]
+pub fn on_module_exit(p: &Pending, ret: i64) {
+    if p.op == stash::FINIT_MODULE {
+        module_exit(2, p.args[0] as i64, p.args[1], ret);
+    } else {
+        module_exit(1, -1, p.args[2], ret);
     }
-    0
 }
 
 fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
@@ -262,15 +232,30 @@ fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
 const PROT_EXEC: u64 = 0x4;
 const MAP_ANONYMOUS: u64 = 0x20;
 
-/// `mmap(addr, len, prot, flags, fd, off)` asking for anonymous executable memory.
-#[tracepoint]
-pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
-    let prot = arg(&ctx, 2);
-    let flags = arg(&ctx, 3);
-    if prot & PROT_EXEC != 0 && flags & MAP_ANONYMOUS != 0 && configured() && !is_agent() {
-        emit_mem(mem_op::MMAP, arg(&ctx, 0), arg(&ctx, 1), prot, flags);
+/// Checks an mmap or mprotect at entry (called from `sys_enter`): reports
+/// anonymous memory being made executable. Not stashed: the request itself
+/// is the behaviour of interest.
+#[inline(always)]
+pub fn check_exec_memory(op: u32, addr: u64, len: u64, prot: u64, flags: u64) {
+    if prot & PROT_EXEC == 0 {
+        return;
     }
-    0
+    if op == stash::MMAP {
+        if flags & MAP_ANONYMOUS != 0 {
+            emit_mem(mem_op::MMAP, addr, len, prot, flags);
+        }
+        return;
+    }
+    let mut check = VmaCheck { anonymous: 0, _pad0: 0 };
+    // SAFETY: the callback matches bpf_find_vma's signature and only writes
+    // `check` through the context pointer.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        bpf_find_vma(task, addr, vma_is_anonymous as *mut _, (&raw mut check).cast(), 0);
+    }
+    if check.anonymous != 0 {
+        emit_mem(mem_op::MPROTECT, addr, len, prot, 0);
+    }
 }
 
 /// Context of the VMA lookup.
@@ -289,27 +274,6 @@ extern "C" fn vma_is_anonymous(
     unsafe {
         let file: usize = read(vma as usize, off!(vma_vm_file)).unwrap_or(1);
         (*ctx.cast::<VmaCheck>()).anonymous = u32::from(file == 0);
-    }
-    0
-}
-
-/// `mprotect(start, len, prot)` adding execute permission to anonymous memory.
-#[tracepoint]
-pub fn sys_enter_mprotect(ctx: TracePointContext) -> u32 {
-    let prot = arg(&ctx, 2);
-    if prot & PROT_EXEC == 0 || !configured() || is_agent() {
-        return 0;
-    }
-    let start = arg(&ctx, 0);
-    let mut check = VmaCheck { anonymous: 0, _pad0: 0 };
-    // SAFETY: the callback matches bpf_find_vma's signature and only writes
-    // `check` through the context pointer.
-    unsafe {
-        let task = bpf_get_current_task_btf();
-        bpf_find_vma(task, start, vma_is_anonymous as *mut _, (&raw mut check).cast(), 0);
-    }
-    if check.anonymous != 0 {
-        emit_mem(mem_op::MPROTECT, start, arg(&ctx, 1), prot, 0);
     }
     0
 }

@@ -88,6 +88,40 @@ pub struct LoggedFinding {
     pub host: String,
 }
 
+/// Holds the state directory for one agent: a second agent on the same
+/// directory would corrupt the spool and the model.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock, or says which agent holds it.
+    pub fn take(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join("agent.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another agent is running with state directory {} (pid {}); stop it or choose another --state-dir",
+                dir.display(),
+                holder.trim()
+            );
+        }
+        file.set_len(0).ok();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(Self { _file: file })
+    }
+}
+
 /// Creates the state directory (0700) and checks it is usable.
 pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
@@ -170,6 +204,7 @@ fn progress_line(p: &crate::model::Progress, learn_for: Duration) -> String {
 pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -> anyhow::Result<()> {
     let paths = StatePaths::new(&settings.state_dir);
     prepare_state_dir(&paths.dir)?;
+    let _lock = StateLock::take(&paths.dir)?;
     let host = Host::current(&settings.host_name);
     let started = Timestamp::now();
 
@@ -370,6 +405,7 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
     // Stop: sources first, then the rest, all within two seconds.
     let reason = stop_reason.unwrap_or("end of events");
     tracing::info!(signal = reason, "stopping");
+    let stopping = Instant::now();
     capture.stop_sources();
     let drain_until = tokio::time::Instant::now() + Duration::from_millis(300);
     while let Ok(Some(event)) = tokio::time::timeout_at(drain_until, capture.next()).await {
@@ -379,9 +415,11 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
             }
         }
     }
+    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "sources drained");
     if let Err(e) = save_model(&paths, detector.engine(), &host.name, model_created) {
         tracing::error!(error = %format!("{e:#}"), "cannot save the model at shutdown");
     }
+    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "model saved");
     spool_append(&spool, Class::Activity, &ocsf::lifecycle(Lifecycle::Stop, &host, &format!("monitor stopping ({reason})"), serde_json::json!({ "findings": findings, "events": events, "lost": capture.loss_totals() })));
     sink_shutdown.cancel();
     api_shutdown.cancel();
@@ -389,6 +427,7 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
         let _ = tokio::time::timeout(Duration::from_millis(1500), d).await;
     }
     spool.sync();
+    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "sinks drained");
     let lost = capture.loss_totals();
     eprintln!(
         "monitor: stopped; {events} events, {findings} findings; lost events: {}",
@@ -398,6 +437,7 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
         eprintln!("monitor: learning was not finished; it starts over on the next run");
     }
     drop(capture);
+    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "probes detached");
     if spool.stats().degraded.is_some() {
         bail!("the spool could not be written: {}", spool.stats().degraded.unwrap_or_default());
     }

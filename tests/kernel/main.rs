@@ -2,6 +2,7 @@
 //! kernel, observing processes the tests start themselves. Run as root with
 //! `cargo xtask test`.
 
+mod agent;
 mod cli;
 mod output;
 mod process;

@@ -44,26 +44,13 @@ impl std::fmt::Display for Hook {
 pub enum Sensor {
     /// exec, fork, exit.
     Process,
-    /// Per-thread syscall counts.
+    /// Per-thread syscall counts (the `sys_enter` hook, which also stashes
+    /// the security syscalls' arguments).
     SyscallProfile,
-    /// connect, accept, bind, listen.
-    Network,
-    /// Opens that write or touch sensitive locations; unlink, rename.
-    Files,
-    /// setuid/setgid families, capset.
-    Credentials,
-    /// ptrace requests.
-    Ptrace,
-    /// Kernel module loads.
-    Modules,
-    /// BPF program loads.
-    Bpf,
-    /// memfd_create.
-    Memfd,
-    /// Anonymous memory made executable.
-    MemExec,
-    /// Signals to other processes.
-    Signals,
+    /// Security-relevant syscalls, reported at exit: network, files,
+    /// credentials, ptrace, module and BPF loads, memfd, executable memory,
+    /// signals.
+    Security,
 }
 
 impl Sensor {
@@ -72,21 +59,8 @@ impl Sensor {
         match self {
             Sensor::Process => "process",
             Sensor::SyscallProfile => "syscall_profile",
-            Sensor::Network => "network",
-            Sensor::Files => "files",
-            Sensor::Credentials => "credentials",
-            Sensor::Ptrace => "ptrace",
-            Sensor::Modules => "modules",
-            Sensor::Bpf => "bpf",
-            Sensor::Memfd => "memfd",
-            Sensor::MemExec => "mem_exec",
-            Sensor::Signals => "signals",
+            Sensor::Security => "security",
         }
-    }
-
-    /// True for the security-event sensors (everything but lifecycle and profiles).
-    pub fn is_security(self) -> bool {
-        !matches!(self, Sensor::Process | Sensor::SyscallProfile)
     }
 }
 
@@ -107,82 +81,16 @@ const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
     ProgramSpec { name, hook: Hook::BtfTracepoint(name), sensor }
 }
 
-/// `program` at the `syscalls:tracepoint` tracepoint.
-const fn sys(program: &'static str, tracepoint: &'static str, sensor: Sensor) -> ProgramSpec {
-    ProgramSpec { name: program, hook: Hook::Tracepoint("syscalls", tracepoint), sensor }
-}
-
-/// The entry program that stashes arguments (see `monitor_common::stash`).
-const STASH: &str = "sys_enter_stash";
-
-/// Every attachment the agent knows.
+/// Every attachment the agent knows. Two raw syscall hooks serve all the
+/// syscall-level sensors: `sys_enter` counts syscalls and stashes the
+/// arguments of watched ones, `sys_exit` reports them with their result (see
+/// `monitor-ebpf/src/pending.rs` for why not one tracepoint per syscall).
 pub const PROGRAMS: &[ProgramSpec] = &[
     btf("sched_process_exec", Sensor::Process),
     btf("sched_process_fork", Sensor::Process),
     btf("sched_process_exit", Sensor::Process),
     btf("sys_enter", Sensor::SyscallProfile),
-    sys(STASH, "sys_enter_connect", Sensor::Network),
-    sys(STASH, "sys_enter_bind", Sensor::Network),
-    sys(STASH, "sys_enter_listen", Sensor::Network),
-    sys("sys_exit_sock", "sys_exit_connect", Sensor::Network),
-    sys("sys_exit_sock", "sys_exit_bind", Sensor::Network),
-    sys("sys_exit_sock", "sys_exit_listen", Sensor::Network),
-    sys("sys_exit_accept", "sys_exit_accept", Sensor::Network),
-    sys("sys_exit_accept", "sys_exit_accept4", Sensor::Network),
-    sys(STASH, "sys_enter_openat", Sensor::Files),
-    sys(STASH, "sys_enter_open", Sensor::Files),
-    sys(STASH, "sys_enter_creat", Sensor::Files),
-    sys(STASH, "sys_enter_openat2", Sensor::Files),
-    sys(STASH, "sys_enter_unlink", Sensor::Files),
-    sys(STASH, "sys_enter_unlinkat", Sensor::Files),
-    sys(STASH, "sys_enter_rename", Sensor::Files),
-    sys(STASH, "sys_enter_renameat", Sensor::Files),
-    sys(STASH, "sys_enter_renameat2", Sensor::Files),
-    sys("sys_exit_open", "sys_exit_openat", Sensor::Files),
-    sys("sys_exit_open", "sys_exit_open", Sensor::Files),
-    sys("sys_exit_open", "sys_exit_creat", Sensor::Files),
-    sys("sys_exit_open", "sys_exit_openat2", Sensor::Files),
-    sys("sys_exit_names", "sys_exit_unlink", Sensor::Files),
-    sys("sys_exit_names", "sys_exit_unlinkat", Sensor::Files),
-    sys("sys_exit_names", "sys_exit_rename", Sensor::Files),
-    sys("sys_exit_names", "sys_exit_renameat", Sensor::Files),
-    sys("sys_exit_names", "sys_exit_renameat2", Sensor::Files),
-    sys(STASH, "sys_enter_setuid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setreuid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setresuid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setfsuid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setgid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setregid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setresgid", Sensor::Credentials),
-    sys(STASH, "sys_enter_setfsgid", Sensor::Credentials),
-    sys(STASH, "sys_enter_capset", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setuid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setreuid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setresuid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setfsuid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setgid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setregid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setresgid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_setfsgid", Sensor::Credentials),
-    sys("sys_exit_cred", "sys_exit_capset", Sensor::Credentials),
-    sys(STASH, "sys_enter_ptrace", Sensor::Ptrace),
-    sys("sys_exit_ptrace", "sys_exit_ptrace", Sensor::Ptrace),
-    sys(STASH, "sys_enter_init_module", Sensor::Modules),
-    sys(STASH, "sys_enter_finit_module", Sensor::Modules),
-    sys("sys_exit_module", "sys_exit_init_module", Sensor::Modules),
-    sys("sys_exit_module", "sys_exit_finit_module", Sensor::Modules),
-    sys(STASH, "sys_enter_bpf", Sensor::Bpf),
-    sys("sys_exit_bpf", "sys_exit_bpf", Sensor::Bpf),
-    sys(STASH, "sys_enter_memfd_create", Sensor::Memfd),
-    sys("sys_exit_memfd", "sys_exit_memfd_create", Sensor::Memfd),
-    sys("sys_enter_mmap", "sys_enter_mmap", Sensor::MemExec),
-    sys("sys_enter_mprotect", "sys_enter_mprotect", Sensor::MemExec),
-    sys(STASH, "sys_enter_kill", Sensor::Signals),
-    sys(STASH, "sys_enter_tkill", Sensor::Signals),
-    sys(STASH, "sys_enter_tgkill", Sensor::Signals),
-    sys("sys_exit_kill", "sys_exit_kill", Sensor::Signals),
-    sys("sys_exit_kill", "sys_exit_tkill", Sensor::Signals),
-    sys("sys_exit_kill", "sys_exit_tgkill", Sensor::Signals),
+    btf("sys_exit", Sensor::Security),
 ];
 
 /// Why a sensor is not running.
@@ -265,6 +173,7 @@ pub enum ProbeError {
 /// The loaded, attached programs.
 pub struct Probes {
     ebpf: Ebpf,
+    links: Vec<Link>,
     attached: Vec<ProgramSpec>,
     sensors: std::collections::BTreeMap<Sensor, SensorState>,
     settings: ProbeSettings,
@@ -288,6 +197,8 @@ impl Probes {
             abi_version: ABI_VERSION,
             agent_pid: std::process::id(),
             profiles_enabled: u32::from(settings.syscall_profiles),
+            security_enabled: u32::from(settings.security_events),
+            _pad0: 0,
             exit_has_group_dead: u32::from(exit_tracepoint_has_group_dead()),
         };
         let mut ebpf = EbpfLoader::new()
@@ -308,14 +219,7 @@ impl Probes {
             } else if let Hook::Tracepoint(category, name) = spec.hook
                 && !tracepoint_exists(category, name)
             {
-                *state = SensorState::Unavailable(format!(
-                    "this kernel has no tracepoint {category}/{name}{}",
-                    if spec.sensor == Sensor::Modules {
-                        " (built without loadable module support: no module can be loaded)"
-                    } else {
-                        ""
-                    }
-                ));
+                *state = SensorState::Unavailable(format!("this kernel has no tracepoint {category}/{name}"));
             } else {
                 planned.push(*spec);
             }
@@ -334,8 +238,9 @@ impl Probes {
                     attached.push(*spec);
                     links.push((*spec, link));
                 }
-                // The lifecycle sensor is the floor everything stands on.
-                Err(err) if spec.sensor == Sensor::Process => {
+                // The lifecycle sensor and the syscall entry hook are the
+                // floor everything stands on.
+                Err(err) if matches!(spec.sensor, Sensor::Process | Sensor::SyscallProfile) => {
                     fatal.get_or_insert(err);
                 }
                 Err(err) => {
@@ -346,18 +251,21 @@ impl Probes {
             }
         }
         if let Some(err) = fatal {
-            let mut probes = Self { ebpf, attached, sensors, settings: settings.clone(), offsets };
-            probes.detach_all();
+            detach_in_parallel(links.into_iter().map(|(_, l)| l).collect());
             return Err(err);
         }
         // A sensor is all or nothing: detach what a failed sensor did attach
         // (an entry hook without its exit would only fill the stash).
-        for (spec, link) in links {
-            if sensors.get(&spec.sensor) != Some(&SensorState::Attached) {
-                detach(&mut ebpf, spec.name, link);
-            }
-        }
+        let links: Vec<Link> = links
+            .into_iter()
+            .filter(|(spec, _)| sensors.get(&spec.sensor) == Some(&SensorState::Attached))
+            .map(|(_, link)| link)
+            .collect();
         attached.retain(|spec| sensors.get(&spec.sensor) == Some(&SensorState::Attached));
+        if !settings.syscall_profiles {
+            // Attached for the security stash, but not counting.
+            sensors.insert(Sensor::SyscallProfile, SensorState::Disabled);
+        }
         for (sensor, state) in &sensors {
             if let SensorState::Unavailable(why) = state {
                 tracing::warn!(sensor = sensor.name(), "sensor unavailable: {why}");
@@ -365,6 +273,7 @@ impl Probes {
         }
         Ok(Self {
             ebpf,
+            links,
             attached,
             sensors,
             settings: settings.clone(),
@@ -377,23 +286,11 @@ impl Probes {
         &self.attached
     }
 
-    /// Detaches and unloads every program, in parallel: each detach waits for
-    /// an RCU grace period, and concurrent waits share one, so 60 programs
-    /// detach in about the time of one instead of several seconds.
+    /// Detaches every hook, in parallel: each detach waits for an RCU grace
+    /// period, and concurrent waits share one, so 60 hooks detach in about
+    /// the time of one instead of several seconds.
     pub fn detach_all(&mut self) {
-        use aya::programs::Program;
-        let programs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
-        std::thread::scope(|scope| {
-            for program in programs {
-                scope.spawn(move || {
-                    let _ = match program {
-                        Program::TracePoint(p) => p.unload(),
-                        Program::BtfTracePoint(p) => p.unload(),
-                        _ => Ok(()),
-                    };
-                });
-            }
-        });
+        detach_in_parallel(std::mem::take(&mut self.links));
         self.attached.clear();
     }
 
@@ -464,6 +361,7 @@ impl Probes {
 /// The benchmark floor: only an empty program on `sys_enter` (see
 /// `monitor bench-floor`). Detaches when dropped.
 pub struct FloorProbe {
+    _link: Link,
     _ebpf: Ebpf,
 }
 
@@ -483,9 +381,18 @@ impl FloorProbe {
             sensor: Sensor::SyscallProfile,
         };
         let program = ebpf.program_mut(spec.name).ok_or(ProbeError::MissingProgram(spec.name))?;
-        attach(program, &spec, &btf, true)?;
-        Ok(Self { _ebpf: ebpf })
+        let link = attach(program, &spec, &btf, true)?;
+        Ok(Self { _link: link, _ebpf: ebpf })
     }
+}
+
+/// Drops links on one thread each (see [`Probes::detach_all`]).
+fn detach_in_parallel(links: Vec<Link>) {
+    std::thread::scope(|scope| {
+        for link in links {
+            scope.spawn(move || drop(link));
+        }
+    });
 }
 
 impl Drop for Probes {
@@ -497,8 +404,9 @@ impl Drop for Probes {
 fn sensor_enabled(sensor: Sensor, settings: &ProbeSettings) -> bool {
     match sensor {
         Sensor::Process => true,
-        Sensor::SyscallProfile => settings.syscall_profiles,
-        _ => settings.security_events,
+        // The sys_enter program also stashes the security syscalls' arguments.
+        Sensor::SyscallProfile => settings.syscall_profiles || settings.security_events,
+        Sensor::Security => settings.security_events,
     }
 }
 
@@ -579,10 +487,13 @@ fn attach_all(ebpf: &mut Ebpf, specs: &[ProgramSpec], btf: &aya::Btf) -> Vec<Res
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// A link made by [`attach`], to detach one hook of a shared program.
-enum Link {
-    Btf(aya::programs::tp_btf::BtfTracePointLinkId),
-    Tracepoint(aya::programs::trace_point::TracePointLinkId),
+/// One attachment, owned apart from its program: dropping it detaches that
+/// hook only, and links can be dropped from several threads at once.
+pub enum Link {
+    /// A BTF tracepoint link.
+    Btf(aya::programs::tp_btf::BtfTracePointLink),
+    /// A tracepoint link.
+    Tracepoint(aya::programs::trace_point::TracePointLink),
 }
 
 fn attach(
@@ -605,28 +516,18 @@ fn attach(
             if load {
                 p.load(name, btf).map_err(err("load"))?;
             }
-            Ok(Link::Btf(p.attach().map_err(err("attach"))?))
+            let id = p.attach().map_err(err("attach"))?;
+            Ok(Link::Btf(p.take_link(id).map_err(err("attach"))?))
         }
         Hook::Tracepoint(category, name) => {
             let p: &mut TracePoint = program.try_into().map_err(err("load"))?;
             if load && p.fd().is_err() {
                 p.load().map_err(err("load"))?;
             }
-            Ok(Link::Tracepoint(p.attach(category, name).map_err(err("attach"))?))
+            let id = p.attach(category, name).map_err(err("attach"))?;
+            Ok(Link::Tracepoint(p.take_link(id).map_err(err("attach"))?))
         }
     }
-}
-
-/// Detaches one link of a program.
-fn detach(ebpf: &mut Ebpf, name: &str, link: Link) {
-    let Some(program) = ebpf.program_mut(name) else {
-        return;
-    };
-    let _ = match (program, link) {
-        (aya::programs::Program::TracePoint(p), Link::Tracepoint(id)) => p.detach(id),
-        (aya::programs::Program::BtfTracePoint(p), Link::Btf(id)) => p.detach(id),
-        _ => Ok(()),
-    };
 }
 
 /// Kernels since 6.16 pass `group_dead` to `sched_process_exit`; the

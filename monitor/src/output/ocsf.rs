@@ -282,8 +282,24 @@ pub fn activity(event: &Event, host: &Host) -> Option<Value> {
                 _ => ((7, "Listen"), (0, "Unknown")),
             };
             let mut v = base(4001, "Network Activity", (4, "Network Activity"), activity);
-            let remote = json!({ "ip": n.address, "port": n.port });
-            let local = json!({ "ip": n.local_address, "port": n.local_port });
+            let endpoint = |ip: &Option<String>, port: Option<u16>| {
+                let mut e = serde_json::Map::new();
+                if let Some(ip) = ip {
+                    e.insert("ip".into(), json!(ip));
+                }
+                if let Some(port) = port {
+                    e.insert("port".into(), json!(port));
+                }
+                if let Some(path) = &n.unix_path {
+                    e.insert("name".into(), json!(path.to_string_lossy()));
+                }
+                if e.is_empty() {
+                    e.insert("name".into(), json!(n.family));
+                }
+                Value::Object(e)
+            };
+            let remote = endpoint(&n.address, n.port);
+            let local = endpoint(&n.local_address, n.local_port);
             match &event.detail {
                 Detail::Connect(_) => v["dst_endpoint"] = remote,
                 Detail::Accept(_) => {

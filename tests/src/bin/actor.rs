@@ -105,6 +105,15 @@ fn main() {
             }
         }
         Some("bpf-load") => bpf_load(),
+        Some("finit-module") => {
+            let file = std::fs::File::open(arg(1)).unwrap();
+            let params = CString::new("actor.params=1").unwrap();
+            // SAFETY: finit_module with a valid fd and string; it fails.
+            let r = unsafe {
+                libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&file), params.as_ptr(), 0)
+            };
+            assert_eq!(r, -1, "loading /dev/null as a module cannot succeed");
+        }
         Some("getppid") => {
             let n: u64 = arg(1).parse().unwrap();
             for _ in 0..n {
