@@ -137,7 +137,14 @@ pub struct ProbeConfig {
 impl ProbeConfig {
     /// All zero: the placeholder compiled into the eBPF object (programs idle).
     pub const fn zeroed() -> Self {
-        Self { abi_version: 0, agent_pid: 0, profiles_enabled: 0, security_enabled: 0, _pad0: 0, exit_has_group_dead: 0 }
+        Self {
+            abi_version: 0,
+            agent_pid: 0,
+            profiles_enabled: 0,
+            security_enabled: 0,
+            _pad0: 0,
+            exit_has_group_dead: 0,
+        }
     }
 }
 

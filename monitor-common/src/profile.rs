@@ -27,7 +27,8 @@ pub struct ThreadProfile {
     /// Count per [`pair_bucket`] of consecutive syscalls.
     pub pairs: [u32; PAIR_BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<ThreadProfile>() == 16 + 4 * (SYSCALL_SLOTS + PAIR_BUCKETS));
+const _: () =
+    assert!(core::mem::size_of::<ThreadProfile>() == 16 + 4 * (SYSCALL_SLOTS + PAIR_BUCKETS));
 
 /// Bucket of the consecutive pair (`prev`, `next`) of syscall numbers.
 ///

@@ -220,7 +220,7 @@ pub struct ExecRecord {
 const _: () = assert!(offset_of!(ExecRecord, task) == 16);
 const _: () = assert!(offset_of!(ExecRecord, exe_ino) == 96);
 const _: () = assert!(offset_of!(ExecRecord, filename) == 120);
-const _: () = assert!(size_of::<ExecRecord>() % 8 == 0);
+const _: () = assert!(size_of::<ExecRecord>().is_multiple_of(8));
 
 /// `sched_process_fork` for a new process (thread creation is not reported).
 #[repr(C)]
@@ -268,7 +268,8 @@ pub struct ThreadExitRecord {
     /// The counters as they stood at exit.
     pub profile: crate::profile::ThreadProfile,
 }
-const _: () = assert!(size_of::<ThreadExitRecord>() == 24 + size_of::<crate::profile::ThreadProfile>());
+const _: () =
+    assert!(size_of::<ThreadExitRecord>() == 24 + size_of::<crate::profile::ThreadProfile>());
 
 /// Operations of a [`NetRecord`].
 pub mod net_op {
@@ -333,7 +334,7 @@ pub struct NetRecord {
 }
 const _: () = assert!(offset_of!(NetRecord, op) == 80);
 const _: () = assert!(offset_of!(NetRecord, addr) == 104);
-const _: () = assert!(size_of::<NetRecord>() % 8 == 0);
+const _: () = assert!(size_of::<NetRecord>().is_multiple_of(8));
 
 /// Operations of a [`FileRecord`].
 pub mod file_op {
@@ -385,7 +386,7 @@ pub struct FileRecord {
     pub base: KernelPath,
 }
 const _: () = assert!(offset_of!(FileRecord, path) == 104);
-const _: () = assert!(size_of::<FileRecord>() % 8 == 0);
+const _: () = assert!(size_of::<FileRecord>().is_multiple_of(8));
 
 /// Operations of a [`CredRecord`] (the syscall).
 pub mod cred_op {
@@ -487,7 +488,7 @@ pub struct ModuleRecord {
     /// The module file (finit_module), from kernel memory.
     pub path: KernelPath,
 }
-const _: () = assert!(size_of::<ModuleRecord>() % 8 == 0);
+const _: () = assert!(size_of::<ModuleRecord>().is_multiple_of(8));
 
 /// A BPF program load by another process.
 #[repr(C)]

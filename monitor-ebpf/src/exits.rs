@@ -1,21 +1,31 @@
-//! `sys_exit(regs, ret)`: the one exit hook of the security sensors.
+//! The exit hook of the security sensors, attached to the exit tracepoint of
+//! each watched syscall (`syscalls/sys_exit_<name>`): it takes back the
+//! arguments stashed at entry and hands them, with the result, to the
+//! syscall's family.
 //!
-//! For a watched syscall (see `pending`), it takes back the arguments
-//! stashed at entry and hands them, with the result, to the syscall's
-//! family. Every other syscall costs an array lookup.
+//! One program on the raw `sys_exit` hook would be simpler, but it runs on
+//! every syscall of the host: measured here, an *empty* program there adds
+//! about 65 ns to each syscall. The per-syscall tracepoints cost the other
+//! syscalls only a bitmap test in the kernel.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use monitor_common::stash as op;
 
 use crate::{
-    files, net,
-    kernel::{config, configured, off, read},
+    files,
+    kernel::{config, configured},
+    net,
     pending::{is_agent, op_of_nr, take},
     security,
 };
 
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+/// Offsets in the `syscalls/sys_exit_*` tracepoint record (see its
+/// `format` file): the syscall number and the return value.
+const NR_OFFSET: usize = 8;
+const RET_OFFSET: usize = 16;
+
+#[tracepoint]
+pub fn sys_exit_watched(ctx: TracePointContext) -> i32 {
     if configured() && config!(security_enabled) != 0 {
         try_exit(&ctx);
     }
@@ -23,15 +33,17 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_exit(ctx: &BtfTracePointContext) {
-    let regs: usize = ctx.arg(0);
-    // SAFETY: probe read of the saved syscall number.
-    let nr: i64 = unsafe { read::<i64>(regs, off!(regs_syscall_nr)) }.unwrap_or(-1);
-    let op = op_of_nr(nr);
+fn try_exit(ctx: &TracePointContext) {
+    // SAFETY: fields of the tracepoint record, at the offsets of its format.
+    let (Ok(nr), Ok(ret)) = (unsafe { ctx.read_at::<i32>(NR_OFFSET) }, unsafe {
+        ctx.read_at::<i64>(RET_OFFSET)
+    }) else {
+        return;
+    };
+    let op = op_of_nr(i64::from(nr));
     if op == op::NONE || op == op::MMAP || op == op::MPROTECT || is_agent() {
         return;
     }
-    let ret: i64 = ctx.arg(1);
     if op == op::ACCEPT {
         net::on_accept(ret);
         return;
@@ -42,7 +54,9 @@ fn try_exit(ctx: &BtfTracePointContext) {
     match op {
         op::CONNECT | op::BIND | op::LISTEN => net::on_exit(&p, ret),
         op::OPENAT | op::OPEN | op::CREAT | op::OPENAT2 => files::on_open_exit(&p, ret),
-        op::UNLINK | op::UNLINKAT | op::RENAME | op::RENAMEAT | op::RENAMEAT2 => files::on_names_exit(&p, ret),
+        op::UNLINK | op::UNLINKAT | op::RENAME | op::RENAMEAT | op::RENAMEAT2 => {
+            files::on_names_exit(&p, ret)
+        }
         op::PTRACE => security::on_ptrace_exit(&p, ret),
         op::BPF => security::on_bpf_exit(&p, ret),
         op::MEMFD => security::on_memfd_exit(&p, ret),

@@ -15,7 +15,10 @@ use monitor_common::{
 
 use crate::{
     fds::{cwd_path, file_of_fd},
-    kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr, write_header},
+    kernel::{
+        EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
+        write_header,
+    },
     pending::Pending,
     vfs::{capture_path, capture_user_string, set_empty},
 };
@@ -42,15 +45,26 @@ const SENSITIVE_DEPTH: u32 = 24;
 /// (dirfd, filename pointer, flags, mode) of an open-family stash.
 fn open_args(p: &Pending) -> (i64, u64, u32, u32) {
     match p.op {
-        stash::OPENAT => (p.args[0] as i64, p.args[1], p.args[2] as u32, p.args[3] as u32),
+        stash::OPENAT => (
+            p.args[0] as i64,
+            p.args[1],
+            p.args[2] as u32,
+            p.args[3] as u32,
+        ),
         stash::OPEN => (AT_FDCWD, p.args[0], p.args[1] as u32, p.args[2] as u32),
-        stash::CREAT => (AT_FDCWD, p.args[0], O_CREAT | O_WRONLY | O_TRUNC, p.args[1] as u32),
+        stash::CREAT => (
+            AT_FDCWD,
+            p.args[0],
+            O_CREAT | O_WRONLY | O_TRUNC,
+            p.args[1] as u32,
+        ),
         _ => {
             // openat2(dfd, filename, struct open_how *how, size): flags and
             // mode are the first two u64 of `how`, in user memory.
             let mut how = [0u64; 2];
             // SAFETY: reads into a local; the helper faults gracefully.
-            let _ = unsafe { bpf_probe_read_user(how.as_mut_ptr().cast(), 16, p.args[2] as *const _) };
+            let _ =
+                unsafe { bpf_probe_read_user(how.as_mut_ptr().cast(), 16, p.args[2] as *const _) };
             (p.args[0] as i64, p.args[1], how[0] as u32, how[1] as u32)
         }
     }
@@ -100,7 +114,11 @@ pub fn on_open_exit(p: &Pending, ret: i64) {
         emit_open(hflags, flags, mode, ret, ino, OpenPath::Kernel(file));
     } else if ret == -EACCES || ret == -EPERM {
         // Refused: the file was not opened, so its name is all there is.
-        let hflags = if flags & 0o3 != 0 { file_flags::WRITE } else { 0 };
+        let hflags = if flags & 0o3 != 0 {
+            file_flags::WRITE
+        } else {
+            0
+        };
         emit_open(hflags, flags, mode, ret, 0, OpenPath::User(filename, dfd));
     }
 }
@@ -121,7 +139,11 @@ fn emit_open(hflags: u16, flags: u32, mode: u32, ret: i64, ino: u64, path: OpenP
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record, written field by field.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::FILE, core::mem::size_of::<FileRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::FILE,
+            core::mem::size_of::<FileRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = file_op::OPEN;
         (*rec)._pad0 = [0; 3];
@@ -142,7 +164,7 @@ fn emit_open(hflags: u16, flags: u32, mode: u32, ret: i64, ino: u64, path: OpenP
         }
         (*rec).header.flags = hflags;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 /// Captures a user-memory name, and the directory it is relative to when it
@@ -195,11 +217,20 @@ fn is_sensitive(dentry: usize, dev: u32) -> bool {
     if dentry == 0 {
         return false;
     }
-    let mut walk = Ancestors { dentry, dev, found: 0 };
+    let mut walk = Ancestors {
+        dentry,
+        dev,
+        found: 0,
+    };
     // SAFETY: `sensitive_step` has bpf_loop's callback signature and only
     // touches `walk` through the context pointer.
     unsafe {
-        bpf_loop(SENSITIVE_DEPTH, sensitive_step as *mut core::ffi::c_void, (&raw mut walk).cast(), 0);
+        bpf_loop(
+            SENSITIVE_DEPTH,
+            sensitive_step as *mut core::ffi::c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
     }
     walk.found != 0
 }
@@ -212,7 +243,11 @@ extern "C" fn sensitive_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     };
     // SAFETY: probe read.
     let ino: u64 = unsafe { read(inode, off!(inode_i_ino)) }.unwrap_or(0);
-    let key = InodeKey { dev: walk.dev, _pad0: 0, ino };
+    let key = InodeKey {
+        dev: walk.dev,
+        _pad0: 0,
+        ino,
+    };
     // SAFETY: presence check only.
     if unsafe { SENSITIVE.get(&key) }.is_some() {
         walk.found = 1;
@@ -238,10 +273,22 @@ pub fn on_names_exit(p: &Pending, ret: i64) {
 fn name_args(p: &Pending) -> (u8, i64, u64, u64, u32) {
     match p.op {
         stash::UNLINK => (file_op::UNLINK, AT_FDCWD, p.args[0], 0, 0),
-        stash::UNLINKAT => (file_op::UNLINK, p.args[0] as i64, p.args[1], 0, p.args[2] as u32),
+        stash::UNLINKAT => (
+            file_op::UNLINK,
+            p.args[0] as i64,
+            p.args[1],
+            0,
+            p.args[2] as u32,
+        ),
         stash::RENAME => (file_op::RENAME, AT_FDCWD, p.args[0], p.args[1], 0),
         stash::RENAMEAT => (file_op::RENAME, p.args[0] as i64, p.args[1], p.args[3], 0),
-        _ => (file_op::RENAME, p.args[0] as i64, p.args[1], p.args[3], p.args[4] as u32),
+        _ => (
+            file_op::RENAME,
+            p.args[0] as i64,
+            p.args[1],
+            p.args[3],
+            p.args[4] as u32,
+        ),
     }
 }
 
@@ -257,7 +304,11 @@ fn emit_names(p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record, written field by field.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::FILE, core::mem::size_of::<FileRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::FILE,
+            core::mem::size_of::<FileRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec)._pad0 = [0; 3];
@@ -279,5 +330,5 @@ fn emit_names(p: &Pending, ret: i64) {
         }
         (*rec).header.flags = hflags;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }

@@ -26,6 +26,26 @@ pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
+/// `bpf_ringbuf_query` flags and `bpf_ringbuf_submit` flags.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Submit flags for a record: no wakeup while the ring is less than an
+/// eighth full. The agent polls the ring every few milliseconds anyway, so
+/// a burst of records costs it one wakeup instead of one per record (on a
+/// busy host, per-record wakeups were most of the agent's CPU); a ring
+/// filling up wakes it at once.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 8 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Loss and fault counters, see `monitor_common::counters`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

@@ -42,7 +42,11 @@ fn try_exec(ctx: &BtfTracePointContext) {
     // SAFETY: `rec` is the reserved record; fields are written in place
     // (the record is far larger than the 512-byte stack).
     unsafe {
-        write_header(&raw mut (*rec).header, kind::EXEC, core::mem::size_of::<ExecRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::EXEC,
+            core::mem::size_of::<ExecRecord>(),
+        );
         if fill_task(&raw mut (*rec).task, task).is_err() {
             count_kernel_fault(kind::EXEC);
         }
@@ -52,7 +56,7 @@ fn try_exec(ctx: &BtfTracePointContext) {
         flags |= fill_argv(rec, task);
         (*rec).header.flags = flags;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 /// Filename, resolved path and inode facts of the executed file.
@@ -95,7 +99,8 @@ unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize) -> u16 {
                 capture_path(&raw mut (*rec).path, file + off!(file_f_path));
                 if let Ok(inode) = read_ptr(file, off!(file_f_inode)) {
                     (*rec).exe_ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
-                    (*rec).exe_mode = u32::from(read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0));
+                    (*rec).exe_mode =
+                        u32::from(read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0));
                     (*rec).exe_uid = read::<u32>(inode, off!(inode_i_uid)).unwrap_or(0);
                     let nlink = read::<u32>(inode, off!(inode_i_nlink)).unwrap_or(1);
                     (*rec).exe_nlink = nlink;
@@ -185,14 +190,18 @@ fn try_fork(ctx: &BtfTracePointContext) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::FORK, core::mem::size_of::<ForkRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::FORK,
+            core::mem::size_of::<ForkRecord>(),
+        );
         if fill_task(&raw mut (*rec).task, child).is_err() {
             count_kernel_fault(kind::FORK);
         }
         (*rec).parent_tid = read::<u32>(parent, off!(task_pid)).unwrap_or(0);
         (*rec).parent_pid = read::<u32>(parent, off!(task_tgid)).unwrap_or(0);
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 /// `sched_process_exit(task[, group_dead])`: every thread; the process exit
@@ -233,14 +242,18 @@ fn try_exit(ctx: &BtfTracePointContext) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::EXIT, core::mem::size_of::<ExitRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::EXIT,
+            core::mem::size_of::<ExitRecord>(),
+        );
         if fill_task(&raw mut (*rec).task, task).is_err() {
             count_kernel_fault(kind::EXIT);
         }
         (*rec).exit_code = read::<u32>(task, off!(task_exit_code)).unwrap_or(0);
         (*rec)._pad0 = 0;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 /// Sends the exiting thread's final profile and frees its map slot.
@@ -266,7 +279,7 @@ fn flush_profile(tid: u32, pid: u32) {
                 (*rec).pid = pid;
                 core::ptr::copy_nonoverlapping(profile, &raw mut (*rec).profile, 1);
             }
-            entry.submit(0);
+            entry.submit(crate::kernel::wakeup_flags());
         }
         None => count_ringbuf_full(kind::THREAD_EXIT),
     }

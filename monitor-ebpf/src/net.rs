@@ -2,7 +2,9 @@
 //! `sockaddr`), listen and accept (addresses from the socket itself).
 
 use aya_ebpf::helpers::generated::bpf_probe_read_user;
-use monitor_common::{COUNTER_USER_FAULT, NetRecord, UNIX_PATH_MAX, kind, net_flags, net_op, stash};
+use monitor_common::{
+    COUNTER_USER_FAULT, NetRecord, UNIX_PATH_MAX, kind, net_flags, net_op, stash,
+};
 
 use crate::{
     fds::{file_of_fd, sock_of_file},
@@ -31,7 +33,12 @@ pub fn on_accept(ret: i64) {
     if ret < 0 {
         return; // failed accepts (EAGAIN on non-blocking sockets) are noise
     }
-    let pending = Pending { op: 0, _pad0: 0, args: [0; 6], aux: [0; 4] };
+    let pending = Pending {
+        op: 0,
+        _pad0: 0,
+        args: [0; 6],
+        aux: [0; 4],
+    };
     emit(net_op::ACCEPT, &pending, ret);
 }
 
@@ -43,14 +50,26 @@ fn emit(op: u8, p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record, written field by field.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::NET, core::mem::size_of::<NetRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::NET,
+            core::mem::size_of::<NetRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec)._pad0 = 0;
         (*rec).family = 0;
         (*rec).ret = ret as i32;
-        (*rec).fd = if op == net_op::ACCEPT { ret as i32 } else { p.args[0] as i32 };
-        (*rec).backlog = if op == net_op::LISTEN { p.args[1] as i32 } else { 0 };
+        (*rec).fd = if op == net_op::ACCEPT {
+            ret as i32
+        } else {
+            p.args[0] as i32
+        };
+        (*rec).backlog = if op == net_op::LISTEN {
+            p.args[1] as i32
+        } else {
+            0
+        };
         (*rec).port = 0;
         (*rec).local_port = 0;
         (*rec).sock_type = 0;
@@ -64,7 +83,7 @@ fn emit(op: u8, p: &Pending, ret: i64) {
         };
         (*rec).header.flags = flags;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 /// Fills family/address/port from a `sockaddr` in user memory.
@@ -74,9 +93,7 @@ fn emit(op: u8, p: &Pending, ret: i64) {
 unsafe fn from_user_sockaddr(rec: *mut NetRecord, addr: u64, len: u64) -> u16 {
     let mut family: u16 = 0;
     // SAFETY: reads into a local; the helper faults gracefully.
-    let fault = unsafe {
-        bpf_probe_read_user((&raw mut family).cast(), 2, addr as *const _) != 0
-    };
+    let fault = unsafe { bpf_probe_read_user((&raw mut family).cast(), 2, addr as *const _) != 0 };
     if fault {
         count(COUNTER_USER_FAULT + u32::from(kind::NET));
         return net_flags::ADDR_FAULT;
@@ -88,13 +105,19 @@ unsafe fn from_user_sockaddr(rec: *mut NetRecord, addr: u64, len: u64) -> u16 {
         let ok = match family {
             AF_INET => {
                 bpf_probe_read_user((&raw mut port).cast(), 2, (addr + 2) as *const _) == 0
-                    && bpf_probe_read_user((*rec).addr.as_mut_ptr().cast(), 4, (addr + 4) as *const _)
-                        == 0
+                    && bpf_probe_read_user(
+                        (*rec).addr.as_mut_ptr().cast(),
+                        4,
+                        (addr + 4) as *const _,
+                    ) == 0
             }
             AF_INET6 => {
                 bpf_probe_read_user((&raw mut port).cast(), 2, (addr + 2) as *const _) == 0
-                    && bpf_probe_read_user((*rec).addr.as_mut_ptr().cast(), 16, (addr + 8) as *const _)
-                        == 0
+                    && bpf_probe_read_user(
+                        (*rec).addr.as_mut_ptr().cast(),
+                        16,
+                        (addr + 8) as *const _,
+                    ) == 0
             }
             AF_UNIX => {
                 let mut n = len.saturating_sub(2);
@@ -141,7 +164,8 @@ unsafe fn from_socket(rec: *mut NetRecord, fd: i32, remote: bool) -> u16 {
             AF_INET => {
                 let local: [u8; 4] = read(sk, off!(skc_rcv_saddr)).unwrap_or([0; 4]);
                 let peer: [u8; 4] = read(sk, off!(skc_daddr)).unwrap_or([0; 4]);
-                let widen = |a: [u8; 4]| [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let widen =
+                    |a: [u8; 4]| [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
                 if remote {
                     (*rec).addr = widen(peer);
                     (*rec).local_addr = widen(local);

@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    COUNTER_PROFILE_MAP_FULL, COUNTER_PROFILE_UNCOUNTED, SYSCALL_SLOTS, ThreadProfile,
-    pair_bucket,
+    COUNTER_PROFILE_MAP_FULL, COUNTER_PROFILE_UNCOUNTED, SYSCALL_SLOTS, ThreadProfile, pair_bucket,
 };
 
 use crate::kernel::{config, configured, count, current_ids};
@@ -50,7 +49,11 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn count_syscall(id: i64) {
-    let nr = if (0..SYSCALL_SLOTS as i64).contains(&id) { id as u32 } else { (SYSCALL_SLOTS - 1) as u32 };
+    let nr = if (0..SYSCALL_SLOTS as i64).contains(&id) {
+        id as u32
+    } else {
+        (SYSCALL_SLOTS - 1) as u32
+    };
     let (tid, pid) = current_ids();
     let profile = match PROFILES.get_ptr_mut(tid) {
         Some(profile) => profile,
@@ -80,7 +83,10 @@ fn count_syscall(id: i64) {
 #[cold]
 fn insert(tid: u32, pid: u32) -> Option<*mut ThreadProfile> {
     let zero = ZERO_PROFILE.get(0)?;
-    if PROFILES.insert(tid, zero, aya_ebpf::bindings::BPF_NOEXIST.into()).is_err() {
+    if PROFILES
+        .insert(tid, zero, aya_ebpf::bindings::BPF_NOEXIST.into())
+        .is_err()
+    {
         // Either the map is full, or another program on this thread inserted
         // first (impossible today: only this program inserts).
         count(COUNTER_PROFILE_MAP_FULL);

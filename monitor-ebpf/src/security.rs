@@ -55,21 +55,29 @@ pub fn on_cred_exit(p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::CRED, core::mem::size_of::<CredRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::CRED,
+            core::mem::size_of::<CredRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec)._pad0 = [0; 3];
         (*rec).ret = ret as i32;
         (*rec).args = [p.args[0] as u32, p.args[1] as u32, p.args[2] as u32];
         (*rec).old_uid = [p.aux[0] as u32, (p.aux[0] >> 32) as u32, p.aux[1] as u32];
-        (*rec).old_gid = [(p.aux[1] >> 32) as u32, p.aux[2] as u32, (p.aux[2] >> 32) as u32];
+        (*rec).old_gid = [
+            (p.aux[1] >> 32) as u32,
+            p.aux[2] as u32,
+            (p.aux[2] >> 32) as u32,
+        ];
         (*rec).new_uid = uid;
         (*rec).new_gid = gid;
         (*rec)._pad1 = 0;
         (*rec).old_cap_effective = p.aux[3];
         (*rec).new_cap_effective = caps;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 // ---- ptrace ------------------------------------------------------------------
@@ -84,13 +92,17 @@ pub fn on_ptrace_exit(p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::PTRACE, core::mem::size_of::<PtraceRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::PTRACE,
+            core::mem::size_of::<PtraceRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).request = p.args[0] as i64;
         (*rec).target = p.args[1] as i32;
         (*rec).ret = ret as i32;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 // ---- bpf ---------------------------------------------------------------------
@@ -105,7 +117,11 @@ pub fn on_bpf_exit(p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record; user reads land in its fields.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::BPF, core::mem::size_of::<BpfRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::BPF,
+            core::mem::size_of::<BpfRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).cmd = p.args[0] as u32;
         (*rec).ret = ret as i32;
@@ -115,15 +131,19 @@ pub fn on_bpf_exit(p: &Pending, ret: i64) {
         let attr = p.args[1];
         // union bpf_attr, BPF_PROG_LOAD: prog_type @0, insn_cnt @4, prog_name @48.
         let ok = bpf_probe_read_user((&raw mut (*rec).prog_type).cast(), 4, attr as *const _) == 0
-            && bpf_probe_read_user((&raw mut (*rec).insn_cnt).cast(), 4, (attr + 4) as *const _) == 0
-            && bpf_probe_read_user((*rec).prog_name.as_mut_ptr().cast(), 16, (attr + 48) as *const _)
-                == 0;
+            && bpf_probe_read_user((&raw mut (*rec).insn_cnt).cast(), 4, (attr + 4) as *const _)
+                == 0
+            && bpf_probe_read_user(
+                (*rec).prog_name.as_mut_ptr().cast(),
+                16,
+                (attr + 48) as *const _,
+            ) == 0;
         if !ok {
             count(COUNTER_USER_FAULT + u32::from(kind::BPF));
             (*rec).header.flags = file_flags::USER_FAULT;
         }
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 // ---- memfd -------------------------------------------------------------------
@@ -138,7 +158,11 @@ pub fn on_memfd_exit(p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::MEMFD, core::mem::size_of::<MemfdRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::MEMFD,
+            core::mem::size_of::<MemfdRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).flags = p.args[1] as u32;
         (*rec).ret = ret as i32;
@@ -156,7 +180,7 @@ pub fn on_memfd_exit(p: &Pending, ret: i64) {
             count(COUNTER_USER_FAULT + u32::from(kind::MEMFD));
         }
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 // ---- signals -----------------------------------------------------------------
@@ -177,14 +201,18 @@ pub fn on_kill_exit(p: &Pending, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::KILL, core::mem::size_of::<KillRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::KILL,
+            core::mem::size_of::<KillRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).target = target;
         (*rec).signal = sig;
         (*rec).ret = ret as i32;
         (*rec).syscall = syscall;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 // ---- kernel modules ------------------------------------------------------------
@@ -207,7 +235,11 @@ fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::MODULE, core::mem::size_of::<ModuleRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::MODULE,
+            core::mem::size_of::<ModuleRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec)._pad0 = [0; 3];
@@ -224,7 +256,7 @@ fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
             None => set_empty(&raw mut (*rec).path, path_flags::ABSENT),
         }
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }
 
 // ---- executable anonymous memory -------------------------------------------------
@@ -246,12 +278,21 @@ pub fn check_exec_memory(op: u32, addr: u64, len: u64, prot: u64, flags: u64) {
         }
         return;
     }
-    let mut check = VmaCheck { anonymous: 0, _pad0: 0 };
+    let mut check = VmaCheck {
+        anonymous: 0,
+        _pad0: 0,
+    };
     // SAFETY: the callback matches bpf_find_vma's signature and only writes
     // `check` through the context pointer.
     unsafe {
         let task = bpf_get_current_task_btf();
-        bpf_find_vma(task, addr, vma_is_anonymous as *mut _, (&raw mut check).cast(), 0);
+        bpf_find_vma(
+            task,
+            addr,
+            vma_is_anonymous as *mut _,
+            (&raw mut check).cast(),
+            0,
+        );
     }
     if check.anonymous != 0 {
         emit_mem(mem_op::MPROTECT, addr, len, prot, 0);
@@ -286,7 +327,11 @@ fn emit_mem(op: u8, addr: u64, len: u64, prot: u64, flags: u64) {
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
-        write_header(&raw mut (*rec).header, kind::MEM_EXEC, core::mem::size_of::<MemExecRecord>());
+        write_header(
+            &raw mut (*rec).header,
+            kind::MEM_EXEC,
+            core::mem::size_of::<MemExecRecord>(),
+        );
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec)._pad0 = [0; 3];
@@ -296,5 +341,5 @@ fn emit_mem(op: u8, addr: u64, len: u64, prot: u64, flags: u64) {
         (*rec).addr = addr;
         (*rec).len = len;
     }
-    entry.submit(0);
+    entry.submit(crate::kernel::wakeup_flags());
 }

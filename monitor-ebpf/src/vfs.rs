@@ -8,8 +8,7 @@
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user_str};
 use monitor_common::{
-    COUNTER_PATH_TRUNCATED, KernelPath, NAME_READ_MAX, PATH_CAPTURE_MAX, PATH_DEPTH_MAX,
-    path_flags,
+    COUNTER_PATH_TRUNCATED, KernelPath, NAME_READ_MAX, PATH_CAPTURE_MAX, PATH_DEPTH_MAX, path_flags,
 };
 
 use crate::kernel::{count, off, read_ptr};
@@ -169,7 +168,11 @@ pub fn capture_user_string(out: *mut KernelPath, src: usize) -> bool {
     };
     let (len, flags) = if n > 0 {
         let len = n as usize;
-        let truncated = if len >= PATH_CAPTURE_MAX { path_flags::TRUNCATED } else { 0 };
+        let truncated = if len >= PATH_CAPTURE_MAX {
+            path_flags::TRUNCATED
+        } else {
+            0
+        };
         (len, path_flags::USER_STRING | truncated)
     } else {
         (0, path_flags::USER_STRING | path_flags::FAULT)

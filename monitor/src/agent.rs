@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -51,7 +51,9 @@ pub struct StatePaths {
 impl StatePaths {
     /// Paths under `dir`.
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_owned() }
+        Self {
+            dir: dir.to_owned(),
+        }
     }
     /// The model file.
     pub fn model(&self) -> PathBuf {
@@ -73,19 +75,63 @@ impl StatePaths {
     pub fn status(&self) -> PathBuf {
         self.dir.join("status.json")
     }
+    /// The history the report draws (`crate::report::history`).
+    pub fn history(&self) -> PathBuf {
+        self.dir.join("history.jsonl")
+    }
     /// Windows of recent alerts, for acknowledgement.
     pub fn alert_windows(&self) -> PathBuf {
         self.dir.join("alert-windows.jsonl")
     }
 }
 
-/// One line of the local finding log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoggedFinding {
-    /// The alert, with its explanation.
-    pub alert: Alert,
-    /// The host.
-    pub host: String,
+pub use crate::findings::LoggedFinding;
+
+/// Applies `acks.jsonl` to the engine whenever the file changes.
+#[derive(Default)]
+struct AckWatch {
+    seen: Option<(u64, std::time::SystemTime)>,
+}
+
+impl AckWatch {
+    /// Re-reads the acknowledgements if the file changed (or `force`).
+    fn refresh(&mut self, paths: &StatePaths, detector: &mut Detector, force: bool) {
+        let meta = std::fs::metadata(paths.acks())
+            .ok()
+            .map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
+        if !force && meta == self.seen {
+            return;
+        }
+        self.seen = meta;
+        if detector.engine().baseline().is_none() {
+            return; // applied when learning ends
+        }
+        let result = (|| -> std::io::Result<_> {
+            let (records, bad_acks) = crate::findings::read_lines(&paths.acks())?;
+            let (logged, bad_findings) = crate::findings::read_lines(&paths.findings())?;
+            let active = crate::findings::in_force(&records);
+            let (acked, bad_windows) =
+                crate::findings::acked_findings(&logged, &active, &paths.alert_windows())?;
+            for b in bad_acks.iter().chain(&bad_findings).chain(&bad_windows) {
+                tracing::warn!("{b}");
+            }
+            Ok(acked)
+        })();
+        match result {
+            Ok(acked) => {
+                let (added, withdrawn) = detector.engine_mut().reconcile_acknowledged(&acked);
+                if added + withdrawn > 0 {
+                    eprintln!(
+                        "monitor: acknowledgements: {added} applied, {withdrawn} withdrawn; {} in force",
+                        acked.len()
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %paths.acks().display(), "cannot read acknowledgements")
+            }
+        }
+    }
 }
 
 /// Holds the state directory for one agent: a second agent on the same
@@ -130,37 +176,56 @@ pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
         .create(dir)
         .with_context(|| format!("cannot create state directory {}", dir.display()))?;
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"").with_context(|| format!("state directory {} is not writable", dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("state directory {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
 /// Appends one JSON line to a 0600 file.
 pub fn append_line<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
     let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     line.push(b'\n');
     f.write_all(&line)
 }
 
 /// Loads the saved model, or decides what to do when it is bad.
-fn load_model(paths: &StatePaths, settings: &Settings) -> anyhow::Result<Option<persist::ModelFile>> {
+fn load_model(
+    paths: &StatePaths,
+    settings: &Settings,
+) -> anyhow::Result<Option<persist::ModelFile>> {
     match persist::load(&paths.model()) {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.is_missing() => Ok(None),
         Err(e) => match settings.raw.model.on_bad_model {
-            OnBadModel::Stop => Err(e).context("the saved model cannot be used (model.on_bad_model = \"stop\")"),
+            OnBadModel::Stop => {
+                Err(e).context("the saved model cannot be used (model.on_bad_model = \"stop\")")
+            }
             OnBadModel::Relearn => {
-                let aside = paths.dir.join(format!("model.bin.bad-{}", Timestamp::now().as_millis()));
+                let aside = paths
+                    .dir
+                    .join(format!("model.bin.bad-{}", Timestamp::now().as_millis()));
                 tracing::error!(error = %crate::kernel::error_chain(&e), moved_to = %aside.display(), "the saved model cannot be used; learning again");
-                std::fs::rename(paths.model(), &aside).with_context(|| format!("cannot move the bad model aside to {}", aside.display()))?;
+                std::fs::rename(paths.model(), &aside).with_context(|| {
+                    format!("cannot move the bad model aside to {}", aside.display())
+                })?;
                 Ok(None)
             }
         },
     }
 }
 
-fn save_model(paths: &StatePaths, engine: &Engine, host: &str, created: Timestamp) -> anyhow::Result<u64> {
+fn save_model(
+    paths: &StatePaths,
+    engine: &Engine,
+    host: &str,
+    created: Timestamp,
+) -> anyhow::Result<u64> {
     let Some(baseline) = engine.baseline() else {
         return Ok(0);
     };
@@ -201,7 +266,10 @@ fn progress_line(p: &crate::model::Progress, learn_for: Duration) -> String {
 }
 
 /// Runs the agent until a signal.
-pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    mut signals: crate::cli::ShutdownSignals,
+) -> anyhow::Result<()> {
     let paths = StatePaths::new(&settings.state_dir);
     prepare_state_dir(&paths.dir)?;
     let _lock = StateLock::take(&paths.dir)?;
@@ -217,7 +285,10 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
                 learned = %file.created,
                 "resuming from the saved model; detecting"
             );
-            (Engine::resume(settings.engine.clone(), file.baseline), file.created)
+            (
+                Engine::resume(settings.engine.clone(), file.baseline),
+                file.created,
+            )
         }
         None => {
             tracing::info!(learn_for = %humantime::format_duration(settings.engine.learn_for), "no saved model; learning this host's baseline");
@@ -229,7 +300,12 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
     let mut detector = Detector::new(engine, window_len);
 
     // Output: spool and sinks.
-    let names: Vec<String> = settings.raw.sink.iter().map(crate::config::SinkConfig::name).collect();
+    let names: Vec<String> = settings
+        .raw
+        .sink
+        .iter()
+        .map(crate::config::SinkConfig::name)
+        .collect();
     let spool = Spool::open(
         &paths.spool(),
         SpoolSettings {
@@ -245,7 +321,8 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
     let sink_shutdown = CancellationToken::new();
     let mut deliveries = Vec::new();
     for (i, config) in settings.raw.sink.iter().enumerate() {
-        let sink = Sink::from_config(config, &host.name).map_err(|e| anyhow::anyhow!("sink {}: {e}", names[i]))?;
+        let sink = Sink::from_config(config, &host.name)
+            .map_err(|e| anyhow::anyhow!("sink {}: {e}", names[i]))?;
         deliveries.push(tokio::spawn(sinks::deliver(Delivery {
             spool: spool.clone(),
             sink,
@@ -267,7 +344,11 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
             .await
             .with_context(|| format!("cannot listen on {addr} (api.listen)"))?;
         tracing::info!(%addr, "metrics on /metrics, health on /healthz, status on /status");
-        tokio::spawn(crate::api::serve(listener, status.clone(), api_shutdown.clone()));
+        tokio::spawn(crate::api::serve(
+            listener,
+            status.clone(),
+            api_shutdown.clone(),
+        ));
     }
 
     // Capture last: everything downstream is ready for its events.
@@ -278,7 +359,11 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
         .iter()
         .map(|(s, state)| (s.name().to_owned(), sensor_text(state)))
         .collect();
-    let unavailable: Vec<String> = sensor_states.iter().filter(|(_, s)| *s != "attached" && *s != "disabled").map(|(k, v)| format!("{k}: {v}")).collect();
+    let unavailable: Vec<String> = sensor_states
+        .iter()
+        .filter(|(_, s)| *s != "attached" && *s != "disabled")
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
     let _ = spool.append(
         Class::Activity,
         &serde_json::to_vec(&ocsf::lifecycle(
@@ -294,11 +379,21 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
     eprintln!(
         "monitor: running on {} ({}), {} processes tracked; {}",
         host.name,
-        if detector.engine().phase() == Phase::Learning { "learning" } else { "detecting" },
+        if detector.engine().phase() == Phase::Learning {
+            "learning"
+        } else {
+            "detecting"
+        },
         capture.seed_stats().processes,
-        if settings.raw.sink.len() == 1 { format!("findings to {}", names[0]) } else { format!("findings to {} sinks", names.len()) }
+        if settings.raw.sink.len() == 1 {
+            format!("findings to {}", names[0])
+        } else {
+            format!("findings to {} sinks", names.len())
+        }
     );
 
+    let mut acks = AckWatch::default();
+    acks.refresh(&paths, &mut detector, true);
     let mut ticks = Ticks::new(&settings);
     let mut findings = 0u64;
     let mut last_finding = None;
@@ -324,6 +419,7 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
                         Detection::Learned { windows, profiles } => {
                             eprintln!("monitor: baseline learned from {windows} windows ({profiles} profiles with their own model); detecting");
                             model_created = Timestamp::now();
+                            acks.refresh(&paths, &mut detector, true);
                             match save_model(&paths, detector.engine(), &host.name, model_created) {
                                 Ok(bytes) => tracing::info!(bytes, path = %paths.model().display(), "model saved"),
                                 Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot save the model"),
@@ -334,6 +430,11 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
                 }
             }
             _ = ticks.progress.tick() => {
+                if let Some(s) = status.lock().expect("status lock").as_ref()
+                    && let Err(e) = crate::report::history::append(&paths.history(), &crate::report::history::Point::of(s))
+                {
+                    tracing::warn!(error = %e, "cannot write the history");
+                }
                 let p = detector.progress();
                 if p.phase == Phase::Learning {
                     eprintln!("monitor: {}", progress_line(&p, settings.engine.learn_for));
@@ -356,6 +457,7 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
                 spool.sync();
             }
             _ = ticks.status.tick() => {
+                acks.refresh(&paths, &mut detector, false);
                 let now = Instant::now();
                 let rate = (events - last_events.0) as f64 / now.duration_since(last_events.1).as_secs_f64().max(1e-3);
                 last_events = (events, now);
@@ -415,31 +517,62 @@ pub async fn run(settings: Settings, mut signals: crate::cli::ShutdownSignals) -
             }
         }
     }
-    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "sources drained");
+    tracing::debug!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "sources drained"
+    );
     if let Err(e) = save_model(&paths, detector.engine(), &host.name, model_created) {
         tracing::error!(error = %format!("{e:#}"), "cannot save the model at shutdown");
     }
-    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "model saved");
-    spool_append(&spool, Class::Activity, &ocsf::lifecycle(Lifecycle::Stop, &host, &format!("monitor stopping ({reason})"), serde_json::json!({ "findings": findings, "events": events, "lost": capture.loss_totals() })));
+    tracing::debug!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "model saved"
+    );
+    spool_append(
+        &spool,
+        Class::Activity,
+        &ocsf::lifecycle(
+            Lifecycle::Stop,
+            &host,
+            &format!("monitor stopping ({reason})"),
+            serde_json::json!({ "findings": findings, "events": events, "lost": capture.loss_totals() }),
+        ),
+    );
     sink_shutdown.cancel();
     api_shutdown.cancel();
     for d in deliveries {
         let _ = tokio::time::timeout(Duration::from_millis(1500), d).await;
     }
     spool.sync();
-    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "sinks drained");
+    tracing::debug!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "sinks drained"
+    );
     let lost = capture.loss_totals();
     eprintln!(
         "monitor: stopped; {events} events, {findings} findings; lost events: {}",
-        if lost.is_empty() { "none".to_owned() } else { lost.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") }
+        if lost.is_empty() {
+            "none".to_owned()
+        } else {
+            lost.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
     );
     if let Phase::Learning = detector.engine().phase() {
         eprintln!("monitor: learning was not finished; it starts over on the next run");
     }
     drop(capture);
-    tracing::debug!(elapsed_ms = stopping.elapsed().as_millis() as u64, "probes detached");
+    tracing::debug!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "probes detached"
+    );
     if spool.stats().degraded.is_some() {
-        bail!("the spool could not be written: {}", spool.stats().degraded.unwrap_or_default());
+        bail!(
+            "the spool could not be written: {}",
+            spool.stats().degraded.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -461,7 +594,13 @@ fn spool_append(spool: &Spool, class: Class, record: &serde_json::Value) {
     }
 }
 
-fn emit_finding(spool: &Spool, paths: &StatePaths, host: &Host, alert: &Alert, detector: &Detector) {
+fn emit_finding(
+    spool: &Spool,
+    paths: &StatePaths,
+    host: &Host,
+    alert: &Alert,
+    detector: &Detector,
+) {
     spool_append(spool, Class::Findings, &ocsf::finding(alert, host));
     let logged = LoggedFinding {
         alert: alert.clone(),

@@ -71,7 +71,11 @@ pub fn health(status: &Status) -> Result<(), String> {
     let mut problems = Vec::new();
     for s in &status.sinks {
         if s.failing_for_secs.is_some_and(|t| t > 60.0) {
-            problems.push(format!("sink {} failing: {}", s.name, s.last_error.clone().unwrap_or_default()));
+            problems.push(format!(
+                "sink {} failing: {}",
+                s.name,
+                s.last_error.clone().unwrap_or_default()
+            ));
         }
     }
     if let Some(why) = &status.spool.degraded {
@@ -82,11 +86,17 @@ pub fn health(status: &Status) -> Result<(), String> {
             problems.push(format!("sensor {sensor} {state}"));
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The status in Prometheus text exposition format.
@@ -100,45 +110,141 @@ pub fn metrics(s: &Status) -> String {
     };
     let one = |v: f64| vec![(String::new(), v)];
     metric("monitor_up", "gauge", "1 while the agent runs.", one(1.0));
-    metric("monitor_learning", "gauge", "1 while learning the baseline, 0 while detecting.", one(f64::from(u8::from(s.phase == Phase::Learning))));
-    metric("monitor_events_total", "counter", "Events processed.", one(s.events as f64));
-    metric("monitor_kernel_records_total", "counter", "Records received from the kernel.", one(s.kernel_records as f64));
+    metric(
+        "monitor_learning",
+        "gauge",
+        "1 while learning the baseline, 0 while detecting.",
+        one(f64::from(u8::from(s.phase == Phase::Learning))),
+    );
+    metric(
+        "monitor_events_total",
+        "counter",
+        "Events processed.",
+        one(s.events as f64),
+    );
+    metric(
+        "monitor_kernel_records_total",
+        "counter",
+        "Records received from the kernel.",
+        one(s.kernel_records as f64),
+    );
     metric(
         "monitor_lost_events_total",
         "counter",
         "Events lost, by reason.",
-        s.lost.iter().map(|(k, v)| (format!("{{reason=\"{}\"}}", escape_label(k)), *v as f64)).collect(),
+        s.lost
+            .iter()
+            .map(|(k, v)| (format!("{{reason=\"{}\"}}", escape_label(k)), *v as f64))
+            .collect(),
     );
-    metric("monitor_windows_total", "counter", "Behaviour windows closed.", one(s.progress.windows_seen as f64));
-    metric("monitor_baseline_windows", "gauge", "Windows in the baseline.", one(s.progress.baseline_windows as f64));
-    metric("monitor_profiles", "gauge", "Behaviour profiles in the baseline.", one(s.progress.profiles as f64));
-    metric("monitor_findings_total", "counter", "Findings raised.", one(s.findings as f64));
-    metric("monitor_alerts_suppressed_total", "counter", "Alert-worthy windows folded into an open alert.", one(s.progress.suppressed as f64));
-    metric("monitor_processes_tracked", "gauge", "Processes in the process table.", one(s.processes as f64));
-    metric("monitor_resident_memory_bytes", "gauge", "Resident memory of the agent.", one(s.rss_bytes as f64));
-    metric("monitor_spool_bytes", "gauge", "Bytes in the spool.", one(s.spool.bytes as f64));
+    metric(
+        "monitor_windows_total",
+        "counter",
+        "Behaviour windows closed.",
+        one(s.progress.windows_seen as f64),
+    );
+    metric(
+        "monitor_baseline_windows",
+        "gauge",
+        "Windows in the baseline.",
+        one(s.progress.baseline_windows as f64),
+    );
+    metric(
+        "monitor_profiles",
+        "gauge",
+        "Behaviour profiles in the baseline.",
+        one(s.progress.profiles as f64),
+    );
+    metric(
+        "monitor_findings_total",
+        "counter",
+        "Findings raised.",
+        one(s.findings as f64),
+    );
+    metric(
+        "monitor_alerts_suppressed_total",
+        "counter",
+        "Alert-worthy windows folded into an open alert.",
+        one(s.progress.suppressed as f64),
+    );
+    metric(
+        "monitor_processes_tracked",
+        "gauge",
+        "Processes in the process table.",
+        one(s.processes as f64),
+    );
+    metric(
+        "monitor_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the agent.",
+        one(s.rss_bytes as f64),
+    );
+    metric(
+        "monitor_spool_bytes",
+        "gauge",
+        "Bytes in the spool.",
+        one(s.spool.bytes as f64),
+    );
     metric(
         "monitor_spool_dropped_total",
         "counter",
         "Records dropped because the spool was full, by class.",
         vec![
-            ("{class=\"findings\"}".into(), s.spool.dropped_findings as f64),
-            ("{class=\"activity\"}".into(), s.spool.dropped_activity as f64),
+            (
+                "{class=\"findings\"}".into(),
+                s.spool.dropped_findings as f64,
+            ),
+            (
+                "{class=\"activity\"}".into(),
+                s.spool.dropped_activity as f64,
+            ),
         ],
     );
-    metric("monitor_spool_degraded", "gauge", "1 while the spool's disk refuses writes.", one(f64::from(u8::from(s.spool.degraded.is_some()))));
+    metric(
+        "monitor_spool_degraded",
+        "gauge",
+        "1 while the spool's disk refuses writes.",
+        one(f64::from(u8::from(s.spool.degraded.is_some()))),
+    );
     let sink = |f: fn(&SinkHealth) -> f64| -> Vec<(String, f64)> {
-        s.sinks.iter().map(|h| (format!("{{sink=\"{}\"}}", escape_label(&h.name)), f(h))).collect()
+        s.sinks
+            .iter()
+            .map(|h| (format!("{{sink=\"{}\"}}", escape_label(&h.name)), f(h)))
+            .collect()
     };
-    metric("monitor_sink_delivered_total", "counter", "Records delivered, by sink.", sink(|h| h.delivered as f64));
-    metric("monitor_sink_failures_total", "counter", "Failed delivery attempts, by sink.", sink(|h| h.failures as f64));
-    metric("monitor_sink_rejected_total", "counter", "Records the destination rejected, by sink.", sink(|h| h.rejected as f64));
-    metric("monitor_sink_up", "gauge", "1 while the sink delivers.", sink(|h| f64::from(u8::from(h.last_error.is_none()))));
+    metric(
+        "monitor_sink_delivered_total",
+        "counter",
+        "Records delivered, by sink.",
+        sink(|h| h.delivered as f64),
+    );
+    metric(
+        "monitor_sink_failures_total",
+        "counter",
+        "Failed delivery attempts, by sink.",
+        sink(|h| h.failures as f64),
+    );
+    metric(
+        "monitor_sink_rejected_total",
+        "counter",
+        "Records the destination rejected, by sink.",
+        sink(|h| h.rejected as f64),
+    );
+    metric(
+        "monitor_sink_up",
+        "gauge",
+        "1 while the sink delivers.",
+        sink(|h| f64::from(u8::from(h.last_error.is_none()))),
+    );
     out
 }
 
 /// Serves the API until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, status: SharedStatus, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+) {
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -154,7 +260,9 @@ pub async fn serve(listener: tokio::net::TcpListener, status: SharedStatus, shut
                 async move { Ok::<_, Infallible>(respond(req.uri().path(), &status)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
         });
     }
 }
@@ -177,7 +285,15 @@ fn respond(path: &str, status: &SharedStatus) -> Response<Full<Bytes>> {
             Ok(()) => reply(200, "text/plain", "ok\n".into()),
             Err(why) => reply(503, "text/plain", format!("unhealthy: {why}\n")),
         },
-        "/status" => reply(200, "application/json", serde_json::to_string_pretty(&s).unwrap_or_default()),
-        _ => reply(404, "text/plain", "not found: try /metrics, /healthz or /status\n".into()),
+        "/status" => reply(
+            200,
+            "application/json",
+            serde_json::to_string_pretty(&s).unwrap_or_default(),
+        ),
+        _ => reply(
+            404,
+            "text/plain",
+            "not found: try /metrics, /healthz or /status\n".into(),
+        ),
     }
 }

@@ -132,7 +132,10 @@ impl Capture {
         let ring = probes.take_events()?;
         let counters = probes.take_counters()?;
         let profiler = if settings.probes.syscall_profiles {
-            Some(Profiler::new(probes.take_profiles()?, settings.profiles.clone()))
+            Some(Profiler::new(
+                probes.take_profiles()?,
+                settings.profiles.clone(),
+            ))
         } else {
             None
         };
@@ -308,7 +311,9 @@ impl Capture {
             }
             Detail::FileUnlink(f) | Detail::FileRename(f) => {
                 f.sensitive = self.sensitive.write_matches(f.path.as_bytes())
-                    || f.new_path.as_ref().is_some_and(|p| self.sensitive.write_matches(p.as_bytes()));
+                    || f.new_path
+                        .as_ref()
+                        .is_some_and(|p| self.sensitive.write_matches(p.as_bytes()));
                 f.sensitive
             }
             _ => true,
@@ -352,8 +357,12 @@ impl Capture {
 
     /// All loss counters since start (kernel and userspace).
     pub fn loss_totals(&self) -> BTreeMap<String, u64> {
-        let mut totals: BTreeMap<String, u64> =
-            self.counters.read().into_iter().filter(|(k, _)| is_loss(k)).collect();
+        let mut totals: BTreeMap<String, u64> = self
+            .counters
+            .read()
+            .into_iter()
+            .filter(|(k, _)| is_loss(k))
+            .collect();
         let decode_errors = self.stats.decode_errors.load(Ordering::Relaxed);
         if decode_errors > 0 {
             totals.insert("decode_error".into(), decode_errors);
@@ -370,7 +379,11 @@ impl Capture {
 
     /// Fault counters (degraded fields, not lost events).
     pub fn fault_totals(&self) -> BTreeMap<String, u64> {
-        self.counters.read().into_iter().filter(|(k, _)| !is_loss(k)).collect()
+        self.counters
+            .read()
+            .into_iter()
+            .filter(|(k, _)| !is_loss(k))
+            .collect()
     }
 
     /// Queues a `loss` event if any loss counter grew since the last one.
@@ -389,7 +402,9 @@ impl Capture {
         tracing::warn!(?counts, "events lost");
         self.loss_reported = totals.clone();
         let time = crate::event::Timestamp::now();
-        self.pending
-            .push_back(Event::new(time, Detail::Loss(LossDetail { counts, totals })));
+        self.pending.push_back(Event::new(
+            time,
+            Detail::Loss(LossDetail { counts, totals }),
+        ));
     }
 }

@@ -86,7 +86,9 @@ impl Detector {
             return Vec::new();
         }
         match self.engine.finish_learning() {
-            Ok(Outcome::Learned { windows, profiles }) => vec![Detection::Learned { windows, profiles }],
+            Ok(Outcome::Learned { windows, profiles }) => {
+                vec![Detection::Learned { windows, profiles }]
+            }
             Ok(_) => Vec::new(),
             Err(err) => vec![Detection::LearningExtended(err.to_string())],
         }
@@ -94,7 +96,9 @@ impl Detector {
 
     /// A recently scored window by its alert id.
     pub fn recent_window(&self, alert_id: &str) -> Option<&Window> {
-        self.recent.iter().find(|w| crate::model::alert::alert_id(w) == alert_id)
+        self.recent
+            .iter()
+            .find(|w| crate::model::alert::alert_id(w) == alert_id)
     }
 
     fn observe_all(&mut self, closed: Vec<Window>) -> Vec<Detection> {

@@ -19,12 +19,15 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod detect;
+pub mod drill;
 pub mod event;
+pub mod findings;
 pub mod kernel;
 pub mod model;
 pub mod output;
 pub mod process;
 pub mod profiles;
+pub mod report;
 pub mod sensitive;
 pub mod syscalls;
 

@@ -23,6 +23,11 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run(args) => monitor::cli::run::run(args).await,
             Command::Status(args) => monitor::cli::run::status(&args),
+            Command::Alerts(args) => monitor::cli::alerts::alerts(&args),
+            Command::Ack(args) => monitor::cli::alerts::ack(&args),
+            Command::Drill(args) => monitor::cli::drill::run(&args),
+            Command::Report(args) => monitor::cli::report::run(&args),
+            Command::DrillStep(args) => monitor::cli::drill::step(&args),
             Command::Config(cmd) => monitor::cli::run::config(&cmd),
             Command::Model(cmd) => monitor::cli::model::run(&cmd),
             Command::Record(args) => monitor::cli::record::run(args).await,

@@ -93,6 +93,44 @@ pub struct Profiler {
     read_errors: u64,
 }
 
+/// The open window of `pid`, stretched to cover `since..now`.
+fn open_window(
+    open: &mut HashMap<u32, ProfileWindow>,
+    pid: u32,
+    since: u64,
+    now: u64,
+) -> &mut ProfileWindow {
+    let window = open.entry(pid).or_insert_with(|| ProfileWindow {
+        pid,
+        start_ns: since,
+        ..Default::default()
+    });
+    window.start_ns = window.start_ns.min(since);
+    window.end_ns = window.end_ns.max(now);
+    window
+}
+
+/// Adds the counters' growth since `before` (zero when `None`) to `into`,
+/// and moves `before` up to them.
+fn accumulate(
+    into: &mut BTreeMap<u16, u64>,
+    total: &mut u64,
+    now: &[u32],
+    mut before: Option<&mut [u32]>,
+) {
+    for (i, &value) in now.iter().enumerate() {
+        let prior = before.as_ref().map_or(0, |b| b[i]);
+        let delta = value.wrapping_sub(prior);
+        if delta != 0 {
+            *into.entry(i as u16).or_default() += u64::from(delta);
+            *total += u64::from(delta);
+            if let Some(b) = before.as_mut() {
+                b[i] = value;
+            }
+        }
+    }
+}
+
 impl Profiler {
     /// Wraps the map.
     pub fn new(map: BpfHashMap<MapData, u32, ThreadProfile>, settings: ProfileSettings) -> Self {
@@ -131,35 +169,42 @@ impl Profiler {
             snapshot.counts.fill(0);
             snapshot.pairs.fill(0);
         }
-        let window = self.open.entry(pid).or_insert_with(|| ProfileWindow {
-            pid,
-            start_ns: snapshot.taken_ns,
-            ..Default::default()
-        });
-        window.start_ns = window.start_ns.min(snapshot.taken_ns);
-        window.end_ns = window.end_ns.max(now_ns);
+        let since = snapshot.taken_ns;
         snapshot.taken_ns = now_ns;
-        for (nr, (&now, before)) in profile.counts.iter().zip(snapshot.counts.iter_mut()).enumerate() {
-            let delta = now.wrapping_sub(*before);
-            if delta != 0 {
-                *window.counts.entry(nr as u16).or_default() += u64::from(delta);
-                window.total += u64::from(delta);
-                *before = now;
-            }
-        }
-        for (bucket, (&now, before)) in profile.pairs.iter().zip(snapshot.pairs.iter_mut()).enumerate() {
-            let delta = now.wrapping_sub(*before);
-            if delta != 0 {
-                *window.pairs.entry(bucket as u16).or_default() += u64::from(delta);
-                *before = now;
-            }
-        }
+        let window = open_window(&mut self.open, pid, since, now_ns);
+        accumulate(
+            &mut window.counts,
+            &mut window.total,
+            &profile.counts,
+            Some(&mut snapshot.counts[..]),
+        );
+        let mut pairs_total = 0;
+        accumulate(
+            &mut window.pairs,
+            &mut pairs_total,
+            &profile.pairs,
+            Some(&mut snapshot.pairs[..]),
+        );
     }
 
     /// A thread exited with these final counters.
     pub fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
-        self.add(tid, pid, profile, ktime_ns);
-        self.snapshots.remove(&tid);
+        match self.snapshots.get(&tid) {
+            Some(s) if s.pid == pid => {
+                self.add(tid, pid, profile, ktime_ns);
+                self.snapshots.remove(&tid);
+            }
+            _ => {
+                // Never drained (most short-lived processes): everything
+                // since it started counts, and no snapshot is needed.
+                self.snapshots.remove(&tid);
+                let since = self.last_drain_ns.min(ktime_ns);
+                let window = open_window(&mut self.open, pid, since, ktime_ns);
+                accumulate(&mut window.counts, &mut window.total, &profile.counts, None);
+                let mut pairs_total = 0;
+                accumulate(&mut window.pairs, &mut pairs_total, &profile.pairs, None);
+            }
+        }
     }
 
     /// The process exited: its final window, if it made any syscall since

@@ -101,7 +101,9 @@ impl Pattern {
                 "*" => components.push(Component::Any),
                 "." | ".." => return Err(err("contains . or .. components")),
                 p if p.contains('*') => {
-                    return Err(err("uses * inside a component (only a whole-component * is supported)"));
+                    return Err(err(
+                        "uses * inside a component (only a whole-component * is supported)",
+                    ));
                 }
                 p => components.push(Component::Literal(p.as_bytes().to_vec())),
             }
@@ -174,8 +176,14 @@ impl SensitivePaths {
     /// Parses both lists.
     pub fn new<S: AsRef<str>>(read: &[S], write: &[S]) -> Result<Self, PatternError> {
         Ok(Self {
-            read: read.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>()?,
-            write: write.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>()?,
+            read: read
+                .iter()
+                .map(|p| Pattern::parse(p.as_ref()))
+                .collect::<Result<_, _>>()?,
+            write: write
+                .iter()
+                .map(|p| Pattern::parse(p.as_ref()))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -256,7 +264,10 @@ mod tests {
     #[test]
     fn defaults_split_reads_from_writes() {
         let s = SensitivePaths::default();
-        assert!(!s.read_matches(b"/etc/ld.so.cache"), "every process reads it");
+        assert!(
+            !s.read_matches(b"/etc/ld.so.cache"),
+            "every process reads it"
+        );
         assert!(s.read_matches(b"/etc/shadow"));
         assert!(s.write_matches(b"/etc/ld.so.cache"));
         assert!(s.write_matches(b"/home/bob/.ssh/authorized_keys"));

@@ -33,7 +33,9 @@ impl Abi {
 
     /// The x86_64 number of a canonical name.
     pub fn x86_64_number(name: &str) -> Option<u32> {
-        name.parse::<syscalls::x86_64::Sysno>().ok().map(|s| s.id() as u32)
+        name.parse::<syscalls::x86_64::Sysno>()
+            .ok()
+            .map(|s| s.id() as u32)
     }
 
     /// Canonical id of syscall `nr` of this ABI (see [`canonical_id`]).
@@ -51,13 +53,39 @@ const EXTRA_BASE: u16 = 1000;
 /// fixed id above 1000 for names x86_64 lacks; `sys_<n>` names keep `n`
 /// offset by 2000 so they stay distinct.
 pub fn canonical_id(name: &str) -> u16 {
+    // Hot path (every syscall of every window): a table built once.
+    static BY_NAME: std::sync::OnceLock<std::collections::HashMap<&'static str, u16>> =
+        std::sync::OnceLock::new();
+    let table = BY_NAME.get_or_init(|| {
+        (0..1000u32)
+            .filter_map(|nr| {
+                syscalls::x86_64::Sysno::new(nr as usize).map(|s| (s.name(), nr as u16))
+            })
+            .chain(
+                EXTRA_NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (*n, EXTRA_BASE + i as u16)),
+            )
+            .collect()
+    });
+    if let Some(&id) = table.get(name) {
+        return id;
+    }
+    slow_canonical_id(name)
+}
+
+fn slow_canonical_id(name: &str) -> u16 {
     if let Some(nr) = Abi::x86_64_number(name) {
         return nr as u16;
     }
     if let Some(i) = EXTRA_NAMES.iter().position(|n| *n == name) {
         return EXTRA_BASE + i as u16;
     }
-    if let Some(n) = name.strip_prefix("sys_").and_then(|n| n.parse::<u16>().ok()) {
+    if let Some(n) = name
+        .strip_prefix("sys_")
+        .and_then(|n| n.parse::<u16>().ok())
+    {
         return 2000 + n.min(999);
     }
     EXTRA_BASE + (EXTRA_NAMES.len() - 1) as u16
@@ -69,7 +97,10 @@ pub fn canonical_name(id: u16) -> Cow<'static, str> {
         0..1000 => Abi::X86_64.name(u32::from(id)),
         2000.. => Cow::Owned(format!("sys_{}", id - 2000)),
         _ => Cow::Borrowed(
-            EXTRA_NAMES.get(usize::from(id - EXTRA_BASE)).copied().unwrap_or("sys_unknown"),
+            EXTRA_NAMES
+                .get(usize::from(id - EXTRA_BASE))
+                .copied()
+                .unwrap_or("sys_unknown"),
         ),
     }
 }
@@ -150,7 +181,11 @@ mod tests {
         for name in ["getppid", "mmap", "socketcall", "ipc", "sys_511"] {
             assert_eq!(canonical_name(canonical_id(name)), name);
         }
-        assert_eq!(Abi::I386.canonical_id(192), Abi::X86_64.canonical_id(9), "mmap2 is mmap");
+        assert_eq!(
+            Abi::I386.canonical_id(192),
+            Abi::X86_64.canonical_id(9),
+            "mmap2 is mmap"
+        );
     }
 
     #[test]

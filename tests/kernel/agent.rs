@@ -15,14 +15,14 @@ use monitor_tests::{kernel_test, test_dir};
 use crate::cli::agent;
 
 /// A running agent with its stdout and stderr in files.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     stdout: PathBuf,
     stderr: PathBuf,
 }
 
 impl Agent {
-    fn start(dir: &Path, args: &[&str]) -> Self {
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Self {
         let stdout = dir.join("stdout.jsonl");
         let stderr = dir.join("stderr.log");
         let child = Command::new(agent())
@@ -32,10 +32,14 @@ impl Agent {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("start monitor run");
-        Self { child, stdout, stderr }
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
@@ -43,20 +47,27 @@ impl Agent {
         std::fs::read_to_string(&self.stdout)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON: {e}: {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON: {e}: {l}"))
+            })
             .collect()
     }
 
-    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; stderr:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stderr:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     /// SIGTERM; returns the exit status and how long the stop took.
-    fn stop(mut self) -> (std::process::ExitStatus, Duration, String) {
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, Duration, String) {
         self.terminate()
     }
 
@@ -81,11 +92,22 @@ impl Drop for Agent {
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("API reachable");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -94,27 +116,44 @@ pub fn validate_ocsf(file: &Path) -> String {
     let python = match std::env::var("MONITOR_OCSF_PYTHON") {
         Ok(p) => p,
         Err(_) if std::env::var_os("MONITOR_REQUIRE_KERNEL").is_some() => {
-            panic!("MONITOR_OCSF_PYTHON is not set: run the tests through `cargo xtask test`, which installs the OCSF schema")
+            panic!(
+                "MONITOR_OCSF_PYTHON is not set: run the tests through `cargo xtask test`, which installs the OCSF schema"
+            )
         }
         Err(_) => {
-            eprintln!("SKIPPED OCSF schema validation: MONITOR_OCSF_PYTHON not set (use `cargo xtask test`)");
+            eprintln!(
+                "SKIPPED OCSF schema validation: MONITOR_OCSF_PYTHON not set (use `cargo xtask test`)"
+            );
             return String::new();
         }
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ocsf/validate.py");
-    let out = Command::new(python).arg(script).arg(file).output().expect("run the OCSF validator");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(file)
+        .output()
+        .expect("run the OCSF validator");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "OCSF schema validation failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "OCSF schema validation failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
 fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
-    let Some(_k) = kernel_test("run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read") else {
+    let Some(_k) = kernel_test("run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read")
+    else {
         return;
     };
     let dir = test_dir("run");
@@ -123,61 +162,142 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
     let running = Agent::start(
         &dir,
         &[
-            "--learn-for", "20s", "--min-windows", "30", "--profile-window", "1s", "--raw-events",
-            "--state-dir", state.to_str().unwrap(), "--api-listen", &format!("127.0.0.1:{port}"),
+            "--learn-for",
+            "20s",
+            "--min-windows",
+            "30",
+            "--profile-window",
+            "1s",
+            "--raw-events",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--api-listen",
+            &format!("127.0.0.1:{port}"),
         ],
     );
-    running.wait_for("learning progress", Duration::from_secs(30), |a| a.stderr().contains("monitor: learning:"));
-    running.wait_for("the end of learning", Duration::from_secs(90), |a| a.stderr().contains("detecting"));
+    running.wait_for("learning progress", Duration::from_secs(30), |a| {
+        a.stderr().contains("monitor: learning:")
+    });
+    running.wait_for("the end of learning", Duration::from_secs(90), |a| {
+        a.stderr().contains("detecting")
+    });
     // The API's snapshot refreshes every second.
-    running.wait_for("the API to report detecting", Duration::from_secs(5), |_| http_get(port, "/metrics").1.contains("monitor_learning 0"));
+    running.wait_for(
+        "the API to report detecting",
+        Duration::from_secs(5),
+        |_| http_get(port, "/metrics").1.contains("monitor_learning 0"),
+    );
     let (code, metrics) = http_get(port, "/metrics");
     assert_eq!(code, 200);
-    assert!(metrics.contains("monitor_learning 0") && metrics.contains("monitor_lost_events_total"), "{metrics}");
+    assert!(
+        metrics.contains("monitor_learning 0") && metrics.contains("monitor_lost_events_total"),
+        "{metrics}"
+    );
     let (code, health) = http_get(port, "/healthz");
     assert_eq!((code, health.trim()), (200, "ok"));
     let (code, status) = http_get(port, "/status");
     assert_eq!(code, 200);
     assert!(status.contains("\"phase\": \"detecting\""), "{status}");
-    let status_cli = Command::new(agent()).args(["status", "--state-dir", state.to_str().unwrap()]).output().unwrap();
+    let status_cli = Command::new(agent())
+        .args(["status", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&status_cli.stdout);
-    assert!(status_cli.status.success() && text.contains("agent      running") && text.contains("detecting"), "{text}");
+    assert!(
+        status_cli.status.success()
+            && text.contains("agent      running")
+            && text.contains("detecting"),
+        "{text}"
+    );
 
-    let attack = Command::new("sh").args(["-c", "cat /etc/shadow > /dev/null; id; uname -a"]).stdout(Stdio::null()).status().unwrap();
+    let attack = Command::new("sh")
+        .args(["-c", "cat /etc/shadow > /dev/null; id; uname -a"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(attack.success());
     let shadow_finding = |a: &Agent| {
         a.records().into_iter().any(|r| {
-            r["class_uid"] == 2004 && r["actor"]["process"]["cmd_line"].as_str().is_some_and(|c| c.contains("cat /etc/shadow"))
+            r["class_uid"] == 2004
+                && r["actor"]["process"]["cmd_line"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("cat /etc/shadow"))
         })
     };
-    running.wait_for("a finding for the shadow read", Duration::from_secs(20), shadow_finding);
+    running.wait_for(
+        "a finding for the shadow read",
+        Duration::from_secs(20),
+        shadow_finding,
+    );
     let finding = running
         .records()
         .into_iter()
-        .find(|r| r["class_uid"] == 2004 && r["actor"]["process"]["cmd_line"].as_str().is_some_and(|c| c.contains("cat /etc/shadow")))
+        .find(|r| {
+            r["class_uid"] == 2004
+                && r["actor"]["process"]["cmd_line"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("cat /etc/shadow"))
+        })
         .unwrap();
     let novelty = finding["unmapped"]["monitor"]["novelty"].to_string();
-    assert!(novelty.contains("new_sensitive_path") && novelty.contains("/etc/shadow"), "{novelty}");
-    assert!(finding["finding_info"]["desc"].as_str().unwrap().contains("observed vs expected") || !novelty.is_empty());
-    assert_eq!(finding["actor"]["process"]["parent_process"]["file"]["path"], "/usr/bin/dash");
+    assert!(
+        novelty.contains("new_sensitive_path") && novelty.contains("/etc/shadow"),
+        "{novelty}"
+    );
+    assert!(
+        finding["finding_info"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("observed vs expected")
+            || !novelty.is_empty()
+    );
+    assert_eq!(
+        finding["actor"]["process"]["parent_process"]["file"]["path"],
+        "/usr/bin/dash"
+    );
 
     let (status, took, stderr) = running.stop();
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
     let model = state.join("model.bin");
-    assert_eq!(std::fs::metadata(&model).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
-    assert_eq!(std::fs::metadata(state.join("findings.jsonl")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&model).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(state.join("findings.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let validated = validate_ocsf(&dir.join("stdout.jsonl"));
     eprintln!("{validated}");
     for class in ["x2004", "x1007", "x6002"] {
-        assert!(validated.is_empty() || validated.contains(class), "{class} produced and validated: {validated}");
+        assert!(
+            validated.is_empty() || validated.contains(class),
+            "{class} produced and validated: {validated}"
+        );
     }
 
     // Restart: resumes from the saved model without learning.
-    let again = Agent::start(&dir, &["--state-dir", state.to_str().unwrap(), "--api-listen", ""]);
-    again.wait_for("resume", Duration::from_secs(20), |a| a.stderr().contains("(detecting)"));
-    assert!(again.stderr().contains("resuming from the saved model"), "{}", again.stderr());
+    let again = Agent::start(
+        &dir,
+        &["--state-dir", state.to_str().unwrap(), "--api-listen", ""],
+    );
+    again.wait_for("resume", Duration::from_secs(20), |a| {
+        a.stderr().contains("(detecting)")
+    });
+    assert!(
+        again.stderr().contains("resuming from the saved model"),
+        "{}",
+        again.stderr()
+    );
     let (status, _, _) = again.stop();
     assert!(status.success());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -191,23 +311,54 @@ fn a_bad_model_is_relearned_or_refused_as_configured() {
     let dir = test_dir("badmodel");
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("model.bin"), b"MONITOR-MODEL\n\x01\x00\x00\x00truncated").unwrap();
+    std::fs::write(
+        state.join("model.bin"),
+        b"MONITOR-MODEL\n\x01\x00\x00\x00truncated",
+    )
+    .unwrap();
     let stop_conf = dir.join("stop.toml");
     std::fs::write(&stop_conf, "[model]\non_bad_model = \"stop\"\n").unwrap();
     let out = Command::new(agent())
-        .args(["run", "--config", stop_conf.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--api-listen", ""])
+        .args([
+            "run",
+            "--config",
+            stop_conf.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--api-listen",
+            "",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("model.bin is truncated") && stderr.contains("on_bad_model"), "{stderr}");
+    assert!(
+        stderr.contains("model.bin is truncated") && stderr.contains("on_bad_model"),
+        "{stderr}"
+    );
 
-    let relearn = Agent::start(&dir, &["--state-dir", state.to_str().unwrap(), "--api-listen", ""]);
-    relearn.wait_for("relearning", Duration::from_secs(20), |a| a.stderr().contains("(learning)"));
-    assert!(relearn.stderr().contains("learning again"), "{}", relearn.stderr());
+    let relearn = Agent::start(
+        &dir,
+        &["--state-dir", state.to_str().unwrap(), "--api-listen", ""],
+    );
+    relearn.wait_for("relearning", Duration::from_secs(20), |a| {
+        a.stderr().contains("(learning)")
+    });
+    assert!(
+        relearn.stderr().contains("learning again"),
+        "{}",
+        relearn.stderr()
+    );
     let (status, _, _) = relearn.stop();
     assert!(status.success());
-    let moved = std::fs::read_dir(&state).unwrap().filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("model.bin.bad-"));
+    let moved = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("model.bin.bad-")
+        });
     assert!(moved, "the bad model was moved aside, not deleted");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -216,15 +367,38 @@ fn a_bad_model_is_relearned_or_refused_as_configured() {
 fn config_check_names_the_file_line_and_key() {
     let dir = test_dir("config");
     let file = dir.join("monitor.toml");
-    std::fs::write(&file, "[capture]\nsyscall_profiles = true\nring_bufer = \"16MiB\"\n").unwrap();
-    let out = Command::new(agent()).args(["config", "check", file.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &file,
+        "[capture]\nsyscall_profiles = true\nring_bufer = \"16MiB\"\n",
+    )
+    .unwrap();
+    let out = Command::new(agent())
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains(&format!("{}:3:1: capture.ring_bufer: unknown field `ring_bufer`", file.display())), "{stderr}");
-    let default = Command::new(agent()).args(["config", "default"]).output().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:1: capture.ring_bufer: unknown field `ring_bufer`",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    let default = Command::new(agent())
+        .args(["config", "default"])
+        .output()
+        .unwrap();
     std::fs::write(&file, &default.stdout).unwrap();
-    let ok = Command::new(agent()).args(["config", "check", file.to_str().unwrap()]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(agent())
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -238,11 +412,171 @@ fn an_unwritable_state_directory_is_a_clear_error() {
     std::fs::write(&blocker, b"x").unwrap();
     let state = blocker.join("state");
     let out = Command::new(agent())
-        .args(["run", "--state-dir", state.to_str().unwrap(), "--api-listen", ""])
+        .args([
+            "run",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--api-listen",
+            "",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains(&format!("cannot create state directory {}", state.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot create state directory {}",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn findings_of(state: &Path) -> Vec<monitor::findings::LoggedFinding> {
+    monitor::findings::read_lines(&state.join("findings.jsonl"))
+        .unwrap()
+        .0
+}
+
+fn shadow_findings(state: &Path) -> Vec<monitor::findings::LoggedFinding> {
+    findings_of(state)
+        .into_iter()
+        .filter(|f| {
+            f.alert.profile.ends_with("/cat")
+                && f.alert.novelty.iter().any(|n| n.value == "/etc/shadow")
+        })
+        .collect()
+}
+
+#[test]
+fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
+    let Some(_k) =
+        kernel_test("an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn")
+    else {
+        return;
+    };
+    let dir = test_dir("ack");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let running = Agent::start(
+        &dir,
+        &[
+            "--learn-for",
+            "20s",
+            "--min-windows",
+            "30",
+            "--profile-window",
+            "1s",
+            "--state-dir",
+            s,
+            "--api-listen",
+            "",
+        ],
+    );
+    running.wait_for("the end of learning", Duration::from_secs(90), |a| {
+        a.stderr().contains("; detecting")
+    });
+    let read_shadow = || {
+        let ok = Command::new("sh")
+            .args(["-c", "cat /etc/shadow > /dev/null"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    read_shadow();
+    running.wait_for(
+        "a finding for the shadow read",
+        Duration::from_secs(20),
+        |_| !shadow_findings(&state).is_empty(),
+    );
+    let first = shadow_findings(&state)[0].alert.id.clone();
+
+    // The analyst says it is benign; the running agent picks it up.
+    let ack = Command::new(agent())
+        .args([
+            "ack",
+            &first[..8],
+            "--reason",
+            "backup job reads it",
+            "--state-dir",
+            s,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ack.stderr)
+    );
+    running.wait_for("the ack applied", Duration::from_secs(10), |a| {
+        a.stderr().contains("acknowledgements: 1 applied")
+    });
+    let list = Command::new(agent())
+        .args(["ack", "--list", "--state-dir", s])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains(&first) && text.contains("in force") && text.contains("backup job reads it"),
+        "{text}"
+    );
+    let alerts = Command::new(agent())
+        .args(["alerts", "--state-dir", s])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&alerts.stdout).contains("[acknowledged by"),
+        "{}",
+        String::from_utf8_lossy(&alerts.stdout)
+    );
+
+    // The same behaviour no longer alerts.
+    read_shadow();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        shadow_findings(&state).len(),
+        1,
+        "the acknowledged behaviour alerted again"
+    );
+
+    // Withdrawn: it alerts again.
+    let undo = Command::new(agent())
+        .args(["ack", &first, "--withdraw", "--state-dir", s])
+        .output()
+        .unwrap();
+    assert!(
+        undo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&undo.stderr)
+    );
+    running.wait_for("the withdrawal applied", Duration::from_secs(10), |a| {
+        a.stderr().contains("1 withdrawn")
+    });
+    read_shadow();
+    running.wait_for(
+        "a new finding after the withdrawal",
+        Duration::from_secs(20),
+        |_| shadow_findings(&state).len() == 2,
+    );
+
+    // The explanation reads well on a terminal.
+    let explain = Command::new(agent())
+        .args(["alerts", &first, "--state-dir", s])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    for part in [
+        "process tree",
+        "never seen in this host's baseline",
+        "/etc/shadow",
+        "T1003.008",
+        "why it matters",
+        "next steps",
+    ] {
+        assert!(text.contains(part), "explanation lacks {part:?}:\n{text}");
+    }
+    let (status, _, _) = running.stop();
+    assert!(status.success());
     std::fs::remove_dir_all(&dir).unwrap();
 }

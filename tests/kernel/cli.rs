@@ -25,7 +25,8 @@ fn parse_lines(bytes: &[u8]) -> Vec<Event> {
         .lines()
         .map(|line| {
             let line = line.expect("utf-8 line");
-            serde_json::from_str::<Event>(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
+            serde_json::from_str::<Event>(&line)
+                .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
         })
         .collect()
 }
@@ -56,9 +57,16 @@ fn record_writes_valid_json_lines_for_hostile_names() {
         .unwrap();
     assert!(status.success());
     let output = agent.wait_with_output().unwrap();
-    assert!(output.status.success(), "monitor record failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "monitor record failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("dropped events:"), "drop counters printed on exit: {stderr}");
+    assert!(
+        stderr.contains("dropped events:"),
+        "drop counters printed on exit: {stderr}"
+    );
 
     let bytes = std::fs::read(&out).unwrap();
     assert!(bytes.ends_with(b"\n"), "last line complete");
@@ -70,8 +78,14 @@ fn record_writes_valid_json_lines_for_hostile_names() {
             _ => false,
         })
         .expect("exec of the hostile program");
-    let Detail::Exec(x) = &exec.detail else { unreachable!() };
-    assert_eq!(x.path.as_bytes(), hostile.as_os_str().as_encoded_bytes(), "path survives exactly");
+    let Detail::Exec(x) = &exec.detail else {
+        unreachable!()
+    };
+    assert_eq!(
+        x.path.as_bytes(),
+        hostile.as_os_str().as_encoded_bytes(),
+        "path survives exactly"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

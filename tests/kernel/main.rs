@@ -4,6 +4,7 @@
 
 mod agent;
 mod cli;
+mod e2e;
 mod output;
 mod process;
 mod security;

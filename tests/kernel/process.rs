@@ -13,13 +13,13 @@ use monitor::{
 };
 use monitor_tests::{Recorder, execs_with, kernel_test, token};
 
-fn exec_of<'a>(events: &'a [Event], pid: u32) -> Option<&'a Event> {
+fn exec_of(events: &[Event], pid: u32) -> Option<&Event> {
     events.iter().find(|e| {
         matches!(e.detail, Detail::Exec(_)) && e.process.as_ref().is_some_and(|p| p.pid == pid)
     })
 }
 
-fn exit_of<'a>(events: &'a [Event], pid: u32) -> Option<&'a Event> {
+fn exit_of(events: &[Event], pid: u32) -> Option<&Event> {
     events.iter().find(|e| {
         matches!(e.detail, Detail::Exit(_)) && e.process.as_ref().is_some_and(|p| p.pid == pid)
     })
@@ -46,13 +46,21 @@ fn exec_fork_exit_of_a_spawned_process_carry_exact_facts() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(7));
 
-    rec.until(Duration::from_secs(10), "exec and exit of the child", |evs| {
-        exec_of(evs, pid).is_some() && exit_of(evs, pid).is_some()
-    });
+    rec.until(
+        Duration::from_secs(10),
+        "exec and exit of the child",
+        |evs| exec_of(evs, pid).is_some() && exit_of(evs, pid).is_some(),
+    );
     let exec = exec_of(&rec.events, pid).unwrap();
-    let Detail::Exec(detail) = &exec.detail else { unreachable!() };
+    let Detail::Exec(detail) = &exec.detail else {
+        unreachable!()
+    };
     let real_sh = std::fs::canonicalize("/bin/sh").unwrap();
-    assert_eq!(detail.path.as_bytes(), real_sh.as_os_str().as_bytes(), "kernel-resolved path");
+    assert_eq!(
+        detail.path.as_bytes(),
+        real_sh.as_os_str().as_bytes(),
+        "kernel-resolved path"
+    );
     assert_eq!(detail.filename.as_bytes(), b"/bin/sh");
     let args: Vec<&[u8]> = detail.args.iter().map(|a| a.as_bytes()).collect();
     let expected: Vec<&[u8]> = vec![
@@ -64,12 +72,25 @@ fn exec_fork_exit_of_a_spawned_process_carry_exact_facts() {
         non_utf8.as_bytes(),
         big.as_bytes(),
     ];
-    assert_eq!(args, expected, "argv, byte for byte, including the 4 KiB argument");
+    assert_eq!(
+        args, expected,
+        "argv, byte for byte, including the 4 KiB argument"
+    );
     assert!(!detail.args_truncated);
     let process = exec.process.as_ref().unwrap();
-    assert_eq!(process.ppid, std::process::id(), "parent is this test process");
-    assert_eq!((process.uid, process.euid, process.gid), (65534, 65534, 65534));
-    assert_eq!(process.exe.as_ref().unwrap().as_bytes(), real_sh.as_os_str().as_bytes());
+    assert_eq!(
+        process.ppid,
+        std::process::id(),
+        "parent is this test process"
+    );
+    assert_eq!(
+        (process.uid, process.euid, process.gid),
+        (65534, 65534, 65534)
+    );
+    assert_eq!(
+        process.exe.as_ref().unwrap().as_bytes(),
+        real_sh.as_os_str().as_bytes()
+    );
     assert_eq!(exec.parent.as_ref().unwrap().pid, std::process::id());
 
     // The event survives JSON (lossless for the non-UTF-8 argument).
@@ -78,11 +99,21 @@ fn exec_fork_exit_of_a_spawned_process_carry_exact_facts() {
     assert_eq!(&back, exec);
 
     // Ancestry: this test process (seeded from /proc) and up to pid 1.
-    assert_eq!(exec.ancestry.first().map(|a| a.pid), Some(std::process::id()));
-    assert_eq!(exec.ancestry.last().map(|a| a.pid), Some(1), "{:?}", exec.ancestry);
+    assert_eq!(
+        exec.ancestry.first().map(|a| a.pid),
+        Some(std::process::id())
+    );
+    assert_eq!(
+        exec.ancestry.last().map(|a| a.pid),
+        Some(1),
+        "{:?}",
+        exec.ancestry
+    );
 
     let exit = exit_of(&rec.events, pid).unwrap();
-    let Detail::Exit(exit_detail) = &exit.detail else { unreachable!() };
+    let Detail::Exit(exit_detail) = &exit.detail else {
+        unreachable!()
+    };
     assert_eq!(exit_detail.exit_code, Some(7));
     assert_eq!(exit_detail.signal, None);
 
@@ -104,8 +135,12 @@ fn a_killed_process_reports_its_signal() {
     std::thread::sleep(Duration::from_millis(100));
     child.kill().unwrap();
     child.wait().unwrap();
-    rec.until(Duration::from_secs(10), "exit of the killed child", |evs| exit_of(evs, pid).is_some());
-    let Detail::Exit(exit) = &exit_of(&rec.events, pid).unwrap().detail else { unreachable!() };
+    rec.until(Duration::from_secs(10), "exit of the killed child", |evs| {
+        exit_of(evs, pid).is_some()
+    });
+    let Detail::Exit(exit) = &exit_of(&rec.events, pid).unwrap().detail else {
+        unreachable!()
+    };
     assert_eq!((exit.exit_code, exit.signal), (None, Some(libc::SIGKILL)));
 }
 
@@ -113,20 +148,29 @@ fn a_killed_process_reports_its_signal() {
 /// exec in the window is one of them), each with `token` as its argument.
 fn storm(n: usize, token: &str) {
     for _ in 0..n {
-        let status = Command::new("/bin/true").arg(token).status().expect("spawn /bin/true");
+        let status = Command::new("/bin/true")
+            .arg(token)
+            .status()
+            .expect("spawn /bin/true");
         assert!(status.success());
     }
 }
 
 fn count_storm(rec: &Recorder, token: &str) -> (u64, u64) {
     let captured = execs_with(&rec.events, token).count() as u64;
-    let dropped = rec.capture().loss_totals().get("ringbuf_full.exec").copied().unwrap_or(0);
+    let dropped = rec
+        .capture()
+        .loss_totals()
+        .get("ringbuf_full.exec")
+        .copied()
+        .unwrap_or(0);
     (captured, dropped)
 }
 
 #[test]
 fn exec_storm_is_captured_or_its_shortfall_is_the_drop_count() {
-    let Some(_kernel) = kernel_test("exec_storm_is_captured_or_its_shortfall_is_the_drop_count") else {
+    let Some(_kernel) = kernel_test("exec_storm_is_captured_or_its_shortfall_is_the_drop_count")
+    else {
         return;
     };
     const N: u64 = 2000;
@@ -144,7 +188,11 @@ fn exec_storm_is_captured_or_its_shortfall_is_the_drop_count() {
     rec.stop();
     let (captured, dropped) = count_storm(&rec, &token);
     eprintln!("exec storm: {N} execs, {captured} captured, {dropped} dropped (counted)");
-    assert_eq!(captured + dropped, N, "every exec is either captured or counted as dropped");
+    assert_eq!(
+        captured + dropped,
+        N,
+        "every exec is either captured or counted as dropped"
+    );
 }
 
 #[test]
@@ -165,7 +213,11 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
     let (captured, dropped) = count_storm(&rec, &token);
     eprintln!("tiny-ring exec storm: {N} execs, {captured} captured, {dropped} dropped (counted)");
     assert!(dropped > 0, "the tiny ring must overflow");
-    assert_eq!(captured + dropped, N, "shortfall equals the reported drop count");
+    assert_eq!(
+        captured + dropped,
+        N,
+        "shortfall equals the reported drop count"
+    );
     // The loss is also in the stream, as an event.
     let reported: u64 = rec
         .events
@@ -208,8 +260,14 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
     assert!(child.wait_with_output().unwrap().status.success());
     let windows = profiles(&rec.events);
     assert!(windows.len() > 1, "the count spans several windows");
-    let counted: u64 = windows.iter().map(|p| p.counts.get("getppid").copied().unwrap_or(0)).sum();
-    eprintln!("getppid: {N} calls, {counted} counted over {} windows", windows.len());
+    let counted: u64 = windows
+        .iter()
+        .map(|p| p.counts.get("getppid").copied().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "getppid: {N} calls, {counted} counted over {} windows",
+        windows.len()
+    );
     // The helper's runtime makes no getppid calls of its own.
     assert_eq!(counted, N, "every call counted once");
     assert!(windows.iter().all(|w| w.window_start <= w.window_end));

@@ -30,10 +30,16 @@ pub fn kernel_test(name: &str) -> Option<MutexGuard<'static, ()>> {
         if std::env::var_os("MONITOR_REQUIRE_KERNEL").is_some() {
             panic!("{name}: needs root to load eBPF programs (MONITOR_REQUIRE_KERNEL is set)");
         }
-        eprintln!("SKIPPED {name}: needs root to load eBPF programs; run `sudo -E cargo xtask test`");
+        eprintln!(
+            "SKIPPED {name}: needs root to load eBPF programs; run `sudo -E cargo xtask test`"
+        );
         return None;
     }
-    Some(KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    Some(
+        KERNEL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
 }
 
 /// A capture running on its own runtime, collecting every event.
@@ -57,7 +63,9 @@ impl Recorder {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let capture = runtime.block_on(async { Capture::start(&settings) }).expect("capture starts");
+        let capture = runtime
+            .block_on(async { Capture::start(&settings) })
+            .expect("capture starts");
         Self {
             runtime,
             capture: Some(capture),

@@ -59,23 +59,34 @@ impl Receiver {
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let (acceptor, ca_pem) = if tls {
-            let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                    .unwrap();
             let pem = dir.join("receiver-ca.pem");
             std::fs::write(&pem, cert.cert.pem()).unwrap();
-            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.cert.der().clone()], key)
-                .unwrap();
-            (Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), Some(pem))
+            let key =
+                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+            (
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                Some(pem),
+            )
         } else {
             (None, None)
         };
         let (r, b) = (received.clone(), behaviour.clone());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(serve(std_listener, acceptor, r, b, rx));
         });
         Self {
@@ -94,7 +105,8 @@ impl Receiver {
         for r in self.received.lock().unwrap().iter() {
             let text = String::from_utf8_lossy(&r.body);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line).expect("receiver got JSON lines");
+                let v: serde_json::Value =
+                    serde_json::from_str(line).expect("receiver got JSON lines");
                 if v.get("create").is_some() {
                     continue; // ES action line
                 }
@@ -159,21 +171,49 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let b = behaviour.lock().unwrap().clone();
     let path = req.uri().path().to_owned();
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let (authorization, encoding) = (header("authorization"), header("content-encoding"));
-    let raw = req.into_body().collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+    let raw = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes().to_vec())
+        .unwrap_or_default();
     tokio::time::sleep(b.delay).await;
     if let Some(code) = b.fail_with {
-        return Response::builder().status(code).body(Full::new(Bytes::from("failing on purpose"))).unwrap();
+        return Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::from("failing on purpose")))
+            .unwrap();
     }
     let body = if encoding.as_deref() == Some("gzip") {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).expect("valid gzip");
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .expect("valid gzip");
         out
     } else {
         raw
     };
-    let reply = if path.ends_with("/_bulk") { r#"{"errors":false,"items":[]}"# } else { r#"{"text":"Success","code":0}"# };
-    received.lock().unwrap().push(Received { path, authorization, encoding, body });
-    Response::builder().status(200).header("Content-Type", "application/json").body(Full::new(Bytes::from(reply))).unwrap()
+    let reply = if path.ends_with("/_bulk") {
+        r#"{"errors":false,"items":[]}"#
+    } else {
+        r#"{"text":"Success","code":0}"#
+    };
+    received.lock().unwrap().push(Received {
+        path,
+        authorization,
+        encoding,
+        body,
+    });
+    Response::builder()
+        .status(200)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(reply)))
+        .unwrap()
 }

@@ -23,11 +23,19 @@ pub struct Rsyslog {
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Rsyslog {
@@ -58,7 +66,13 @@ template(name="fields" type="string" string="%app-name%|%msgid%|%structured-data
             ),
         )
         .unwrap();
-        let child = Command::new("rsyslogd")
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let binary = if Path::new("/usr/sbin/rsyslogd").exists() {
+            "/usr/sbin/rsyslogd"
+        } else {
+            "rsyslogd"
+        };
+        let mut child = Command::new(binary)
             .args(["-n", "-f"])
             .arg(&conf)
             .arg("-i")
@@ -69,11 +83,22 @@ template(name="fields" type="string" string="%app-name%|%msgid%|%structured-data
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if socket.exists() && std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok() {
-                return Self { child, udp_port, tcp_port, socket, output };
+                return Self {
+                    child,
+                    udp_port,
+                    tcp_port,
+                    socket,
+                    output,
+                };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("rsyslogd did not come up within 10 s (config {})", conf.display());
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "rsyslogd did not come up within 10 s (config {})",
+            conf.display()
+        );
     }
 
     /// The received lines, waiting until at least `n` arrived (or 10 s).

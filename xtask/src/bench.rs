@@ -11,7 +11,7 @@ pub fn bench(which: &str, args: Vec<String>) -> anyhow::Result<()> {
         "overhead" => overhead::run(&args),
         "model" | "sinks" => {
             crate::prepare::build()?;
-            let mut cmd = std::process::Command::new("cargo");
+            let mut cmd = crate::prepare::cargo();
             cmd.args(["bench", "--package", "monitor", "--bench", which])
                 .current_dir(crate::prepare::root())
                 .env("PATH", crate::prepare::path_with_cargo_bin());

@@ -22,12 +22,36 @@ pub fn step(status: &str, what: &str, detail: &str) {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// A `cargo` command without the variables `cargo run` set for xtask
+/// itself: build scripts (ring's) watch `CARGO_MANIFEST_DIR`, so leaking
+/// xtask's would make every build after a plain `cargo build` start over.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_CRATE_")
+            || key.starts_with("CARGO_BIN_")
+            || key == "CARGO_PRIMARY_PACKAGE"
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Runs a command, failing with its name if it fails.
 pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -37,15 +61,16 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
 /// Output of a command, if it ran and succeeded.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context(
-            "the nightly Rust toolchain is missing; install it with \
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "the nightly Rust toolchain is missing; install it with \
              `rustup toolchain install nightly --component rust-src`",
-        )?;
+    )?;
     Ok(PathBuf::from(sysroot.trim()))
 }
 
@@ -60,8 +85,14 @@ pub fn nightly_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     step("..", "rust-src for nightly", "installing");
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("cannot install rust-src; run `rustup component add rust-src --toolchain nightly`")?;
+    run_cmd(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("cannot install rust-src; run `rustup component add rust-src --toolchain nightly`")?;
     step("done", "rust-src for nightly", "installed");
     Ok(())
 }
@@ -110,7 +141,11 @@ pub fn bpf_linker() -> anyhow::Result<()> {
     let linker = cargo_bin_dir().join("bpf-linker");
     let works = output(Command::new(&linker).arg("--version")).is_some();
     if works && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
-        step("ok", "bpf-linker", &format!("{} (LLVM {major}, {libllvm})", linker.display()));
+        step(
+            "ok",
+            "bpf-linker",
+            &format!("{} (LLVM {major}, {libllvm})", linker.display()),
+        );
         return Ok(());
     }
     step(
@@ -129,9 +164,20 @@ pub fn bpf_linker() -> anyhow::Result<()> {
             .with_context(|| format!("cannot create symlink {}", link.display()))?;
     }
     run_cmd(
-        Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--force", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        cargo()
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO_TARGET_DIR"),
@@ -141,7 +187,11 @@ pub fn bpf_linker() -> anyhow::Result<()> {
     step(
         "done",
         "bpf-linker",
-        &format!("{} in {:.0} s", linker.display(), started.elapsed().as_secs_f64()),
+        &format!(
+            "{} in {:.0} s",
+            linker.display(),
+            started.elapsed().as_secs_f64()
+        ),
     );
     Ok(())
 }
@@ -151,9 +201,13 @@ pub fn build() -> anyhow::Result<PathBuf> {
     nightly_rust_src()?;
     bpf_linker()?;
     let started = Instant::now();
-    step("..", "cargo build --release", "building the eBPF programs and the agent");
+    step(
+        "..",
+        "cargo build --release",
+        "building the eBPF programs and the agent",
+    );
     run_cmd(
-        Command::new("cargo")
+        cargo()
             .args(["build", "--release", "--package", "monitor"])
             .current_dir(root())
             .env("PATH", path_with_cargo_bin()),
@@ -162,7 +216,11 @@ pub fn build() -> anyhow::Result<PathBuf> {
     step(
         "done",
         "agent",
-        &format!("{} ({:.1} s)", agent.display(), started.elapsed().as_secs_f64()),
+        &format!(
+            "{} ({:.1} s)",
+            agent.display(),
+            started.elapsed().as_secs_f64()
+        ),
     );
     Ok(agent)
 }
@@ -200,7 +258,9 @@ pub fn mounts() -> anyhow::Result<()> {
             continue;
         }
         if !is_root() {
-            bail!("{fstype} is not mounted at {target}; run `sudo mount -t {fstype} {fstype} {target}`");
+            bail!(
+                "{fstype} is not mounted at {target}; run `sudo mount -t {fstype} {fstype} {target}`"
+            );
         }
         run_cmd(Command::new("mount").args(["-t", fstype, fstype, target]))
             .with_context(|| format!("cannot mount {fstype} at {target}"))?;
@@ -225,10 +285,21 @@ pub fn apt_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing packages {missing:?}; run `sudo apt-get install -y {}`", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}; run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
     }
-    step("..", "packages", &format!("apt-get install {}", missing.join(" ")));
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    step(
+        "..",
+        "packages",
+        &format!("apt-get install {}", missing.join(" ")),
+    );
+    run_cmd(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -245,7 +316,57 @@ pub fn command_exists(cmd: &str) -> bool {
     if cmd.contains('/') {
         return Path::new(cmd).exists();
     }
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(cmd).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(cmd).is_file()))
+}
+
+/// OCSF schema validator versions, pinned so a schema release cannot change
+/// what the tests accept.
+const OCSF_PACKAGES: &[&str] = &["ocsf-json-schema==1.2.0", "jsonschema==4.23.0"];
+
+/// A Python virtualenv holding the official OCSF JSON schemas and a
+/// validator (`tests/ocsf/validate.py`). Returns its python.
+pub fn ocsf_validator() -> anyhow::Result<PathBuf> {
+    let venv = home_dir().join(".cache/monitor/ocsf-venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("monitor.stamp");
+    let wanted = OCSF_PACKAGES.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && python.exists() {
+        step(
+            "ok",
+            "OCSF schema validator",
+            &format!("{} ({wanted})", venv.display()),
+        );
+        return Ok(python);
+    }
+    step(
+        "..",
+        "OCSF schema validator",
+        &format!("creating {} with {wanted}", venv.display()),
+    );
+    let system_python = ["python3", "python"]
+        .into_iter()
+        .find(|p| command_exists(p))
+        .context("python3 is missing; install it (`apt-get install -y python3 python3-venv`)")?;
+    run_cmd(
+        Command::new(system_python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .context("cannot create a Python venv (on Debian: `apt-get install -y python3-venv`)")?;
+    run_cmd(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(OCSF_PACKAGES),
+    )
+    .context("cannot install the OCSF schema packages from PyPI")?;
+    std::fs::write(&stamp, &wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+    step("done", "OCSF schema validator", &venv.display().to_string());
+    Ok(python)
 }

@@ -9,8 +9,16 @@ use crate::prepare;
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let agent = prepare::build()?;
     prepare::mounts()?;
-    let args = if args.is_empty() { vec!["run".to_owned()] } else { args };
-    prepare::step("..", "agent", &format!("{} {}", agent.display(), args.join(" ")));
+    let args = if args.is_empty() {
+        vec!["run".to_owned()]
+    } else {
+        args
+    };
+    prepare::step(
+        "..",
+        "agent",
+        &format!("{} {}", agent.display(), args.join(" ")),
+    );
     let mut cmd = if prepare::is_root() {
         Command::new(&agent)
     } else {
@@ -18,7 +26,10 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
         sudo.arg("-E").arg(&agent);
         sudo
     };
-    let status = cmd.args(&args).status().with_context(|| format!("cannot start {}", agent.display()))?;
+    let status = cmd
+        .args(&args)
+        .status()
+        .with_context(|| format!("cannot start {}", agent.display()))?;
     if !status.success() {
         anyhow::bail!("the agent exited with {status}");
     }

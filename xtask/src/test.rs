@@ -1,7 +1,5 @@
 //! `cargo xtask test`: everything the tests need, then every test, as root.
 
-use std::process::Command;
-
 use anyhow::bail;
 
 use crate::prepare::{self, run_cmd, step};
@@ -15,14 +13,32 @@ pub fn test(filter: Option<String>) -> anyhow::Result<()> {
     }
     let agent = prepare::build()?;
     prepare::mounts()?;
-    step("..", "cargo test", "unit, kernel and end-to-end tests (release profile)");
-    let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--release", "--workspace", "--exclude", "monitor-ebpf"])
-        .current_dir(prepare::root())
-        .env("PATH", prepare::path_with_cargo_bin())
-        .env("MONITOR_BIN", &agent)
-        // Kernel tests must run here: a missing privilege is a failure, not a skip.
-        .env("MONITOR_REQUIRE_KERNEL", "1");
+    // The output tests talk to a real rsyslogd; the OCSF tests validate
+    // against the official schema; the report test renders in Chromium.
+    prepare::apt_packages(&[
+        ("rsyslog", "/usr/sbin/rsyslogd"),
+        ("chromium", "/usr/bin/chromium"),
+    ])?;
+    let ocsf_python = prepare::ocsf_validator()?;
+    step(
+        "..",
+        "cargo test",
+        "unit, kernel and end-to-end tests (release profile)",
+    );
+    let mut cmd = prepare::cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+    ])
+    .current_dir(prepare::root())
+    .env("PATH", prepare::path_with_cargo_bin())
+    .env("MONITOR_BIN", &agent)
+    .env("MONITOR_OCSF_PYTHON", &ocsf_python)
+    // Kernel tests must run here: a missing privilege is a failure, not a skip.
+    .env("MONITOR_REQUIRE_KERNEL", "1");
     if let Some(filter) = filter {
         cmd.args(["--", &filter]);
     }

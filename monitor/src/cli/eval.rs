@@ -27,7 +27,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.scores {
         std::fs::write(path, report.csv())
             .with_context(|| format!("cannot write scores to {}", path.display()))?;
-        println!("scores of {} test traces written to {}", report.scores.len(), path.display());
+        println!(
+            "scores of {} test traces written to {}",
+            report.scores.len(),
+            path.display()
+        );
     }
     Ok(())
 }

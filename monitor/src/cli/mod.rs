@@ -1,10 +1,13 @@
 //! Command-line commands. Each returns `anyhow::Result`; `main` prints the
 //! error chain once and maps it to exit code 2.
 
+pub mod alerts;
+pub mod drill;
 pub mod eval;
 pub mod model;
 pub mod record;
 pub mod replay;
+pub mod report;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +36,19 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show the state of a running agent.
     Status(run::StatusArgs),
+    /// List, follow or explain the findings the agent raised.
+    Alerts(alerts::AlertsArgs),
+    /// Mark a finding benign (the baseline learns it), or withdraw that.
+    Ack(alerts::AckArgs),
+    /// Run safe attack drills against the running agent and report which
+    /// were flagged, by which finding, how fast (needs root).
+    Drill(drill::DrillArgs),
+    /// Write a self-contained HTML report: learning curve, clusters, score
+    /// distribution, findings, drops, sink health.
+    Report(report::ReportArgs),
+    /// One drill's actions (internal, started by `monitor drill`).
+    #[command(hide = true)]
+    DrillStep(drill::DrillStepArgs),
     /// Print the default configuration, or check a file.
     #[command(subcommand)]
     Config(run::ConfigCommand),
@@ -55,7 +71,8 @@ pub enum Command {
 pub async fn bench_floor() -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
-    let probe = crate::kernel::FloorProbe::attach().context("cannot attach the empty sys_enter program")?;
+    let probe =
+        crate::kernel::FloorProbe::attach().context("cannot attach the empty sys_enter program")?;
     eprintln!("monitor: ready (empty sys_enter hook attached)");
     signals.recv().await;
     drop(probe);

@@ -40,13 +40,28 @@ pub enum ModelCommand {
 pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Show { file, state_dir } => {
-            let path = file.clone().unwrap_or_else(|| StatePaths::new(state_dir).model());
+            let path = file
+                .clone()
+                .unwrap_or_else(|| StatePaths::new(state_dir).model());
             let m = persist::load(&path)?;
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let b = &m.baseline;
-            println!("model      {} ({:.1} KiB, format {})", path.display(), size as f64 / 1024.0, persist::FORMAT_VERSION);
-            println!("learned    {} on {} by monitor {}; saved {}", m.created, m.host, m.agent_version, m.saved);
-            println!("baseline   {} windows; {} features ({} syscalls)", b.windows, b.space.len(), b.space.vocabulary.len());
+            println!(
+                "model      {} ({:.1} KiB, format {})",
+                path.display(),
+                size as f64 / 1024.0,
+                persist::FORMAT_VERSION
+            );
+            println!(
+                "learned    {} on {} by monitor {}; saved {}",
+                m.created, m.host, m.agent_version, m.saved
+            );
+            println!(
+                "baseline   {} windows; {} features ({} syscalls)",
+                b.windows,
+                b.space.len(),
+                b.space.vocabulary.len()
+            );
             println!(
                 "calibrated on {} cross-validated windows; global model: {} clusters",
                 b.calibration.windows,
@@ -54,7 +69,11 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
             );
             println!("novelty rates (host-wide, per window):");
             for (kind, rate) in &b.calibration.novelty_rates {
-                println!("  {:<22} {rate:.2e}  ({})", format!("{kind:?}"), kind.describe());
+                println!(
+                    "  {:<22} {rate:.2e}  ({})",
+                    format!("{kind:?}"),
+                    kind.describe()
+                );
             }
             let mut profiles: Vec<_> = b.profiles.iter().collect();
             profiles.sort_by_key(|(_, p)| std::cmp::Reverse(p.windows));
@@ -71,18 +90,31 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
             if profiles.len() > 30 {
                 println!("  ... and {} more", profiles.len() - 30);
             }
-            println!("sequence model: {}", if b.sequence.is_some() { "yes (traces with sequences)" } else { "no (live windows)" });
+            println!(
+                "sequence model: {}",
+                if b.sequence.is_some() {
+                    "yes (traces with sequences)"
+                } else {
+                    "no (live windows)"
+                }
+            );
             Ok(())
         }
         ModelCommand::Export { file, state_dir } => {
             let from = StatePaths::new(state_dir).model();
             let m = persist::load(&from)?;
             let bytes = persist::save(file, &m)?;
-            println!("exported {} ({bytes} bytes, {} windows) to {}", from.display(), m.baseline.windows, file.display());
+            println!(
+                "exported {} ({bytes} bytes, {} windows) to {}",
+                from.display(),
+                m.baseline.windows,
+                file.display()
+            );
             Ok(())
         }
         ModelCommand::Import { file, state_dir } => {
-            let m = persist::load(file).with_context(|| format!("{} cannot be imported", file.display()))?;
+            let m = persist::load(file)
+                .with_context(|| format!("{} cannot be imported", file.display()))?;
             crate::agent::prepare_state_dir(state_dir)?;
             let to = StatePaths::new(state_dir).model();
             persist::save(&to, &m)?;

@@ -28,10 +28,12 @@ pub struct RecordArgs {
 
 /// Runs the command; returns when stopped and flushed.
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
-    let mut signals = super::ShutdownSignals::install().context("cannot install signal handlers")?;
+    let mut signals =
+        super::ShutdownSignals::install().context("cannot install signal handlers")?;
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
-            File::create(path).with_context(|| format!("cannot create output file {}", path.display()))?,
+            File::create(path)
+                .with_context(|| format!("cannot create output file {}", path.display()))?,
         ),
         None => Box::new(std::io::stdout()),
     };

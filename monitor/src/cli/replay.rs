@@ -51,7 +51,10 @@ pub enum LearnFor {
 pub fn parse_learn_for(text: &str) -> anyhow::Result<LearnFor> {
     let t = text.trim();
     if let Some(p) = t.strip_suffix('%') {
-        let v: f64 = p.trim().parse().with_context(|| format!("--learn-for {text:?}: not a percentage"))?;
+        let v: f64 = p
+            .trim()
+            .parse()
+            .with_context(|| format!("--learn-for {text:?}: not a percentage"))?;
         return fraction(v / 100.0, text);
     }
     if let Ok(v) = t.parse::<f64>() {
@@ -83,7 +86,8 @@ fn for_each_event(
     skip_invalid: bool,
     mut f: impl FnMut(Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut skipped = 0;
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
@@ -112,7 +116,10 @@ fn for_each_event(
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let learn_for = parse_learn_for(&args.learn_for)?;
     if !(args.false_alarm_rate > 0.0 && args.false_alarm_rate < 1.0) {
-        bail!("--false-alarm-rate must be between 0 and 1, got {}", args.false_alarm_rate);
+        bail!(
+            "--false-alarm-rate must be between 0 and 1, got {}",
+            args.false_alarm_rate
+        );
     }
     let window_len = super::record::positive_secs(args.window, "--window")?;
     // A fraction needs the stream's span: a first, cheap pass.
@@ -124,8 +131,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                 last = last.max(e.time);
                 Ok(())
             })?;
-            let first = first.with_context(|| format!("{} holds no events", args.file.display()))?;
-            first.add(last.since(first).mul_f64(f))
+            let first =
+                first.with_context(|| format!("{} holds no events", args.file.display()))?;
+            first.plus(last.since(first).mul_f64(f))
         }
         LearnFor::Duration(_) => Timestamp(u64::MAX),
     };
@@ -144,16 +152,27 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let mut alerts = 0u64;
     let mut events = 0u64;
     let mut learned_at = None;
-    let emit = |detections: Vec<Detection>, out: &mut dyn Write, alerts: &mut u64| -> anyhow::Result<()> {
+    let emit = |detections: Vec<Detection>,
+                out: &mut dyn Write,
+                alerts: &mut u64|
+     -> anyhow::Result<()> {
         for d in detections {
             match d {
                 Detection::Alert(a) => {
                     *alerts += 1;
-                    serde_json::to_writer(&mut *out, &Tagged { kind: "alert", alert: &a })?;
+                    serde_json::to_writer(
+                        &mut *out,
+                        &Tagged {
+                            kind: "alert",
+                            alert: &a,
+                        },
+                    )?;
                     out.write_all(b"\n")?;
                 }
                 Detection::Learned { windows, profiles } => {
-                    eprintln!("monitor: baseline learned from {windows} windows ({profiles} profiles with their own model); detecting");
+                    eprintln!(
+                        "monitor: baseline learned from {windows} windows ({profiles} profiles with their own model); detecting"
+                    );
                 }
                 Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),
             }
@@ -186,7 +205,11 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     eprintln!(
         "monitor: replayed {events} events, {} windows; {alerts} alerts{}",
         progress.windows_seen,
-        if skipped > 0 { format!("; {skipped} invalid lines skipped") } else { String::new() }
+        if skipped > 0 {
+            format!("; {skipped} invalid lines skipped")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
@@ -197,7 +220,10 @@ mod tests {
 
     #[test]
     fn learn_for_accepts_durations_and_fractions() {
-        assert_eq!(parse_learn_for("90s").unwrap(), LearnFor::Duration(Duration::from_secs(90)));
+        assert_eq!(
+            parse_learn_for("90s").unwrap(),
+            LearnFor::Duration(Duration::from_secs(90))
+        );
         assert_eq!(parse_learn_for("50%").unwrap(), LearnFor::Fraction(0.5));
         assert_eq!(parse_learn_for("0.25").unwrap(), LearnFor::Fraction(0.25));
         let err = parse_learn_for("1.5").unwrap_err().to_string();

@@ -44,7 +44,8 @@ pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     };
     let mut raw = RawConfig::load(&path, explicit)?;
     let dur = |text: &str, flag: &str| {
-        humantime::parse_duration(text).with_context(|| format!("{flag} {text:?}: expected a duration like 90s, 15m or 24h"))
+        humantime::parse_duration(text)
+            .with_context(|| format!("{flag} {text:?}: expected a duration like 90s, 15m or 24h"))
     };
     if let Some(v) = &args.learn_for {
         raw.model.learn_for = dur(v, "--learn-for")?;
@@ -104,8 +105,18 @@ pub fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
                 "{}: ok ({} sink{}: {}; state in {})",
                 file.display(),
                 settings.raw.sink.len(),
-                if settings.raw.sink.len() == 1 { "" } else { "s" },
-                settings.raw.sink.iter().map(crate::config::SinkConfig::name).collect::<Vec<_>>().join(", "),
+                if settings.raw.sink.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                settings
+                    .raw
+                    .sink
+                    .iter()
+                    .map(crate::config::SinkConfig::name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 settings.state_dir.display()
             );
             Ok(())
@@ -129,17 +140,36 @@ pub struct StatusArgs {
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let path = crate::agent::StatePaths::new(&args.state_dir).status();
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("no status at {} (is the agent running with --state-dir {}?)", path.display(), args.state_dir.display())
+        format!(
+            "no status at {} (is the agent running with --state-dir {}?)",
+            path.display(),
+            args.state_dir.display()
+        )
     })?;
-    let s: crate::api::Status = serde_json::from_str(&text).with_context(|| format!("{} is not a status file", path.display()))?;
+    let s: crate::api::Status = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a status file", path.display()))?;
     if args.json {
         println!("{text}");
         return Ok(());
     }
     let age = crate::event::Timestamp::now().since(s.updated);
     let running = age.as_secs() < 5 && Path::new(&format!("/proc/{}", s.pid)).exists();
-    println!("agent      {} (pid {}, version {}, host {})", if running { "running" } else { "NOT RUNNING (stale status)" }, s.pid, s.version, s.host);
-    println!("since      {} (status {:.0} s old)", s.started, age.as_secs_f64());
+    println!(
+        "agent      {} (pid {}, version {}, host {})",
+        if running {
+            "running"
+        } else {
+            "NOT RUNNING (stale status)"
+        },
+        s.pid,
+        s.version,
+        s.host
+    );
+    println!(
+        "since      {} (status {:.0} s old)",
+        s.started,
+        age.as_secs_f64()
+    );
     let p = &s.progress;
     match s.phase {
         crate::model::Phase::Learning => println!(
@@ -151,19 +181,40 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             p.baseline_windows, p.profiles, p.windows_seen
         ),
     }
-    println!("events     {} total, {:.0}/s; {} kernel records; {} processes tracked", s.events, s.events_per_sec, s.kernel_records, s.processes);
+    println!(
+        "events     {} total, {:.0}/s; {} kernel records; {} processes tracked",
+        s.events, s.events_per_sec, s.kernel_records, s.processes
+    );
     println!(
         "lost       {}",
-        if s.lost.is_empty() { "none".into() } else { s.lost.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") }
+        if s.lost.is_empty() {
+            "none".into()
+        } else {
+            s.lost
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
     );
-    println!("findings   {} raised{}", s.findings, s.last_finding.as_ref().map(|f| format!("; last: {f}")).unwrap_or_default());
+    println!(
+        "findings   {} raised{}",
+        s.findings,
+        s.last_finding
+            .as_ref()
+            .map(|f| format!("; last: {f}"))
+            .unwrap_or_default()
+    );
     for sink in &s.sinks {
         println!(
             "sink       {}: {} delivered, {} failures{}",
             sink.name,
             sink.delivered,
             sink.failures,
-            sink.last_error.as_ref().map(|e| format!(", FAILING: {e}")).unwrap_or_default()
+            sink.last_error
+                .as_ref()
+                .map(|e| format!(", FAILING: {e}"))
+                .unwrap_or_default()
         );
     }
     println!(
@@ -171,13 +222,20 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         s.spool.bytes,
         s.spool.dropped_findings,
         s.spool.dropped_activity,
-        s.spool.degraded.as_ref().map(|d| format!(", DEGRADED: {d}")).unwrap_or_default()
+        s.spool
+            .degraded
+            .as_ref()
+            .map(|d| format!(", DEGRADED: {d}"))
+            .unwrap_or_default()
     );
     for (sensor, state) in &s.sensors {
         if state != "attached" {
             println!("sensor     {sensor}: {state}");
         }
     }
-    println!("memory     {:.1} MiB resident", s.rss_bytes as f64 / 1048576.0);
+    println!(
+        "memory     {:.1} MiB resident",
+        s.rss_bytes as f64 / 1048576.0
+    );
     Ok(())
 }

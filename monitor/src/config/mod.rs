@@ -14,11 +14,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    capture::CaptureSettings,
-    kernel::ProbeSettings,
-    model::EngineSettings,
-    profiles::ProfileSettings,
-    sensitive::SensitivePaths,
+    capture::CaptureSettings, kernel::ProbeSettings, model::EngineSettings,
+    profiles::ProfileSettings, sensitive::SensitivePaths,
 };
 
 /// The commented default configuration.
@@ -67,7 +64,9 @@ pub enum ConfigError {
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("{text:?} is not a duration (like \"90s\", \"15m\", \"24h\"): {e}"))
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration (like \"90s\", \"15m\", \"24h\"): {e}"
+        ))
     })
 }
 
@@ -79,7 +78,9 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 /// Parses a size like `16MiB`, `100MB`, `4096` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let value: f64 = number
         .parse()
@@ -92,7 +93,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" | "K" => 1024.0,
         "MiB" | "M" => 1024.0 * 1024.0,
         "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("{text:?}: unknown size unit {other:?} (use B, KB, MB, GB, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown size unit {other:?} (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
     };
     Ok((value * factor) as u64)
 }
@@ -143,8 +148,14 @@ impl Default for CaptureSection {
             security_events: true,
             profile_window: Duration::from_secs(5),
             ring_buffer: 16 << 20,
-            sensitive_read: crate::sensitive::DEFAULT_READ.iter().map(|s| (*s).to_owned()).collect(),
-            sensitive_write: crate::sensitive::DEFAULT_WRITE.iter().map(|s| (*s).to_owned()).collect(),
+            sensitive_read: crate::sensitive::DEFAULT_READ
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            sensitive_write: crate::sensitive::DEFAULT_WRITE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -224,7 +235,9 @@ pub struct SpoolSection {
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        Self { max_size: 256 << 20 }
+        Self {
+            max_size: 256 << 20,
+        }
     }
 }
 
@@ -391,10 +404,18 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout {} => "stdout".into(),
             SinkConfig::File { path, .. } => format!("file:{}", path.display()),
-            SinkConfig::Syslog { transport, address, path, .. } => format!(
+            SinkConfig::Syslog {
+                transport,
+                address,
+                path,
+                ..
+            } => format!(
                 "syslog-{}:{}",
                 format!("{transport:?}").to_lowercase(),
-                address.clone().unwrap_or_else(|| path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+                address.clone().unwrap_or_else(|| path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default())
             ),
             SinkConfig::SplunkHec { url, .. } => format!("splunk_hec:{url}"),
             SinkConfig::Elasticsearch { url, .. } => format!("elasticsearch:{url}"),
@@ -441,7 +462,7 @@ impl Default for RawConfig {
 fn locate(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
     let mut parts = key.split('.');
     let table = parts.next()?;
-    let field = parts.last();
+    let field = parts.next_back();
     let (name, index) = match table.split_once('[') {
         Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()?),
         None => (table, 0),
@@ -511,8 +532,15 @@ impl RawConfig {
             {
                 key = format!("{key}.{f}");
             }
-            let span = e.span().filter(|s| s.start > 0).or_else(|| locate(text, &key));
-            invalid(span, if key == "." { "(file)".into() } else { key }, message)
+            let span = e
+                .span()
+                .filter(|s| s.start > 0)
+                .or_else(|| locate(text, &key));
+            invalid(
+                span,
+                if key == "." { "(file)".into() } else { key },
+                message,
+            )
         })?;
         if raw.sink.is_empty() {
             raw.sink.push(SinkConfig::Stdout {});
@@ -560,23 +588,46 @@ impl Settings {
         };
         let m = &raw.model;
         if !(m.false_alarm_rate > 0.0 && m.false_alarm_rate < 1.0) {
-            return Err(bad("model.false_alarm_rate", format!("must be between 0 and 1, got {}", m.false_alarm_rate)));
+            return Err(bad(
+                "model.false_alarm_rate",
+                format!("must be between 0 and 1, got {}", m.false_alarm_rate),
+            ));
         }
         if m.min_windows < crate::model::baseline::MIN_WINDOWS {
             return Err(bad(
                 "model.min_windows",
-                format!("must be at least {}, got {}", crate::model::baseline::MIN_WINDOWS, m.min_windows),
+                format!(
+                    "must be at least {}, got {}",
+                    crate::model::baseline::MIN_WINDOWS,
+                    m.min_windows
+                ),
             ));
         }
         let c = &raw.capture;
         let ring = c.ring_buffer;
-        if !ring.is_power_of_two() || ring < 64 * 1024 || ring > 1 << 30 {
-            return Err(bad("capture.ring_buffer", format!("must be a power of two between 64KiB and 1GiB, got {ring} bytes")));
+        if !ring.is_power_of_two() || !(64 * 1024..=1 << 30).contains(&ring) {
+            return Err(bad(
+                "capture.ring_buffer",
+                format!("must be a power of two between 64KiB and 1GiB, got {ring} bytes"),
+            ));
         }
         if c.profile_window < Duration::from_millis(100) {
-            return Err(bad("capture.profile_window", "must be at least 100ms".into()));
+            return Err(bad(
+                "capture.profile_window",
+                "must be at least 100ms".into(),
+            ));
         }
-        let sensitive = SensitivePaths::new(&c.sensitive_read, &c.sensitive_write)
+        // The agent's own state is always protected: a write there by
+        // anything but the agent is tampering (the agent's own writes are
+        // never reported).
+        let mut write = c.sensitive_write.clone();
+        if let Some(dir) = std::path::absolute(&raw.agent.state_dir)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned))
+        {
+            write.push(dir);
+        }
+        let sensitive = SensitivePaths::new(&c.sensitive_read, &write)
             .map_err(|e| bad("capture.sensitive_read/sensitive_write", e.to_string()))?;
         if raw.spool.max_size < 1 << 20 {
             return Err(bad("spool.max_size", "must be at least 1MiB".into()));
@@ -588,10 +639,17 @@ impl Settings {
             None
         } else {
             Some(raw.api.listen.parse().map_err(|_| {
-                bad("api.listen", format!("{:?} is not an address like 127.0.0.1:9464", raw.api.listen))
+                bad(
+                    "api.listen",
+                    format!("{:?} is not an address like 127.0.0.1:9464", raw.api.listen),
+                )
             })?)
         };
-        let host_name = if raw.agent.host_name.is_empty() { system_host_name() } else { raw.agent.host_name.clone() };
+        let host_name = if raw.agent.host_name.is_empty() {
+            system_host_name()
+        } else {
+            raw.agent.host_name.clone()
+        };
         let capture = CaptureSettings {
             probes: ProbeSettings {
                 syscall_profiles: c.syscall_profiles,
@@ -599,7 +657,9 @@ impl Settings {
                 ringbuf_bytes: ring as u32,
                 ..ProbeSettings::default()
             },
-            profiles: ProfileSettings { window: c.profile_window },
+            profiles: ProfileSettings {
+                window: c.profile_window,
+            },
             sensitive,
             ..CaptureSettings::default()
         };
@@ -633,28 +693,66 @@ fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
             }
             Ok(())
         }
-        SinkConfig::Syslog { transport, address, path, facility, .. } => {
+        SinkConfig::Syslog {
+            transport,
+            address,
+            path,
+            facility,
+            ..
+        } => {
             if crate::output::syslog::facility_code(facility).is_none() {
-                return Err(("facility", format!("unknown facility {facility:?} (kern, user, daemon, auth, local0..local7, ...)")));
+                return Err((
+                    "facility",
+                    format!(
+                        "unknown facility {facility:?} (kern, user, daemon, auth, local0..local7, ...)"
+                    ),
+                ));
             }
             match transport {
-                SyslogTransport::Unix if path.is_none() => Err(("path", "the unix transport needs a socket path".into())),
-                SyslogTransport::Udp | SyslogTransport::Tcp if address.is_none() => {
-                    Err(("address", "udp and tcp need an address like 127.0.0.1:514".into()))
+                SyslogTransport::Unix if path.is_none() => {
+                    Err(("path", "the unix transport needs a socket path".into()))
                 }
+                SyslogTransport::Udp | SyslogTransport::Tcp if address.is_none() => Err((
+                    "address",
+                    "udp and tcp need an address like 127.0.0.1:514".into(),
+                )),
                 _ => Ok(()),
             }
         }
-        SinkConfig::SplunkHec { url, token_file, token_env, batch_size, .. }
-        | SinkConfig::Elasticsearch { url, token_file, token_env, batch_size, .. } => {
+        SinkConfig::SplunkHec {
+            url,
+            token_file,
+            token_env,
+            batch_size,
+            ..
+        }
+        | SinkConfig::Elasticsearch {
+            url,
+            token_file,
+            token_env,
+            batch_size,
+            ..
+        } => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(("url", format!("{url:?} must start with http:// or https://")));
+                return Err((
+                    "url",
+                    format!("{url:?} must start with http:// or https://"),
+                ));
             }
             if token_file.is_some() && token_env.is_some() {
-                return Err(("token_file", "give token_file or token_env, not both".into()));
+                return Err((
+                    "token_file",
+                    "give token_file or token_env, not both".into(),
+                ));
             }
-            if matches!(sink, SinkConfig::SplunkHec { .. }) && token_file.is_none() && token_env.is_none() {
-                return Err(("token_file", "Splunk HEC needs a token: token_file or token_env".into()));
+            if matches!(sink, SinkConfig::SplunkHec { .. })
+                && token_file.is_none()
+                && token_env.is_none()
+            {
+                return Err((
+                    "token_file",
+                    "Splunk HEC needs a token: token_file or token_env".into(),
+                ));
             }
             if *batch_size == 0 || *batch_size > 10_000 {
                 return Err(("batch_size", "must be between 1 and 10000".into()));
@@ -669,7 +767,11 @@ pub fn system_host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let name = if ok { crate::event::decode::until_nul(&buf) } else { b"localhost" };
+    let name = if ok {
+        crate::event::decode::until_nul(&buf)
+    } else {
+        b"localhost"
+    };
     String::from_utf8_lossy(name).into_owned()
 }
 
@@ -690,27 +792,54 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_with_file_line_and_key() {
-        let err = parse("[model]\nlearn_for = \"1m\"\nlearn_four = \"2m\"\n").unwrap_err().to_string();
-        assert!(err.starts_with("/etc/monitor/monitor.toml:3:1: model.learn_four: unknown field `learn_four`"), "{err}");
+        let err = parse("[model]\nlearn_for = \"1m\"\nlearn_four = \"2m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "/etc/monitor/monitor.toml:3:1: model.learn_four: unknown field `learn_four`"
+            ),
+            "{err}"
+        );
         assert!(err.contains("expected one of"), "{err}");
         let err = parse("[[sink]]\ntype = \"stdout\"\n[[sink]]\ntype = \"file\"\npath = \"/x\"\nmax_sise = \"1MiB\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains(":6:") && err.contains("sink[1]") && err.contains("max_sise"), "{err}");
+        assert!(
+            err.contains(":6:") && err.contains("sink[1]") && err.contains("max_sise"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = parse("[model]\nlearn_for = \"soon\"\n").unwrap_err().to_string();
-        assert!(err.contains(":2:") && err.contains("model.learn_for") && err.contains("\"soon\""), "{err}");
-        let err = parse("[capture]\nring_buffer = \"3 bananas\"\n").unwrap_err().to_string();
+        let err = parse("[model]\nlearn_for = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2:") && err.contains("model.learn_for") && err.contains("\"soon\""),
+            "{err}"
+        );
+        let err = parse("[capture]\nring_buffer = \"3 bananas\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("capture.ring_buffer"), "{err}");
         let raw = parse("[model]\nfalse_alarm_rate = 2.0\n").unwrap();
-        let err = Settings::from_raw(raw, Path::new("f.toml")).unwrap_err().to_string();
-        assert_eq!(err, "f.toml: model.false_alarm_rate: must be between 0 and 1, got 2");
+        let err = Settings::from_raw(raw, Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "f.toml: model.false_alarm_rate: must be between 0 and 1, got 2"
+        );
         let raw = parse("[[sink]]\ntype = \"splunk_hec\"\nurl = \"https://x\"\n").unwrap();
-        let err = Settings::from_raw(raw, Path::new("f.toml")).unwrap_err().to_string();
-        assert!(err.contains("sink[0].token_file") && err.contains("needs a token"), "{err}");
+        let err = Settings::from_raw(raw, Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink[0].token_file") && err.contains("needs a token"),
+            "{err}"
+        );
         let err = parse("[agent\n").unwrap_err().to_string();
         assert!(err.contains("monitor.toml:1:"), "{err}");
     }
@@ -720,6 +849,10 @@ mod tests {
         assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
         assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
     }
 }

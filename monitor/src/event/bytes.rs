@@ -108,10 +108,9 @@ impl<'de> Deserialize<'de> for ByteString {
         }
         match Repr::deserialize(deserializer)? {
             Repr::Text(text) => Ok(Self(text.into_bytes())),
-            Repr::Raw { base64, .. } => STANDARD
-                .decode(base64.as_bytes())
-                .map(Self)
-                .map_err(|e| serde::de::Error::custom(format!("invalid base64 in byte string: {e}"))),
+            Repr::Raw { base64, .. } => STANDARD.decode(base64.as_bytes()).map(Self).map_err(|e| {
+                serde::de::Error::custom(format!("invalid base64 in byte string: {e}"))
+            }),
         }
     }
 }
@@ -143,7 +142,11 @@ mod tests {
     #[test]
     fn invalid_utf8_keeps_exact_bytes() {
         let json = roundtrip(b"bad\xff\xfename");
-        assert_eq!(json, r#"{"text":"bad\ufffd\ufffdname","base64":"YmFk//5uYW1l"}"#.replace("\\ufffd", "\u{fffd}"));
+        assert_eq!(
+            json,
+            r#"{"text":"bad\ufffd\ufffdname","base64":"YmFk//5uYW1l"}"#
+                .replace("\\ufffd", "\u{fffd}")
+        );
     }
 
     #[test]

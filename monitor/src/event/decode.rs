@@ -349,9 +349,8 @@ pub(crate) mod tests {
 
     pub(crate) fn put<T: Copy>(bytes: &mut [u8], offset: usize, value: T) {
         // SAFETY: test helper; bounds checked by the slice index below.
-        let raw = unsafe {
-            std::slice::from_raw_parts((&raw const value).cast::<u8>(), size_of::<T>())
-        };
+        let raw =
+            unsafe { std::slice::from_raw_parts((&raw const value).cast::<u8>(), size_of::<T>()) };
         bytes[offset..offset + size_of::<T>()].copy_from_slice(raw);
     }
 
@@ -370,7 +369,12 @@ pub(crate) mod tests {
         put(bytes, size_of::<RecordHeader>(), task);
     }
 
-    pub(crate) fn put_path(bytes: &mut [u8], offset: usize, components_leaf_first: &[&[u8]], flags: u8) {
+    pub(crate) fn put_path(
+        bytes: &mut [u8],
+        offset: usize,
+        components_leaf_first: &[&[u8]],
+        flags: u8,
+    ) {
         let mut data = Vec::new();
         for c in components_leaf_first {
             data.extend_from_slice(c);
@@ -389,12 +393,25 @@ pub(crate) mod tests {
         let filename = b"/bin/echo";
         let at = offset_of!(ExecRecord, filename);
         b[at..at + filename.len()].copy_from_slice(filename);
-        put(&mut b, offset_of!(ExecRecord, filename_len), filename.len() as u16);
-        put_path(&mut b, offset_of!(ExecRecord, path), &[b"echo", b"bin", b"usr"], 0);
+        put(
+            &mut b,
+            offset_of!(ExecRecord, filename_len),
+            filename.len() as u16,
+        );
+        put_path(
+            &mut b,
+            offset_of!(ExecRecord, path),
+            &[b"echo", b"bin", b"usr"],
+            0,
+        );
         let at = offset_of!(ExecRecord, argv);
         b[at..at + args.len()].copy_from_slice(args);
         put(&mut b, offset_of!(ExecRecord, argv_len), args.len() as u32);
-        put(&mut b, offset_of!(ExecRecord, argv_total), args.len() as u32);
+        put(
+            &mut b,
+            offset_of!(ExecRecord, argv_total),
+            args.len() as u32,
+        );
         put(&mut b, offset_of!(ExecRecord, exe_mode), 0o100755u32);
         put(&mut b, offset_of!(ExecRecord, old_tid), 42u32);
         b
@@ -405,8 +422,13 @@ pub(crate) mod tests {
         let b = exec_record(b"/bin/echo\0probe-token-1\0bad\xff\0");
         let ev = decode(&b).unwrap();
         let task = ev.task.unwrap();
-        assert_eq!((task.pid, task.ppid, task.comm.as_bytes()), (42, 7, &b"echo"[..]));
-        let Payload::Event(Detail::Exec(exec)) = ev.payload else { panic!("not exec") };
+        assert_eq!(
+            (task.pid, task.ppid, task.comm.as_bytes()),
+            (42, 7, &b"echo"[..])
+        );
+        let Payload::Event(Detail::Exec(exec)) = ev.payload else {
+            panic!("not exec")
+        };
         assert_eq!(exec.path.as_bytes(), b"/usr/bin/echo");
         assert_eq!(exec.filename.as_bytes(), b"/bin/echo");
         let args: Vec<&[u8]> = exec.args.iter().map(|a| a.as_bytes()).collect();
@@ -428,16 +450,35 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_short_and_lying_records() {
-        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::NoHeader { .. })));
+        assert!(matches!(
+            decode(&[1, 0, 0]),
+            Err(DecodeError::NoHeader { .. })
+        ));
         let b = exec_record(b"x\0");
         let err = decode(&b[..100]).unwrap_err();
-        assert!(err.to_string().starts_with("exec record of 100 bytes"), "{err}");
+        assert!(
+            err.to_string().starts_with("exec record of 100 bytes"),
+            "{err}"
+        );
         let mut b = exec_record(b"x\0");
-        put(&mut b, offset_of!(ExecRecord, argv_len), (EXEC_ARGV_MAX + 1) as u32);
-        assert!(matches!(decode(&b), Err(DecodeError::BadLength { field: "argv_len", .. })));
+        put(
+            &mut b,
+            offset_of!(ExecRecord, argv_len),
+            (EXEC_ARGV_MAX + 1) as u32,
+        );
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::BadLength {
+                field: "argv_len",
+                ..
+            })
+        ));
         let mut b = exec_record(b"x\0");
         put(&mut b, offset_of!(ExecRecord, path), (PATH_AREA + 1) as u16);
-        assert!(matches!(decode(&b), Err(DecodeError::BadLength { field: "path", .. })));
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::BadLength { field: "path", .. })
+        ));
         let mut b = blank::<ForkRecord>(200);
         b[0] = 200;
         assert_eq!(decode(&b).unwrap_err(), DecodeError::UnknownKind(200));
@@ -447,13 +488,22 @@ pub(crate) mod tests {
     fn path_edge_cases() {
         let mut b = exec_record(b"");
         put_path(&mut b, offset_of!(ExecRecord, path), &[], 0);
-        let Payload::Event(Detail::Exec(exec)) = decode(&b).unwrap().payload else { panic!() };
+        let Payload::Event(Detail::Exec(exec)) = decode(&b).unwrap().payload else {
+            panic!()
+        };
         assert_eq!(exec.path.as_bytes(), b"/");
         // A final component cut without its NUL at the capture bound.
         let mut b = exec_record(b"");
         let long = vec![b'a'; PATH_CAPTURE_MAX];
-        put_path(&mut b, offset_of!(ExecRecord, path), &[&long[..10]], path_flags::TRUNCATED);
-        let Payload::Event(Detail::Exec(exec)) = decode(&b).unwrap().payload else { panic!() };
+        put_path(
+            &mut b,
+            offset_of!(ExecRecord, path),
+            &[&long[..10]],
+            path_flags::TRUNCATED,
+        );
+        let Payload::Event(Detail::Exec(exec)) = decode(&b).unwrap().payload else {
+            panic!()
+        };
         assert!(exec.path_truncated);
     }
 
@@ -472,11 +522,16 @@ pub(crate) mod tests {
         put(&mut b, offset_of!(ForkRecord, parent_tid), 43u32);
         let ev = decode(&b).unwrap();
         assert_eq!(ev.task.unwrap().ppid, 42);
-        assert!(matches!(ev.payload, Payload::Event(Detail::Fork(ForkDetail { parent_tid: 43 }))));
+        assert!(matches!(
+            ev.payload,
+            Payload::Event(Detail::Fork(ForkDetail { parent_tid: 43 }))
+        ));
         let mut b = blank::<ExitRecord>(kind::EXIT);
         put_task(&mut b, 50, 42, b"sh");
         put(&mut b, offset_of!(ExitRecord, exit_code), 1u32 << 8);
-        let Payload::Event(Detail::Exit(exit)) = decode(&b).unwrap().payload else { panic!() };
+        let Payload::Event(Detail::Exit(exit)) = decode(&b).unwrap().payload else {
+            panic!()
+        };
         assert_eq!(exit.exit_code, Some(1));
     }
 }

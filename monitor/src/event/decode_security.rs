@@ -7,13 +7,13 @@ use std::{
 };
 
 use monitor_common::{
-    BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
-    MemExecRecord, MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, TaskInfo,
-    UNIX_PATH_MAX, cred_op, file_flags, file_op, kind, mem_op, net_flags, net_op,
+    BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX, MemExecRecord,
+    MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, TaskInfo, UNIX_PATH_MAX,
+    cred_op, file_flags, file_op, kind, mem_op, net_flags, net_op,
 };
 
 use super::{
-    ByteString, BpfDetail, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
+    BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
     ModuleDetail, NetDetail, PtraceDetail,
     decode::{DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, decode_path, until_nul},
 };
@@ -96,7 +96,12 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
             check_len::<MemExecRecord>(bytes, name)?;
             let r: MemExecRecord = read_at(bytes, 0);
             Detail::MemExec(MemExecDetail {
-                syscall: if r.op == mem_op::MMAP { "mmap" } else { "mprotect" }.into(),
+                syscall: if r.op == mem_op::MMAP {
+                    "mmap"
+                } else {
+                    "mprotect"
+                }
+                .into(),
                 address: format!("{:#x}", r.addr),
                 length: r.len,
                 prot: flag_names(r.prot, PROT_FLAGS),
@@ -134,6 +139,8 @@ fn net(r: &NetRecord) -> Detail {
         1 => "unix".to_owned(),
         2 => "inet".to_owned(),
         10 => "inet6".to_owned(),
+        16 => "netlink".to_owned(),
+        17 => "packet".to_owned(),
         0 => "unknown".to_owned(),
         n => format!("af_{n}"),
     };
@@ -176,7 +183,11 @@ fn net(r: &NetRecord) -> Detail {
         },
         address: if inet { ip(&r.addr) } else { None },
         port: inet.then_some(r.port),
-        local_address: if accept && inet { ip(&r.local_addr) } else { None },
+        local_address: if accept && inet {
+            ip(&r.local_addr)
+        } else {
+            None
+        },
         local_port: (accept && inet).then_some(r.local_port),
         unix_path,
         fd: r.fd,
@@ -196,7 +207,11 @@ fn net(r: &NetRecord) -> Detail {
 /// lexically (the kernel's own resolution may differ through symlinks).
 pub fn join_relative(base: &[u8], name: &[u8]) -> ByteString {
     let mut parts: Vec<&[u8]> = Vec::new();
-    let joined = if name.first() == Some(&b'/') { name.to_vec() } else { [base, b"/", name].concat() };
+    let joined = if name.first() == Some(&b'/') {
+        name.to_vec()
+    } else {
+        [base, b"/", name].concat()
+    };
     for part in joined.split(|&b| b == b'/') {
         match part {
             b"" | b"." => {}
@@ -246,7 +261,11 @@ fn file(bytes: &[u8], hflags: u16) -> Result<Detail, DecodeError> {
     let detail = FileDetail {
         path: resolve(&path, &base),
         new_path: (op == file_op::RENAME && !path2.absent).then(|| resolve(&path2, &base)),
-        flags: if op == file_op::OPEN { open_flag_names(open_flags) } else { Vec::new() },
+        flags: if op == file_op::OPEN {
+            open_flag_names(open_flags)
+        } else {
+            Vec::new()
+        },
         write: hflags & file_flags::WRITE != 0,
         sensitive: hflags & file_flags::SENSITIVE != 0,
         result: ret,
@@ -273,7 +292,10 @@ fn cred(r: &CredRecord) -> Detail {
     };
     Detail::CredChange(CredDetail {
         syscall: name.into(),
-        args: r.args[..nargs].iter().map(|&a| i64::from(a as i32)).collect(),
+        args: r.args[..nargs]
+            .iter()
+            .map(|&a| i64::from(a as i32))
+            .collect(),
         old_uids: r.old_uid,
         old_gids: r.old_gid,
         new_uids: r.new_uid,
@@ -299,7 +321,12 @@ fn module(bytes: &[u8]) -> Result<Detail, DecodeError> {
     let at = offset_of!(ModuleRecord, args);
     let path = decode_path(bytes, offset_of!(ModuleRecord, path), "module", "path")?;
     Ok(Detail::ModuleLoad(ModuleDetail {
-        syscall: if r_op == 2 { "finit_module" } else { "init_module" }.into(),
+        syscall: if r_op == 2 {
+            "finit_module"
+        } else {
+            "init_module"
+        }
+        .into(),
         path: (!path.absent).then_some(path.path),
         params: ByteString::from(&bytes[at..at + len]),
         result: ret,
@@ -385,23 +412,80 @@ fn ptrace_request(request: i64) -> String {
 
 fn bpf_prog_type(t: u32) -> String {
     const NAMES: &[&str] = &[
-        "unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp",
-        "perf_event", "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops",
-        "sk_skb", "cgroup_device", "sk_msg", "raw_tracepoint", "cgroup_sock_addr", "lwt_seg6local",
-        "lirc_mode2", "sk_reuseport", "flow_dissector", "cgroup_sysctl",
-        "raw_tracepoint_writable", "cgroup_sockopt", "tracing", "struct_ops", "ext", "lsm",
-        "sk_lookup", "syscall", "netfilter",
+        "unspec",
+        "socket_filter",
+        "kprobe",
+        "sched_cls",
+        "sched_act",
+        "tracepoint",
+        "xdp",
+        "perf_event",
+        "cgroup_skb",
+        "cgroup_sock",
+        "lwt_in",
+        "lwt_out",
+        "lwt_xmit",
+        "sock_ops",
+        "sk_skb",
+        "cgroup_device",
+        "sk_msg",
+        "raw_tracepoint",
+        "cgroup_sock_addr",
+        "lwt_seg6local",
+        "lirc_mode2",
+        "sk_reuseport",
+        "flow_dissector",
+        "cgroup_sysctl",
+        "raw_tracepoint_writable",
+        "cgroup_sockopt",
+        "tracing",
+        "struct_ops",
+        "ext",
+        "lsm",
+        "sk_lookup",
+        "syscall",
+        "netfilter",
     ];
-    NAMES.get(t as usize).map_or_else(|| format!("type_{t}"), |n| (*n).to_owned())
+    NAMES
+        .get(t as usize)
+        .map_or_else(|| format!("type_{t}"), |n| (*n).to_owned())
 }
 
 /// Signal name (`SIGKILL`), or the number.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: &[&str] = &[
-        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
-        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
-        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     match sig {
         1..=31 => NAMES[sig as usize].to_owned(),
@@ -415,7 +499,10 @@ mod tests {
     use monitor_common::path_flags;
 
     use super::*;
-    use crate::event::decode::{decode as decode_any, tests::{blank, put, put_path, put_task}};
+    use crate::event::decode::{
+        decode as decode_any,
+        tests::{blank, put, put_path, put_task},
+    };
 
     #[test]
     fn decodes_a_connect_record() {
@@ -424,10 +511,16 @@ mod tests {
         put(&mut b, offset_of!(NetRecord, op), net_op::CONNECT);
         put(&mut b, offset_of!(NetRecord, family), 2u16);
         put(&mut b, offset_of!(NetRecord, port), 8080u16);
-        put(&mut b, offset_of!(NetRecord, addr), [127u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        put(
+            &mut b,
+            offset_of!(NetRecord, addr),
+            [127u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
         put(&mut b, offset_of!(NetRecord, sock_type), 1u16);
         let ev = decode_any(&b).unwrap();
-        let Payload::Event(Detail::Connect(net)) = ev.payload else { panic!("not connect") };
+        let Payload::Event(Detail::Connect(net)) = ev.payload else {
+            panic!("not connect")
+        };
         assert_eq!(net.address.as_deref(), Some("127.0.0.1"));
         assert_eq!(net.port, Some(8080));
         assert_eq!(net.sock_type.as_deref(), Some("stream"));
@@ -439,7 +532,9 @@ mod tests {
         let mut b = blank::<NetRecord>(kind::NET);
         b[2..4].copy_from_slice(&net_flags::ADDR_FAULT.to_le_bytes());
         put(&mut b, offset_of!(NetRecord, op), net_op::CONNECT);
-        let Payload::Event(Detail::Connect(net)) = decode_any(&b).unwrap().payload else { panic!() };
+        let Payload::Event(Detail::Connect(net)) = decode_any(&b).unwrap().payload else {
+            panic!()
+        };
         assert!(net.incomplete.unwrap().contains("not present"));
         assert_eq!(net.address, None);
     }
@@ -452,7 +547,9 @@ mod tests {
         let at = offset_of!(NetRecord, unix_path);
         b[at..at + 5].copy_from_slice(b"\0bus\0");
         put(&mut b, offset_of!(NetRecord, unix_path_len), 5u16);
-        let Payload::Event(Detail::Connect(net)) = decode_any(&b).unwrap().payload else { panic!() };
+        let Payload::Event(Detail::Connect(net)) = decode_any(&b).unwrap().payload else {
+            panic!()
+        };
         assert_eq!(net.unix_path.unwrap().as_bytes(), b"@bus");
     }
 
@@ -466,15 +563,25 @@ mod tests {
         b[data..data + 10].copy_from_slice(b"../x/y.txt");
         put(&mut b, path_at, 11u16);
         put_path(&mut b, offset_of!(FileRecord, base), &[b"sub", b"tmp"], 0);
-        put_path(&mut b, offset_of!(FileRecord, path2), &[], path_flags::ABSENT);
-        let Payload::Event(Detail::FileUnlink(f)) = decode_any(&b).unwrap().payload else { panic!() };
+        put_path(
+            &mut b,
+            offset_of!(FileRecord, path2),
+            &[],
+            path_flags::ABSENT,
+        );
+        let Payload::Event(Detail::FileUnlink(f)) = decode_any(&b).unwrap().payload else {
+            panic!()
+        };
         assert_eq!(f.path.as_bytes(), b"/tmp/x/y.txt");
         assert_eq!(join_relative(b"/", b"..").as_bytes(), b"/");
     }
 
     #[test]
     fn names_flags_and_signals() {
-        assert_eq!(open_flag_names(0o1101), vec!["O_WRONLY", "O_CREAT", "O_TRUNC"]);
+        assert_eq!(
+            open_flag_names(0o1101),
+            vec!["O_WRONLY", "O_CREAT", "O_TRUNC"]
+        );
         assert_eq!(open_flag_names(0o2000000), vec!["O_RDONLY", "O_CLOEXEC"]);
         assert_eq!(signal_name(9), "SIGKILL");
         assert_eq!(signal_name(35), "SIGRTMIN+1");
@@ -485,6 +592,9 @@ mod tests {
     fn short_security_records_are_rejected() {
         let b = blank::<CredRecord>(kind::CRED);
         let err = decode_any(&b[..100]).unwrap_err();
-        assert!(matches!(err, DecodeError::Short { kind: "cred", .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::Short { kind: "cred", .. }),
+            "{err}"
+        );
     }
 }

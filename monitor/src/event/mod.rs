@@ -428,7 +428,11 @@ pub struct ProfileDetail {
     /// Count by canonical syscall name.
     pub counts: BTreeMap<String, u64>,
     /// Counts of consecutive-syscall pair buckets (bucket index -> count).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "numeric_keys")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "numeric_keys"
+    )]
     pub pairs: BTreeMap<u16, u64>,
     /// The process exited during this window (this is its last).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -461,9 +465,9 @@ mod numeric_keys {
         BTreeMap::<String, u64>::deserialize(d)?
             .into_iter()
             .map(|(k, v)| {
-                k.parse()
-                    .map(|k| (k, v))
-                    .map_err(|_| D::Error::custom(format!("pair bucket {k:?} is not a number 0-65535")))
+                k.parse().map(|k| (k, v)).map_err(|_| {
+                    D::Error::custom(format!("pair bucket {k:?} is not a number 0-65535"))
+                })
             })
             .collect()
     }
@@ -480,14 +484,27 @@ mod tests {
         let mut pairs = BTreeMap::new();
         pairs.insert(56u16, 1u64);
         let details = vec![
-            Detail::Exec(ExecDetail { path: b"/x\xff".as_slice().into(), ..Default::default() }),
-            Detail::Exit(ExitDetail { exit_code: Some(3), ..Default::default() }),
-            Detail::SyscallProfile(ProfileDetail { counts, pairs, ..Default::default() }),
+            Detail::Exec(ExecDetail {
+                path: b"/x\xff".as_slice().into(),
+                ..Default::default()
+            }),
+            Detail::Exit(ExitDetail {
+                exit_code: Some(3),
+                ..Default::default()
+            }),
+            Detail::SyscallProfile(ProfileDetail {
+                counts,
+                pairs,
+                ..Default::default()
+            }),
             Detail::Loss(LossDetail::default()),
         ];
         for detail in details {
             let mut event = Event::new(Timestamp(1), detail);
-            event.process = Some(Process { pid: 1, ..Default::default() });
+            event.process = Some(Process {
+                pid: 1,
+                ..Default::default()
+            });
             let json = serde_json::to_string(&event).unwrap();
             let back: Event = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
             assert_eq!(back, event, "{json}");

@@ -28,7 +28,7 @@ impl Timestamp {
     }
 
     /// This time plus a duration.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Self(self.0.saturating_add(d.as_nanos() as u64))
     }
 
@@ -40,7 +40,10 @@ impl Timestamp {
 
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
-        Self(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64))
+        Self(
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        )
     }
 }
 
@@ -52,7 +55,11 @@ impl From<Timestamp> for SystemTime {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_nanos(SystemTime::from(*self)))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_nanos(SystemTime::from(*self))
+        )
     }
 }
 
@@ -109,7 +116,10 @@ impl Default for BootClock {
 
 /// `CLOCK_BOOTTIME` now, in ns.
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -68,9 +68,14 @@ struct Member {
 #[derive(Debug, Clone)]
 enum Type {
     /// Struct or union.
-    Composite { name: u32, members: Vec<Member> },
+    Composite {
+        name: u32,
+        members: Vec<Member>,
+    },
     /// Typedef, const, volatile, restrict, type tag: points at another type.
-    Alias { type_id: u32 },
+    Alias {
+        type_id: u32,
+    },
     Other,
 }
 
@@ -316,11 +321,27 @@ mod tests {
         // 3: anonymous union { int b; struct 2; }
         push(&[0, KIND_UNION << 24 | 2, 8, s("b"), 1, 0, 0, 2, 0]);
         // 4: struct outer { int a; union 3; }
-        push(&[s("outer"), KIND_STRUCT << 24 | 2, 16, s("a"), 1, 0, 0, 3, 64]);
+        push(&[
+            s("outer"),
+            KIND_STRUCT << 24 | 2,
+            16,
+            s("a"),
+            1,
+            0,
+            0,
+            3,
+            64,
+        ]);
         let mut data = Vec::new();
         data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
         data.extend_from_slice(&types);
@@ -350,7 +371,10 @@ mod tests {
         let mut data = sample();
         data.truncate(30);
         assert!(matches!(Btf::parse(&data), Err(BtfError::Malformed(_))));
-        assert!(matches!(Btf::parse(b"nonsense"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(b"nonsense"),
+            Err(BtfError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! A *sensor* is a named set of programs that serve one concern (process
 //! lifecycle, syscall profiles, network...). Settings choose which sensors
-//! run; each program's hook is listed once, in [`PROGRAMS`].
+//! run; each program's hooks are listed once, in [`programs`].
 
 pub mod btf;
 pub mod counters;
@@ -78,20 +78,50 @@ pub struct ProgramSpec {
 }
 
 const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
-    ProgramSpec { name, hook: Hook::BtfTracepoint(name), sensor }
+    ProgramSpec {
+        name,
+        hook: Hook::BtfTracepoint(name),
+        sensor,
+    }
 }
 
-/// Every attachment the agent knows. Two raw syscall hooks serve all the
-/// syscall-level sensors: `sys_enter` counts syscalls and stashes the
-/// arguments of watched ones, `sys_exit` reports them with their result (see
-/// `monitor-ebpf/src/pending.rs` for why not one tracepoint per syscall).
-pub const PROGRAMS: &[ProgramSpec] = &[
-    btf("sched_process_exec", Sensor::Process),
-    btf("sched_process_fork", Sensor::Process),
-    btf("sched_process_exit", Sensor::Process),
-    btf("sys_enter", Sensor::SyscallProfile),
-    btf("sys_exit", Sensor::Security),
-];
+/// Every attachment the agent knows. One raw hook serves the syscall-level
+/// sensors on the way in: `sys_enter` counts syscalls and stashes the
+/// arguments of watched ones. On the way out, one program is attached to
+/// the exit tracepoint of each watched syscall (see
+/// `monitor-ebpf/src/exits.rs` for why not to the raw `sys_exit`).
+pub fn programs() -> &'static [ProgramSpec] {
+    static PROGRAMS: std::sync::OnceLock<Vec<ProgramSpec>> = std::sync::OnceLock::new();
+    PROGRAMS.get_or_init(|| {
+        let mut specs = vec![
+            btf("sched_process_exec", Sensor::Process),
+            btf("sched_process_fork", Sensor::Process),
+            btf("sched_process_exit", Sensor::Process),
+            btf("sys_enter", Sensor::SyscallProfile),
+        ];
+        let mut names: Vec<&str> = monitor_common::stash::BY_NAME
+            .iter()
+            .filter(|(_, op)| {
+                !matches!(
+                    *op,
+                    monitor_common::stash::MMAP | monitor_common::stash::MPROTECT
+                )
+            })
+            .map(|(name, _)| *name)
+            .collect();
+        names.dedup();
+        for name in names {
+            // Leaked once: hooks are named by `&'static str` everywhere.
+            let tracepoint: &'static str = Box::leak(format!("sys_exit_{name}").into_boxed_str());
+            specs.push(ProgramSpec {
+                name: "sys_exit_watched",
+                hook: Hook::Tracepoint("syscalls", tracepoint),
+                sensor: Sensor::Security,
+            });
+        }
+        specs
+    })
+}
 
 /// Why a sensor is not running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +193,7 @@ pub enum ProbeError {
         hook: Hook,
         /// Why (for a load, it carries the verifier log).
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map is missing from the object.
     #[error("the eBPF object has no usable map `{0}`")]
@@ -212,14 +242,19 @@ impl Probes {
 
         let mut sensors = std::collections::BTreeMap::new();
         let mut planned = Vec::new();
-        for spec in PROGRAMS {
+        for spec in programs() {
             let state = sensors.entry(spec.sensor).or_insert(SensorState::Attached);
             if !sensor_enabled(spec.sensor, settings) {
                 *state = SensorState::Disabled;
             } else if let Hook::Tracepoint(category, name) = spec.hook
                 && !tracepoint_exists(category, name)
             {
-                *state = SensorState::Unavailable(format!("this kernel has no tracepoint {category}/{name}"));
+                // A syscall this kernel lacks (or compiled out, like the
+                // module calls without CONFIG_MODULES) cannot happen here.
+                tracing::debug!(
+                    tracepoint = name,
+                    "no such tracepoint on this kernel; skipped"
+                );
             } else {
                 planned.push(*spec);
             }
@@ -303,12 +338,12 @@ impl Probes {
     pub fn take_sensitive(
         &mut self,
     ) -> Result<BpfHashMap<MapData, monitor_common::InodeKey, u8>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("SENSITIVE")
-            .ok_or(ProbeError::Map("SENSITIVE", aya::maps::MapError::InvalidName {
+        let map = self.ebpf.take_map("SENSITIVE").ok_or(ProbeError::Map(
+            "SENSITIVE",
+            aya::maps::MapError::InvalidName {
                 name: "SENSITIVE".into(),
-            }))?;
+            },
+        ))?;
         BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("SENSITIVE", e))
     }
 
@@ -324,23 +359,23 @@ impl Probes {
 
     /// Takes the ring buffer (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::Map("EVENTS", aya::maps::MapError::InvalidName {
+        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::Map(
+            "EVENTS",
+            aya::maps::MapError::InvalidName {
                 name: "EVENTS".into(),
-            }))?;
+            },
+        ))?;
         RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
     }
 
     /// Takes the counters map (once).
     pub fn take_counters(&mut self) -> Result<KernelCounters, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("COUNTERS")
-            .ok_or(ProbeError::Map("COUNTERS", aya::maps::MapError::InvalidName {
+        let map = self.ebpf.take_map("COUNTERS").ok_or(ProbeError::Map(
+            "COUNTERS",
+            aya::maps::MapError::InvalidName {
                 name: "COUNTERS".into(),
-            }))?;
+            },
+        ))?;
         PerCpuArray::try_from(map)
             .map(KernelCounters::new)
             .map_err(|e| ProbeError::Map("COUNTERS", e))
@@ -348,12 +383,12 @@ impl Probes {
 
     /// Takes the per-thread profile map (once).
     pub fn take_profiles(&mut self) -> Result<BpfHashMap<MapData, u32, ThreadProfile>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("PROFILES")
-            .ok_or(ProbeError::Map("PROFILES", aya::maps::MapError::InvalidName {
+        let map = self.ebpf.take_map("PROFILES").ok_or(ProbeError::Map(
+            "PROFILES",
+            aya::maps::MapError::InvalidName {
                 name: "PROFILES".into(),
-            }))?;
+            },
+        ))?;
         BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("PROFILES", e))
     }
 }
@@ -373,16 +408,23 @@ impl FloorProbe {
             return Err(ProbeError::NotPrivileged);
         }
         mounts::ensure_mounted()?;
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(ProbeError::Object)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Object)?;
         let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
         let spec = ProgramSpec {
             name: "sys_enter_empty",
             hook: Hook::BtfTracepoint("sys_enter"),
             sensor: Sensor::SyscallProfile,
         };
-        let program = ebpf.program_mut(spec.name).ok_or(ProbeError::MissingProgram(spec.name))?;
+        let program = ebpf
+            .program_mut(spec.name)
+            .ok_or(ProbeError::MissingProgram(spec.name))?;
         let link = attach(program, &spec, &btf, true)?;
-        Ok(Self { _link: link, _ebpf: ebpf })
+        Ok(Self {
+            _link: link,
+            _ebpf: ebpf,
+        })
     }
 }
 
@@ -415,20 +457,26 @@ fn sensor_enabled(sensor: Sensor, settings: &ProbeSettings) -> bool {
 fn fill_syscall_ops(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     let map = ebpf.map_mut("SYSCALL_OPS").ok_or(ProbeError::Map(
         "SYSCALL_OPS",
-        aya::maps::MapError::InvalidName { name: "SYSCALL_OPS".into() },
+        aya::maps::MapError::InvalidName {
+            name: "SYSCALL_OPS".into(),
+        },
     ))?;
     let mut ops: aya::maps::Array<_, u32> =
         aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map("SYSCALL_OPS", e))?;
     for (name, op) in monitor_common::stash::BY_NAME {
         if let Some(nr) = crate::syscalls::Abi::x86_64_number(name) {
-            ops.set(nr, op, 0).map_err(|e| ProbeError::Map("SYSCALL_OPS", e))?;
+            ops.set(nr, op, 0)
+                .map_err(|e| ProbeError::Map("SYSCALL_OPS", e))?;
         }
     }
     Ok(())
 }
 
 fn tracepoint_exists(category: &str, name: &str) -> bool {
-    std::path::Path::new("/sys/kernel/tracing/events").join(category).join(name).is_dir()
+    std::path::Path::new("/sys/kernel/tracing/events")
+        .join(category)
+        .join(name)
+        .is_dir()
 }
 
 /// An error and its sources on one line.
@@ -446,8 +494,16 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// Loads each program once and attaches it at each of its hooks, with the
 /// programs split over two threads (the verifier is the slow part of
 /// start-up, and it runs in the calling thread). Results are in `specs` order.
-fn attach_all(ebpf: &mut Ebpf, specs: &[ProgramSpec], btf: &aya::Btf) -> Vec<Result<Link, ProbeError>> {
-    type Job<'a> = (&'static str, Option<&'a mut aya::programs::Program>, Vec<(usize, ProgramSpec)>);
+fn attach_all(
+    ebpf: &mut Ebpf,
+    specs: &[ProgramSpec],
+    btf: &aya::Btf,
+) -> Vec<Result<Link, ProbeError>> {
+    type Job<'a> = (
+        &'static str,
+        Option<&'a mut aya::programs::Program>,
+        Vec<(usize, ProgramSpec)>,
+    );
     let mut by_name: std::collections::HashMap<&str, &mut aya::programs::Program> =
         ebpf.programs_mut().collect();
     let mut jobs: Vec<Job<'_>> = Vec::new();
@@ -458,7 +514,8 @@ fn attach_all(ebpf: &mut Ebpf, specs: &[ProgramSpec], btf: &aya::Btf) -> Vec<Res
         }
     }
     // Alternate programs between the threads, so the big ones spread.
-    let (odd, even): (Vec<(usize, Job<'_>)>, Vec<(usize, Job<'_>)>) =
+    type Numbered<'a> = Vec<(usize, Job<'a>)>;
+    let (odd, even): (Numbered<'_>, Numbered<'_>) =
         jobs.into_iter().enumerate().partition(|(i, _)| i % 2 == 1);
     let run = |jobs: Vec<(usize, Job<'_>)>| {
         let mut out = Vec::new();
@@ -472,7 +529,11 @@ fn attach_all(ebpf: &mut Ebpf, specs: &[ProgramSpec], btf: &aya::Btf) -> Vec<Res
                         out.push((i, result));
                     }
                 }
-                None => out.extend(hooks.into_iter().map(|(i, _)| (i, Err(ProbeError::MissingProgram(name))))),
+                None => out.extend(
+                    hooks
+                        .into_iter()
+                        .map(|(i, _)| (i, Err(ProbeError::MissingProgram(name)))),
+                ),
             }
         }
         out
@@ -507,7 +568,7 @@ fn attach(
             action,
             program: spec.name,
             hook: spec.hook,
-            source,
+            source: Box::new(source),
         }
     };
     match spec.hook {

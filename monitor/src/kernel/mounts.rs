@@ -78,7 +78,11 @@ pub fn ensure_mounted() -> Result<Vec<&'static str>, MountError> {
             needed_for: m.needed_for,
             source,
         })?;
-        tracing::info!(target = m.target, fstype = m.fstype, "mounted missing filesystem");
+        tracing::info!(
+            target = m.target,
+            fstype = m.fstype,
+            "mounted missing filesystem"
+        );
         mounted.push(m.target);
     }
     Ok(mounted)
@@ -86,13 +90,26 @@ pub fn ensure_mounted() -> Result<Vec<&'static str>, MountError> {
 
 fn mount(m: &RequiredMount) -> std::io::Result<()> {
     if !Path::new(m.target).is_dir() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "mount point does not exist"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "mount point does not exist",
+        ));
     }
     let c = |s: &str| CString::new(s).expect("no NUL in constant");
     let (source, target, fstype) = (c(m.fstype), c(m.target), c(m.fstype));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let ret = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

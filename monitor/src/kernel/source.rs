@@ -27,6 +27,10 @@ pub struct SourceStats {
     pub decode_errors: AtomicU64,
 }
 
+/// How often the ring is read when nothing forces a wakeup: the latency
+/// added to an event at most.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Reads records until `shutdown`, then drains what is already in the ring
 /// and returns.
 pub async fn run(
@@ -40,10 +44,17 @@ pub async fn run(
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
     let mut batch = Vec::with_capacity(256);
+    // The programs wake us only when the ring is filling (see the eBPF
+    // `wakeup_flags`); the rest is collected here, in batches.
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = poll.tick() => {
+                drain(fd.get_mut(), &mut batch, &stats);
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 // Readiness is edge-triggered: clear it only once the ring is

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     baseline::{Baseline, Novelty, Scope, Scored},
+    guidance::{self, Guidance},
     window::Window,
 };
 use crate::event::{Ancestor, Process, Timestamp};
@@ -79,6 +80,9 @@ pub struct Alert {
     pub novelty: Vec<Novelty>,
     /// One line for people.
     pub summary: String,
+    /// Why it matters, what to do, typical ATT&CK techniques, severity.
+    #[serde(default)]
+    pub guidance: Guidance,
     /// The window overlapped lost events (less certain).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
@@ -114,6 +118,11 @@ impl Alert {
                 share: (share * 1000.0).round() / 1000.0,
             })
             .collect();
+        let mut scored = scored.clone();
+        scored
+            .novelty
+            .sort_by_key(|n| (importance(n.kind), n.value.clone()));
+        let scored = &scored;
         let summary = summarize(w, scored, &deviations);
         Alert {
             id: alert_id(w),
@@ -136,27 +145,66 @@ impl Alert {
                 typical_distance: (scored.nearest.spread * 1000.0).round() / 1000.0,
             },
             novelty: scored.novelty.clone(),
+            guidance: guidance::for_novelty(&scored.novelty),
             summary,
             incomplete: w.tainted,
         }
     }
 }
 
+/// Order of novelty kinds in explanations: what an analyst should read first.
+fn importance(kind: super::baseline::NoveltyKind) -> u8 {
+    use super::baseline::NoveltyKind::*;
+    match kind {
+        NewAction => 0,
+        NewSensitivePath => 1,
+        NewChildProgram => 2,
+        NewPeer => 3,
+        NewListeningPort => 4,
+        NewExecutable => 5,
+        NewParentChild => 6,
+        NewSyscall => 7,
+    }
+}
+
+/// Novelty facts for people: new syscalls folded into one line.
+fn novelty_lines(novelty: &[Novelty]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let syscalls: Vec<&str> = novelty
+        .iter()
+        .filter(|n| n.kind == super::baseline::NoveltyKind::NewSyscall)
+        .map(|n| n.value.as_str())
+        .collect();
+    for n in novelty
+        .iter()
+        .filter(|n| n.kind != super::baseline::NoveltyKind::NewSyscall)
+    {
+        lines.push(format!("{} ({})", n.kind.describe(), printable(&n.value)));
+    }
+    match syscalls.len() {
+        0 => {}
+        1 => lines.push(format!(
+            "made a system call it never made before ({})",
+            syscalls[0]
+        )),
+        k => lines.push(format!(
+            "made {k} system calls it never made before ({})",
+            syscalls.join(", ")
+        )),
+    }
+    lines
+}
+
 fn summarize(w: &Window, scored: &Scored, deviations: &[Deviation]) -> String {
     let name = w.profile.rsplit('/').next().unwrap_or(&w.profile);
     let pid = w.context.process.as_ref().map_or(w.pid, |p| p.pid);
-    let mut parts = Vec::new();
-    for n in scored.novelty.iter().take(3) {
-        parts.push(format!("{} ({})", n.kind.describe(), n.value));
-    }
+    let mut parts: Vec<String> = novelty_lines(&scored.novelty).into_iter().take(3).collect();
     if parts.is_empty()
         && let Some(d) = deviations.first()
     {
         parts.push(format!(
             "{}: {} where about {} is usual",
-            d.feature,
-            d.observed,
-            d.expected
+            d.feature, d.observed, d.expected
         ));
     }
     format!(
@@ -164,4 +212,135 @@ fn summarize(w: &Window, scored: &Scored, deviations: &[Deviation]) -> String {
         scored.score,
         parts.join("; ")
     )
+}
+
+/// Text safe to print on a terminal: control characters (newlines, escape
+/// sequences a hostile process name could carry) are shown escaped.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn command_line(
+    exe: Option<&crate::event::ByteString>,
+    args: &[crate::event::ByteString],
+    comm: &crate::event::ByteString,
+) -> String {
+    let mut line = if args.is_empty() {
+        exe.map_or_else(
+            || comm.to_string_lossy().into_owned(),
+            |e| e.to_string_lossy().into_owned(),
+        )
+    } else {
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if line.chars().count() > 160 {
+        line = line.chars().take(157).collect::<String>() + "...";
+    }
+    printable(&line)
+}
+
+impl Alert {
+    /// The multi-line explanation for people: what happened, the process
+    /// tree, what was observed against the baseline, why it matters and
+    /// what to do first.
+    pub fn explanation(&self) -> String {
+        let mut out = format!(
+            "{} [{}]\n",
+            printable(&self.summary),
+            self.guidance.severity.name()
+        );
+        out.push_str(&format!(
+            "score {:.4}, threshold {:.4} (calibrated for {} false alarms per window); window {} .. {}\n",
+            self.score, self.threshold, self.false_alarm_rate, self.window_start, self.window_end
+        ));
+        if self.incomplete {
+            out.push_str(
+                "note: the agent lost events during this window; the picture may be incomplete\n",
+            );
+        }
+        out.push_str("\nprocess tree (oldest first):\n");
+        let mut depth = 0;
+        for a in self.ancestry.iter().rev() {
+            out.push_str(&format!(
+                "{}{} (pid {}, uid {})\n",
+                "  ".repeat(depth + 1),
+                command_line(a.exe.as_ref(), &a.args, &a.comm),
+                a.pid,
+                a.uid
+            ));
+            depth += 1;
+        }
+        match &self.process {
+            Some(p) => out.push_str(&format!(
+                "{}{} (pid {}, uid {}{}) <- this process\n",
+                "  ".repeat(depth + 1),
+                command_line(p.exe.as_ref(), &p.args, &p.comm),
+                p.pid,
+                p.uid,
+                p.user
+                    .as_deref()
+                    .map(|u| format!(" {}", printable(u)))
+                    .unwrap_or_default()
+            )),
+            None => out.push_str(&format!("  {} <- profile\n", printable(&self.profile))),
+        }
+        if !self.novelty.is_empty() {
+            out.push_str("\nnever seen in this host's baseline:\n");
+            for line in novelty_lines(&self.novelty) {
+                out.push_str(&format!("  - {line}\n"));
+            }
+        }
+        if !self.deviations.is_empty() {
+            out.push_str("\nobserved in this window vs. the nearest learned behaviour:\n");
+            for d in &self.deviations {
+                out.push_str(&format!(
+                    "  - {}: {} (usual: about {}; {:.0}% of the difference)\n",
+                    d.feature,
+                    d.observed,
+                    d.expected,
+                    d.share * 100.0
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "  nearest cluster: #{} of the {} model, distance {:.3} (its members are typically {:.3} away)\n",
+            self.nearest_cluster.cluster,
+            match self.nearest_cluster.scope {
+                Scope::Profile => "profile's own",
+                Scope::Global => "host-wide",
+            },
+            self.nearest_cluster.distance,
+            self.nearest_cluster.typical_distance
+        ));
+        if !self.guidance.techniques.is_empty() {
+            out.push_str("\ntypical of (MITRE ATT&CK):\n");
+            for t in &self.guidance.techniques {
+                out.push_str(&format!("  - {} {} ({})\n", t.id, t.name, t.tactic));
+            }
+        }
+        out.push_str("\nwhy it matters:\n");
+        for why in &self.guidance.why {
+            out.push_str(&format!("  - {why}\n"));
+        }
+        out.push_str("\nnext steps:\n");
+        for step in &self.guidance.next_steps {
+            out.push_str(&format!("  - {step}\n"));
+        }
+        out.push_str(&format!(
+            "  - if this is expected: `monitor ack {} --reason \"...\"` and this profile stops alerting on it\n",
+            self.id
+        ));
+        out
+    }
 }

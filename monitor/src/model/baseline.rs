@@ -132,7 +132,11 @@ impl Nearest {
 }
 
 fn dist(a: ArrayView1<'_, f64>, b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - f64::from(*y)).powi(2)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -209,13 +213,20 @@ impl Clusters {
     /// The nearest cluster and exemplar of `x`.
     pub fn nearest(&self, x: ArrayView1<'_, f64>) -> Nearest {
         let (cluster, distance) = nearest_centroid(&self.centroids, x);
-        let exemplar_distance =
-            self.exemplars.iter().map(|e| dist(x, e)).fold(f64::INFINITY, f64::min);
+        let exemplar_distance = self
+            .exemplars
+            .iter()
+            .map(|e| dist(x, e))
+            .fold(f64::INFINITY, f64::min);
         Nearest {
             cluster,
             distance,
             spread: f64::from(self.spreads[cluster]),
-            exemplar_distance: if exemplar_distance.is_finite() { exemplar_distance } else { distance },
+            exemplar_distance: if exemplar_distance.is_finite() {
+                exemplar_distance
+            } else {
+                distance
+            },
             exemplar_spread: f64::from(self.exemplar_spread),
         }
     }
@@ -281,10 +292,16 @@ impl ProfileModel {
         self.syscalls.extend(w.syscalls.keys().copied());
         self.facts.executed.extend(w.facts.executed.iter().cloned());
         self.facts.peers.extend(w.facts.peers.iter().cloned());
-        self.facts.listening.extend(w.facts.listening.iter().cloned());
-        self.facts.sensitive_paths.extend(w.facts.sensitive_paths.iter().cloned());
+        self.facts
+            .listening
+            .extend(w.facts.listening.iter().cloned());
+        self.facts
+            .sensitive_paths
+            .extend(w.facts.sensitive_paths.iter().cloned());
         self.facts.actions.extend(w.facts.actions.iter().cloned());
-        self.facts.exec_pairs.extend(w.facts.exec_pairs.iter().cloned());
+        self.facts
+            .exec_pairs
+            .extend(w.facts.exec_pairs.iter().cloned());
         if let Some(p) = &w.parent_profile {
             self.parents.insert(p.clone());
         }
@@ -324,13 +341,18 @@ impl NoveltyKind {
         match self {
             NoveltyKind::NewExecutable | NoveltyKind::NewSyscall | NoveltyKind::NewPeer => 1e-3,
             NoveltyKind::NewChildProgram | NoveltyKind::NewParentChild => 3e-4,
-            NoveltyKind::NewListeningPort | NoveltyKind::NewSensitivePath | NoveltyKind::NewAction => 1e-4,
+            NoveltyKind::NewListeningPort
+            | NoveltyKind::NewSensitivePath
+            | NoveltyKind::NewAction => 1e-4,
         }
     }
 
     /// True for kinds judged per profile (the rest are host-wide).
     pub fn per_profile(self) -> bool {
-        !matches!(self, NoveltyKind::NewExecutable | NoveltyKind::NewParentChild)
+        !matches!(
+            self,
+            NoveltyKind::NewExecutable | NoveltyKind::NewParentChild
+        )
     }
 
     /// Every kind.
@@ -402,8 +424,15 @@ impl Tail {
         let k = (n / 10).max(5).min(n);
         let tail_start = sample[n - k];
         let u = tail_start.max(0.0) + TAIL_SHIFT;
-        let logs: f64 = sample[n - k..].iter().map(|v| ((v.max(0.0) + TAIL_SHIFT) / u).ln()).sum();
-        let tail_index = if logs > 0.0 { (k as f64 / logs).clamp(1.0, 30.0) } else { 30.0 };
+        let logs: f64 = sample[n - k..]
+            .iter()
+            .map(|v| ((v.max(0.0) + TAIL_SHIFT) / u).ln())
+            .sum();
+        let tail_index = if logs > 0.0 {
+            (k as f64 / logs).clamp(1.0, 30.0)
+        } else {
+            30.0
+        };
         Self {
             sorted: sample,
             tail_start,
@@ -420,8 +449,16 @@ impl Tail {
         }
         let max = self.sorted[n - 1];
         if x <= max {
-            let at_least = n - self.sorted.partition_point(|&v| v < x);
-            return (at_least as f64 + 1.0) / (n as f64 + 1.0);
+            // The empirical survival function, interpolated linearly between
+            // neighbouring sample values so that ranking stays continuous.
+            let i = self.sorted.partition_point(|&v| v < x);
+            if i == 0 {
+                return 1.0;
+            }
+            let (lo, hi) = (self.sorted[i - 1], self.sorted[i]);
+            let above_lo = if hi > lo { (hi - x) / (hi - lo) } else { 0.0 };
+            let at_least = (n - i) as f64 + above_lo;
+            return (at_least + 1.0) / (n as f64 + 1.0);
         }
         let edge = 1.0 / (n as f64 + 1.0);
         let u = self.tail_start.max(0.0) + TAIL_SHIFT;
@@ -494,6 +531,24 @@ pub struct Baseline {
     pub sequence: Option<SequenceModel>,
     /// Baseline windows learned from.
     pub windows: u64,
+    /// Behaviour analysts acknowledged as benign, by finding id. Kept apart
+    /// from what was learned so an acknowledgement can be withdrawn exactly.
+    #[serde(default)]
+    pub acknowledged: BTreeMap<String, Acknowledged>,
+}
+
+/// A finding's behaviour acknowledged as benign (`monitor ack`): its novelty
+/// facts stop counting as new for its profile, and its feature vector counts
+/// as learned behaviour of the profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Acknowledged {
+    /// The profile.
+    pub profile: String,
+    /// The novelty facts that are now known.
+    pub facts: BTreeSet<(NoveltyKind, String)>,
+    /// The window's feature vector, when the window was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub x: Vec<f32>,
 }
 
 /// Cross-validation folds.
@@ -505,7 +560,13 @@ const GLOBAL_FIT_ROWS: usize = 4000;
 fn fold_of(w: &Window, i: usize) -> u64 {
     // FNV-1a over the identity: stable across runs and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in w.profile.bytes().chain(w.pid.to_le_bytes()).chain(w.start.0.to_le_bytes()).chain((i as u64).to_le_bytes()) {
+    for b in w
+        .profile
+        .bytes()
+        .chain(w.pid.to_le_bytes())
+        .chain(w.start.0.to_le_bytes())
+        .chain((i as u64).to_le_bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -529,12 +590,20 @@ impl Baseline {
                 needed: MIN_WINDOWS,
             });
         }
-        let folds: Vec<u64> = usable.iter().enumerate().map(|(i, w)| fold_of(w, i)).collect();
+        let folds: Vec<u64> = usable
+            .iter()
+            .enumerate()
+            .map(|(i, w)| fold_of(w, i))
+            .collect();
         let mut evidence = Vec::with_capacity(usable.len());
         let mut profile_counts: BTreeMap<&str, (u64, BTreeMap<NoveltyKind, u64>)> = BTreeMap::new();
         for f in 0..FOLDS {
-            let train: Vec<&Window> =
-                usable.iter().zip(&folds).filter(|(_, k)| **k != f).map(|(w, _)| *w).collect();
+            let train: Vec<&Window> = usable
+                .iter()
+                .zip(&folds)
+                .filter(|(_, k)| **k != f)
+                .map(|(w, _)| *w)
+                .collect();
             let model = Self::fit_model(&train)?;
             for (w, _) in usable.iter().zip(&folds).filter(|(_, k)| **k == f) {
                 let (_, nearest, novelty, _) = model.measure(w);
@@ -568,7 +637,10 @@ impl Baseline {
                 .iter()
                 .map(|&k| {
                     let seen = kind_counts.get(&k).copied().unwrap_or(0) as f64;
-                    (k, (seen + k.prior_rate() * PRIOR_WINDOWS) / (n + PRIOR_WINDOWS))
+                    (
+                        k,
+                        (seen + k.prior_rate() * PRIOR_WINDOWS) / (n + PRIOR_WINDOWS),
+                    )
                 })
                 .collect(),
             windows: evidence.len(),
@@ -594,7 +666,11 @@ impl Baseline {
         };
         let stride = windows.len().div_ceil(GLOBAL_FIT_ROWS).max(1);
         let sample: Vec<&Window> = windows.iter().step_by(stride).copied().collect();
-        let mut global = ProfileModel::new(Clusters::fit(&rows_of(&sample), MAX_GLOBAL_CLUSTERS, "(global)")?);
+        let mut global = ProfileModel::new(Clusters::fit(
+            &rows_of(&sample),
+            MAX_GLOBAL_CLUSTERS,
+            "(global)",
+        )?);
         windows.iter().for_each(|w| global.learn_facts(w));
         let mut by_profile: BTreeMap<&str, Vec<&Window>> = BTreeMap::new();
         for w in windows {
@@ -620,6 +696,7 @@ impl Baseline {
                 windows: 0,
             },
             windows: windows.len() as u64,
+            acknowledged: BTreeMap::new(),
         })
     }
 
@@ -653,7 +730,10 @@ impl Baseline {
         }
         for id in w.syscalls.keys() {
             if !model.syscalls.contains(id) {
-                push(NoveltyKind::NewSyscall, crate::syscalls::canonical_name(*id).into_owned());
+                push(
+                    NoveltyKind::NewSyscall,
+                    crate::syscalls::canonical_name(*id).into_owned(),
+                );
             }
         }
         for peer in w.facts.peers.difference(&model.facts.peers) {
@@ -662,22 +742,97 @@ impl Baseline {
         for port in w.facts.listening.difference(&model.facts.listening) {
             push(NoveltyKind::NewListeningPort, port.clone());
         }
-        for path in w.facts.sensitive_paths.difference(&model.facts.sensitive_paths) {
+        for path in w
+            .facts
+            .sensitive_paths
+            .difference(&model.facts.sensitive_paths)
+        {
             push(NoveltyKind::NewSensitivePath, path.clone());
         }
         for action in w.facts.actions.difference(&model.facts.actions) {
             push(NoveltyKind::NewAction, action.clone());
         }
+        let (mut nearest, mut novelty) = (nearest, novelty);
+        self.apply_acknowledged(w, x.view(), &mut nearest, &mut novelty);
         (x, nearest, novelty, scope)
+    }
+
+    /// Takes acknowledged behaviour of the window's profile into account:
+    /// acknowledged facts are not new, and an acknowledged window nearer
+    /// than every centroid is the nearest learned behaviour.
+    fn apply_acknowledged(
+        &self,
+        w: &Window,
+        x: ArrayView1<'_, f64>,
+        nearest: &mut Nearest,
+        novelty: &mut Vec<Novelty>,
+    ) {
+        if self.acknowledged.is_empty() {
+            return;
+        }
+        let acks: Vec<&Acknowledged> = self
+            .acknowledged
+            .values()
+            .filter(|a| a.profile == w.profile)
+            .collect();
+        // Parent-child pairs are host-wide facts: any acknowledgement covers them.
+        novelty.retain(|n| {
+            let fact = (n.kind, n.value.clone());
+            let scope_host = n.kind == NoveltyKind::NewParentChild;
+            !self
+                .acknowledged
+                .values()
+                .filter(|a| scope_host || a.profile == w.profile)
+                .any(|a| a.facts.contains(&fact))
+        });
+        for a in acks.iter().filter(|a| a.x.len() == x.len()) {
+            let d = dist(x, &a.x);
+            if d < nearest.distance {
+                nearest.distance = d;
+            }
+            nearest.exemplar_distance = nearest.exemplar_distance.min(d);
+        }
+    }
+
+    /// Acknowledges a finding's behaviour as benign (see [`Acknowledged`]).
+    pub fn acknowledge(
+        &mut self,
+        finding_id: &str,
+        profile: &str,
+        facts: BTreeSet<(NoveltyKind, String)>,
+        window: Option<&Window>,
+    ) {
+        let x = window
+            .map(|w| self.space.vectorize(w).iter().map(|&v| v as f32).collect())
+            .unwrap_or_default();
+        self.acknowledged.insert(
+            finding_id.to_owned(),
+            Acknowledged {
+                profile: profile.to_owned(),
+                facts,
+                x,
+            },
+        );
+    }
+
+    /// Withdraws an acknowledgement; true if there was one.
+    pub fn withdraw(&mut self, finding_id: &str) -> bool {
+        self.acknowledged.remove(finding_id).is_some()
     }
 
     /// How often a normal window of `profile` shows novelty of `kind`.
     pub fn novelty_rate(&self, kind: NoveltyKind, profile: &str) -> f64 {
-        let host = self.calibration.novelty_rates.get(&kind).copied().unwrap_or(kind.prior_rate());
+        let host = self
+            .calibration
+            .novelty_rates
+            .get(&kind)
+            .copied()
+            .unwrap_or(kind.prior_rate());
         match self.profiles.get(profile) {
             Some(m) if kind.per_profile() => {
                 let seen = m.novelty_counts.get(&kind).copied().unwrap_or(0) as f64;
-                (seen + PROFILE_PRIOR_WINDOWS * host) / (m.cv_windows as f64 + PROFILE_PRIOR_WINDOWS)
+                (seen + PROFILE_PRIOR_WINDOWS * host)
+                    / (m.cv_windows as f64 + PROFILE_PRIOR_WINDOWS)
             }
             _ => host,
         }
@@ -686,19 +841,26 @@ impl Baseline {
     /// The union bound of the module docs: how often a normal window of this
     /// profile shows evidence at least as strong. Returns it with the
     /// distance and sequence p-values.
-    fn bound(&self, w: &Window, distance: f64, sequence: Option<f64>, novelty: &[Novelty]) -> (f64, f64, Option<f64>) {
+    fn bound(
+        &self,
+        w: &Window,
+        distance: f64,
+        sequence: Option<f64>,
+        novelty: &[Novelty],
+    ) -> (f64, f64, Option<f64>) {
         let distance_p = self.calibration.distance.p_value(distance);
         let sequence_p = sequence.map(|s| self.calibration.sequence.p_value(s));
-        let mut strongest = distance_p;
-        if let Some(sp) = sequence_p {
-            strongest = strongest.min(sp);
-        }
-        for n in novelty {
+        // A window with a sequence is judged by the sequence model, which
+        // weighs its call set itself (the set distance): the count-feature
+        // distance and new-syscall facts then only explain, so the same
+        // evidence is not counted twice.
+        let counted = |kind: NoveltyKind| sequence_p.is_none() || kind != NoveltyKind::NewSyscall;
+        let mut strongest = sequence_p.unwrap_or(distance_p);
+        for n in novelty.iter().filter(|n| counted(n.kind)) {
             strongest = strongest.min(self.novelty_rate(n.kind, &w.profile));
         }
-        let continuous_tests = if sequence_p.is_some() { 2.0 } else { 1.0 };
-        let mut bound = strongest * continuous_tests;
-        for kind in NoveltyKind::ALL {
+        let mut bound = strongest;
+        for kind in NoveltyKind::ALL.into_iter().filter(|k| counted(*k)) {
             let rate = self.novelty_rate(kind, &w.profile);
             if rate <= strongest {
                 bound += rate;
@@ -711,7 +873,8 @@ impl Baseline {
     pub fn score(&self, w: &Window) -> Scored {
         let (x, nearest, novelty, scope) = self.measure(w);
         let sequence = self.sequence.as_ref().and_then(|s| s.statistic(w));
-        let (bound, distance_p, sequence_p) = self.bound(w, nearest.statistic(), sequence, &novelty);
+        let (bound, distance_p, sequence_p) =
+            self.bound(w, nearest.statistic(), sequence, &novelty);
         Scored {
             score: 1.0 - bound,
             raw: -bound.max(f64::MIN_POSITIVE).ln(),
@@ -739,7 +902,12 @@ impl Baseline {
 
     /// The features of `x` that differ most from its nearest centroid: index,
     /// share of the squared distance.
-    pub fn deviations(&self, w: &Window, scored: &Scored, top: usize) -> Vec<(usize, f64, f64, f64)> {
+    pub fn deviations(
+        &self,
+        w: &Window,
+        scored: &Scored,
+        top: usize,
+    ) -> Vec<(usize, f64, f64, f64)> {
         let (model, _) = self.model_for(&w.profile);
         let centroid = &model.clusters.centroids[scored.nearest.cluster];
         let mut contributions: Vec<(usize, f64)> = scored
@@ -756,7 +924,8 @@ impl Baseline {
             .into_iter()
             .take(top)
             .map(|(i, d)| {
-                let (observed, expected) = self.space.observed_expected(i, w, f64::from(centroid[i]));
+                let (observed, expected) =
+                    self.space.observed_expected(i, w, f64::from(centroid[i]));
                 (i, d / total.max(f64::MIN_POSITIVE), observed, expected)
             })
             .collect()

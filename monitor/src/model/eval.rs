@@ -96,7 +96,11 @@ fn read_trace(root: &Path, path: &Path, class: Option<String>) -> Result<Trace, 
         })?;
         sequence.push(Abi::I386.canonical_id(nr));
     }
-    let rel = path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned();
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned();
     Ok(Trace {
         path: rel,
         class,
@@ -133,8 +137,11 @@ impl Dataset {
                 })
             }
         };
-        let (train_dir, val_dir, attack_dir) =
-            (need("Training_Data_Master")?, need("Validation_Data_Master")?, need("Attack_Data_Master")?);
+        let (train_dir, val_dir, attack_dir) = (
+            need("Training_Data_Master")?,
+            need("Validation_Data_Master")?,
+            need("Attack_Data_Master")?,
+        );
         let train = files(&train_dir)?
             .iter()
             .map(|p| read_trace(root, p, None))
@@ -145,7 +152,11 @@ impl Dataset {
             .collect::<Result<Vec<_>, _>>()?;
         let (mut calibration, mut test) = (Vec::new(), Vec::new());
         for (i, t) in validation.into_iter().enumerate() {
-            if i % 2 == 0 { calibration.push(t) } else { test.push(t) }
+            if i % 2 == 0 {
+                calibration.push(t)
+            } else {
+                test.push(t)
+            }
         }
         let mut attacks = Vec::new();
         let mut folders: Vec<PathBuf> = std::fs::read_dir(&attack_dir)
@@ -159,8 +170,13 @@ impl Dataset {
             .collect();
         folders.sort();
         for folder in folders {
-            let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let class = name.rsplit_once('_').map_or(name.clone(), |(c, _)| c.to_owned());
+            let name = folder
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let class = name
+                .rsplit_once('_')
+                .map_or(name.clone(), |(c, _)| c.to_owned());
             for p in files(&folder)? {
                 attacks.push(read_trace(root, &p, Some(class.clone()))?);
             }
@@ -196,7 +212,11 @@ pub fn score(baseline: &Baseline, t: &Trace) -> f64 {
 /// ROC AUC of scores of normal (label 0) and anomalous (label 1) items,
 /// by the Mann-Whitney statistic (ties count one half).
 pub fn roc_auc(normal: &[f64], anomalous: &[f64]) -> f64 {
-    let mut all: Vec<(f64, bool)> = normal.iter().map(|&s| (s, false)).chain(anomalous.iter().map(|&s| (s, true))).collect();
+    let mut all: Vec<(f64, bool)> = normal
+        .iter()
+        .map(|&s| (s, false))
+        .chain(anomalous.iter().map(|&s| (s, true)))
+        .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Average ranks over ties.
     let mut rank_sum = 0.0;
@@ -266,7 +286,11 @@ pub fn evaluate(data: &Dataset) -> Result<Report, EvalError> {
     let baseline = data.fit()?;
     let fit_secs = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let cal: Vec<f64> = data.calibration.iter().map(|t| score(&baseline, t)).collect();
+    let cal: Vec<f64> = data
+        .calibration
+        .iter()
+        .map(|t| score(&baseline, t))
+        .collect();
     let test: Vec<f64> = data.test.iter().map(|t| score(&baseline, t)).collect();
     let attack: Vec<f64> = data.attacks.iter().map(|t| score(&baseline, t)).collect();
     let score_secs = started.elapsed().as_secs_f64();
@@ -282,7 +306,9 @@ pub fn evaluate(data: &Dataset) -> Result<Report, EvalError> {
     let t5 = calibrated[1].1;
     let mut per_class: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (trace, &s) in data.attacks.iter().zip(&attack) {
-        let e = per_class.entry(trace.class.clone().unwrap_or_default()).or_default();
+        let e = per_class
+            .entry(trace.class.clone().unwrap_or_default())
+            .or_default();
         e.1 += 1;
         if s > t5 {
             e.0 += 1;
@@ -293,7 +319,12 @@ pub fn evaluate(data: &Dataset) -> Result<Report, EvalError> {
         .iter()
         .zip(&test)
         .map(|(t, &s)| (t.path.clone(), 0u8, s))
-        .chain(data.attacks.iter().zip(&attack).map(|(t, &s)| (t.path.clone(), 1u8, s)))
+        .chain(
+            data.attacks
+                .iter()
+                .zip(&attack)
+                .map(|(t, &s)| (t.path.clone(), 1u8, s)),
+        )
         .collect();
     Ok(Report {
         auc,
@@ -301,7 +332,12 @@ pub fn evaluate(data: &Dataset) -> Result<Report, EvalError> {
         calibrated,
         per_class,
         scores,
-        counts: [data.train.len(), data.calibration.len(), data.test.len(), data.attacks.len()],
+        counts: [
+            data.train.len(),
+            data.calibration.len(),
+            data.test.len(),
+            data.attacks.len(),
+        ],
         fit_secs,
         score_secs,
     })
@@ -317,7 +353,11 @@ impl Report {
         );
         out.push_str(&format!("ROC AUC                     {:.4}\n", self.auc));
         for (f, tpr) in self.tpr_at {
-            out.push_str(&format!("detection at {:>4} FPR      {}\n", pct(f), pct(tpr)));
+            out.push_str(&format!(
+                "detection at {:>4} FPR      {}\n",
+                pct(f),
+                pct(tpr)
+            ));
         }
         out.push('\n');
         for (rate, t, fpr, tpr) in &self.calibrated {
@@ -330,7 +370,10 @@ impl Report {
         }
         out.push_str("\ndetection per attack class at the calibrated 5% threshold:\n");
         for (class, (hit, n)) in &self.per_class {
-            out.push_str(&format!("  {class:<20} {hit:>4}/{n:<4} {}\n", pct(*hit as f64 / *n as f64)));
+            out.push_str(&format!(
+                "  {class:<20} {hit:>4}/{n:<4} {}\n",
+                pct(*hit as f64 / *n as f64)
+            ));
         }
         out.push_str(&format!(
             "\nlearning took {:.2} s; scoring {} traces took {:.2} s\n",
@@ -383,7 +426,10 @@ mod tests {
         let file = dir.join("UTD-0001.txt");
         std::fs::write(&file, "6 6 63 x42 5").unwrap();
         let err = read_trace(&dir, &file, None).unwrap_err().to_string();
-        assert!(err.contains("UTD-0001.txt") && err.contains("\"x42\"") && err.contains("number 4"), "{err}");
+        assert!(
+            err.contains("UTD-0001.txt") && err.contains("\"x42\"") && err.contains("number 4"),
+            "{err}"
+        );
         let err = Dataset::load(&dir).unwrap_err().to_string();
         assert!(err.contains("Training_Data_Master is missing"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -129,7 +129,8 @@ impl FeatureSpace {
             let base = self.vocabulary.len() + 1;
             for (&b, &count) in &w.pairs {
                 if usize::from(b) < PAIRS {
-                    x[base + usize::from(b)] = (count as f64 / pair_total as f64).sqrt() * PAIR_WEIGHT;
+                    x[base + usize::from(b)] =
+                        (count as f64 / pair_total as f64).sqrt() * PAIR_WEIGHT;
                 }
             }
         }
@@ -192,8 +193,14 @@ mod tests {
         let common = window(&[("read", 10), ("write", 10)]);
         let rare = window(&[("read", 10), ("ptrace", 1)]);
         let space = FeatureSpace::fit([&common, &common, &common, &rare]);
-        let read = space.vocabulary.binary_search(&canonical_id("read")).unwrap();
-        let ptrace = space.vocabulary.binary_search(&canonical_id("ptrace")).unwrap();
+        let read = space
+            .vocabulary
+            .binary_search(&canonical_id("read"))
+            .unwrap();
+        let ptrace = space
+            .vocabulary
+            .binary_search(&canonical_id("ptrace"))
+            .unwrap();
         assert!(space.idf[ptrace] > space.idf[read]);
     }
 
@@ -203,11 +210,17 @@ mod tests {
         let space = FeatureSpace::fit([&w]);
         let x = space.vectorize(&w);
         assert_eq!(x.len(), space.len());
-        let i = space.vocabulary.binary_search(&canonical_id("openat")).unwrap();
+        let i = space
+            .vocabulary
+            .binary_search(&canonical_id("openat"))
+            .unwrap();
         assert_eq!(space.feature(i).name(), "syscall openat");
         let (observed, expected) = space.observed_expected(i, &w, x[i]);
         assert_eq!(observed, 10.0);
-        assert!((expected - 10.0).abs() < 1e-9, "a window's own value maps back to its count");
+        assert!(
+            (expected - 10.0).abs() < 1e-9,
+            "a window's own value maps back to its count"
+        );
         let unseen = window(&[("read", 5), ("mount", 5)]);
         let y = space.vectorize(&unseen);
         assert!(y[space.vocabulary.len()] > 0.0, "mount was never seen");

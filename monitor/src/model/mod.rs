@@ -14,8 +14,10 @@
 
 pub mod alert;
 pub mod baseline;
+pub mod categories;
 pub mod eval;
 pub mod features;
+pub mod guidance;
 pub mod persist;
 pub mod sequence;
 pub mod window;
@@ -136,6 +138,17 @@ impl Xorshift {
     }
 }
 
+/// A finding acknowledged as benign, as the engine needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckedFinding {
+    /// The finding's profile.
+    pub profile: String,
+    /// Its novelty facts.
+    pub facts: std::collections::BTreeSet<(baseline::NoveltyKind, String)>,
+    /// Its window, when kept.
+    pub window: Option<Window>,
+}
+
 /// The lifecycle around a [`Baseline`].
 pub struct Engine {
     settings: EngineSettings,
@@ -183,7 +196,11 @@ impl Engine {
 
     /// The phase.
     pub fn phase(&self) -> Phase {
-        if self.baseline.is_some() { Phase::Detecting } else { Phase::Learning }
+        if self.baseline.is_some() {
+            Phase::Detecting
+        } else {
+            Phase::Learning
+        }
     }
 
     /// The baseline, once learned.
@@ -222,7 +239,10 @@ impl Engine {
             profiles,
             learned_secs: learned.as_secs_f64(),
             remaining_secs: if learning {
-                self.settings.learn_for.saturating_sub(learned).as_secs_f64()
+                self.settings
+                    .learn_for
+                    .saturating_sub(learned)
+                    .as_secs_f64()
             } else {
                 0.0
             },
@@ -264,8 +284,11 @@ impl Engine {
             .get(&w.profile)
             .is_some_and(|&at| w.end.since(at) < self.settings.alert_quarantine);
         if scored.score >= threshold {
-            let facts: std::collections::BTreeSet<_> =
-                scored.novelty.iter().map(|n| (n.kind, n.value.clone())).collect();
+            let facts: std::collections::BTreeSet<_> = scored
+                .novelty
+                .iter()
+                .map(|n| (n.kind, n.value.clone()))
+                .collect();
             let known = self.alerted.entry(w.profile.clone()).or_default();
             if quarantined && facts.is_subset(known) {
                 // Nothing new about this profile since its open alert.
@@ -278,7 +301,9 @@ impl Engine {
             known.extend(facts);
             self.alerts += 1;
             self.quarantine.insert(w.profile.clone(), w.end);
-            return Ok(Outcome::Alert(Box::new(Alert::new(baseline, &w, &scored, threshold))));
+            return Ok(Outcome::Alert(Box::new(Alert::new(
+                baseline, &w, &scored, threshold,
+            ))));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined {
             baseline.absorb(&w, &scored.x);
@@ -286,19 +311,43 @@ impl Engine {
         Ok(Outcome::Normal(scored.score))
     }
 
-    /// Learns a window the analyst marked benign (`monitor ack`), whatever
-    /// its score, and lifts the profile's quarantine.
-    pub fn learn_benign(&mut self, w: &Window) {
-        self.quarantine.remove(&w.profile);
-        self.alerted.remove(&w.profile);
-        if let Some(baseline) = &mut self.baseline {
-            let x = baseline.space.vectorize(w);
-            baseline.absorb(w, &x);
+    /// Brings the acknowledged findings in line with `acks` (finding id to
+    /// its behaviour): new ones are acknowledged and lift their profile's
+    /// quarantine, withdrawn ones are removed. Returns (added, withdrawn);
+    /// nothing happens while learning (the acks apply once it ends).
+    pub fn reconcile_acknowledged(
+        &mut self,
+        acks: &BTreeMap<String, AckedFinding>,
+    ) -> (usize, usize) {
+        let Some(baseline) = &mut self.baseline else {
+            return (0, 0);
+        };
+        let stale: Vec<String> = baseline
+            .acknowledged
+            .keys()
+            .filter(|id| !acks.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &stale {
+            baseline.withdraw(id);
         }
+        let mut added = 0;
+        for (id, ack) in acks {
+            if baseline.acknowledged.contains_key(id) {
+                continue;
+            }
+            baseline.acknowledge(id, &ack.profile, ack.facts.clone(), ack.window.as_ref());
+            self.quarantine.remove(&ack.profile);
+            self.alerted.remove(&ack.profile);
+            added += 1;
+        }
+        (added, stale.len())
     }
 
     fn learning_done(&self) -> bool {
-        let learned = self.first_time.map_or(Duration::ZERO, |f| self.last_time.since(f));
+        let learned = self
+            .first_time
+            .map_or(Duration::ZERO, |f| self.last_time.since(f));
         learned >= self.settings.learn_for && self.stored() >= self.settings.min_windows as u64
     }
 

@@ -157,7 +157,10 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
         });
     }
     if body.len() as u64 > len {
-        return Err(corrupt(format!("{} bytes after the body", body.len() as u64 - len)));
+        return Err(corrupt(format!(
+            "{} bytes after the body",
+            body.len() as u64 - len
+        )));
     }
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch".into()));
@@ -203,10 +206,14 @@ pub fn save(path: &Path, file: &ModelFile) -> Result<u64, ModelError> {
 /// fsync of the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, std::io::Error)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map_or("model".into(), |n| n.to_string_lossy()),
+        path.file_name()
+            .map_or("model".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
     let result = (|| {
@@ -266,16 +273,32 @@ mod tests {
         let p = Path::new("/state/model.bin");
         let good = encode(&sample());
         let err = decode(b"GIF89a....", p).unwrap_err();
-        assert_eq!(err.to_string(), "/state/model.bin is not a monitor model file (wrong magic bytes)");
+        assert_eq!(
+            err.to_string(),
+            "/state/model.bin is not a monitor model file (wrong magic bytes)"
+        );
         let err = decode(&good[..good.len() - 10], p).unwrap_err();
-        assert!(err.to_string().starts_with("/state/model.bin is truncated"), "{err}");
+        assert!(
+            err.to_string().starts_with("/state/model.bin is truncated"),
+            "{err}"
+        );
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
-        assert!(decode(&flipped, p).unwrap_err().to_string().contains("checksum mismatch"));
+        assert!(
+            decode(&flipped, p)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum mismatch")
+        );
         let mut future = good.clone();
         future[14] = 9;
-        assert!(decode(&future, p).unwrap_err().to_string().contains("format version 9"));
+        assert!(
+            decode(&future, p)
+                .unwrap_err()
+                .to_string()
+                .contains("format version 9")
+        );
         let err = load(Path::new("/nonexistent/model.bin")).unwrap_err();
         assert!(err.is_missing());
     }

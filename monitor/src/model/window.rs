@@ -166,6 +166,12 @@ impl Window {
     }
 }
 
+/// True if `pid` is this agent: a signal or ptrace aimed at the sensor is
+/// tampering whatever its baseline says.
+fn is_this_agent(pid: i32) -> bool {
+    u32::try_from(pid).is_ok_and(|p| p == std::process::id())
+}
+
 /// Builds windows from a stream of events.
 pub struct WindowBuilder {
     open: HashMap<u32, Window>,
@@ -228,7 +234,10 @@ impl WindowBuilder {
         }
         w.context.process = Some(process.clone());
         if let Some(parent) = &event.parent {
-            w.parent_profile = parent.exe.as_ref().map(|e| e.to_string_lossy().into_owned());
+            w.parent_profile = parent
+                .exe
+                .as_ref()
+                .map(|e| e.to_string_lossy().into_owned());
         }
         match &event.detail {
             Detail::Exec(exec) => {
@@ -244,7 +253,9 @@ impl WindowBuilder {
                 let parent_exe = parent
                     .and_then(|p| p.exe.as_ref())
                     .map_or_else(|| "?".to_owned(), |e| e.to_string_lossy().into_owned());
-                w.facts.exec_pairs.insert(format!("{parent_exe} -> {program}"));
+                w.facts
+                    .exec_pairs
+                    .insert(format!("{parent_exe} -> {program}"));
                 // The parent started a program too: its window learns it.
                 if let Some(parent) = parent.filter(|p| p.pid != pid) {
                     parent_started = Some((parent.pid, program));
@@ -256,7 +267,9 @@ impl WindowBuilder {
             }
             Detail::Accept(n) => {
                 w.activity.accepts += 1;
-                w.facts.peers.insert(format!("from:{}", n.address.as_deref().unwrap_or("?")));
+                w.facts
+                    .peers
+                    .insert(format!("from:{}", n.address.as_deref().unwrap_or("?")));
             }
             Detail::Bind(n) | Detail::Listen(n) => {
                 w.activity.listens += 1;
@@ -268,14 +281,18 @@ impl WindowBuilder {
                 }
                 if f.sensitive {
                     w.activity.sensitive += 1;
-                    w.facts.sensitive_paths.insert(f.path.to_string_lossy().into_owned());
+                    w.facts
+                        .sensitive_paths
+                        .insert(f.path.to_string_lossy().into_owned());
                 }
             }
             Detail::FileUnlink(f) | Detail::FileRename(f) => {
                 w.activity.file_changes += 1;
                 if f.sensitive {
                     w.activity.sensitive += 1;
-                    w.facts.sensitive_paths.insert(f.path.to_string_lossy().into_owned());
+                    w.facts
+                        .sensitive_paths
+                        .insert(f.path.to_string_lossy().into_owned());
                 }
             }
             Detail::CredChange(c) => {
@@ -285,10 +302,16 @@ impl WindowBuilder {
             Detail::Ptrace(p) => {
                 w.activity.tampering += 1;
                 w.facts.actions.insert(format!("ptrace:{}", p.request));
+                if is_this_agent(p.target_pid) {
+                    w.facts.actions.insert("ptrace_of_the_agent".into());
+                }
             }
             Detail::Kill(k) => {
                 w.activity.tampering += 1;
                 w.facts.actions.insert(format!("signal:{}", k.signal_name));
+                if is_this_agent(k.target_pid) {
+                    w.facts.actions.insert("signal_to_the_agent".into());
+                }
             }
             Detail::BpfLoad(_) => {
                 w.activity.tampering += 1;
@@ -348,12 +371,21 @@ impl WindowBuilder {
             .filter(|(_, w)| now.since(w.start) > max)
             .map(|(&pid, _)| pid)
             .collect();
-        stale.into_iter().filter_map(|pid| self.open.remove(&pid)).filter(has_content).collect()
+        stale
+            .into_iter()
+            .filter_map(|pid| self.open.remove(&pid))
+            .filter(has_content)
+            .collect()
     }
 
     /// Closes everything (end of stream).
     pub fn finish(&mut self) -> Vec<Window> {
-        let mut all: Vec<Window> = self.open.drain().map(|(_, w)| w).filter(has_content).collect();
+        let mut all: Vec<Window> = self
+            .open
+            .drain()
+            .map(|(_, w)| w)
+            .filter(has_content)
+            .collect();
         all.sort_by_key(|w| (w.start, w.pid));
         all
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     event::{Ancestor, Detail, Event, Process},
-    model::{alert::Alert, baseline::NoveltyKind},
+    model::alert::Alert,
 };
 
 /// The OCSF version emitted.
@@ -79,7 +79,10 @@ fn process_uid(p: &Process) -> String {
 }
 
 fn cmd_line(args: &[crate::event::ByteString]) -> String {
-    args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn file_of(path: &str) -> Value {
@@ -111,10 +114,15 @@ pub fn process(p: &Process, parent: Option<&Process>, ancestry: &[Ancestor]) -> 
         v["parent_process"] = process(parent, None, &[]);
     }
     if !ancestry.is_empty() {
-        v["lineage"] = json!(ancestry
-            .iter()
-            .map(|a| a.exe.as_ref().map_or_else(|| a.comm.to_string_lossy().into_owned(), |e| e.to_string_lossy().into_owned()))
-            .collect::<Vec<_>>());
+        v["lineage"] = json!(
+            ancestry
+                .iter()
+                .map(|a| a.exe.as_ref().map_or_else(
+                    || a.comm.to_string_lossy().into_owned(),
+                    |e| e.to_string_lossy().into_owned()
+                ))
+                .collect::<Vec<_>>()
+        );
     }
     v
 }
@@ -127,44 +135,24 @@ fn user(uid: u32, name: Option<&str>) -> Value {
     u
 }
 
-fn severity(score: f64, alert: &Alert) -> (u8, &'static str) {
-    let critical_kinds = alert.novelty.iter().any(|n| {
-        matches!(n.kind, NoveltyKind::NewSensitivePath | NoveltyKind::NewAction)
-            || (n.kind == NoveltyKind::NewParentChild && n.value.contains("sh"))
-    });
-    match (score, critical_kinds) {
-        (s, true) if s >= 0.9999 => (4, "High"),
-        (s, _) if s >= 0.99999 => (4, "High"),
-        (s, _) if s >= 0.999 => (3, "Medium"),
-        _ => (2, "Low"),
-    }
-}
-
-/// The multi-line explanation of an alert (also used by `monitor alerts`).
-pub fn explanation(alert: &Alert) -> String {
-    let mut out = format!("{}\n", alert.summary);
-    out.push_str(&format!(
-        "score {:.4} against a threshold of {:.4} (calibrated for a false-alarm rate of {} per window)\n",
-        alert.score, alert.threshold, alert.false_alarm_rate
-    ));
-    if !alert.novelty.is_empty() {
-        out.push_str("new for this host's baseline:\n");
-        for n in &alert.novelty {
-            out.push_str(&format!("  - {}: {}\n", n.kind.describe(), n.value));
-        }
-    }
-    if !alert.deviations.is_empty() {
-        out.push_str("observed vs expected:\n");
-        for d in &alert.deviations {
-            out.push_str(&format!("  - {}: {} (expected about {})\n", d.feature, d.observed, d.expected));
-        }
-    }
-    out
-}
+/// OCSF severity names by `severity_id`.
+const OCSF_SEVERITY: [&str; 7] = [
+    "Unknown",
+    "Informational",
+    "Low",
+    "Medium",
+    "High",
+    "Critical",
+    "Fatal",
+];
 
 /// A Detection Finding for an alert.
 pub fn finding(alert: &Alert, host: &Host) -> Value {
-    let (severity_id, severity_name) = severity(alert.score, alert);
+    let severity = alert.guidance.severity;
+    let (severity_id, severity_name) = (
+        severity.ocsf_id(),
+        OCSF_SEVERITY[usize::from(severity.ocsf_id())],
+    );
     let proc = alert.process.as_ref();
     let mut v = json!({
         "class_uid": 2004,
@@ -191,7 +179,12 @@ pub fn finding(alert: &Alert, host: &Host) -> Value {
         "finding_info": {
             "uid": alert.id,
             "title": alert.summary,
-            "desc": explanation(alert),
+            "desc": alert.explanation(),
+            "attacks": alert.guidance.techniques.iter().map(|t| json!({
+                "technique": { "uid": t.id, "name": t.name },
+                "tactic": { "uid": t.tactic_id, "name": t.tactic },
+                "version": "15.1",
+            })).collect::<Vec<_>>(),
             "types": ["Behavioral Anomaly"],
             "first_seen_time": ms(alert.window_start),
             "last_seen_time": ms(alert.window_end),
@@ -212,6 +205,7 @@ pub fn finding(alert: &Alert, host: &Host) -> Value {
                 "deviations": alert.deviations,
                 "nearest_cluster": alert.nearest_cluster,
                 "novelty": alert.novelty,
+                "guidance": alert.guidance,
                 "syscalls": alert.syscalls,
                 "incomplete": alert.incomplete,
                 "process": alert.process,
@@ -231,14 +225,18 @@ pub fn finding(alert: &Alert, host: &Host) -> Value {
         v["actor"] = json!({ "process": process, "user": user(p.uid, p.user.as_deref()) });
         v["evidences"] = json!([{ "process": process, "data": { "novelty": alert.novelty } }]);
     } else {
-        v["evidences"] = json!([{ "data": { "novelty": alert.novelty, "profile": alert.profile } }]);
+        v["evidences"] =
+            json!([{ "data": { "novelty": alert.novelty, "profile": alert.profile } }]);
     }
     v
 }
 
 /// An OCSF activity record for a raw event, if its kind has one.
 pub fn activity(event: &Event, host: &Host) -> Option<Value> {
-    let process_obj = event.process.as_ref().map(|p| process(p, event.parent.as_ref(), &event.ancestry));
+    let process_obj = event
+        .process
+        .as_ref()
+        .map(|p| process(p, event.parent.as_ref(), &event.ancestry));
     let actor = json!({ "process": event.parent.as_ref().map_or_else(
         || process_obj.clone().unwrap_or(json!({"pid": 0})),
         |p| process(p, None, &[])) });

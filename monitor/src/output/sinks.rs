@@ -48,7 +48,8 @@ impl std::fmt::Debug for Secret {
 /// Reads a token from `file` or environment variable `env`.
 pub fn read_token(file: Option<&PathBuf>, env: Option<&str>) -> Result<Option<Secret>, String> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
         let token = text.trim();
         if token.is_empty() {
             return Err(format!("token file {} is empty", path.display()));
@@ -56,7 +57,8 @@ pub fn read_token(file: Option<&PathBuf>, env: Option<&str>) -> Result<Option<Se
         return Ok(Some(Secret(token.to_owned())));
     }
     if let Some(var) = env {
-        let token = std::env::var(var).map_err(|_| format!("environment variable {var} (the token) is not set"))?;
+        let token = std::env::var(var)
+            .map_err(|_| format!("environment variable {var} (the token) is not set"))?;
         return Ok(Some(Secret(token.trim().to_owned())));
     }
     Ok(None)
@@ -108,43 +110,66 @@ impl Sink {
     pub fn from_config(config: &SinkConfig, host: &str) -> Result<Self, String> {
         Ok(match config {
             SinkConfig::Stdout {} => Sink::Stdout,
-            SinkConfig::File { path, max_size, keep } => Sink::File {
+            SinkConfig::File {
+                path,
+                max_size,
+                keep,
+            } => Sink::File {
                 path: path.clone(),
                 max_size: *max_size,
                 keep: *keep,
                 open: None,
             },
-            SinkConfig::Syslog { transport, address, path, app_name, facility } => Sink::Syslog(Syslog::new(
+            SinkConfig::Syslog {
+                transport,
+                address,
+                path,
+                app_name,
+                facility,
+            } => Sink::Syslog(Syslog::new(
                 *transport,
                 address.clone(),
                 path.clone(),
                 super::syslog::facility_code(facility).unwrap_or(16),
                 app_name.clone(),
             )),
-            SinkConfig::SplunkHec { url, token_file, token_env, index, sourcetype, compression, ca_file, .. } => {
-                Sink::Http(Box::new(Http {
-                    flavour: HttpFlavour::SplunkHec,
-                    client: http_client(ca_file.as_ref())?,
-                    url: url.clone(),
-                    token: read_token(token_file.as_ref(), token_env.as_deref())?,
-                    compression: *compression,
-                    index: index.clone(),
-                    sourcetype: sourcetype.clone(),
-                    host: host.to_owned(),
-                }))
-            }
-            SinkConfig::Elasticsearch { url, index, token_file, token_env, compression, ca_file, .. } => {
-                Sink::Http(Box::new(Http {
-                    flavour: HttpFlavour::Elasticsearch,
-                    client: http_client(ca_file.as_ref())?,
-                    url: format!("{}/_bulk", url.trim_end_matches('/')),
-                    token: read_token(token_file.as_ref(), token_env.as_deref())?,
-                    compression: *compression,
-                    index: Some(index.clone()),
-                    sourcetype: String::new(),
-                    host: host.to_owned(),
-                }))
-            }
+            SinkConfig::SplunkHec {
+                url,
+                token_file,
+                token_env,
+                index,
+                sourcetype,
+                compression,
+                ca_file,
+                ..
+            } => Sink::Http(Box::new(Http {
+                flavour: HttpFlavour::SplunkHec,
+                client: http_client(ca_file.as_ref())?,
+                url: url.clone(),
+                token: read_token(token_file.as_ref(), token_env.as_deref())?,
+                compression: *compression,
+                index: index.clone(),
+                sourcetype: sourcetype.clone(),
+                host: host.to_owned(),
+            })),
+            SinkConfig::Elasticsearch {
+                url,
+                index,
+                token_file,
+                token_env,
+                compression,
+                ca_file,
+                ..
+            } => Sink::Http(Box::new(Http {
+                flavour: HttpFlavour::Elasticsearch,
+                client: http_client(ca_file.as_ref())?,
+                url: format!("{}/_bulk", url.trim_end_matches('/')),
+                token: read_token(token_file.as_ref(), token_env.as_deref())?,
+                compression: *compression,
+                index: Some(index.clone()),
+                sourcetype: String::new(),
+                host: host.to_owned(),
+            })),
         })
     }
 
@@ -163,19 +188,33 @@ impl Sink {
                     .and_then(|()| stdout.flush())
                     .map_err(|e| SinkError::Retry(format!("stdout: {e}")))
             }
-            Sink::File { path, max_size, keep, open } => {
-                write_file(path, *max_size, *keep, open, batch).map_err(|e| SinkError::Retry(format!("{}: {e}", path.display())))
-            }
+            Sink::File {
+                path,
+                max_size,
+                keep,
+                open,
+            } => write_file(path, *max_size, *keep, open, batch)
+                .map_err(|e| SinkError::Retry(format!("{}: {e}", path.display()))),
             Sink::Syslog(s) => {
                 let messages: Vec<Vec<u8>> = batch
                     .iter()
                     .map(|r| {
                         let (severity, msgid) = classify(r);
                         let id = record_uid(&r.payload);
-                        super::syslog::format(s.facility, severity, host, &s.app_name, msgid, id.as_deref(), &r.payload)
+                        super::syslog::format(
+                            s.facility,
+                            severity,
+                            host,
+                            &s.app_name,
+                            msgid,
+                            id.as_deref(),
+                            &r.payload,
+                        )
                     })
                     .collect();
-                s.send(&messages).await.map_err(|e| SinkError::Retry(format!("syslog: {e}")))
+                s.send(&messages)
+                    .await
+                    .map_err(|e| SinkError::Retry(format!("syslog: {e}")))
             }
             Sink::Http(h) => h.send(batch).await,
         }
@@ -188,7 +227,11 @@ fn classify(r: &Record) -> (u8, &'static str) {
         Class::Findings => (4, "finding"),
         Class::Activity => {
             let text = String::from_utf8_lossy(&r.payload[..r.payload.len().min(64)]).into_owned();
-            if text.contains("\"class_uid\":6002") { (5, "lifecycle") } else { (6, "activity") }
+            if text.contains("\"class_uid\":6002") {
+                (5, "lifecycle")
+            } else {
+                (6, "activity")
+            }
         }
     }
 }
@@ -205,11 +248,15 @@ fn http_client(ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
         .connect_timeout(Duration::from_secs(5))
         .user_agent(concat!("monitor/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("CA file {} is not a PEM certificate: {e}", path.display()))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("CA file {} is not a PEM certificate: {e}", path.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 fn write_file(
@@ -224,7 +271,11 @@ fn write_file(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
         let size = f.metadata()?.len();
         *open = Some((f, size));
     }
@@ -276,7 +327,9 @@ impl Http {
                         index: Option<&'a str>,
                         event: &'a serde_json::value::RawValue,
                     }
-                    let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(&r.payload) else {
+                    let Ok(raw) =
+                        serde_json::from_slice::<&serde_json::value::RawValue>(&r.payload)
+                    else {
                         continue;
                     };
                     let time = serde_json::from_slice::<serde_json::Value>(&r.payload)
@@ -285,7 +338,14 @@ impl Http {
                         .map_or(0.0, |ms| ms / 1000.0);
                     let _ = serde_json::to_writer(
                         &mut body,
-                        &Hec { time, host: &self.host, source: "monitor", sourcetype: &self.sourcetype, index: self.index.as_deref(), event: raw },
+                        &Hec {
+                            time,
+                            host: &self.host,
+                            source: "monitor",
+                            sourcetype: &self.sourcetype,
+                            index: self.index.as_deref(),
+                            event: raw,
+                        },
                     );
                     body.push(b'\n');
                 }
@@ -316,29 +376,47 @@ impl Http {
         };
         if self.compression == Compression::Gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&body).map_err(|e| SinkError::Retry(e.to_string()))?;
+            gz.write_all(&body)
+                .map_err(|e| SinkError::Retry(e.to_string()))?;
             body = gz.finish().map_err(|e| SinkError::Retry(e.to_string()))?;
             req = req.header("Content-Encoding", "gzip");
         }
         if let Some(token) = &self.token {
             req = match self.flavour {
-                HttpFlavour::SplunkHec => req.header("Authorization", format!("Splunk {}", token.0)),
-                HttpFlavour::Elasticsearch => req.header("Authorization", format!("ApiKey {}", token.0)),
+                HttpFlavour::SplunkHec => {
+                    req.header("Authorization", format!("Splunk {}", token.0))
+                }
+                HttpFlavour::Elasticsearch => {
+                    req.header("Authorization", format!("ApiKey {}", token.0))
+                }
             };
         }
-        let response = req.body(body).send().await.map_err(|e| SinkError::Retry(format!("{}: {}", self.url, without_url(&e))))?;
+        let response = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SinkError::Retry(format!("{}: {}", self.url, without_url(&e))))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let snippet: String = text.chars().take(300).collect();
         match status.as_u16() {
             200..=299 => {
                 if self.flavour == HttpFlavour::Elasticsearch && bulk_failed(&text) {
-                    return Err(SinkError::Retry(format!("{}: _bulk reported item errors: {snippet}", self.url)));
+                    return Err(SinkError::Retry(format!(
+                        "{}: _bulk reported item errors: {snippet}",
+                        self.url
+                    )));
                 }
                 Ok(())
             }
-            400 | 413 | 422 => Err(SinkError::Rejected(format!("{}: HTTP {status}: {snippet}", self.url))),
-            _ => Err(SinkError::Retry(format!("{}: HTTP {status}: {snippet}", self.url))),
+            400 | 413 | 422 => Err(SinkError::Rejected(format!(
+                "{}: HTTP {status}: {snippet}",
+                self.url
+            ))),
+            _ => Err(SinkError::Retry(format!(
+                "{}: HTTP {status}: {snippet}",
+                self.url
+            ))),
         }
     }
 }
@@ -365,7 +443,11 @@ fn bulk_failed(text: &str) -> bool {
     }
     v["items"].as_array().is_none_or(|items| {
         items.iter().any(|item| {
-            let status = item.as_object().and_then(|o| o.values().next()).and_then(|a| a["status"].as_u64()).unwrap_or(500);
+            let status = item
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|a| a["status"].as_u64())
+                .unwrap_or(500);
             status >= 300 && status != 409
         })
     })
@@ -393,7 +475,10 @@ pub struct SinkHealth {
 impl SinkHealth {
     /// A healthy sink's record.
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_owned(), ..Default::default() }
+        Self {
+            name: name.to_owned(),
+            ..Default::default()
+        }
     }
 
     /// True while the sink fails.
@@ -408,9 +493,16 @@ pub type Healths = Arc<Mutex<Vec<SinkHealth>>>;
 /// Batch size and wait of a sink.
 pub fn batching(config: &SinkConfig) -> (usize, Duration) {
     match config {
-        SinkConfig::SplunkHec { batch_size, batch_timeout, .. } | SinkConfig::Elasticsearch { batch_size, batch_timeout, .. } => {
-            (*batch_size, *batch_timeout)
+        SinkConfig::SplunkHec {
+            batch_size,
+            batch_timeout,
+            ..
         }
+        | SinkConfig::Elasticsearch {
+            batch_size,
+            batch_timeout,
+            ..
+        } => (*batch_size, *batch_timeout),
         _ => (1000, Duration::from_millis(200)),
     }
 }
@@ -440,7 +532,17 @@ pub struct Delivery {
 /// Delivers from the spool to one sink until `shutdown`, then until the
 /// spool is empty for it or `drain` passes.
 pub async fn deliver(job: Delivery) {
-    let Delivery { spool, mut sink, name, index, batching: (batch_size, wait), host, healths, shutdown, drain } = job;
+    let Delivery {
+        spool,
+        mut sink,
+        name,
+        index,
+        batching: (batch_size, wait),
+        host,
+        healths,
+        shutdown,
+        drain,
+    } = job;
     let mut attempt: u32 = 0;
     let mut drain_until = None;
     loop {
@@ -450,7 +552,11 @@ pub async fn deliver(job: Delivery) {
         if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return;
         }
-        let wait = if drain_until.is_some() { Duration::ZERO } else { wait };
+        let wait = if drain_until.is_some() {
+            Duration::ZERO
+        } else {
+            wait
+        };
         let batch = tokio::select! {
             b = spool.next_batch(&name, batch_size, wait) => b,
             () = shutdown.cancelled(), if drain_until.is_none() => continue,
@@ -519,7 +625,9 @@ pub async fn deliver(job: Delivery) {
 /// Exponential backoff with jitter: 0.5 s doubling to 30 s, times 0.5..1.5.
 pub fn backoff(attempt: u32) -> Duration {
     let base = (0.5 * 2f64.powi(attempt.min(10) as i32)).min(30.0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let jitter = 0.5 + f64::from(nanos % 1000) / 1000.0;
     Duration::from_secs_f64(base * jitter)
 }
@@ -538,8 +646,12 @@ mod tests {
     #[test]
     fn bulk_conflicts_are_success() {
         assert!(!bulk_failed(r#"{"errors":false,"items":[]}"#));
-        assert!(!bulk_failed(r#"{"errors":true,"items":[{"create":{"status":409}}]}"#));
-        assert!(bulk_failed(r#"{"errors":true,"items":[{"create":{"status":429}}]}"#));
+        assert!(!bulk_failed(
+            r#"{"errors":true,"items":[{"create":{"status":409}}]}"#
+        ));
+        assert!(bulk_failed(
+            r#"{"errors":true,"items":[{"create":{"status":429}}]}"#
+        ));
     }
 
     #[test]

@@ -206,7 +206,11 @@ fn valid_prefix(path: &Path) -> Result<u64, SpoolError> {
 
 impl Spool {
     /// Opens (or creates) a spool for these sinks, recovering torn tails.
-    pub fn open(dir: &Path, settings: SpoolSettings, sinks: &[String]) -> Result<Arc<Self>, SpoolError> {
+    pub fn open(
+        dir: &Path,
+        settings: SpoolSettings,
+        sinks: &[String],
+    ) -> Result<Arc<Self>, SpoolError> {
         create_dir(dir)?;
         create_dir(&dir.join("cursors"))?;
         let mut classes = BTreeMap::new();
@@ -218,7 +222,11 @@ impl Spool {
             for entry in std::fs::read_dir(&cdir).map_err(io("list", &cdir))? {
                 let entry = entry.map_err(io("list", &cdir))?;
                 let name = entry.file_name();
-                let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) else {
+                let Some(n) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".seg"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
                     continue;
                 };
                 let path = entry.path();
@@ -226,7 +234,11 @@ impl Spool {
                 let len = entry.metadata().map_err(io("stat", &path))?.len();
                 if valid < len {
                     tracing::warn!(segment = %path.display(), kept = valid, cut = len - valid, "spool: cut a torn record at the end of a segment");
-                    OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(valid)).map_err(io("truncate", &path))?;
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(valid))
+                        .map_err(io("truncate", &path))?;
                 }
                 total += valid;
                 state.segments.insert(n, valid);
@@ -317,12 +329,23 @@ impl Spool {
         result
     }
 
-    fn append_disk(&self, inner: &mut Inner, class: Class, payload: &[u8]) -> Result<(), SpoolError> {
+    fn append_disk(
+        &self,
+        inner: &mut Inner,
+        class: Class,
+        payload: &[u8],
+    ) -> Result<(), SpoolError> {
         let cdir = self.dir.join(class.dir());
-        let state = inner.classes.get_mut(&class).expect("every class has a state");
+        let state = inner
+            .classes
+            .get_mut(&class)
+            .expect("every class has a state");
         let record_len = (HEADER + payload.len()) as u64;
         let need_new = match (&state.writer, state.segments.last_key_value()) {
-            (Some((n, _)), _) => state.segments.get(n).copied().unwrap_or(0) + record_len > self.settings.segment_bytes,
+            (Some((n, _)), _) => {
+                state.segments.get(n).copied().unwrap_or(0) + record_len
+                    > self.settings.segment_bytes
+            }
             (None, _) => true,
         };
         if need_new {
@@ -392,7 +415,11 @@ impl Spool {
             let victim = Class::ALL.into_iter().rev().find_map(|class| {
                 let state = &inner.classes[&class];
                 let active = state.writer.as_ref().map(|(n, _)| *n);
-                state.segments.keys().find(|&&n| Some(n) != active).map(|&n| (class, n))
+                state
+                    .segments
+                    .keys()
+                    .find(|&&n| Some(n) != active)
+                    .map(|&n| (class, n))
             });
             let Some((class, n)) = victim else {
                 break; // only active segments left: nothing evictable
@@ -424,7 +451,11 @@ impl Spool {
         let Ok(bytes) = std::fs::read(&path) else {
             return 0;
         };
-        let start = if slowest.segment == n { slowest.offset as usize } else { 0 };
+        let start = if slowest.segment == n {
+            slowest.offset as usize
+        } else {
+            0
+        };
         let mut at = start;
         let mut count = 0;
         while at + HEADER <= bytes.len() {
@@ -448,7 +479,12 @@ impl Spool {
 
     /// Up to `max` records for `sink`, findings first; waits up to `wait`
     /// for the first one.
-    pub async fn next_batch(&self, sink: &str, max: usize, wait: Duration) -> Result<Vec<Record>, SpoolError> {
+    pub async fn next_batch(
+        &self,
+        sink: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, SpoolError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.notify.notified();
@@ -472,7 +508,10 @@ impl Spool {
                     break;
                 }
                 if n > pos.segment {
-                    pos = Position { segment: n, offset: 0 };
+                    pos = Position {
+                        segment: n,
+                        offset: 0,
+                    };
                 }
                 if pos.offset >= size {
                     continue;
@@ -480,7 +519,8 @@ impl Spool {
                 let path = self.dir.join(class.dir()).join(seg_name(n));
                 let f = File::open(&path).map_err(io("open segment", &path))?;
                 let mut r = std::io::BufReader::with_capacity(64 * 1024, f);
-                r.seek(SeekFrom::Start(pos.offset)).map_err(io("seek in", &path))?;
+                r.seek(SeekFrom::Start(pos.offset))
+                    .map_err(io("seek in", &path))?;
                 let mut offset = pos.offset;
                 // Only records inside the known size: the writer may be mid-append.
                 while offset + HEADER as u64 <= size && out.len() < max {
@@ -508,8 +548,14 @@ impl Spool {
             }
             out.push(Record {
                 class: m.class,
-                at: Position { segment: 0, offset: m.seq },
-                next: Position { segment: 0, offset: m.seq },
+                at: Position {
+                    segment: 0,
+                    offset: m.seq,
+                },
+                next: Position {
+                    segment: 0,
+                    offset: m.seq,
+                },
                 in_memory: true,
                 payload: m.payload.clone(),
             });
@@ -529,14 +575,24 @@ impl Spool {
             }
         }
         let snapshot = cursor.clone();
-        if let Some(last) = batch.iter().filter(|r| r.in_memory).map(|r| r.at.offset).max() {
+        if let Some(last) = batch
+            .iter()
+            .filter(|r| r.in_memory)
+            .map(|r| r.at.offset)
+            .max()
+        {
             let m = inner.memory_cursors.entry(sink.to_owned()).or_default();
             *m = (*m).max(last);
         }
         let path = cursor_path(&self.dir, sink);
         let bytes = serde_json::to_vec(&snapshot).expect("cursor serializes");
-        crate::model::persist::write_atomically(&path, &bytes)
-            .map_err(|(action, source)| SpoolError::Io { action, path: path.clone(), source })?;
+        crate::model::persist::write_atomically(&path, &bytes).map_err(|(action, source)| {
+            SpoolError::Io {
+                action,
+                path: path.clone(),
+                source,
+            }
+        })?;
         self.collect(&mut inner);
         Ok(())
     }
@@ -556,7 +612,8 @@ impl Spool {
                 .segments
                 .iter()
                 .filter(|&(&n, &size)| {
-                    Some(n) != active && (n < slowest.segment || (n == slowest.segment && slowest.offset >= size))
+                    Some(n) != active
+                        && (n < slowest.segment || (n == slowest.segment && slowest.offset >= size))
                 })
                 .map(|(&n, _)| n)
                 .collect();
@@ -587,14 +644,21 @@ fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
     // Sink names hold URLs and paths; the file name must not.
     let safe: String = sink
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in sink.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    dir.join("cursors").join(format!("{}-{h:016x}.json", &safe[..safe.len().min(40)]))
+    dir.join("cursors")
+        .join(format!("{}-{h:016x}.json", &safe[..safe.len().min(40)]))
 }
 
 #[cfg(test)]
@@ -608,7 +672,10 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -619,16 +686,25 @@ mod tests {
         spool.append(Class::Activity, b"act1").unwrap();
         spool.append(Class::Findings, b"f1").unwrap();
         spool.append(Class::Findings, b"f2").unwrap();
-        let batch = rt().block_on(spool.next_batch("a", 2, Duration::ZERO)).unwrap();
+        let batch = rt()
+            .block_on(spool.next_batch("a", 2, Duration::ZERO))
+            .unwrap();
         let payloads: Vec<&[u8]> = batch.iter().map(|r| r.payload.as_slice()).collect();
         assert_eq!(payloads, vec![&b"f1"[..], b"f2"]);
         spool.ack("a", &batch).unwrap();
         drop(spool);
         // Reopen: sink a resumes after f2; sink b gets everything.
         let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
-        let a = rt().block_on(spool.next_batch("a", 10, Duration::ZERO)).unwrap();
-        assert_eq!(a.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), vec![b"act1".to_vec()]);
-        let b = rt().block_on(spool.next_batch("b", 10, Duration::ZERO)).unwrap();
+        let a = rt()
+            .block_on(spool.next_batch("a", 10, Duration::ZERO))
+            .unwrap();
+        assert_eq!(
+            a.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+            vec![b"act1".to_vec()]
+        );
+        let b = rt()
+            .block_on(spool.next_batch("b", 10, Duration::ZERO))
+            .unwrap();
         assert_eq!(b.len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -645,7 +721,9 @@ mod tests {
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap(); // a header promising 200 bytes
         drop(f);
         let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
-        let batch = rt().block_on(spool.next_batch("s", 10, Duration::ZERO)).unwrap();
+        let batch = rt()
+            .block_on(spool.next_batch("s", 10, Duration::ZERO))
+            .unwrap();
         assert_eq!(batch.len(), 1);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), (HEADER + 5) as u64);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -685,11 +763,19 @@ mod tests {
         std::fs::remove_dir_all(&fdir).unwrap();
         std::fs::write(&fdir, b"not a directory").unwrap();
         std::fs::set_permissions(&fdir, std::fs::Permissions::from_mode(0o400)).unwrap();
-        let err = spool.append(Class::Findings, b"kept").unwrap_err().to_string();
+        let err = spool
+            .append(Class::Findings, b"kept")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("spool: cannot create segment"), "{err}");
         let stats = spool.stats();
-        assert!(stats.degraded.is_some() && stats.in_memory == 1, "{stats:?}");
-        let batch = rt().block_on(spool.next_batch("s", 10, Duration::ZERO)).unwrap();
+        assert!(
+            stats.degraded.is_some() && stats.in_memory == 1,
+            "{stats:?}"
+        );
+        let batch = rt()
+            .block_on(spool.next_batch("s", 10, Duration::ZERO))
+            .unwrap();
         assert_eq!(batch[0].payload, b"kept", "the record is still delivered");
         spool.ack("s", &batch).unwrap();
         assert_eq!(spool.stats().in_memory, 0);

@@ -42,7 +42,15 @@ pub fn facility_code(name: &str) -> Option<u8> {
 /// `severity` is the syslog severity (0 emergency .. 7 debug); `msgid` says
 /// what the record is (`finding`, `activity`, `lifecycle`); the record's id,
 /// when it has one, goes in structured data so a collector can index it.
-pub fn format(facility: u8, severity: u8, host: &str, app: &str, msgid: &str, id: Option<&str>, json: &[u8]) -> Vec<u8> {
+pub fn format(
+    facility: u8,
+    severity: u8,
+    host: &str,
+    app: &str,
+    msgid: &str,
+    id: Option<&str>,
+    json: &[u8],
+) -> Vec<u8> {
     let pri = u16::from(facility) * 8 + u16::from(severity);
     let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
     let sd = match id {
@@ -65,12 +73,18 @@ pub fn format(facility: u8, severity: u8, host: &str, app: &str, msgid: &str, id
 
 /// A header field: printable ASCII without spaces, or `-`.
 fn field(s: &str) -> String {
-    let f: String = s.chars().filter(|c| c.is_ascii_graphic()).take(48).collect();
+    let f: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(48)
+        .collect();
     if f.is_empty() { "-".into() } else { f }
 }
 
 fn escape_sd(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace(']', "\\]")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace(']', "\\]")
 }
 
 /// A connected syslog destination.
@@ -89,7 +103,13 @@ pub struct Syslog {
 
 impl Syslog {
     /// A destination (connected lazily).
-    pub fn new(transport: SyslogTransport, address: Option<String>, path: Option<PathBuf>, facility: u8, app_name: String) -> Self {
+    pub fn new(
+        transport: SyslogTransport,
+        address: Option<String>,
+        path: Option<PathBuf>,
+        facility: u8,
+        app_name: String,
+    ) -> Self {
         Self {
             transport,
             address,
@@ -118,7 +138,12 @@ impl Syslog {
             SyslogTransport::Udp => {
                 if self.udp.is_none() {
                     let addr = self.address.clone().unwrap_or_default();
-                    let sock = UdpSocket::bind(if addr.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" }).await?;
+                    let sock = UdpSocket::bind(if addr.starts_with('[') {
+                        "[::]:0"
+                    } else {
+                        "0.0.0.0:0"
+                    })
+                    .await?;
                     sock.connect(&addr).await?;
                     self.udp = Some(sock);
                 }
@@ -129,7 +154,8 @@ impl Syslog {
             }
             SyslogTransport::Tcp => {
                 if self.tcp.is_none() {
-                    self.tcp = Some(TcpStream::connect(self.address.clone().unwrap_or_default()).await?);
+                    self.tcp =
+                        Some(TcpStream::connect(self.address.clone().unwrap_or_default()).await?);
                 }
                 let stream = self.tcp.as_mut().expect("connected");
                 let mut buf = Vec::new();
@@ -162,11 +188,22 @@ mod tests {
 
     #[test]
     fn rfc5424_shape() {
-        let m = format(16, 4, "web 01", "monitor", "finding", Some("ab\"c]"), b"{\"a\":1}");
+        let m = format(
+            16,
+            4,
+            "web 01",
+            "monitor",
+            "finding",
+            Some("ab\"c]"),
+            b"{\"a\":1}",
+        );
         let text = String::from_utf8(m).unwrap();
         assert!(text.starts_with("<132>1 "), "{text}");
         assert!(text.contains(" web01 monitor "), "{text}");
-        assert!(text.contains(" finding [monitor@32473 id=\"ab\\\"c\\]\"] \u{feff}{\"a\":1}"), "{text}");
+        assert!(
+            text.contains(" finding [monitor@32473 id=\"ab\\\"c\\]\"] \u{feff}{\"a\":1}"),
+            "{text}"
+        );
         assert_eq!(facility_code("local7"), Some(23));
         assert_eq!(facility_code("bogus"), None);
     }

@@ -123,7 +123,11 @@ pub struct ProcessTable {
 impl ProcessTable {
     /// An empty table reading `/proc` and `/sys/fs/cgroup`.
     pub fn new() -> Self {
-        Self::with_roots(Path::new("/proc"), Path::new("/sys/fs/cgroup"), UserNames::system())
+        Self::with_roots(
+            Path::new("/proc"),
+            Path::new("/sys/fs/cgroup"),
+            UserNames::system(),
+        )
     }
 
     /// An empty table with other roots (tests).
@@ -180,7 +184,10 @@ impl ProcessTable {
             .as_ref()
             .and_then(|c| procfs::cgroup_id(&self.cgroup_root, c.as_bytes()))
             .unwrap_or(0);
-        let container_id = facts.cgroup.as_ref().and_then(|c| procfs::container_id(c.as_bytes()));
+        let container_id = facts
+            .cgroup
+            .as_ref()
+            .and_then(|c| procfs::container_id(c.as_bytes()));
         if cgroup_id != 0 {
             self.containers.insert(cgroup_id, container_id.clone());
         }
@@ -249,7 +256,8 @@ impl ProcessTable {
                     && p.exited_ns.is_none()
                 {
                     p.exited_ns = Some(event.ktime_ns);
-                    self.exited.push_back((event.ktime_ns, task.pid, p.start_ns));
+                    self.exited
+                        .push_back((event.ktime_ns, task.pid, p.start_ns));
                 }
             }
             _ => self.refresh(task),
@@ -326,7 +334,11 @@ impl ProcessTable {
             }
             self.exited.pop_front();
             // Only if the pid was not reused by a new process since.
-            if self.procs.get(&pid).is_some_and(|p| p.start_ns == start && p.exited_ns.is_some()) {
+            if self
+                .procs
+                .get(&pid)
+                .is_some_and(|p| p.start_ns == start && p.exited_ns.is_some())
+            {
                 self.procs.remove(&pid);
             }
         }
@@ -436,7 +448,11 @@ mod tests {
         // An empty proc root: nothing resolves from /proc, only events count.
         let dir = std::env::temp_dir().join(format!("monitor-empty-proc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        ProcessTable::with_roots(&dir, &dir, UserNames::from_passwd("root:x:0:0::/root:/bin/sh\n"))
+        ProcessTable::with_roots(
+            &dir,
+            &dir,
+            UserNames::from_passwd("root:x:0:0::/root:/bin/sh\n"),
+        )
     }
 
     fn task(pid: u32, ppid: u32, comm: &str) -> TaskFacts {
@@ -470,12 +486,31 @@ mod tests {
     fn fork_exec_exit_lifecycle_and_ancestry() {
         let mut t = table();
         t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
-        t.apply(&ev(2, task(10, 1, "init"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(
+            2,
+            task(10, 1, "init"),
+            Detail::Fork(ForkDetail::default()),
+        ));
         // The forked child runs the parent's image.
-        assert_eq!(t.get(10).unwrap().exe.as_ref().unwrap().as_bytes(), b"/sbin/init");
-        t.apply(&ev(3, task(10, 1, "sh"), exec("/usr/bin/dash", &["sh", "-c", "x"])));
-        t.apply(&ev(4, task(11, 10, "sh"), Detail::Fork(ForkDetail::default())));
-        t.apply(&ev(5, task(11, 10, "echo"), exec("/usr/bin/echo", &["echo", "hi"])));
+        assert_eq!(
+            t.get(10).unwrap().exe.as_ref().unwrap().as_bytes(),
+            b"/sbin/init"
+        );
+        t.apply(&ev(
+            3,
+            task(10, 1, "sh"),
+            exec("/usr/bin/dash", &["sh", "-c", "x"]),
+        ));
+        t.apply(&ev(
+            4,
+            task(11, 10, "sh"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(
+            5,
+            task(11, 10, "echo"),
+            exec("/usr/bin/echo", &["echo", "hi"]),
+        ));
 
         let chain = t.ancestry(11);
         let pids: Vec<u32> = chain.iter().map(|a| a.pid).collect();
@@ -486,9 +521,17 @@ mod tests {
 
         let p = t.process(11, Some(11)).unwrap();
         assert_eq!(p.tid, None, "tid equal to pid is omitted");
-        assert_eq!(p.user.as_deref(), Some("root"), "uid 0 is root in the test passwd");
+        assert_eq!(
+            p.user.as_deref(),
+            Some("root"),
+            "uid 0 is root in the test passwd"
+        );
 
-        t.apply(&ev(6, task(11, 10, "echo"), Detail::Exit(ExitDetail::default())));
+        t.apply(&ev(
+            6,
+            task(11, 10, "echo"),
+            Detail::Exit(ExitDetail::default()),
+        ));
         t.expire(6 + EXIT_GRACE.as_nanos() as u64 - 1);
         assert!(t.get(11).is_some(), "kept during the grace period");
         t.expire(6 + EXIT_GRACE.as_nanos() as u64);
@@ -500,9 +543,21 @@ mod tests {
     fn exec_without_fork_makes_the_replaced_image_the_parent() {
         let mut t = table();
         t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
-        t.apply(&ev(2, task(20, 1, "init"), Detail::Fork(ForkDetail::default())));
-        t.apply(&ev(3, task(20, 1, "sh"), exec("/usr/bin/dash", &["sh", "-c", "exec /bin/echo x"])));
-        t.apply(&ev(4, task(20, 1, "echo"), exec("/usr/bin/echo", &["/bin/echo", "x"])));
+        t.apply(&ev(
+            2,
+            task(20, 1, "init"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(
+            3,
+            task(20, 1, "sh"),
+            exec("/usr/bin/dash", &["sh", "-c", "exec /bin/echo x"]),
+        ));
+        t.apply(&ev(
+            4,
+            task(20, 1, "echo"),
+            exec("/usr/bin/echo", &["/bin/echo", "x"]),
+        ));
         let parent = t.parent(20).unwrap();
         assert_eq!(parent.pid, 20);
         assert_eq!(parent.exe.unwrap().as_bytes(), b"/usr/bin/dash");
@@ -512,14 +567,25 @@ mod tests {
             .into_iter()
             .map(|a| (a.pid, a.exe.unwrap().0))
             .collect();
-        assert_eq!(chain, vec![(20, b"/usr/bin/dash".to_vec()), (1, b"/sbin/init".to_vec())]);
+        assert_eq!(
+            chain,
+            vec![(20, b"/usr/bin/dash".to_vec()), (1, b"/sbin/init".to_vec())]
+        );
     }
 
     #[test]
     fn a_reused_pid_is_not_removed_by_the_old_exit() {
         let mut t = table();
-        t.apply(&ev(1, task(20, 1, "a"), Detail::Fork(ForkDetail::default())));
-        t.apply(&ev(2, task(20, 1, "a"), Detail::Exit(ExitDetail::default())));
+        t.apply(&ev(
+            1,
+            task(20, 1, "a"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(
+            2,
+            task(20, 1, "a"),
+            Detail::Exit(ExitDetail::default()),
+        ));
         let mut reused = task(20, 1, "b");
         reused.start_ns = 99_999;
         t.apply(&ev(3, reused, Detail::Fork(ForkDetail::default())));
@@ -530,10 +596,22 @@ mod tests {
     #[test]
     fn ancestry_stops_on_cycles_and_unknown_parents() {
         let mut t = table();
-        t.apply(&ev(1, task(30, 31, "x"), Detail::Fork(ForkDetail::default())));
-        t.apply(&ev(1, task(31, 30, "y"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(
+            1,
+            task(30, 31, "x"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(
+            1,
+            task(31, 30, "y"),
+            Detail::Fork(ForkDetail::default()),
+        ));
         assert!(t.ancestry(30).len() <= MAX_ANCESTRY);
-        t.apply(&ev(1, task(40, 999, "z"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(
+            1,
+            task(40, 999, "z"),
+            Detail::Fork(ForkDetail::default()),
+        ));
         assert!(t.ancestry(40).is_empty());
     }
 

@@ -77,7 +77,9 @@ pub fn read_process(root: &Path, pid: u32) -> Option<ProcFacts> {
         .map(|p| ByteString::from(p.as_os_str().as_bytes()));
     let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
     let args = crate::event::decode::split_args(&cmdline);
-    let cgroup = fs::read(dir.join("cgroup")).ok().and_then(|c| parse_cgroup_v2(&c));
+    let cgroup = fs::read(dir.join("cgroup"))
+        .ok()
+        .and_then(|c| parse_cgroup_v2(&c));
     let kernel_thread = exe.is_none() && args.is_empty() && (ppid == 2 || ppid == 0) && pid != 1;
     Some(ProcFacts {
         pid,
@@ -172,8 +174,14 @@ mod tests {
     fn cgroup_and_container_ids() {
         let content = b"0::/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope\n";
         let path = parse_cgroup_v2(content).unwrap();
-        assert_eq!(container_id(path.as_bytes()).as_deref(), Some("0123456789ab"));
-        assert_eq!(container_id(b"/user.slice/user-1000.slice/session-3.scope"), None);
+        assert_eq!(
+            container_id(path.as_bytes()).as_deref(),
+            Some("0123456789ab")
+        );
+        assert_eq!(
+            container_id(b"/user.slice/user-1000.slice/session-3.scope"),
+            None
+        );
         // 65 hex digits is not an id.
         assert_eq!(container_id(&[b'a'; 65]), None);
     }

@@ -71,7 +71,9 @@ mod tests {
 
     #[test]
     fn parses_passwd_and_ignores_junk() {
-        let mut u = UserNames::from_passwd("root:x:0:0:root:/root:/bin/bash\n# c\nbad line\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\n");
+        let mut u = UserNames::from_passwd(
+            "root:x:0:0:root:/root:/bin/bash\n# c\nbad line\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\n",
+        );
         assert_eq!(u.name(0).as_deref(), Some("root"));
         assert_eq!(u.name(33).as_deref(), Some("www-data"));
         assert_eq!(u.name(5), None);

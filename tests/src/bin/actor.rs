@@ -14,7 +14,11 @@ use std::{
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| args.get(i).cloned().unwrap_or_else(|| panic!("missing argument {i}"));
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .unwrap_or_else(|| panic!("missing argument {i}"))
+    };
     match args.first().map(String::as_str) {
         Some("connect") => {
             let mut s = TcpStream::connect(("127.0.0.1", arg(1).parse::<u16>().unwrap())).unwrap();
@@ -36,7 +40,8 @@ fn main() {
         }
         Some("udp") => {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.connect(("127.0.0.1", arg(1).parse::<u16>().unwrap())).unwrap();
+            s.connect(("127.0.0.1", arg(1).parse::<u16>().unwrap()))
+                .unwrap();
         }
         Some("serve") => {
             // bind + listen, print the port, accept one connection.
@@ -68,7 +73,11 @@ fn main() {
             let pid: i32 = arg(1).parse().unwrap();
             // SAFETY: plain syscalls on a test child.
             unsafe {
-                assert_eq!(libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0), 0, "PTRACE_ATTACH failed");
+                assert_eq!(
+                    libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0),
+                    0,
+                    "PTRACE_ATTACH failed"
+                );
                 let mut status = 0;
                 libc::waitpid(pid, &mut status, libc::__WALL);
                 libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
@@ -100,7 +109,10 @@ fn main() {
                     -1,
                     0,
                 );
-                assert_eq!(libc::mprotect(q, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+                assert_eq!(
+                    libc::mprotect(q, 4096, libc::PROT_READ | libc::PROT_EXEC),
+                    0
+                );
                 println!("{:#x}", q as usize);
             }
         }
@@ -110,7 +122,12 @@ fn main() {
             let params = CString::new("actor.params=1").unwrap();
             // SAFETY: finit_module with a valid fd and string; it fails.
             let r = unsafe {
-                libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&file), params.as_ptr(), 0)
+                libc::syscall(
+                    libc::SYS_finit_module,
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    params.as_ptr(),
+                    0,
+                )
             };
             assert_eq!(r, -1, "loading /dev/null as a module cannot succeed");
         }
@@ -133,7 +150,10 @@ fn memfd_exec() {
         let fd = libc::memfd_create(name.as_ptr(), 0);
         assert!(fd >= 0, "memfd_create failed");
         let bytes = std::fs::read("/bin/true").unwrap();
-        assert_eq!(libc::write(fd, bytes.as_ptr().cast(), bytes.len()), bytes.len() as isize);
+        assert_eq!(
+            libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
+            bytes.len() as isize
+        );
         let empty = CString::new("").unwrap();
         let argv0 = CString::new("fileless-true").unwrap();
         let argv = [argv0.as_ptr(), std::ptr::null()];
@@ -180,7 +200,16 @@ fn bpf_load() {
     attr.prog_name[..10].copy_from_slice(b"actor_prog");
     // SAFETY: bpf(BPF_PROG_LOAD) with a valid attribute block.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, 5, &raw const attr, std::mem::size_of::<Attr>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            5,
+            &raw const attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
     };
-    assert!(fd >= 0, "BPF_PROG_LOAD failed: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_PROG_LOAD failed: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -30,12 +30,22 @@ fn main() {
         ca_file: None,
     };
     let name = config.name();
-    let spool = Spool::open(std::path::Path::new(dir), SpoolSettings::default(), std::slice::from_ref(&name)).unwrap();
+    let spool = Spool::open(
+        std::path::Path::new(dir),
+        SpoolSettings::default(),
+        std::slice::from_ref(&name),
+    )
+    .unwrap();
     for i in 0..count {
         let finding = serde_json::json!({ "class_uid": 2004, "metadata": { "uid": format!("finding-{i:05}") } });
-        spool.append(Class::Findings, &serde_json::to_vec(&finding).unwrap()).unwrap();
+        spool
+            .append(Class::Findings, &serde_json::to_vec(&finding).unwrap())
+            .unwrap();
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let healths = std::sync::Arc::new(std::sync::Mutex::new(vec![SinkHealth::new(&name)]));
         let shutdown = tokio_util_free_token();

@@ -155,10 +155,16 @@ struct Bench {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !prepare::is_root() {
-        bail!("the overhead benchmark loads eBPF programs and needs root; run `sudo -E cargo xtask bench overhead`");
+        bail!(
+            "the overhead benchmark loads eBPF programs and needs root; run `sudo -E cargo xtask bench overhead`"
+        );
     }
     let rounds = match args.iter().position(|a| a == "--rounds") {
-        Some(i) => args.get(i + 1).context("--rounds needs a number")?.parse().context("--rounds")?,
+        Some(i) => args
+            .get(i + 1)
+            .context("--rounds needs a number")?
+            .parse()
+            .context("--rounds")?,
         None => 5,
     };
     let agent = prepare::build()?;
@@ -186,7 +192,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 fn check_audit() {
     match prepare::output(Command::new("auditctl").arg("-l")) {
         Some(rules) if !rules.contains("No rules") && !rules.trim().is_empty() => {
-            step("!!", "auditd", "audit rules are loaded: figures include audit's cost (`auditctl -D`)");
+            step(
+                "!!",
+                "auditd",
+                "audit rules are loaded: figures include audit's cost (`auditctl -D`)",
+            );
         }
         _ => step("ok", "auditd", "no audit rules"),
     }
@@ -198,7 +208,10 @@ impl Bench {
             let c = self.dir.join(format!("{name}.c"));
             std::fs::write(&c, src)?;
             prepare::run_cmd(
-                Command::new("gcc").args(["-O2", "-static", "-o"]).arg(self.dir.join(name)).arg(&c),
+                Command::new("gcc")
+                    .args(["-O2", "-static", "-o"])
+                    .arg(self.dir.join(name))
+                    .arg(&c),
             )
             .with_context(|| format!("cannot compile workload {name}"))?;
         }
@@ -223,7 +236,11 @@ impl Bench {
                 objs.join(" ")
             ),
         )?;
-        step("ok", "workloads", &format!("compiled in {}", self.dir.display()));
+        step(
+            "ok",
+            "workloads",
+            &format!("compiled in {}", self.dir.display()),
+        );
         Ok(())
     }
 
@@ -247,7 +264,9 @@ impl Bench {
             }
             Workload::W4 => {
                 prepare::run_cmd(
-                    Command::new("make").args(["-s", "clean"]).current_dir(self.dir.join("w4")),
+                    Command::new("make")
+                        .args(["-s", "clean"])
+                        .current_dir(self.dir.join("w4")),
                 )?;
                 let mut c = Command::new("make");
                 c.args(["-s", "-j2"]).current_dir(self.dir.join("w4"));
@@ -255,7 +274,10 @@ impl Bench {
             }
         };
         let started = Instant::now();
-        let mut child = cmd.stdout(Stdio::null()).spawn().with_context(|| format!("cannot run {w:?}"))?;
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot run {w:?}"))?;
         let pid = child.id();
         let status = child.wait()?;
         let took = started.elapsed();
@@ -266,7 +288,11 @@ impl Bench {
     }
 
     fn start(&self, config: Config, round: usize) -> anyhow::Result<Running> {
-        let mut running = Running { child: None, output: None, stderr_log: None };
+        let mut running = Running {
+            child: None,
+            output: None,
+            stderr_log: None,
+        };
         let (mut cmd, ready_marker) = match config {
             Config::None => return Ok(running),
             Config::EmptyHook => {
@@ -286,7 +312,10 @@ impl Bench {
             }
             Config::Bpftrace => {
                 let mut c = Command::new("bpftrace");
-                c.args(["-e", "tracepoint:raw_syscalls:sys_enter { @[pid, args->id] = count(); }"]);
+                c.args([
+                    "-e",
+                    "tracepoint:raw_syscalls:sys_enter { @[pid, args->id] = count(); }",
+                ]);
                 c.stdout(Stdio::null());
                 (c, "Attaching")
             }
@@ -295,7 +324,11 @@ impl Bench {
         let mut child = cmd
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
-            .stdout(if config == Config::Bpftrace { Stdio::piped() } else { Stdio::null() })
+            .stdout(if config == Config::Bpftrace {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .with_context(|| format!("cannot start {}", config.name()))?;
         // bpftrace announces on stdout, the agent on stderr.
@@ -322,7 +355,11 @@ impl Bench {
         });
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
-            bail!("{} did not become ready (see {})", config.name(), log.display());
+            bail!(
+                "{} did not become ready (see {})",
+                config.name(),
+                log.display()
+            );
         }
         // Let start-up work (process table seeding, first windows) settle.
         std::thread::sleep(Duration::from_millis(500));
@@ -332,7 +369,12 @@ impl Bench {
     }
 
     /// Stops a configuration; for the agent, returns what it saw.
-    fn stop(&self, running: Running, w2_token: &str, w3_pid: u32) -> anyhow::Result<Option<AgentRun>> {
+    fn stop(
+        &self,
+        running: Running,
+        w2_token: &str,
+        w3_pid: u32,
+    ) -> anyhow::Result<Option<AgentRun>> {
         let Some(mut child) = running.child else {
             return Ok(None);
         };
@@ -345,20 +387,30 @@ impl Bench {
             return Ok(None);
         };
         if !status.success() {
-            bail!("the agent exited with {status}; see {:?}", running.stderr_log);
+            bail!(
+                "the agent exited with {status}; see {:?}",
+                running.stderr_log
+            );
         }
-        let mut run = AgentRun { cpu_secs, peak_rss_kib, ..Default::default() };
-        let text = std::fs::read_to_string(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        let mut run = AgentRun {
+            cpu_secs,
+            peak_rss_kib,
+            ..Default::default()
+        };
+        let text = std::fs::read_to_string(&out)
+            .with_context(|| format!("cannot read {}", out.display()))?;
         for line in text.lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("bad JSON from the agent: {line}"))?;
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("bad JSON from the agent: {line}"))?;
             let total = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
             match v["kind"].as_str() {
                 // The children exec /bin/true with the token; the w2 driver's
                 // own exec carries it too, so match the path.
                 Some("exec")
                     if v["path"].as_str().is_some_and(|p| p.ends_with("/true"))
-                        && v["args"].as_array().is_some_and(|a| a.iter().any(|x| x == w2_token)) =>
+                        && v["args"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x == w2_token)) =>
                 {
                     run.w2_execs += 1;
                 }
@@ -381,7 +433,10 @@ impl Bench {
     #[allow(clippy::type_complexity, reason = "local result tables")]
     fn measure(
         &self,
-    ) -> anyhow::Result<(BTreeMap<(Config, Workload), Vec<f64>>, BTreeMap<Config, Vec<AgentRun>>)> {
+    ) -> anyhow::Result<(
+        BTreeMap<(Config, Workload), Vec<f64>>,
+        BTreeMap<Config, Vec<AgentRun>>,
+    )> {
         let mut times: BTreeMap<(Config, Workload), Vec<f64>> = BTreeMap::new();
         let mut agents: BTreeMap<Config, Vec<AgentRun>> = BTreeMap::new();
         for round in 0..self.rounds {
@@ -398,7 +453,10 @@ impl Bench {
                     if w == Workload::W3 {
                         w3_pid = pid;
                     }
-                    times.entry((config, w)).or_default().push(took.as_secs_f64());
+                    times
+                        .entry((config, w))
+                        .or_default()
+                        .push(took.as_secs_f64());
                     line.push(format!("{:?} {:.2}s", w, took.as_secs_f64()));
                 }
                 // Give the agent time to drain the last windows before stopping.
@@ -406,7 +464,11 @@ impl Bench {
                 if let Some(run) = self.stop(running, &token, w3_pid)? {
                     agents.entry(config).or_default().push(run);
                 }
-                step("..", &format!("round {}/{} {}", round + 1, self.rounds, config.name()), &line.join(", "));
+                step(
+                    "..",
+                    &format!("round {}/{} {}", round + 1, self.rounds, config.name()),
+                    &line.join(", "),
+                );
             }
         }
         Ok((times, agents))
@@ -423,7 +485,11 @@ impl Bench {
         let (cpu1, rss) = proc_usage(pid);
         let _ = self.stop(running, "", 0)?;
         let share = (cpu1 - cpu0) / window.as_secs_f64() * 100.0;
-        step("ok", "idle agent", &format!("{share:.2}% of one core, peak RSS {} KiB", rss));
+        step(
+            "ok",
+            "idle agent",
+            &format!("{share:.2}% of one core, peak RSS {} KiB", rss),
+        );
         Ok((share, rss))
     }
 }
@@ -433,7 +499,10 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11usize, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    let ticks: f64 = [11usize, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
@@ -450,7 +519,11 @@ fn median(values: &[f64]) -> f64 {
         return f64::NAN;
     }
     let mid = v.len() / 2;
-    if v.len() % 2 == 0 { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 fn render(
@@ -468,7 +541,13 @@ fn render(
         took.as_secs_f64()
     ));
     out.push_str("| workload | ");
-    out.push_str(&Config::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(" | "));
+    out.push_str(
+        &Config::ALL
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
     out.push_str(" |\n|---|");
     out.push_str(&"---|".repeat(Config::ALL.len()));
     out.push('\n');
@@ -498,7 +577,12 @@ fn render(
         let cpu = median(&runs.iter().map(|r| r.cpu_secs).collect::<Vec<_>>());
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
         let w3 = if c == Config::AgentFull {
-            format!("{} + {} / {}", sum(|r| r.w3_openat), sum(|r| r.w3_profile_drops), W3_OPENS * n)
+            format!(
+                "{} + {} / {}",
+                sum(|r| r.w3_openat),
+                sum(|r| r.w3_profile_drops),
+                W3_OPENS * n
+            )
         } else {
             "profiles off".to_owned()
         };
@@ -525,14 +609,21 @@ fn machine_line() -> String {
     let kernel = prepare::output(Command::new("uname").arg("-r")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("Linux {} ({cores} cores, {cpu})", kernel.trim())
 }
 
 fn date() -> String {
-    prepare::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default().trim().to_owned()
+    prepare::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 fn write_report(doc: &Path, report: &str) -> anyhow::Result<()> {
@@ -542,10 +633,14 @@ fn write_report(doc: &Path, report: &str) -> anyhow::Result<()> {
     let end = "<!-- overhead:end -->";
     let section = format!("{marker}\n{report}{end}");
     let text = match (existing.find(marker), existing.find(end)) {
-        (Some(a), Some(b)) => format!("{}{}{}", &existing[..a], section, &existing[b + end.len()..]),
+        (Some(a), Some(b)) => format!(
+            "{}{}{}",
+            &existing[..a],
+            section,
+            &existing[b + end.len()..]
+        ),
         _ if existing.is_empty() => format!("{header}{section}\n"),
         _ => format!("{existing}\n## Overhead on workloads\n\n{section}\n"),
     };
     std::fs::write(doc, text).with_context(|| format!("cannot write {}", doc.display()))
 }
-
