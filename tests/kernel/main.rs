@@ -7,4 +7,5 @@ mod cli;
 mod e2e;
 mod output;
 mod process;
+mod replay;
 mod security;

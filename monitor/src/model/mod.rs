@@ -305,7 +305,7 @@ impl Engine {
                 baseline, &w, &scored, threshold,
             ))));
         }
-        if self.settings.follow_drift && !w.tainted && !quarantined {
+        if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
             baseline.absorb(&w, &scored.x);
         }
         Ok(Outcome::Normal(scored.score))
