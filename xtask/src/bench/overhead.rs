@@ -19,7 +19,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -182,7 +182,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let report = render(&times, &agents, idle, rounds, started.elapsed());
     println!("\n{report}");
     let doc = prepare::root().join("docs/performance.md");
-    write_report(&doc, &report)?;
+    super::write_section(&doc, "overhead", "Overhead on workloads", &report)?;
     step("done", "report", &doc.display().to_string());
     Ok(())
 }
@@ -534,10 +534,10 @@ fn render(
     took: Duration,
 ) -> String {
     let mut out = String::new();
-    let machine = machine_line();
+    let machine = super::machine_line();
     out.push_str(&format!(
         "Measured {} on {machine}; {rounds} interleaved rounds, medians; whole run {:.0} s.\n\n",
-        date(),
+        super::date(),
         took.as_secs_f64()
     ));
     out.push_str("| workload | ");
@@ -603,44 +603,4 @@ fn render(
         idle.1 as f64 / 1024.0
     ));
     out
-}
-
-fn machine_line() -> String {
-    let kernel = prepare::output(Command::new("uname").arg("-r")).unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("Linux {} ({cores} cores, {cpu})", kernel.trim())
-}
-
-fn date() -> String {
-    prepare::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-fn write_report(doc: &Path, report: &str) -> anyhow::Result<()> {
-    let header = "# Performance\n\nFigures written by `cargo xtask bench overhead` (see `xtask/src/bench/overhead.rs` for\nthe method). Each run replaces the section below.\n\n## Overhead on workloads\n\n";
-    let existing = std::fs::read_to_string(doc).unwrap_or_default();
-    let marker = "<!-- overhead:start -->";
-    let end = "<!-- overhead:end -->";
-    let section = format!("{marker}\n{report}{end}");
-    let text = match (existing.find(marker), existing.find(end)) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &existing[..a],
-            section,
-            &existing[b + end.len()..]
-        ),
-        _ if existing.is_empty() => format!("{header}{section}\n"),
-        _ => format!("{existing}\n## Overhead on workloads\n\n{section}\n"),
-    };
-    std::fs::write(doc, text).with_context(|| format!("cannot write {}", doc.display()))
 }
