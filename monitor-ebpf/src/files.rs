@@ -4,9 +4,10 @@
 //! to).
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     helpers::generated::{bpf_loop, bpf_probe_read_user},
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
 };
 use monitor_common::{
     COUNTER_USER_FAULT, FileRecord, InodeKey, KernelPath, file_flags, file_op, kind, path_flags,
@@ -19,7 +20,7 @@ use crate::{
         EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
         write_header,
     },
-    pending::Pending,
+    pending::{Pending, args_at_exit},
     vfs::{capture_path, capture_user_string, set_empty},
 };
 
@@ -27,6 +28,34 @@ use crate::{
 /// and refreshed by the agent from its configured paths.
 #[map]
 pub static SENSITIVE: HashMap<InodeKey, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Directory (by dentry address and device) -> whether it lies under a
+/// sensitive location, for [`DIR_VERDICT_TTL_NS`]. Without it every open
+/// walked all ancestors of its file, a probe read per step; a hot loop of
+/// opens in one directory now costs one lookup. The short life bounds how
+/// long a verdict can outlive a rename, a freed-and-reused dentry or a
+/// refresh of `SENSITIVE` by the agent.
+#[map]
+static DIR_VERDICTS: LruHashMap<DirKey, DirVerdict> = LruHashMap::with_max_entries(4096, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DirKey {
+    dentry: u64,
+    dev: u32,
+    _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DirVerdict {
+    expires_ns: u64,
+    sensitive: u32,
+    _pad0: u32,
+}
+
+/// How long a directory verdict is trusted.
+const DIR_VERDICT_TTL_NS: u64 = 1_000_000_000;
 
 const AT_FDCWD: i64 = -100;
 const O_WRONLY: u32 = 0o1;
@@ -70,10 +99,10 @@ fn open_args(p: &Pending) -> (i64, u64, u32, u32) {
     }
 }
 
-/// Exit of open, openat, creat and openat2.
+/// Exit of open, openat, creat and openat2 (`op`). Most opens report
+/// nothing, so their arguments are only read when they do.
 #[inline(never)]
-pub fn on_open_exit(p: &Pending, ret: i64) {
-    let (dfd, filename, flags, mode) = open_args(p);
+pub fn on_open_exit(op: u32, ret: i64) {
     if ret >= 0 {
         let Some(file) = file_of_fd(ret) else {
             return;
@@ -98,7 +127,9 @@ pub fn on_open_exit(p: &Pending, ret: i64) {
         // SAFETY: probe read.
         let dev: u32 = unsafe { read(sb, off!(sb_s_dev)) }.unwrap_or(0);
         let dentry = read_ptr(file, off!(file_f_path) + off!(path_dentry)).unwrap_or(0);
-        let sensitive = is_sensitive(dentry, dev);
+        // SAFETY: probe read.
+        let ino: u64 = unsafe { read(inode, off!(inode_i_ino)) }.unwrap_or(0);
+        let sensitive = is_sensitive_file(dentry, dev, ino);
         if !write && !sensitive {
             return;
         }
@@ -109,10 +140,10 @@ pub fn on_open_exit(p: &Pending, ret: i64) {
         if sensitive {
             hflags |= file_flags::SENSITIVE;
         }
-        // SAFETY: probe read.
-        let ino: u64 = unsafe { read(inode, off!(inode_i_ino)) }.unwrap_or(0);
+        let (_, _, flags, mode) = open_args(&args_at_exit(op));
         emit_open(hflags, flags, mode, ret, ino, OpenPath::Kernel(file));
     } else if ret == -EACCES || ret == -EPERM {
+        let (dfd, filename, flags, mode) = open_args(&args_at_exit(op));
         // Refused: the file was not opened, so its name is all there is.
         let hflags = if flags & 0o3 != 0 {
             file_flags::WRITE
@@ -209,6 +240,47 @@ struct Ancestors {
     dentry: usize,
     dev: u32,
     found: u32,
+}
+
+/// True if an opened file, or a directory above it on the same filesystem,
+/// is in `SENSITIVE`. The file itself is checked every time; the verdict on
+/// its directory comes from `DIR_VERDICTS` when fresh.
+fn is_sensitive_file(dentry: usize, dev: u32, ino: u64) -> bool {
+    if dentry == 0 {
+        return false;
+    }
+    let key = InodeKey { dev, _pad0: 0, ino };
+    // SAFETY: presence check only.
+    if unsafe { SENSITIVE.get(&key) }.is_some() {
+        return true;
+    }
+    let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
+        return false;
+    };
+    if parent == dentry {
+        return false; // the root of this filesystem
+    }
+    let dir = DirKey {
+        dentry: parent as u64,
+        dev,
+        _pad0: 0,
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: copied out at once.
+    if let Some(verdict) = unsafe { DIR_VERDICTS.get(&dir) }.copied()
+        && verdict.expires_ns > now
+    {
+        return verdict.sensitive != 0;
+    }
+    let sensitive = is_sensitive(parent, dev);
+    let verdict = DirVerdict {
+        expires_ns: now + DIR_VERDICT_TTL_NS,
+        sensitive: u32::from(sensitive),
+        _pad0: 0,
+    };
+    let _ = DIR_VERDICTS.insert(&dir, &verdict, 0);
+    sensitive
 }
 
 /// True if the dentry or one of its ancestors on the same filesystem is in

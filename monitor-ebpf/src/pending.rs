@@ -12,6 +12,7 @@
 //! period.
 
 use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::map,
     maps::{Array, HashMap},
 };
@@ -42,20 +43,47 @@ pub struct Pending {
 #[map]
 pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
-/// Syscall argument `i` from the saved user registers.
+/// The six syscall arguments from the saved user registers.
+///
+/// On the hot path of every watched syscall: when the six registers lie
+/// within one 64-byte block (x86_64: r10..di), this is one probe read
+/// instead of six, which measurably cut the entry cost of `openat`.
 #[inline(always)]
-pub fn reg_arg(regs: usize, i: usize) -> u64 {
-    let offset = match i {
-        0 => off!(regs_arg0),
-        1 => off!(regs_arg1),
-        2 => off!(regs_arg2),
-        3 => off!(regs_arg3),
-        4 => off!(regs_arg4),
-        _ => off!(regs_arg5),
-    };
-    // SAFETY: probe read.
-    unsafe { read::<u64>(regs, offset) }.unwrap_or(0)
+pub fn reg_args(regs: usize) -> [u64; 6] {
+    let offsets = [
+        off!(regs_arg0),
+        off!(regs_arg1),
+        off!(regs_arg2),
+        off!(regs_arg3),
+        off!(regs_arg4),
+        off!(regs_arg5),
+    ];
+    let lo = offsets.iter().copied().fold(usize::MAX, usize::min);
+    let hi = offsets.iter().copied().fold(0, usize::max);
+    let aligned = offsets.iter().all(|o| (o - lo) % 8 == 0);
+    if hi - lo < BLOCK_WORDS * 8 && aligned {
+        // SAFETY: probe read into a local.
+        if let Ok(block) = unsafe { read::<[u64; BLOCK_WORDS]>(regs, lo) } {
+            // A match keeps every stack access at a constant offset.
+            let pick = |o: usize| match (o - lo) / 8 {
+                0 => block[0],
+                1 => block[1],
+                2 => block[2],
+                3 => block[3],
+                4 => block[4],
+                5 => block[5],
+                6 => block[6],
+                _ => block[7],
+            };
+            return offsets.map(pick);
+        }
+    }
+    // SAFETY: probe reads.
+    offsets.map(|o| unsafe { read::<u64>(regs, o) }.unwrap_or(0))
 }
+
+/// Words read at once by [`reg_args`].
+const BLOCK_WORDS: usize = 8;
 
 /// True if the current process is the agent (its own actions are not
 /// reported, so it cannot feed on itself).
@@ -109,7 +137,8 @@ pub fn on_enter(regs: usize, op: u32) {
         return;
     }
     let (tid, pid) = current_ids();
-    let arg = |i| reg_arg(regs, i);
+    let args = reg_args(regs);
+    let arg = |i: usize| args[i];
     let mut aux = [0u64; 4];
     match op {
         op::NONE => return,
@@ -126,14 +155,40 @@ pub fn on_enter(regs: usize, op: u32) {
         o if (op::CRED + 1..op::CRED + 10).contains(&o) => aux = packed_creds(),
         _ => {}
     }
+    if is_open(op) {
+        return; // read back at exit, see `args_at_exit`
+    }
     let pending = Pending {
         op,
         _pad0: 0,
-        args: [arg(0), arg(1), arg(2), arg(3), arg(4), arg(5)],
+        args,
         aux,
     };
     if PENDING.insert(tid, &pending, 0).is_err() {
         count(COUNTER_PENDING_MAP_FULL);
+    }
+}
+
+/// The open family: the commonest watched syscalls, and the only ones whose
+/// arguments are read back at exit instead of stashed at entry (their exit
+/// usually reports nothing, and a stash costs a map insert and a delete).
+#[inline(always)]
+pub fn is_open(op: u32) -> bool {
+    matches!(op, op::OPENAT | op::OPEN | op::CREAT | op::OPENAT2)
+}
+
+/// The current syscall's arguments read at its exit, from the user
+/// registers the kernel saved at entry: a syscall returns its result in
+/// another register and leaves these as they were.
+#[inline(always)]
+pub fn args_at_exit(op: u32) -> Pending {
+    // SAFETY: helpers on the current task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
+    Pending {
+        op,
+        _pad0: 0,
+        args: reg_args(regs),
+        aux: [0; 4],
     }
 }
 

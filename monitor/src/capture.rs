@@ -35,16 +35,21 @@ use crate::{
     sensitive::SensitivePaths,
 };
 
-/// The kernel's map of sensitive inodes, and the patterns it is filled from.
+/// The kernel's map of sensitive inodes, the patterns it is filled from,
+/// and the kernel's cache of verdicts derived from it.
 struct SensitiveMap {
     map: aya::maps::HashMap<aya::maps::MapData, monitor_common::InodeKey, u8>,
     loaded: std::collections::HashSet<monitor_common::InodeKey>,
+    verdicts: aya::maps::HashMap<aya::maps::MapData, [u64; 2], [u64; 2]>,
 }
 
 impl SensitiveMap {
     /// Makes the map hold exactly the inodes the read patterns name now.
     fn refresh(&mut self, paths: &SensitivePaths) {
         let wanted = paths.read_inodes();
+        if wanted == self.loaded {
+            return;
+        }
         for key in self.loaded.difference(&wanted) {
             let _ = self.map.remove(key);
         }
@@ -54,6 +59,12 @@ impl SensitiveMap {
             }
         }
         self.loaded = wanted;
+        // Cached directory verdicts were derived from the old set. (One being
+        // inserted by a racing open lives out its one-second life.)
+        let stale: Vec<[u64; 2]> = self.verdicts.keys().filter_map(Result::ok).collect();
+        for key in &stale {
+            let _ = self.verdicts.remove(key);
+        }
     }
 }
 
@@ -143,6 +154,7 @@ impl Capture {
             let mut map = SensitiveMap {
                 map: probes.take_sensitive()?,
                 loaded: Default::default(),
+                verdicts: probes.take_dir_verdicts()?,
             };
             map.refresh(&settings.sensitive);
             Some(map)

@@ -273,6 +273,28 @@ fn file_writes_and_sensitive_reads_are_reported_with_kernel_paths() {
     assert_eq!(f.path.as_bytes(), sandbox.path("secret/key").as_bytes());
     assert!(f.sensitive && !f.write);
 
+    // A refused open: the file was not opened, so the name comes from the
+    // caller's memory, read back at the syscall's exit.
+    std::fs::set_permissions(
+        sandbox.path("secret/key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (pid, errno) = act_pid(&["read-as", "65534", &sandbox.path("secret/key")]);
+    assert_eq!(
+        errno.trim(),
+        libc::EACCES.to_string(),
+        "the open was refused"
+    );
+    let e = wait_kind(&mut rec, pid, "file_open");
+    let Detail::FileOpen(f) = &e.detail else {
+        unreachable!()
+    };
+    assert_eq!(f.path.as_bytes(), sandbox.path("secret/key").as_bytes());
+    assert_eq!(f.result, -libc::EACCES, "{f:?}");
+    assert!(!f.write, "{f:?}");
+    assert!(f.flags.iter().any(|x| x == "O_CLOEXEC"), "{:?}", f.flags);
+
     // A read elsewhere is not reported; a write elsewhere is (not sensitive).
     let (quiet, _) = act_pid(&["read", &sandbox.path("plain/data")]);
     let (plain_write, _) = act_pid(&["write", &sandbox.path("plain/out")]);

@@ -347,6 +347,21 @@ impl Probes {
         BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("SENSITIVE", e))
     }
 
+    /// Takes the kernel's cache of directory verdicts (once): the agent
+    /// empties it whenever the sensitive locations change. Keys and values
+    /// are opaque here (`DirKey`, `DirVerdict` in monitor-ebpf).
+    pub fn take_dir_verdicts(
+        &mut self,
+    ) -> Result<BpfHashMap<MapData, [u64; 2], [u64; 2]>, ProbeError> {
+        let map = self.ebpf.take_map("DIR_VERDICTS").ok_or(ProbeError::Map(
+            "DIR_VERDICTS",
+            aya::maps::MapError::InvalidName {
+                name: "DIR_VERDICTS".into(),
+            },
+        ))?;
+        BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("DIR_VERDICTS", e))
+    }
+
     /// The settings loaded with.
     pub fn settings(&self) -> &ProbeSettings {
         &self.settings

@@ -58,6 +58,14 @@ fn main() {
         Some("read") => {
             let _ = std::fs::read(arg(1));
         }
+        Some("read-as") => {
+            // Drop to `uid`, then try to open a file it may not read.
+            // SAFETY: plain syscall.
+            let r = unsafe { libc::setuid(arg(1).parse().unwrap()) };
+            assert_eq!(r, 0, "setuid failed");
+            let err = std::fs::File::open(arg(2)).expect_err("the open is refused");
+            println!("{}", err.raw_os_error().unwrap_or(0));
+        }
         Some("unlink") => std::fs::remove_file(arg(1)).unwrap(),
         Some("rename") => std::fs::rename(arg(1), arg(2)).unwrap(),
         Some("unlink-relative") => {
