@@ -67,6 +67,10 @@ impl StatePaths {
     pub fn findings(&self) -> PathBuf {
         self.dir.join("findings.jsonl")
     }
+    /// Repeats of open findings (`model::alert::Repeat`), one JSON object a line.
+    pub fn repeats(&self) -> PathBuf {
+        self.dir.join("repeats.jsonl")
+    }
     /// Acknowledgements.
     pub fn acks(&self) -> PathBuf {
         self.dir.join("acks.jsonl")
@@ -426,6 +430,11 @@ pub async fn run(
                             }
                         }
                         Detection::LearningExtended(why) => tracing::warn!("still learning: {why}"),
+                        Detection::Repeat(repeat) => {
+                            if let Err(e) = append_line(&paths.repeats(), &repeat) {
+                                tracing::warn!(error = %e, path = %paths.repeats().display(), "cannot log a repeated finding");
+                            }
+                        }
                     }
                 }
             }

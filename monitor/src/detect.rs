@@ -24,6 +24,8 @@ pub enum Detection {
     },
     /// Learning could not finish (too few usable windows); it goes on.
     LearningExtended(String),
+    /// A window repeated an open finding's behaviour (not raised again).
+    Repeat(Box<crate::model::alert::Repeat>),
 }
 
 /// Events to windows to the engine.
@@ -110,7 +112,8 @@ impl Detector {
                 Ok(Outcome::Learned { windows, profiles }) => {
                     out.push(Detection::Learned { windows, profiles });
                 }
-                Ok(Outcome::Learning | Outcome::Normal(_) | Outcome::Suppressed(_)) => {}
+                Ok(Outcome::Repeat(repeat)) => out.push(Detection::Repeat(repeat)),
+                Ok(Outcome::Learning | Outcome::Normal(_)) => {}
                 Err(err) => out.push(Detection::LearningExtended(err.to_string())),
             }
             if let Some(w) = keep {

@@ -175,6 +175,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                     );
                 }
                 Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),
+                // The alert it repeats is already in the output.
+                Detection::Repeat(_) => {}
             }
         }
         Ok(())

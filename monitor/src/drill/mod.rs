@@ -19,7 +19,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::{agent::StatePaths, findings::LoggedFinding, model::alert::printable};
+use crate::{
+    agent::StatePaths,
+    findings::LoggedFinding,
+    model::alert::{Repeat, printable},
+};
 
 /// One drill.
 #[derive(Debug, Clone, Copy)]
@@ -262,6 +266,7 @@ fn run_one(
     };
     let log = paths.findings();
     let mut offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut repeats = RepeatLog::new(paths.repeats());
     let started = Instant::now();
     let tag = format!("monitor-drill-{}-{}", std::process::id(), drill.name);
     let child = Command::new(exe)
@@ -318,6 +323,7 @@ fn run_one(
         }
         offset = new_findings(&log, offset, &mut seen);
         note(&mut outcome, &seen, root, started);
+        repeats.note(&mut outcome, root, started);
         std::thread::sleep(Duration::from_millis(50));
     }
     // Then wait for the finding (windows close at process exit or at the
@@ -326,6 +332,7 @@ fn run_one(
     while outcome.error.is_none() && Instant::now() < wait_until {
         offset = new_findings(&log, offset, &mut seen);
         note(&mut outcome, &seen, root, started);
+        repeats.note(&mut outcome, root, started);
         if outcome.flagged {
             // Give related findings (children that exit a moment later) a
             // short while to land, so the table lists them too.
@@ -352,6 +359,58 @@ fn note(outcome: &mut Outcome, seen: &[LoggedFinding], root: u32, started: Insta
             outcome.finding = Some(f.alert.id.clone());
             outcome.summary = Some(f.alert.summary.clone());
             outcome.severity = Some(f.alert.guidance.severity.name().to_owned());
+        }
+    }
+}
+
+/// The agent's log of repeated findings, read from where it was when the
+/// drill started.
+struct RepeatLog {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl RepeatLog {
+    fn new(path: PathBuf) -> Self {
+        let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Self { path, offset }
+    }
+
+    /// A drill whose behaviour repeats a finding that is still open (an
+    /// earlier run of the same drill, within the alert quarantine) was
+    /// recognised too: it counts as flagged, by that finding.
+    fn note(&mut self, outcome: &mut Outcome, root: u32, started: Instant) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let mut new = Vec::new();
+        if file.seek(std::io::SeekFrom::Start(self.offset)).is_err()
+            || file.read_to_end(&mut new).is_err()
+        {
+            return;
+        }
+        let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.offset += complete as u64;
+        if outcome.flagged {
+            return;
+        }
+        for line in new[..complete].split(|&b| b == b'\n') {
+            let Ok(r) = serde_json::from_slice::<Repeat>(line) else {
+                continue;
+            };
+            let ours = r.process.as_ref().is_some_and(|p| p.pid == root)
+                || r.ancestry.iter().any(|a| a.pid == root);
+            if ours {
+                outcome.flagged = true;
+                outcome.seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+                outcome.finding = Some(r.repeat_of.clone());
+                outcome.findings.push(r.repeat_of.clone());
+                outcome.summary = Some(format!(
+                    "repeats open finding {} (not raised again within the alert quarantine; `monitor alerts -x {}`)",
+                    r.repeat_of, r.repeat_of
+                ));
+                return;
+            }
         }
     }
 }

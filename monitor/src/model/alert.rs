@@ -41,6 +41,39 @@ pub struct NearestCluster {
     pub typical_distance: f64,
 }
 
+/// A window that repeated an open finding's behaviour: the same program,
+/// nothing new, within the alert quarantine (`model.alert_quarantine`). It
+/// is not raised again (one finding per behaviour, not one per window), but
+/// it is kept in the local log, so people and `monitor drill` see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// The finding it repeats.
+    pub repeat_of: String,
+    /// When (the window's end).
+    pub time: Timestamp,
+    /// Its score.
+    pub score: f64,
+    /// The process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Its ancestry, nearest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
+}
+
+impl Repeat {
+    /// The repeat of finding `of` by window `w`.
+    pub fn new(of: String, w: &Window, score: f64) -> Self {
+        Self {
+            repeat_of: of,
+            time: w.end,
+            score: (score * 10_000.0).round() / 10_000.0,
+            process: w.context.process.clone(),
+            ancestry: w.context.ancestry.clone(),
+        }
+    }
+}
+
 /// An explained alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

@@ -121,7 +121,7 @@ pub enum Outcome {
     Alert(Box<Alert>),
     /// Scored at or above the threshold, but the profile already has an
     /// open alert covering every novelty fact of this window: folded into it.
-    Suppressed(f64),
+    Repeat(Box<alert::Repeat>),
 }
 
 /// Deterministic xorshift for reservoir sampling (no rand dependency in the
@@ -163,6 +163,8 @@ pub struct Engine {
     quarantine: HashMap<String, Timestamp>,
     /// Novelty facts already alerted per profile (while quarantined).
     alerted: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
+    /// The latest finding per profile (what a repeat refers to).
+    last_alert: HashMap<String, String>,
     suppressed: u64,
     rng: Xorshift,
 }
@@ -182,6 +184,7 @@ impl Engine {
             tainted: 0,
             quarantine: HashMap::new(),
             alerted: HashMap::new(),
+            last_alert: HashMap::new(),
             suppressed: 0,
             rng: Xorshift(0x9e37_79b9_7f4a_7c15),
         }
@@ -290,10 +293,17 @@ impl Engine {
                 .map(|n| (n.kind, n.value.clone()))
                 .collect();
             let known = self.alerted.entry(w.profile.clone()).or_default();
-            if quarantined && facts.is_subset(known) {
+            if quarantined
+                && facts.is_subset(known)
+                && let Some(of) = self.last_alert.get(&w.profile)
+            {
                 // Nothing new about this profile since its open alert.
                 self.suppressed += 1;
-                return Ok(Outcome::Suppressed(scored.score));
+                return Ok(Outcome::Repeat(Box::new(alert::Repeat::new(
+                    of.clone(),
+                    &w,
+                    scored.score,
+                ))));
             }
             if !quarantined {
                 known.clear();
@@ -301,9 +311,9 @@ impl Engine {
             known.extend(facts);
             self.alerts += 1;
             self.quarantine.insert(w.profile.clone(), w.end);
-            return Ok(Outcome::Alert(Box::new(Alert::new(
-                baseline, &w, &scored, threshold,
-            ))));
+            let alert = Alert::new(baseline, &w, &scored, threshold);
+            self.last_alert.insert(w.profile.clone(), alert.id.clone());
+            return Ok(Outcome::Alert(Box::new(alert)));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
             baseline.absorb(&w, &scored.x);
@@ -380,5 +390,61 @@ impl Engine {
         } else if (slot as usize) < cap {
             kept[slot as usize] = w;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::window::Window;
+
+    const SERVER: &str = "/usr/sbin/server";
+
+    fn window(i: u64, sequence: Vec<u16>) -> Window {
+        let mut w = Window::from_sequence(SERVER, sequence);
+        w.sequence.clear();
+        w.pid = 100 + i as u32;
+        w.start = Timestamp(i * 1_000_000_000);
+        w.end = Timestamp(i * 1_000_000_000 + 500_000_000);
+        w
+    }
+
+    /// read/write/poll in slightly varying proportions.
+    fn normal(i: u64) -> Window {
+        let mut seq = vec![0u16; 20 + (i % 7) as usize];
+        seq.extend(std::iter::repeat_n(1u16, 10 + (i % 5) as usize));
+        seq.extend(std::iter::repeat_n(7u16, 5));
+        window(i, seq)
+    }
+
+    fn shadow_reader(i: u64) -> Window {
+        let mut w = normal(i);
+        w.facts.sensitive_paths.insert("/etc/shadow".into());
+        w.activity.sensitive = 1;
+        w
+    }
+
+    #[test]
+    fn a_repeat_within_the_quarantine_names_the_open_finding() {
+        let mut engine = Engine::new(EngineSettings {
+            learn_for: Duration::from_secs(30),
+            min_windows: 40,
+            ..EngineSettings::default()
+        });
+        for i in 0..60 {
+            engine.observe(normal(i)).unwrap();
+        }
+        assert!(engine.baseline().is_some(), "learned");
+        let Outcome::Alert(alert) = engine.observe(shadow_reader(61)).unwrap() else {
+            panic!("a first read of /etc/shadow alerts")
+        };
+        match engine.observe(shadow_reader(62)).unwrap() {
+            Outcome::Repeat(r) => {
+                assert_eq!(r.repeat_of, alert.id);
+                assert_eq!(r.time, Timestamp(62_500_000_000));
+            }
+            other => panic!("expected a repeat, got {other:?}"),
+        }
+        assert_eq!(engine.progress().suppressed, 1);
     }
 }
