@@ -6,7 +6,9 @@
 //! so the `sys_enter` program (which runs on every syscall anyway, for the
 //! profiles) stashes the arguments of watched syscalls per thread here,
 //! under the op that `SYSCALL_OPS[syscall number]` names (see
-//! `monitor_common::stash`). One hook on the raw `sys_enter` tracepoint
+//! `monitor_common::stash`). The open family is the exception: most opens
+//! report nothing, so their exit reads the arguments back from the saved
+//! registers only when it reports (`args_at_exit`). One hook on the raw `sys_enter` tracepoint
 //! instead of one per syscall keeps start-up and, above all, shutdown fast:
 //! the kernel detaches tracepoints one at a time, each after an RCU grace
 //! period.
@@ -133,8 +135,8 @@ fn packed_creds() -> [u64; 4] {
 /// Called by `sys_enter` for a watched syscall (`op` from [`op_of_nr`]).
 #[inline(always)]
 pub fn on_enter(regs: usize, op: u32) {
-    if is_agent() {
-        return;
+    if is_open(op) || is_agent() {
+        return; // opens: read back at exit, see `args_at_exit`
     }
     let (tid, pid) = current_ids();
     let args = reg_args(regs);
@@ -154,9 +156,6 @@ pub fn on_enter(regs: usize, op: u32) {
         op::TGKILL if arg(2) == 0 || arg(0) as i32 == pid as i32 => return,
         o if (op::CRED + 1..op::CRED + 10).contains(&o) => aux = packed_creds(),
         _ => {}
-    }
-    if is_open(op) {
-        return; // read back at exit, see `args_at_exit`
     }
     let pending = Pending {
         op,
