@@ -278,6 +278,7 @@ pub async fn run(
     prepare_state_dir(&paths.dir)?;
     let _lock = StateLock::take(&paths.dir)?;
     let host = Host::current(&settings.host_name);
+    let own_pid = std::process::id();
     let started = Timestamp::now();
 
     // Model: resume or learn.
@@ -413,7 +414,7 @@ pub async fn run(
                 if settings.raw.output.raw_events && let Some(record) = ocsf::activity(&event, &host) {
                     spool_append(&spool, Class::Activity, &record);
                 }
-                for d in detector.push(&event) {
+                for d in detector.push_unless_own(&event, own_pid) {
                     match d {
                         Detection::Alert(alert) => {
                             findings += 1;
@@ -520,7 +521,7 @@ pub async fn run(
     capture.stop_sources();
     let drain_until = tokio::time::Instant::now() + Duration::from_millis(300);
     while let Ok(Some(event)) = tokio::time::timeout_at(drain_until, capture.next()).await {
-        for d in detector.push(&event) {
+        for d in detector.push_unless_own(&event, own_pid) {
             if let Detection::Alert(alert) = d {
                 emit_finding(&spool, &paths, &host, &alert, &detector);
             }

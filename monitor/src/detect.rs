@@ -76,6 +76,18 @@ impl Detector {
         self.observe_all(closed)
     }
 
+    /// Feeds an event unless it is the agent's own (process `own_pid`).
+    /// The agent does not judge itself: its syscalls follow its work (a
+    /// drill, a report, a flush of the spool), not a baseline, and attacks
+    /// on it are reported by the processes that make them (signals, ptrace,
+    /// writes into its state).
+    pub fn push_unless_own(&mut self, event: &Event, own_pid: u32) -> Vec<Detection> {
+        if event.process.as_ref().is_some_and(|p| p.pid == own_pid) {
+            return Vec::new();
+        }
+        self.push(event)
+    }
+
     /// Closes every open window (end of stream, shutdown).
     pub fn finish(&mut self) -> Vec<Detection> {
         let closed = self.windows.finish();
@@ -124,5 +136,44 @@ impl Detector {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        event::{Detail, Process, ProfileDetail, Timestamp},
+        model::EngineSettings,
+    };
+
+    fn final_profile(pid: u32, at: u64) -> Event {
+        let mut e = Event::new(
+            Timestamp(at),
+            Detail::SyscallProfile(ProfileDetail {
+                window_start: Timestamp(at - 1_000),
+                window_end: Timestamp(at),
+                total: 3,
+                counts: BTreeMap::from([("read".to_owned(), 3)]),
+                pairs: BTreeMap::new(),
+                final_window: true,
+            }),
+        );
+        e.process = Some(Process {
+            pid,
+            ..Process::default()
+        });
+        e
+    }
+
+    #[test]
+    fn the_agent_does_not_judge_its_own_windows() {
+        let mut d = Detector::learning(EngineSettings::default(), Duration::from_secs(5));
+        d.push_unless_own(&final_profile(42, 10_000), 42);
+        assert_eq!(d.progress().windows_seen, 0, "the agent's own window");
+        d.push_unless_own(&final_profile(43, 20_000), 42);
+        assert_eq!(d.progress().windows_seen, 1, "another process's window");
     }
 }
