@@ -73,6 +73,15 @@ fn deliver(rt: &tokio::runtime::Runtime, spool: &Arc<Spool>, config: &SinkConfig
     started.elapsed().as_secs_f64()
 }
 
+/// The spool under `dir`, for `config`'s sink, big enough for any run.
+fn open_spool(dir: &Path, config: &SinkConfig) -> Arc<Spool> {
+    let settings = SpoolSettings {
+        max_bytes: 1 << 34,
+        ..SpoolSettings::default()
+    };
+    Spool::open(&dir.join("spool"), settings, &[config.name()]).expect("spool")
+}
+
 fn file_sink(dir: &Path) -> SinkConfig {
     SinkConfig::File {
         path: dir.join("findings.jsonl"),
@@ -150,17 +159,7 @@ fn main() {
     // File sink, end to end.
     let dir = base.join("file");
     let config = file_sink(&dir);
-    let spool = Arc::new(
-        Spool::open(
-            &dir.join("spool"),
-            SpoolSettings {
-                max_bytes: 1 << 34,
-                ..SpoolSettings::default()
-            },
-            &[config.name()],
-        )
-        .expect("spool"),
-    );
+    let spool = open_spool(&dir, &config);
     let started = Instant::now();
     let append_rate = fill(&spool, FILE_FINDINGS, &record);
     let secs = deliver(&rt, &spool, &config);
@@ -192,17 +191,7 @@ fn main() {
     };
     // SAFETY: set before any other thread reads the environment.
     unsafe { std::env::set_var("MONITOR_BENCH_TOKEN", "bench-token") };
-    let spool = Arc::new(
-        Spool::open(
-            &dir.join("spool"),
-            SpoolSettings {
-                max_bytes: 1 << 34,
-                ..SpoolSettings::default()
-            },
-            &[config.name()],
-        )
-        .expect("spool"),
-    );
+    let spool = open_spool(&dir, &config);
     let started = Instant::now();
     fill(&spool, HTTP_FINDINGS, &record);
     let secs = deliver(&rt, &spool, &config);
@@ -219,31 +208,11 @@ fn main() {
     let dir = base.join("replay");
     let config = file_sink(&dir);
     {
-        let spool = Arc::new(
-            Spool::open(
-                &dir.join("spool"),
-                SpoolSettings {
-                    max_bytes: 1 << 34,
-                    ..SpoolSettings::default()
-                },
-                &[config.name()],
-            )
-            .expect("spool"),
-        );
+        let spool = open_spool(&dir, &config);
         fill(&spool, REPLAY_FINDINGS, &record);
     } // the agent stops with everything still spooled
     let started = Instant::now();
-    let spool = Arc::new(
-        Spool::open(
-            &dir.join("spool"),
-            SpoolSettings {
-                max_bytes: 1 << 34,
-                ..SpoolSettings::default()
-            },
-            &[config.name()],
-        )
-        .expect("spool reopens"),
-    );
+    let spool = open_spool(&dir, &config);
     let reopen = started.elapsed().as_secs_f64();
     deliver(&rt, &spool, &config);
     let total = started.elapsed().as_secs_f64();

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_tests::{kernel_test, test_dir};
+use monitor_tests::{free_tcp_port, kernel_test, test_dir};
 
 use crate::cli::agent;
 
@@ -142,14 +142,6 @@ pub fn validate_ocsf(file: &Path) -> String {
     text
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
     let Some(_k) = kernel_test("run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read")
@@ -158,7 +150,7 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
     };
     let dir = test_dir("run");
     let state = dir.join("state");
-    let port = free_port();
+    let port = free_tcp_port();
     let running = Agent::start(
         &dir,
         &[

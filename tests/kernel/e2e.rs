@@ -21,7 +21,7 @@ use std::{
 };
 
 use monitor::findings::LoggedFinding;
-use monitor_tests::{kernel_test, test_dir};
+use monitor_tests::{kernel_test, python_web_server, test_dir};
 
 use crate::{agent::Agent, cli::agent};
 
@@ -30,14 +30,6 @@ struct Workload {
     server: Child,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn get(port: u16) -> bool {
@@ -64,21 +56,7 @@ impl Workload {
         let www = dir.join("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), "<html><body>hello</body></html>\n").unwrap();
-        let port = free_port();
-        let server = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server (python3 is on every machine of this kind)");
+        let (server, port) = python_web_server(&www, false);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !get(port) {
             assert!(Instant::now() < deadline, "the web server did not come up");

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_tests::{kernel_test, test_dir};
+use monitor_tests::{kernel_test, python_web_server, test_dir};
 
 use crate::cli::agent;
 
@@ -83,26 +83,7 @@ fn a_shell_from_a_server_alerts_in_replay_and_the_stream_without_it_does_not() {
     }
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--cgi",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&www)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut server, port) = python_web_server(&www, true);
     let started = Instant::now();
     while !get(port, "/").contains("hello") {
         assert!(

@@ -160,3 +160,36 @@ pub fn test_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// `python3 -m http.server` on a free port serving `www` (with `--cgi`,
+/// scripts under `www/cgi-bin` run), once it accepts connections.
+pub fn python_web_server(www: &std::path::Path, cgi: bool) -> (std::process::Child, u16) {
+    let port = free_tcp_port();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "http.server"]);
+    if cgi {
+        cmd.arg("--cgi");
+    }
+    let server = cmd
+        .args([&port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server (python3 is on every machine of this kind)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the web server did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (server, port)
+}

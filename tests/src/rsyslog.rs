@@ -30,20 +30,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Rsyslog {
     /// Starts rsyslogd in `dir`; `None` (and a loud message) if the binary is
     /// missing and the run does not require it.
     pub fn start(dir: &Path) -> Self {
         let udp_port = free_port();
-        let tcp_port = free_tcp_port();
+        let tcp_port = crate::free_tcp_port();
         let socket = dir.join("log.sock");
         let output = dir.join("received.log");
         let conf = dir.join("rsyslog.conf");

@@ -72,3 +72,13 @@ fn write_section(doc: &Path, key: &str, title: &str, report: &str) -> anyhow::Re
     };
     std::fs::write(doc, text).with_context(|| format!("cannot write {}", doc.display()))
 }
+
+/// A `/proc/PID/status` field in KiB.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

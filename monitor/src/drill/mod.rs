@@ -186,8 +186,9 @@ fn agent_info(paths: &StatePaths) -> anyhow::Result<AgentInfo> {
     Ok(AgentInfo { pid: status.pid })
 }
 
-/// Reads findings appended to the log after `offset`; returns the new offset.
-fn new_findings(path: &Path, offset: u64, out: &mut Vec<LoggedFinding>) -> u64 {
+/// Reads the records of type `T` appended to a JSON Lines log after
+/// `offset`; returns the new offset. Lines that are not a `T` are skipped.
+fn new_records<T: serde::de::DeserializeOwned>(path: &Path, offset: u64, out: &mut Vec<T>) -> u64 {
     let Ok(mut file) = std::fs::File::open(path) else {
         return offset;
     };
@@ -202,8 +203,8 @@ fn new_findings(path: &Path, offset: u64, out: &mut Vec<LoggedFinding>) -> u64 {
     // Only whole lines: a line being written is read next time.
     let complete = chunk.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     for line in chunk[..complete].split(|&b| b == b'\n') {
-        if let Ok(f) = serde_json::from_slice::<LoggedFinding>(line) {
-            out.push(f);
+        if let Ok(record) = serde_json::from_slice::<T>(line) {
+            out.push(record);
         }
     }
     offset + complete as u64
@@ -321,7 +322,7 @@ fn run_one(
                 break;
             }
         }
-        offset = new_findings(&log, offset, &mut seen);
+        offset = new_records(&log, offset, &mut seen);
         note(&mut outcome, &seen, root, started);
         repeats.note(&mut outcome, root, started);
         std::thread::sleep(Duration::from_millis(50));
@@ -330,14 +331,14 @@ fn run_one(
     // next profile drain).
     let wait_until = Instant::now() + settings.timeout;
     while outcome.error.is_none() && Instant::now() < wait_until {
-        offset = new_findings(&log, offset, &mut seen);
+        offset = new_records(&log, offset, &mut seen);
         note(&mut outcome, &seen, root, started);
         repeats.note(&mut outcome, root, started);
         if outcome.flagged {
             // Give related findings (children that exit a moment later) a
             // short while to land, so the table lists them too.
             std::thread::sleep(Duration::from_millis(500));
-            offset = new_findings(&log, offset, &mut seen);
+            offset = new_records(&log, offset, &mut seen);
             note(&mut outcome, &seen, root, started);
             break;
         }
@@ -368,49 +369,40 @@ fn note(outcome: &mut Outcome, seen: &[LoggedFinding], root: u32, started: Insta
 struct RepeatLog {
     path: PathBuf,
     offset: u64,
+    seen: Vec<Repeat>,
 }
 
 impl RepeatLog {
     fn new(path: PathBuf) -> Self {
         let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        Self { path, offset }
+        Self {
+            path,
+            offset,
+            seen: Vec::new(),
+        }
     }
 
     /// A drill whose behaviour repeats a finding that is still open (an
     /// earlier run of the same drill, within the alert quarantine) was
     /// recognised too: it counts as flagged, by that finding.
     fn note(&mut self, outcome: &mut Outcome, root: u32, started: Instant) {
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return;
-        };
-        let mut new = Vec::new();
-        if file.seek(std::io::SeekFrom::Start(self.offset)).is_err()
-            || file.read_to_end(&mut new).is_err()
-        {
-            return;
-        }
-        let complete = new.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        self.offset += complete as u64;
+        self.offset = new_records(&self.path, self.offset, &mut self.seen);
         if outcome.flagged {
             return;
         }
-        for line in new[..complete].split(|&b| b == b'\n') {
-            let Ok(r) = serde_json::from_slice::<Repeat>(line) else {
-                continue;
-            };
-            let ours = r.process.as_ref().is_some_and(|p| p.pid == root)
-                || r.ancestry.iter().any(|a| a.pid == root);
-            if ours {
-                outcome.flagged = true;
-                outcome.seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
-                outcome.finding = Some(r.repeat_of.clone());
-                outcome.findings.push(r.repeat_of.clone());
-                outcome.summary = Some(format!(
-                    "repeats open finding {} (not raised again within the alert quarantine; `monitor alerts -x {}`)",
-                    r.repeat_of, r.repeat_of
-                ));
-                return;
-            }
+        let ours = |r: &&Repeat| {
+            r.process.as_ref().is_some_and(|p| p.pid == root)
+                || r.ancestry.iter().any(|a| a.pid == root)
+        };
+        if let Some(r) = self.seen.iter().find(ours) {
+            outcome.flagged = true;
+            outcome.seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+            outcome.finding = Some(r.repeat_of.clone());
+            outcome.findings.push(r.repeat_of.clone());
+            outcome.summary = Some(format!(
+                "repeats open finding {} (not raised again within the alert quarantine; `monitor alerts -x {}`)",
+                r.repeat_of, r.repeat_of
+            ));
         }
     }
 }

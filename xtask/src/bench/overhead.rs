@@ -503,13 +503,7 @@ fn proc_usage(pid: u32) -> (f64, u64) {
         .iter()
         .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
         .sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, rss)
+    (ticks / 100.0, super::proc_kib(pid, "VmHWM:"))
 }
 
 fn median(values: &[f64]) -> f64 {

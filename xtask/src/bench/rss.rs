@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::write_section;
+use super::{proc_kib, write_section};
 use crate::prepare::{self, step};
 
 const CHILDREN: usize = 1000;
@@ -156,16 +156,6 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// A `/proc/PID/status` field in KiB.
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Forked children that open and read `/proc/self/stat` every two seconds
