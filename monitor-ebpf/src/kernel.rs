@@ -92,6 +92,15 @@ pub fn count(index: u32) {
     }
 }
 
+/// Adds `n` to a counter slot.
+#[inline(always)]
+pub fn count_by(index: u32, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: as in `count`.
+        unsafe { *slot += n };
+    }
+}
+
 /// Counts a failed ring-buffer reserve for `kind`.
 #[inline(always)]
 pub fn count_ringbuf_full(kind: u8) {

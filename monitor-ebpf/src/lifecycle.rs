@@ -1,13 +1,13 @@
 //! Process lifecycle: exec, fork (new processes only) and exit.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
+    helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use monitor_common::{
     COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExitRecord, ForkRecord,
-    ThreadExitRecord, exec_flags, kind,
+    ThreadExitRecord, ThreadProfile, exec_flags, kind,
 };
 
 use crate::{
@@ -262,6 +262,7 @@ fn flush_profile(tid: u32, pid: u32) {
     if config!(profiles_enabled) == 0 {
         return;
     }
+    crate::profile::end_run_of_exiting();
     let Some(profile) = PROFILES.get_ptr(tid) else {
         return;
     };
@@ -277,7 +278,18 @@ fn flush_profile(tid: u32, pid: u32) {
                 );
                 (*rec).tid = tid;
                 (*rec).pid = pid;
-                core::ptr::copy_nonoverlapping(profile, &raw mut (*rec).profile, 1);
+                // The kernel's memcpy through the helper: a plain copy of
+                // these 3 KiB compiles to a BPF loop that cost more than
+                // the rest of the exit (seen in `perf` on W2).
+                if bpf_probe_read_kernel(
+                    (&raw mut (*rec).profile).cast(),
+                    core::mem::size_of::<ThreadProfile>() as u32,
+                    profile.cast(),
+                ) != 0
+                {
+                    count_kernel_fault(kind::THREAD_EXIT);
+                    (*rec).profile.total = 0;
+                }
             }
             entry.submit(crate::kernel::wakeup_flags());
         }

@@ -273,4 +273,18 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
     assert!(windows.iter().all(|w| w.window_start <= w.window_end));
     let total: u64 = windows.iter().map(|p| p.total).sum();
     assert!(total >= N);
+    // Consecutive pairs: the loop is one run of getppid, which the kernel
+    // counts on a per-CPU fast path; every call after the first is a
+    // (getppid, getppid) pair. Other pairs may share the bucket, never
+    // fewer.
+    let nr = libc::SYS_getppid as u32;
+    let bucket = monitor_common::pair_bucket(nr, nr) as u16;
+    let repeated: u64 = windows
+        .iter()
+        .map(|p| p.pairs.get(&bucket).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        (N - 1..=total).contains(&repeated),
+        "(getppid, getppid) pairs: {repeated}, calls: {N}, total: {total}"
+    );
 }
