@@ -135,8 +135,16 @@ fn packed_creds() -> [u64; 4] {
 /// Called by `sys_enter` for a watched syscall (`op` from [`op_of_nr`]).
 #[inline(always)]
 pub fn on_enter(regs: usize, op: u32) {
-    if is_open(op) || is_agent() {
+    if is_open(op) {
         return; // opens: read back at exit, see `args_at_exit`
+    }
+    if (op == op::MMAP || op == op::MPROTECT) && !crate::security::may_exec_memory(regs) {
+        // Most mappings are not executable (a dynamic loader makes a dozen
+        // per exec): one register read settles them.
+        return;
+    }
+    if is_agent() {
+        return;
     }
     let (tid, pid) = current_ids();
     let args = reg_args(regs);

@@ -264,6 +264,18 @@ fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
 const PROT_EXEC: u64 = 0x4;
 const MAP_ANONYMOUS: u64 = 0x20;
 
+/// Whether the mmap or mprotect whose saved registers are at `regs` asks
+/// for executable memory (its third argument, `prot`). A failed read says
+/// yes, so the full check decides.
+#[inline(always)]
+pub fn may_exec_memory(regs: usize) -> bool {
+    // SAFETY: probe read of one saved register.
+    match unsafe { read::<u64>(regs, off!(regs_arg2)) } {
+        Ok(prot) => prot & PROT_EXEC != 0,
+        Err(_) => true,
+    }
+}
+
 /// Checks an mmap or mprotect at entry (called from `sys_enter`): reports
 /// anonymous memory being made executable. Not stashed: the request itself
 /// is the behaviour of interest.
