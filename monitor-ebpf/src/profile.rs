@@ -42,7 +42,7 @@ pub struct SyscallRun {
     /// The address of the thread's saved user registers (0 for none): the
     /// top of its kernel stack, unique among live threads, and the
     /// tracepoint's first argument, so recognising the thread costs no
-    /// helper call (a helper call was a third of this program's cost). A
+    /// helper call (this kernel does not inline the task helpers). A
     /// thread that exits ends its run on its CPU (`end_run_of_exiting`),
     /// so a new thread given the same stack does not continue it there.
     regs: u64,

@@ -262,7 +262,25 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         .filter(|o| o["flagged"] != true)
         .map(|o| o["drill"].as_str().unwrap())
         .collect();
-    assert!(missed.is_empty(), "not flagged: {missed:?}\n{table}");
+    if !missed.is_empty() {
+        // What the agent did say, to tell a missed detection from a lost
+        // window: every finding it logged, and the end of its diagnostics
+        // (loss counters are printed at stop).
+        let findings: String = logged
+            .iter()
+            .map(|f| {
+                let pid = f.alert.process.as_ref().map_or(0, |p| p.pid);
+                let ancestry: Vec<u32> = f.alert.ancestry.iter().map(|a| a.pid).collect();
+                format!("  pid {pid} ancestry {ancestry:?}: {}\n", f.alert.summary)
+            })
+            .collect();
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "not flagged: {missed:?}\n{table}\nfindings logged:\n{findings}\nagent stderr (end):\n{}",
+            tail.join("\n")
+        );
+    }
     let mut secs: Vec<f64> = outcomes
         .iter()
         .filter_map(|o| o["seconds"].as_f64())
