@@ -180,6 +180,16 @@ pub struct WindowBuilder {
     last_time: Timestamp,
 }
 
+/// Whether a loss counter means the windows open now may miss something.
+/// Syscalls counted as uncounted are a thread's last repeats that reached
+/// its profile after the thread had exited (or after its id was reused):
+/// that thread's window is already closed, and the windows open now lost
+/// nothing. (A thread that never got a profile slot is reported by
+/// `profile_map_full`, which does taint.)
+fn taints_open_windows(counter: &str) -> bool {
+    counter != "profile_uncounted_syscalls"
+}
+
 impl WindowBuilder {
     /// A builder closing idle-profile windows after `max_len`.
     pub fn new(max_len: std::time::Duration) -> Self {
@@ -208,10 +218,16 @@ impl WindowBuilder {
     pub fn push(&mut self, event: &Event) -> Vec<Window> {
         self.last_time = self.last_time.max(event.time);
         let mut closed = Vec::new();
-        if let Detail::Loss(_) = event.detail {
-            // Every open window overlapped the loss: none may teach the model.
-            for w in self.open.values_mut() {
-                w.tainted = true;
+        if let Detail::Loss(loss) = &event.detail {
+            if loss
+                .counts
+                .keys()
+                .any(|counter| taints_open_windows(counter))
+            {
+                // Every open window overlapped the loss: none may teach the model.
+                for w in self.open.values_mut() {
+                    w.tainted = true;
+                }
             }
             return closed;
         }
@@ -400,5 +416,40 @@ fn peer(n: &crate::event::NetDetail) -> String {
         (Some(a), Some(p), _) => format!("{a}:{p}"),
         (_, _, Some(u)) => format!("unix:{u}"),
         _ => format!("{}:?", n.family),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ForkDetail, LossDetail};
+
+    fn loss(counter: &str) -> Event {
+        Event::new(
+            Timestamp(2),
+            Detail::Loss(LossDetail {
+                counts: [(counter.to_owned(), 3)].into(),
+                totals: [(counter.to_owned(), 3)].into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn only_losses_that_can_touch_open_windows_taint_them() {
+        let mut builder = WindowBuilder::new(std::time::Duration::from_secs(60));
+        // A new process: its window opens.
+        let mut fork = Event::new(Timestamp(1), Detail::Fork(ForkDetail::default()));
+        fork.process = Some(Process {
+            pid: 7,
+            ..Default::default()
+        });
+        builder.push(&fork);
+        assert_eq!(builder.open.len(), 1);
+
+        builder.push(&loss("profile_uncounted_syscalls"));
+        assert!(!builder.open[&7].tainted, "an exited thread's late repeats");
+
+        builder.push(&loss("ringbuf_full.exec"));
+        assert!(builder.open[&7].tainted, "a lost exec may be this window's");
     }
 }
