@@ -84,19 +84,16 @@ pub fn configured() -> bool {
 /// Adds one to a counter slot.
 #[inline(always)]
 pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; programs of one CPU do not run concurrently
-        // on the same slot except across preemption, where a lost increment
-        // is the accepted cost of not using atomics on a hot path.
-        unsafe { *slot += 1 };
-    }
+    count_by(index, 1);
 }
 
 /// Adds `n` to a counter slot.
 #[inline(always)]
 pub fn count_by(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: as in `count`.
+        // SAFETY: per-CPU slot; programs of one CPU do not run concurrently
+        // on the same slot except across preemption, where a lost increment
+        // is the accepted cost of not using atomics on a hot path.
         unsafe { *slot += n };
     }
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::{
     agent::StatePaths,
+    event::{Ancestor, Process},
     findings::LoggedFinding,
     model::alert::{Repeat, printable},
 };
@@ -212,8 +213,12 @@ fn new_records<T: serde::de::DeserializeOwned>(path: &Path, offset: u64, out: &m
 
 /// True if the finding is about process `root` or one of its descendants.
 pub fn belongs_to(f: &LoggedFinding, root: u32) -> bool {
-    f.alert.process.as_ref().is_some_and(|p| p.pid == root)
-        || f.alert.ancestry.iter().any(|a| a.pid == root)
+    in_tree(f.alert.process.as_ref(), &f.alert.ancestry, root)
+}
+
+/// True if `process` (with its `ancestry`) is `root` or descends from it.
+fn in_tree(process: Option<&Process>, ancestry: &[Ancestor], root: u32) -> bool {
+    process.is_some_and(|p| p.pid == root) || ancestry.iter().any(|a| a.pid == root)
 }
 
 /// Runs the drills one after the other against the running agent.
@@ -390,10 +395,7 @@ impl RepeatLog {
         if outcome.flagged {
             return;
         }
-        let ours = |r: &&Repeat| {
-            r.process.as_ref().is_some_and(|p| p.pid == root)
-                || r.ancestry.iter().any(|a| a.pid == root)
-        };
+        let ours = |r: &&Repeat| in_tree(r.process.as_ref(), &r.ancestry, root);
         if let Some(r) = self.seen.iter().find(ours) {
             outcome.flagged = true;
             outcome.seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);

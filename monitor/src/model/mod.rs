@@ -160,11 +160,11 @@ pub struct Engine {
     windows_seen: u64,
     alerts: u64,
     tainted: u64,
-    quarantine: HashMap<String, Timestamp>,
+    /// The latest finding per profile: when (its quarantine runs from
+    /// there) and its id (what a repeat refers to).
+    latest_alert: HashMap<String, (Timestamp, String)>,
     /// Novelty facts already alerted per profile (while quarantined).
     alerted: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
-    /// The latest finding per profile (what a repeat refers to).
-    last_alert: HashMap<String, String>,
     suppressed: u64,
     rng: Xorshift,
 }
@@ -182,9 +182,8 @@ impl Engine {
             windows_seen: 0,
             alerts: 0,
             tainted: 0,
-            quarantine: HashMap::new(),
+            latest_alert: HashMap::new(),
             alerted: HashMap::new(),
-            last_alert: HashMap::new(),
             suppressed: 0,
             rng: Xorshift(0x9e37_79b9_7f4a_7c15),
         }
@@ -282,10 +281,13 @@ impl Engine {
         };
         let scored = baseline.score(&w);
         let threshold = 1.0 - self.settings.false_alarm_rate;
-        let quarantined = self
-            .quarantine
+        // The open finding of this profile, if its quarantine still runs.
+        let open = self
+            .latest_alert
             .get(&w.profile)
-            .is_some_and(|&at| w.end.since(at) < self.settings.alert_quarantine);
+            .filter(|(at, _)| w.end.since(*at) < self.settings.alert_quarantine)
+            .map(|(_, id)| id.clone());
+        let quarantined = open.is_some();
         if scored.score >= threshold {
             let facts: std::collections::BTreeSet<_> = scored
                 .novelty
@@ -293,14 +295,13 @@ impl Engine {
                 .map(|n| (n.kind, n.value.clone()))
                 .collect();
             let known = self.alerted.entry(w.profile.clone()).or_default();
-            if quarantined
+            if let Some(of) = open
                 && facts.is_subset(known)
-                && let Some(of) = self.last_alert.get(&w.profile)
             {
                 // Nothing new about this profile since its open alert.
                 self.suppressed += 1;
                 return Ok(Outcome::Repeat(Box::new(alert::Repeat::new(
-                    of.clone(),
+                    of,
                     &w,
                     scored.score,
                 ))));
@@ -310,9 +311,9 @@ impl Engine {
             }
             known.extend(facts);
             self.alerts += 1;
-            self.quarantine.insert(w.profile.clone(), w.end);
             let alert = Alert::new(baseline, &w, &scored, threshold);
-            self.last_alert.insert(w.profile.clone(), alert.id.clone());
+            self.latest_alert
+                .insert(w.profile.clone(), (w.end, alert.id.clone()));
             return Ok(Outcome::Alert(Box::new(alert)));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
@@ -347,7 +348,7 @@ impl Engine {
                 continue;
             }
             baseline.acknowledge(id, &ack.profile, ack.facts.clone(), ack.window.as_ref());
-            self.quarantine.remove(&ack.profile);
+            self.latest_alert.remove(&ack.profile);
             self.alerted.remove(&ack.profile);
             added += 1;
         }
