@@ -256,7 +256,7 @@ fn try_exit(ctx: &BtfTracePointContext) {
     entry.submit(crate::kernel::wakeup_flags());
 }
 
-/// Sends the exiting thread's final profile and frees its map slot.
+/// Frees the exiting thread's map slot and sends its final profile.
 #[inline(always)]
 fn flush_profile(tid: u32, pid: u32) {
     if config!(profiles_enabled) == 0 {
@@ -291,9 +291,15 @@ fn flush_profile(tid: u32, pid: u32) {
                     (*rec).profile.total = 0;
                 }
             }
+            // The entry goes before the record is seen: a drain that runs
+            // after the agent has read the record cannot find the thread
+            // still there and count its calls a second time.
+            let _ = PROFILES.remove(tid);
             entry.submit(crate::kernel::wakeup_flags());
         }
-        None => count_ringbuf_full(kind::THREAD_EXIT),
+        None => {
+            count_ringbuf_full(kind::THREAD_EXIT);
+            let _ = PROFILES.remove(tid);
+        }
     }
-    let _ = PROFILES.remove(tid);
 }

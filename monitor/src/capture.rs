@@ -113,6 +113,9 @@ pub enum CaptureError {
     Poll(#[source] std::io::Error),
 }
 
+/// How often held profile windows are checked when no record arrives.
+const PROFILE_RELEASE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A running capture; see the module docs.
 pub struct Capture {
     probes: Probes,
@@ -230,6 +233,7 @@ impl Capture {
     /// The next event, or `None` once stopped and drained.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
+            self.release_profiles();
             if let Some(event) = self.pending.pop_front() {
                 self.events_out += 1;
                 return Some(event);
@@ -248,6 +252,9 @@ impl Capture {
                     self.check_loss();
                 }
                 _ = self.profile_tick.tick() => self.drain_profiles(false),
+                // Held profile windows wait for the stream; on a quiet host
+                // no record arrives to wake us for them.
+                () = tokio::time::sleep(PROFILE_RELEASE_CHECK), if self.holding_profiles() => {}
                 _ = self.sensitive_tick.tick() => {
                     if let Some(map) = &mut self.sensitive_map {
                         map.refresh(&self.sensitive);
@@ -267,6 +274,7 @@ impl Capture {
                 Err(err) => tracing::error!(error = %err, "ring-buffer source panicked"),
             }
             self.drain_profiles(true);
+            self.release_profiles();
             self.check_loss();
             return !self.pending.is_empty();
         }
@@ -274,6 +282,12 @@ impl Capture {
     }
 
     fn accept(&mut self, record: KernelEvent) {
+        if let Some(profiler) = &mut self.profiler {
+            profiler.saw_record(record.ktime_ns);
+        }
+        // Before the record changes the table: windows closed before it
+        // was stamped are enriched with the table as it was then.
+        self.release_profiles();
         self.table.apply(&record);
         match record.payload {
             Payload::Event(mut detail) => {
@@ -283,9 +297,10 @@ impl Capture {
                 }
                 if let (Detail::Exit(_), Some(task), Some(profiler)) =
                     (&detail, &record.task, &mut self.profiler)
-                    && let Some(window) = profiler.process_exited(task.pid, record.ktime_ns)
                 {
-                    self.push_profile(window);
+                    for window in profiler.process_exited(task.pid, record.ktime_ns) {
+                        self.push_profile(window);
+                    }
                 }
                 let event = self.enrich(record.ktime_ns, record.task.as_ref(), detail);
                 self.pending.push_back(event);
@@ -351,10 +366,33 @@ impl Capture {
     }
 
     fn drain_profiles(&mut self, final_drain: bool) {
+        if let Some(profiler) = &mut self.profiler {
+            profiler.drain(final_drain);
+        }
+    }
+
+    fn holding_profiles(&self) -> bool {
+        self.profiler.as_ref().is_some_and(Profiler::holding)
+    }
+
+    /// Emits the held profile windows that the stream has caught up with
+    /// (see `profiles`), so their processes are known as they were.
+    fn release_profiles(&mut self) {
         let Some(profiler) = &mut self.profiler else {
             return;
         };
-        for window in profiler.drain(final_drain) {
+        if !profiler.holding() {
+            return;
+        }
+        // The source publishes its progress after sending what it read; an
+        // empty channel then means all of that has been accepted.
+        let source_caught_up = if self.source.is_none() {
+            Some(u64::MAX) // ended and drained: nothing more will come
+        } else {
+            let caught_up = self.stats.caught_up_ns.load(Ordering::Acquire);
+            self.rx.is_empty().then_some(caught_up)
+        };
+        for window in profiler.released(source_caught_up) {
             self.push_profile(window);
         }
     }

@@ -6,9 +6,16 @@
 //! and emits one `syscall_profile` event per process that made syscalls. A
 //! thread's final counters arrive with its exit record, so its last window is
 //! never lost; a process's final window is emitted as soon as it exits.
+//!
+//! The map is read directly, but the process table follows the ring, which
+//! is behind it: a window closed now may hold the calls of a process whose
+//! exec record is still on its way. So a window is held until the stream
+//! reaches the end of the drain that closed it, and is enriched then, before
+//! any later record changes the table: its process is the image that made
+//! the calls.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     time::Duration,
 };
 
@@ -41,6 +48,9 @@ struct Snapshot {
     pid: u32,
     /// When they were read (boot ns): the start of what the next read adds.
     taken_ns: u64,
+    /// When a drain first missed the thread (boot ns): it has exited, and
+    /// its exit record is on its way.
+    departed_ns: Option<u64>,
     counts: Box<[u32; SYSCALL_SLOTS]>,
     pairs: Box<[u32; PAIR_BUCKETS]>,
 }
@@ -83,16 +93,6 @@ impl ProfileWindow {
     }
 }
 
-/// Drains the `PROFILES` map into windows.
-pub struct Profiler {
-    map: BpfHashMap<MapData, u32, ThreadProfile>,
-    settings: ProfileSettings,
-    snapshots: HashMap<u32, Snapshot>,
-    open: HashMap<u32, ProfileWindow>,
-    last_drain_ns: u64,
-    read_errors: u64,
-}
-
 /// The open window of `pid`, stretched to cover `since..now`.
 fn open_window(
     open: &mut HashMap<u32, ProfileWindow>,
@@ -131,27 +131,42 @@ fn accumulate(
     }
 }
 
-impl Profiler {
-    /// Wraps the map.
-    pub fn new(map: BpfHashMap<MapData, u32, ThreadProfile>, settings: ProfileSettings) -> Self {
+/// The profile arithmetic, apart from the map: per-thread snapshots of
+/// the kernel's counters, and per-process windows of their growth.
+///
+/// A thread's map entry and its exit record race with the drain. The kernel
+/// deletes the entry, then submits the exit record, which reaches
+/// [`ProfileBook::thread_exited`] some time later, through the ring and
+/// the channel. A drain in between no longer finds the thread, yet its
+/// snapshot is still needed: without it the exit record's counters would
+/// all be counted again. So a thread missing from a drain keeps its
+/// snapshot, marked departed, until its exit record arrives, or until a
+/// record stamped well after that drain shows that the ring has moved past
+/// the exit (its record was then lost, and the kernel counted it).
+#[derive(Default)]
+struct ProfileBook {
+    snapshots: HashMap<u32, Snapshot>,
+    open: HashMap<u32, ProfileWindow>,
+    /// Closed windows waiting for the stream to catch up with the drain
+    /// that closed them, with the time that drain finished reading.
+    held: VecDeque<(u64, ProfileWindow)>,
+    last_drain_ns: u64,
+    /// The latest ring record's time (boot ns).
+    latest_record_ns: u64,
+}
+
+/// How far past a departure a record must be stamped before the departed
+/// thread's exit record is taken as lost. Records reach the ring in the
+/// order they were reserved and are stamped right after; the margin covers
+/// a program preempted between the two on a preemptible kernel.
+const DEPARTURE_MARGIN_NS: u64 = 250_000_000;
+
+impl ProfileBook {
+    fn new(now_ns: u64) -> Self {
         Self {
-            map,
-            settings,
-            snapshots: HashMap::new(),
-            open: HashMap::new(),
-            last_drain_ns: boottime_ns(),
-            read_errors: 0,
+            last_drain_ns: now_ns,
+            ..Self::default()
         }
-    }
-
-    /// The window length.
-    pub fn window(&self) -> Duration {
-        self.settings.window
-    }
-
-    /// Loss counters of the userspace side.
-    pub fn loss(&self) -> Vec<(String, u64)> {
-        vec![("profile_read_error".into(), self.read_errors)]
     }
 
     /// Adds `profile` (a thread's counters now) to its process's window.
@@ -160,6 +175,7 @@ impl Profiler {
         let snapshot = self.snapshots.entry(tid).or_insert_with(|| Snapshot {
             pid,
             taken_ns: last_drain.min(now_ns),
+            departed_ns: None,
             counts: Box::new([0; SYSCALL_SLOTS]),
             pairs: Box::new([0; PAIR_BUCKETS]),
         });
@@ -169,6 +185,7 @@ impl Profiler {
             snapshot.counts.fill(0);
             snapshot.pairs.fill(0);
         }
+        snapshot.departed_ns = None;
         let since = snapshot.taken_ns;
         snapshot.taken_ns = now_ns;
         let window = open_window(&mut self.open, pid, since, now_ns);
@@ -187,8 +204,14 @@ impl Profiler {
         );
     }
 
+    /// A ring record stamped `ktime_ns` was read.
+    fn saw_record(&mut self, ktime_ns: u64) {
+        self.latest_record_ns = self.latest_record_ns.max(ktime_ns);
+    }
+
     /// A thread exited with these final counters.
-    pub fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
+    fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
+        self.saw_record(ktime_ns);
         match self.snapshots.get(&tid) {
             Some(s) if s.pid == pid => {
                 self.add(tid, pid, profile, ktime_ns);
@@ -207,38 +230,75 @@ impl Profiler {
         }
     }
 
-    /// The process exited: its final window, if it made any syscall since
-    /// the last one.
-    pub fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Option<ProfileWindow> {
-        let mut window = self.open.remove(&pid)?;
-        window.end_ns = window.end_ns.max(ktime_ns);
-        window.final_window = true;
-        (window.total > 0).then_some(window)
-    }
-
-    /// Reads every live thread's counters and closes the open windows.
-    /// With `final_drain`, windows are marked final (the agent is stopping).
-    pub fn drain(&mut self, final_drain: bool) -> Vec<ProfileWindow> {
-        let now = boottime_ns();
-        let mut seen = HashSet::new();
-        let keys: Vec<u32> = self.map.keys().filter_map(Result::ok).collect();
-        for tid in keys {
-            // A thread may exit between listing and reading: not an error.
-            match self.map.get(&tid, 0) {
-                Ok(profile) => {
-                    seen.insert(tid);
-                    self.add(tid, profile.pid, &profile, now);
-                }
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => {
-                    self.read_errors += 1;
-                    tracing::debug!(tid, error = %err, "cannot read a syscall profile");
-                }
+    /// The process exited: its held windows, which the stream has caught
+    /// up with (its exit is the last of its records), then its final one,
+    /// if it made any syscall since the last window.
+    fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Vec<ProfileWindow> {
+        let mut out = Vec::new();
+        if self.held.iter().any(|(_, w)| w.pid == pid) {
+            let (mine, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|(_, w)| w.pid == pid);
+            self.held = others;
+            out.extend(mine.into_iter().map(|(_, w)| w));
+        }
+        if let Some(mut window) = self.open.remove(&pid) {
+            window.end_ns = window.end_ns.max(ktime_ns);
+            window.final_window = true;
+            if window.total > 0 {
+                out.push(window);
             }
         }
-        // Threads whose exit record was lost (counted in the kernel) vanish
-        // from the map; forget their snapshots.
-        self.snapshots.retain(|tid, _| seen.contains(tid));
+        out
+    }
+
+    /// Holds the windows closed by a drain that finished reading at
+    /// `read_end`.
+    fn hold(&mut self, read_end: u64, windows: Vec<ProfileWindow>) {
+        self.held.extend(windows.into_iter().map(|w| (read_end, w)));
+    }
+
+    /// Whether windows wait for the stream to catch up.
+    fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The held windows the stream has reached: every record stamped
+    /// before their drain ended has been read, either because a later one
+    /// has (the caller asks before applying that one), or because the
+    /// source says so (`source_caught_up`).
+    fn released(&mut self, source_caught_up: Option<u64>) -> Vec<ProfileWindow> {
+        let reached = self.latest_record_ns.max(source_caught_up.unwrap_or(0));
+        let mut out = Vec::new();
+        while let Some(&(read_end, _)) = self.held.front() {
+            if read_end >= reached {
+                break;
+            }
+            if let Some((_, window)) = self.held.pop_front() {
+                out.push(window);
+            }
+        }
+        out
+    }
+
+    /// Ends a drain that started at `now` and read the threads in `seen`
+    /// by `read_end`: marks the others departed, forgets those whose exit
+    /// record the ring has moved past, and closes the open windows.
+    fn close(
+        &mut self,
+        now: u64,
+        read_end: u64,
+        seen: &HashSet<u32>,
+        final_drain: bool,
+    ) -> Vec<ProfileWindow> {
+        let latest = self.latest_record_ns;
+        self.snapshots.retain(|tid, snapshot| {
+            if seen.contains(tid) {
+                return true;
+            }
+            let departed = *snapshot.departed_ns.get_or_insert(read_end);
+            latest <= departed.saturating_add(DEPARTURE_MARGIN_NS)
+        });
         self.last_drain_ns = now;
         let mut out: Vec<ProfileWindow> = self
             .open
@@ -252,5 +312,247 @@ impl Profiler {
             .collect();
         out.sort_by_key(|w| w.pid);
         out
+    }
+}
+
+/// Drains the `PROFILES` map into windows.
+pub struct Profiler {
+    map: BpfHashMap<MapData, u32, ThreadProfile>,
+    settings: ProfileSettings,
+    book: ProfileBook,
+    read_errors: u64,
+}
+
+impl Profiler {
+    /// Wraps the map.
+    pub fn new(map: BpfHashMap<MapData, u32, ThreadProfile>, settings: ProfileSettings) -> Self {
+        Self {
+            map,
+            settings,
+            book: ProfileBook::new(boottime_ns()),
+            read_errors: 0,
+        }
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Duration {
+        self.settings.window
+    }
+
+    /// Loss counters of the userspace side.
+    pub fn loss(&self) -> Vec<(String, u64)> {
+        vec![("profile_read_error".into(), self.read_errors)]
+    }
+
+    /// A ring record stamped `ktime_ns` was read: how the profiler knows
+    /// the ring has moved past a departed thread's exit.
+    pub fn saw_record(&mut self, ktime_ns: u64) {
+        self.book.saw_record(ktime_ns);
+    }
+
+    /// A thread exited with these final counters.
+    pub fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
+        self.book.thread_exited(tid, pid, profile, ktime_ns);
+    }
+
+    /// The process exited: its held windows, then its final one, if it
+    /// made any syscall since the last window.
+    pub fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Vec<ProfileWindow> {
+        self.book.process_exited(pid, ktime_ns)
+    }
+
+    /// Whether closed windows wait for the stream to catch up.
+    pub fn holding(&self) -> bool {
+        self.book.holding()
+    }
+
+    /// The held windows the stream has caught up with. `source_caught_up`
+    /// is a time (boot ns) before which the source has read every record,
+    /// and every record it read has been accepted, when that is known.
+    pub fn released(&mut self, source_caught_up: Option<u64>) -> Vec<ProfileWindow> {
+        self.book.released(source_caught_up)
+    }
+
+    /// Reads every live thread's counters and closes the open windows,
+    /// which are held until [`Profiler::released`]. With `final_drain`, the
+    /// windows are marked final (the agent is stopping).
+    pub fn drain(&mut self, final_drain: bool) {
+        let now = boottime_ns();
+        let mut seen = HashSet::new();
+        let listed: Vec<u32> = self.map.keys().filter_map(Result::ok).collect();
+        // A walk of a churning hash map can skip keys: the threads it did
+        // not list but that were read before are looked up one by one.
+        let unlisted: Vec<u32> = {
+            let listed: HashSet<u32> = listed.iter().copied().collect();
+            self.book
+                .snapshots
+                .keys()
+                .filter(|tid| !listed.contains(tid))
+                .copied()
+                .collect()
+        };
+        for tid in listed.into_iter().chain(unlisted) {
+            // A thread may exit between listing and reading: not an error.
+            match self.map.get(&tid, 0) {
+                Ok(profile) => {
+                    seen.insert(tid);
+                    self.book.add(tid, profile.pid, &profile, now);
+                }
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => {
+                    // Still there: its snapshot must not be taken as departed.
+                    seen.insert(tid);
+                    self.read_errors += 1;
+                    tracing::debug!(tid, error = %err, "cannot read a syscall profile");
+                }
+            }
+        }
+        let read_end = boottime_ns();
+        let windows = self.book.close(now, read_end, &seen, final_drain);
+        self.book.hold(read_end, windows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GETPPID: usize = 110;
+
+    /// A thread of process `pid` that has made `n` getppid calls.
+    fn profile(pid: u32, n: u32) -> ThreadProfile {
+        let mut p = ThreadProfile {
+            pid,
+            last: GETPPID as u32,
+            total: u64::from(n),
+            counts: [0; SYSCALL_SLOTS],
+            pairs: [0; PAIR_BUCKETS],
+        };
+        p.counts[GETPPID] = n;
+        p
+    }
+
+    fn getppid_calls(windows: &[ProfileWindow]) -> u64 {
+        windows
+            .iter()
+            .map(|w| w.counts.get(&(GETPPID as u16)).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// One drain: the threads in `live` are in the map.
+    fn drain(
+        book: &mut ProfileBook,
+        now: u64,
+        live: &[(u32, ThreadProfile)],
+    ) -> Vec<ProfileWindow> {
+        let mut seen = HashSet::new();
+        for (tid, p) in live {
+            seen.insert(*tid);
+            book.add(*tid, p.pid, p, now);
+        }
+        book.close(now, now + 1, &seen, false)
+    }
+
+    #[test]
+    fn a_drain_between_a_threads_exit_and_its_record_counts_nothing_twice() {
+        let mut book = ProfileBook::new(0);
+        let first = drain(&mut book, 1_000, &[(7, profile(7, 100))]);
+        assert_eq!(getppid_calls(&first), 100);
+        // The thread exits (its entry is gone) and a drain runs before the
+        // agent reads the exit record.
+        let between = drain(&mut book, 2_000, &[]);
+        assert!(between.is_empty());
+        book.thread_exited(7, 7, &profile(7, 150), 1_500);
+        let last = book.process_exited(7, 1_500);
+        assert!(last.len() == 1 && last[0].final_window);
+        assert_eq!(
+            getppid_calls(&last),
+            50,
+            "only the calls after the first drain"
+        );
+        assert!(book.snapshots.is_empty());
+    }
+
+    #[test]
+    fn a_departed_thread_is_forgotten_once_the_ring_moves_past_its_exit() {
+        let mut book = ProfileBook::new(0);
+        drain(&mut book, 1_000, &[(7, profile(7, 100))]);
+        drain(&mut book, 2_000, &[]);
+        // Records up to the margin may still precede the exit record.
+        book.saw_record(2_001 + DEPARTURE_MARGIN_NS);
+        drain(&mut book, 3_000, &[]);
+        assert!(book.snapshots.contains_key(&7), "kept within the margin");
+        // A record stamped past it: the exit record was lost (the kernel
+        // counted it), so the snapshot is no longer needed.
+        book.saw_record(2_002 + DEPARTURE_MARGIN_NS);
+        drain(&mut book, 4_000, &[]);
+        assert!(book.snapshots.is_empty());
+    }
+
+    #[test]
+    fn a_thread_missed_by_one_drain_counts_its_calls_once_when_found_again() {
+        let mut book = ProfileBook::new(0);
+        let mut counted = getppid_calls(&drain(&mut book, 1_000, &[(7, profile(7, 100))]));
+        counted += getppid_calls(&drain(&mut book, 2_000, &[]));
+        counted += getppid_calls(&drain(&mut book, 3_000, &[(7, profile(7, 180))]));
+        assert_eq!(book.snapshots[&7].departed_ns, None);
+        book.thread_exited(7, 7, &profile(7, 200), 3_500);
+        counted += getppid_calls(&book.process_exited(7, 3_500));
+        assert_eq!(counted, 200);
+    }
+
+    #[test]
+    fn windows_wait_until_the_stream_has_caught_up_with_their_drain() {
+        let mut book = ProfileBook::new(0);
+        let windows = drain(
+            &mut book,
+            1_000,
+            &[(7, profile(7, 100)), (8, profile(8, 5))],
+        );
+        book.hold(1_001, windows);
+        book.saw_record(1_001);
+        assert!(
+            book.released(None).is_empty(),
+            "records of the drain's time"
+        );
+        assert!(
+            book.released(Some(1_000)).is_empty(),
+            "the source is behind"
+        );
+        // A record stamped after the drain: the exec records that name
+        // these processes have been read.
+        book.saw_record(1_002);
+        let out = book.released(None);
+        assert_eq!(out.iter().map(|w| w.pid).collect::<Vec<_>>(), [7, 8]);
+        assert!(!book.holding());
+        // Or the source says it has read everything up to then.
+        let windows = drain(&mut book, 2_000, &[(7, profile(7, 150))]);
+        book.hold(2_001, windows);
+        assert_eq!(book.released(Some(2_002)).len(), 1);
+    }
+
+    #[test]
+    fn an_exit_releases_its_processs_held_windows_before_its_final_one() {
+        let mut book = ProfileBook::new(0);
+        let windows = drain(
+            &mut book,
+            1_000,
+            &[(7, profile(7, 100)), (8, profile(8, 5))],
+        );
+        book.hold(1_001, windows);
+        book.thread_exited(7, 7, &profile(7, 130), 1_100);
+        let out = book.process_exited(7, 1_100);
+        let shape: Vec<_> = out.iter().map(|w| (w.pid, w.final_window)).collect();
+        assert_eq!(shape, [(7, false), (7, true)]);
+        assert_eq!(getppid_calls(&out), 130);
+        assert!(book.holding(), "the other process's window still waits");
+    }
+
+    #[test]
+    fn a_thread_never_drained_counts_everything_at_exit() {
+        let mut book = ProfileBook::new(0);
+        book.thread_exited(9, 9, &profile(9, 42), 500);
+        let last = book.process_exited(9, 500);
+        assert_eq!((getppid_calls(&last), last[0].start_ns), (42, 0));
     }
 }

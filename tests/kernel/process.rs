@@ -288,3 +288,85 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
         "(getppid, getppid) pairs: {repeated}, calls: {N}, total: {total}"
     );
 }
+
+#[test]
+fn processes_exiting_while_profiles_drain_are_counted_once() {
+    let Some(_kernel) = kernel_test("processes_exiting_while_profiles_drain_are_counted_once")
+    else {
+        return;
+    };
+    const CHILDREN: usize = 60;
+    const N: u64 = 200_000;
+    let mut settings = CaptureSettings::default();
+    // Drains as frequent as this make some fall between a thread's exit and
+    // the agent reading its exit record: those must count nothing twice.
+    settings.profiles.window = Duration::from_millis(10);
+    let mut rec = Recorder::with_settings(settings);
+    let mut children: Vec<_> = (0..CHILDREN)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_actor"))
+                .args(["getppid", &N.to_string()])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    // A process's final window comes before its exit event; it has none if
+    // a drain had already read its last calls.
+    let exits = |evs: &[Event]| {
+        evs.iter()
+            .filter(|e| {
+                matches!(e.detail, Detail::Exit(_))
+                    && e.process.as_ref().is_some_and(|p| pids.contains(&p.pid))
+            })
+            .count()
+    };
+    rec.until(Duration::from_secs(60), "every child's exit", |evs| {
+        exits(evs) == CHILDREN
+    });
+    for child in &mut children {
+        assert!(child.wait().unwrap().success());
+    }
+    let actor = env!("CARGO_BIN_EXE_actor");
+    let (mut wrong, mut wrong_image) = (Vec::new(), Vec::new());
+    let mut drained = 0;
+    for &pid in &pids {
+        let windows: Vec<_> = rec
+            .events
+            .iter()
+            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+            .filter_map(|e| match &e.detail {
+                Detail::SyscallProfile(p) => Some((p, e.process.as_ref()?.exe.clone())),
+                _ => None,
+            })
+            .collect();
+        // Not the image before the exec: the windows wait for the stream.
+        if let Some((_, exe)) = windows.iter().find(|(_, exe)| {
+            exe.as_ref()
+                .is_none_or(|e| e.as_bytes() != actor.as_bytes())
+        }) {
+            wrong_image.push((pid, exe.clone()));
+        }
+        let windows: Vec<_> = windows.into_iter().map(|(p, _)| p).collect();
+        drained += windows.iter().filter(|w| !w.final_window).count();
+        let counted: u64 = windows
+            .iter()
+            .map(|p| p.counts.get("getppid").copied().unwrap_or(0))
+            .sum();
+        if counted != N {
+            wrong.push((pid, counted, windows.len()));
+        }
+    }
+    eprintln!(
+        "{CHILDREN} processes of {N} getppid calls each: {drained} windows read from live processes"
+    );
+    assert!(drained >= CHILDREN, "the children must live through drains");
+    assert!(
+        wrong.is_empty(),
+        "(pid, getppid counted, windows) of processes not counted exactly once: {wrong:?}"
+    );
+    assert!(
+        wrong_image.is_empty(),
+        "windows attributed to another image than {actor}: {wrong_image:?}"
+    );
+}

@@ -16,7 +16,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::decode::{KernelEvent, decode};
+use crate::event::{
+    decode::{KernelEvent, decode},
+    time::boottime_ns,
+};
 
 /// Counters kept by the source.
 #[derive(Debug, Default)]
@@ -25,6 +28,11 @@ pub struct SourceStats {
     pub records: AtomicU64,
     /// Records that failed to decode (reported as loss `decode_error`).
     pub decode_errors: AtomicU64,
+    /// A time (boot ns) before which every record has been read and sent
+    /// on: the source found the ring empty after it. Stored after the sends
+    /// (release), so a consumer that loads it and then finds the channel
+    /// empty has accepted every record stamped before it.
+    pub caught_up_ns: AtomicU64,
 }
 
 /// How often the ring is read when nothing forces a wakeup: the latency
@@ -49,25 +57,29 @@ pub async fn run(
     let mut poll = tokio::time::interval(POLL_EVERY);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let started = boottime_ns();
+        let emptied = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = poll.tick() => {
-                drain(fd.get_mut(), &mut batch, &stats);
-            }
+            _ = poll.tick() => drain(fd.get_mut(), &mut batch, &stats),
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 // Readiness is edge-triggered: clear it only once the ring is
                 // empty, or the remaining records would wait for a new one.
-                if drain(guard.get_inner_mut(), &mut batch, &stats) {
+                let emptied = drain(guard.get_inner_mut(), &mut batch, &stats);
+                if emptied {
                     guard.clear_ready();
                 }
+                emptied
             }
-        }
+        };
         for event in batch.drain(..) {
             if tx.send(event).await.is_err() {
                 return Ok(()); // the consumer is gone
             }
+        }
+        if emptied {
+            stats.caught_up_ns.fetch_max(started, Ordering::Release);
         }
     }
     // Final drain: records already in the ring are delivered, not dropped.
