@@ -111,6 +111,9 @@ pub struct Ancestor {
     /// Argument vector, when known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<ByteString>,
+    /// `args` was cut (see `process::ANCESTOR_ARGS_MAX`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_truncated: bool,
     /// Kernel `comm`.
     pub comm: ByteString,
     /// Real user id.

@@ -34,6 +34,12 @@ pub const MAX_ANCESTRY: usize = 64;
 pub const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Most replaced images remembered per process.
 pub const MAX_PREVIOUS_IMAGES: usize = 8;
+/// Argument bytes kept for each ancestor beyond the nearest. The nearest is
+/// kept whole (it is the event's parent); further up, a few hundred bytes
+/// say what an ancestor was, while a JVM's class path or a supervisor's
+/// environment on its command line would be copied into every exec event
+/// below it.
+pub const ANCESTOR_ARGS_MAX: usize = 512;
 
 /// An image a process ran before it exec'd again without forking.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +54,54 @@ pub struct Image {
     pub uid: u32,
     /// Effective uid.
     pub euid: u32,
+}
+
+/// The facts of an image that an ancestor reports, borrowed from a process
+/// or from one of its replaced images.
+struct ImageRef<'a> {
+    exe: &'a Option<ByteString>,
+    args: &'a [ByteString],
+    comm: &'a ByteString,
+    uid: u32,
+}
+
+impl<'a> ImageRef<'a> {
+    fn of_image(image: &'a Image) -> Self {
+        Self {
+            exe: &image.exe,
+            args: &image.args,
+            comm: &image.comm,
+            uid: image.uid,
+        }
+    }
+
+    fn of_process(p: &'a ProcessEntry) -> Self {
+        Self {
+            exe: &p.exe,
+            args: &p.args,
+            comm: &p.comm,
+            uid: p.uid,
+        }
+    }
+}
+
+/// The leading arguments that fit in `budget` bytes (the last one cut),
+/// and whether any were left out.
+fn capped_args(args: &[ByteString], budget: usize) -> (Vec<ByteString>, bool) {
+    let mut left = budget;
+    let mut kept = Vec::with_capacity(args.len());
+    for arg in args {
+        let bytes = arg.as_bytes();
+        if bytes.len() > left {
+            if left > 0 {
+                kept.push(ByteString::from(&bytes[..left]));
+            }
+            return (kept, true);
+        }
+        left -= bytes.len();
+        kept.push(arg.clone());
+    }
+    (kept, false)
 }
 
 /// One process.
@@ -388,20 +442,31 @@ impl ProcessTable {
     /// Ancestors of `pid`'s current image, nearest first: its replaced
     /// images, then its parent process's image and replaced images, and so
     /// on, stopping after pid 1, at an unknown process, or at [`MAX_ANCESTRY`].
+    /// Ancestors after the first keep [`ANCESTOR_ARGS_MAX`] argument bytes.
     pub fn ancestry(&self, pid: u32) -> Vec<Ancestor> {
         let mut chain = Vec::new();
         let Some(start) = self.procs.get(&pid) else {
             return chain;
         };
+        let push = |chain: &mut Vec<Ancestor>, pid: u32, image: ImageRef<'_>| {
+            let budget = if chain.is_empty() {
+                usize::MAX
+            } else {
+                ANCESTOR_ARGS_MAX
+            };
+            let (args, args_truncated) = capped_args(image.args, budget);
+            chain.push(Ancestor {
+                pid,
+                exe: image.exe.clone(),
+                args,
+                args_truncated,
+                comm: image.comm.clone(),
+                uid: image.uid,
+            });
+        };
         let push_images = |chain: &mut Vec<Ancestor>, p: &ProcessEntry| {
             for image in &p.previous {
-                chain.push(Ancestor {
-                    pid: p.pid,
-                    exe: image.exe.clone(),
-                    args: image.args.clone(),
-                    comm: image.comm.clone(),
-                    uid: image.uid,
-                });
+                push(chain, p.pid, ImageRef::of_image(image));
             }
         };
         push_images(&mut chain, start);
@@ -410,13 +475,7 @@ impl ProcessTable {
             let Some(p) = self.procs.get(&current) else {
                 break;
             };
-            chain.push(Ancestor {
-                pid: p.pid,
-                exe: p.exe.clone(),
-                args: p.args.clone(),
-                comm: p.comm.clone(),
-                uid: p.uid,
-            });
+            push(&mut chain, p.pid, ImageRef::of_process(p));
             push_images(&mut chain, p);
             if current == 1 || p.ppid == current {
                 break;
@@ -480,6 +539,47 @@ mod tests {
             args: args.iter().map(|a| (*a).into()).collect(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn ancestors_beyond_the_parent_keep_a_bounded_part_of_their_arguments() {
+        let mut t = table();
+        let env = "E".repeat(3 * ANCESTOR_ARGS_MAX);
+        let long = ["supervisor", "--env", env.as_str()];
+        t.apply(&ev(1, task(1, 0, "sup"), exec("/sbin/sup", &long)));
+        t.apply(&ev(
+            2,
+            task(10, 1, "sup"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(3, task(10, 1, "sh"), exec("/bin/sh", &long)));
+        t.apply(&ev(
+            4,
+            task(11, 10, "sh"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(5, task(11, 10, "true"), exec("/bin/true", &["true"])));
+        let chain = t.ancestry(11);
+        let lens = |a: &Ancestor| a.args.iter().map(|x| x.as_bytes().len()).sum::<usize>();
+        // The parent is whole; the grandparent keeps the budget, its first
+        // arguments intact, and says it was cut.
+        assert_eq!(
+            (chain[0].pid, lens(&chain[0]), chain[0].args_truncated),
+            (10, 3 * ANCESTOR_ARGS_MAX + 15, false)
+        );
+        assert_eq!(
+            (chain[1].pid, lens(&chain[1]), chain[1].args_truncated),
+            (1, ANCESTOR_ARGS_MAX, true)
+        );
+        assert_eq!(chain[1].args[..2], chain[0].args[..2]);
+        let json = serde_json::to_value(&chain[1]).unwrap();
+        assert_eq!(json["args_truncated"], true);
+        assert!(
+            serde_json::to_value(&chain[0])
+                .unwrap()
+                .get("args_truncated")
+                .is_none()
+        );
     }
 
     #[test]
