@@ -119,6 +119,17 @@ enum Workload {
 impl Workload {
     const ALL: [Workload; 4] = [Workload::W1, Workload::W2, Workload::W3, Workload::W4];
 
+    /// Runs per configuration and round. W2 and W4 have the tightest
+    /// floors (x1.05) and the most run-to-run noise on a small VM (even
+    /// 'none' varies by a tenth), so their medians take more samples.
+    fn repeats(self) -> usize {
+        match self {
+            Workload::W2 => 3,
+            Workload::W4 => 2,
+            Workload::W1 | Workload::W3 => 1,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Workload::W1 => "W1 5M getppid",
@@ -449,15 +460,17 @@ impl Bench {
                 let mut w3_pid = 0;
                 let mut line = Vec::new();
                 for w in Workload::ALL {
-                    let (took, pid) = self.workload(w, &token)?;
-                    if w == Workload::W3 {
-                        w3_pid = pid;
+                    for _ in 0..w.repeats() {
+                        let (took, pid) = self.workload(w, &token)?;
+                        if w == Workload::W3 {
+                            w3_pid = pid;
+                        }
+                        times
+                            .entry((config, w))
+                            .or_default()
+                            .push(took.as_secs_f64());
+                        line.push(format!("{:?} {:.2}s", w, took.as_secs_f64()));
                     }
-                    times
-                        .entry((config, w))
-                        .or_default()
-                        .push(took.as_secs_f64());
-                    line.push(format!("{:?} {:.2}s", w, took.as_secs_f64()));
                 }
                 // Give the agent time to drain the last windows before stopping.
                 std::thread::sleep(Duration::from_millis(300));
@@ -520,6 +533,18 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The interquartile range of `values` over their median: how far apart
+/// runs of one configuration land, so a ratio inside it reads as noise.
+fn spread(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.len() < 2 {
+        return f64::NAN;
+    }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.75) - at(0.25)) / median(values)
+}
+
 fn render(
     times: &BTreeMap<(Config, Workload), Vec<f64>>,
     agents: &BTreeMap<Config, Vec<AgentRun>>,
@@ -530,8 +555,10 @@ fn render(
     let mut out = String::new();
     let machine = super::machine_line();
     out.push_str(&format!(
-        "Measured {} on {machine}; {rounds} interleaved rounds, medians; whole run {:.0} s.\n\n",
+        "Measured {} on {machine}; {rounds} interleaved rounds (W2 run {} times and W4 {} times per round), medians; whole run {:.0} s.\n\n",
         super::date(),
+        Workload::W2.repeats(),
+        Workload::W4.repeats(),
         took.as_secs_f64()
     ));
     out.push_str("| workload | ");
@@ -542,8 +569,8 @@ fn render(
             .collect::<Vec<_>>()
             .join(" | "),
     );
-    out.push_str(" |\n|---|");
-    out.push_str(&"---|".repeat(Config::ALL.len()));
+    out.push_str(" | spread of 'none' |\n|---|");
+    out.push_str(&"---|".repeat(Config::ALL.len() + 1));
     out.push('\n');
     for w in Workload::ALL {
         let none = median(&times[&(Config::None, w)]);
@@ -556,8 +583,15 @@ fn render(
                 out.push_str(&format!(" {m:.3} s (x{:.2}) |", m / none));
             }
         }
-        out.push('\n');
+        out.push_str(&format!(
+            " {:.0}% |\n",
+            spread(&times[&(Config::None, w)]) * 100.0
+        ));
     }
+    out.push_str(
+        "\nThe spread is the interquartile range of the 'none' runs over their median: \
+         this machine's run-to-run noise on that workload, against which to read the ratios.\n",
+    );
     let w1 = |c| median(&times[&(c, Workload::W1)]);
     out.push_str(&format!(
         "\nW1, agent (all on) / empty hook: x{:.3} (floor: at most x1.15).\n",
@@ -585,7 +619,7 @@ fn render(
             c.name(),
             sum(|r| r.w2_execs),
             sum(|r| r.w2_exec_drops),
-            W2_EXECS * n,
+            W2_EXECS * Workload::W2.repeats() as u64 * n,
             w3,
             cpu,
             rss as f64 / 1024.0
