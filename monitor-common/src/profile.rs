@@ -22,13 +22,17 @@ pub struct ThreadProfile {
     pub last: u32,
     /// Total syscalls counted (wrapping).
     pub total: u64,
+    /// When the entry was created (boot ns, the thread's first counted
+    /// syscall): with the thread id, which thread this is, since thread ids
+    /// are reused.
+    pub born_ns: u64,
     /// Count per syscall number (numbers >= `SYSCALL_SLOTS` land in the last slot).
     pub counts: [u32; SYSCALL_SLOTS],
     /// Count per [`pair_bucket`] of consecutive syscalls.
     pub pairs: [u32; PAIR_BUCKETS],
 }
 const _: () =
-    assert!(core::mem::size_of::<ThreadProfile>() == 16 + 4 * (SYSCALL_SLOTS + PAIR_BUCKETS));
+    assert!(core::mem::size_of::<ThreadProfile>() == 24 + 4 * (SYSCALL_SLOTS + PAIR_BUCKETS));
 
 /// Bucket of the consecutive pair (`prev`, `next`) of syscall numbers.
 ///

@@ -11,7 +11,7 @@
 //! late.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs},
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -223,6 +223,7 @@ fn insert(tid: u32, pid: u32) -> Option<*mut ThreadProfile> {
     unsafe {
         (*profile).pid = pid;
         (*profile).last = u32::MAX;
+        (*profile).born_ns = bpf_ktime_get_boot_ns();
     }
     Some(profile)
 }

@@ -130,6 +130,7 @@ pub struct Capture {
     pending: VecDeque<Event>,
     loss_tick: tokio::time::Interval,
     profile_tick: tokio::time::Interval,
+    release_tick: tokio::time::Interval,
     seed: SeedStats,
     events_out: u64,
     sensitive: SensitivePaths,
@@ -178,6 +179,8 @@ impl Capture {
         loss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut profile_tick = tokio::time::interval(settings.profiles.window);
         profile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut release_tick = tokio::time::interval(PROFILE_RELEASE_CHECK);
+        release_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             probes,
             counters,
@@ -191,6 +194,7 @@ impl Capture {
             pending: VecDeque::new(),
             loss_tick,
             profile_tick,
+            release_tick,
             seed,
             events_out: 0,
             sensitive: settings.sensitive.clone(),
@@ -233,7 +237,7 @@ impl Capture {
     /// The next event, or `None` once stopped and drained.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            self.release_profiles();
+            self.release_profiles(true);
             if let Some(event) = self.pending.pop_front() {
                 self.events_out += 1;
                 return Some(event);
@@ -254,7 +258,7 @@ impl Capture {
                 _ = self.profile_tick.tick() => self.drain_profiles(false),
                 // Held profile windows wait for the stream; on a quiet host
                 // no record arrives to wake us for them.
-                () = tokio::time::sleep(PROFILE_RELEASE_CHECK), if self.holding_profiles() => {}
+                _ = self.release_tick.tick(), if self.holding_profiles() => {}
                 _ = self.sensitive_tick.tick() => {
                     if let Some(map) = &mut self.sensitive_map {
                         map.refresh(&self.sensitive);
@@ -274,7 +278,7 @@ impl Capture {
                 Err(err) => tracing::error!(error = %err, "ring-buffer source panicked"),
             }
             self.drain_profiles(true);
-            self.release_profiles();
+            self.release_profiles(true);
             self.check_loss();
             return !self.pending.is_empty();
         }
@@ -286,8 +290,10 @@ impl Capture {
             profiler.saw_record(record.ktime_ns);
         }
         // Before the record changes the table: windows closed before it
-        // was stamped are enriched with the table as it was then.
-        self.release_profiles();
+        // was stamped are enriched with the table as it was then. (Not on
+        // the source's word: the record in hand has left the channel, so
+        // an empty channel does not mean it was applied.)
+        self.release_profiles(false);
         self.table.apply(&record);
         match record.payload {
             Payload::Event(mut detail) => {
@@ -376,8 +382,10 @@ impl Capture {
     }
 
     /// Emits the held profile windows that the stream has caught up with
-    /// (see `profiles`), so their processes are known as they were.
-    fn release_profiles(&mut self) {
+    /// (see `profiles`), so their processes are known as they were. With
+    /// `ask_source`, the source's progress counts too: only when no record
+    /// is between the channel and the table.
+    fn release_profiles(&mut self, ask_source: bool) {
         let Some(profiler) = &mut self.profiler else {
             return;
         };
@@ -386,7 +394,9 @@ impl Capture {
         }
         // The source publishes its progress after sending what it read; an
         // empty channel then means all of that has been accepted.
-        let source_caught_up = if self.source.is_none() {
+        let source_caught_up = if !ask_source {
+            None
+        } else if self.source.is_none() {
             Some(u64::MAX) // ended and drained: nothing more will come
         } else {
             let caught_up = self.stats.caught_up_ns.load(Ordering::Acquire);

@@ -43,9 +43,34 @@ impl Default for ProfileSettings {
     }
 }
 
+/// One thread: its id and when its profile was created. Thread ids are
+/// reused, so the id alone can name an exited thread and its successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ThreadKey {
+    tid: u32,
+    born_ns: u64,
+}
+
+impl ThreadKey {
+    fn of(tid: u32, profile: &ThreadProfile) -> Self {
+        Self {
+            tid,
+            born_ns: profile.born_ns,
+        }
+    }
+}
+
+/// What a drain found for a thread id.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    /// This thread's profile.
+    Thread(u64),
+    /// An entry that could not be read: whichever thread it is, it lives.
+    Unreadable,
+}
+
 /// Counters of one thread as last read.
 struct Snapshot {
-    pid: u32,
     /// When they were read (boot ns): the start of what the next read adds.
     taken_ns: u64,
     /// When a drain first missed the thread (boot ns): it has exited, and
@@ -145,7 +170,7 @@ fn accumulate(
 /// the exit (its record was then lost, and the kernel counted it).
 #[derive(Default)]
 struct ProfileBook {
-    snapshots: HashMap<u32, Snapshot>,
+    snapshots: HashMap<ThreadKey, Snapshot>,
     open: HashMap<u32, ProfileWindow>,
     /// Closed windows waiting for the stream to catch up with the drain
     /// that closed them, with the time that drain finished reading.
@@ -172,19 +197,15 @@ impl ProfileBook {
     /// Adds `profile` (a thread's counters now) to its process's window.
     fn add(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, now_ns: u64) {
         let last_drain = self.last_drain_ns;
-        let snapshot = self.snapshots.entry(tid).or_insert_with(|| Snapshot {
-            pid,
-            taken_ns: last_drain.min(now_ns),
-            departed_ns: None,
-            counts: Box::new([0; SYSCALL_SLOTS]),
-            pairs: Box::new([0; PAIR_BUCKETS]),
-        });
-        if snapshot.pid != pid {
-            // The tid was reused by another process: start from zero.
-            snapshot.pid = pid;
-            snapshot.counts.fill(0);
-            snapshot.pairs.fill(0);
-        }
+        let snapshot = self
+            .snapshots
+            .entry(ThreadKey::of(tid, profile))
+            .or_insert_with(|| Snapshot {
+                taken_ns: last_drain.min(now_ns),
+                departed_ns: None,
+                counts: Box::new([0; SYSCALL_SLOTS]),
+                pairs: Box::new([0; PAIR_BUCKETS]),
+            });
         snapshot.departed_ns = None;
         let since = snapshot.taken_ns;
         snapshot.taken_ns = now_ns;
@@ -212,15 +233,15 @@ impl ProfileBook {
     /// A thread exited with these final counters.
     fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
         self.saw_record(ktime_ns);
-        match self.snapshots.get(&tid) {
-            Some(s) if s.pid == pid => {
+        let key = ThreadKey::of(tid, profile);
+        match self.snapshots.contains_key(&key) {
+            true => {
                 self.add(tid, pid, profile, ktime_ns);
-                self.snapshots.remove(&tid);
+                self.snapshots.remove(&key);
             }
-            _ => {
+            false => {
                 // Never drained (most short-lived processes): everything
                 // since it started counts, and no snapshot is needed.
-                self.snapshots.remove(&tid);
                 let since = self.last_drain_ns.min(ktime_ns);
                 let window = open_window(&mut self.open, pid, since, ktime_ns);
                 accumulate(&mut window.counts, &mut window.total, &profile.counts, None);
@@ -270,31 +291,33 @@ impl ProfileBook {
     fn released(&mut self, source_caught_up: Option<u64>) -> Vec<ProfileWindow> {
         let reached = self.latest_record_ns.max(source_caught_up.unwrap_or(0));
         let mut out = Vec::new();
-        while let Some(&(read_end, _)) = self.held.front() {
-            if read_end >= reached {
-                break;
-            }
-            if let Some((_, window)) = self.held.pop_front() {
-                out.push(window);
-            }
+        while self
+            .held
+            .front()
+            .is_some_and(|&(read_end, _)| read_end < reached)
+        {
+            out.extend(self.held.pop_front().map(|(_, window)| window));
         }
         out
     }
 
-    /// Ends a drain that started at `now` and read the threads in `seen`
-    /// by `read_end`: marks the others departed, forgets those whose exit
+    /// Ends a drain that started at `now` and found the thread ids in
+    /// `found` by `read_end`: marks the other threads departed (including a
+    /// thread whose id now names a newer thread), forgets those whose exit
     /// record the ring has moved past, and closes the open windows.
     fn close(
         &mut self,
         now: u64,
         read_end: u64,
-        seen: &HashSet<u32>,
+        found: &HashMap<u32, Found>,
         final_drain: bool,
     ) -> Vec<ProfileWindow> {
         let latest = self.latest_record_ns;
-        self.snapshots.retain(|tid, snapshot| {
-            if seen.contains(tid) {
-                return true;
+        self.snapshots.retain(|key, snapshot| {
+            match found.get(&key.tid) {
+                Some(Found::Unreadable) => return true,
+                Some(Found::Thread(born)) if *born == key.born_ns => return true,
+                _ => {}
             }
             let departed = *snapshot.departed_ns.get_or_insert(read_end);
             latest <= departed.saturating_add(DEPARTURE_MARGIN_NS)
@@ -378,7 +401,7 @@ impl Profiler {
     /// windows are marked final (the agent is stopping).
     pub fn drain(&mut self, final_drain: bool) {
         let now = boottime_ns();
-        let mut seen = HashSet::new();
+        let mut found = HashMap::new();
         let listed: Vec<u32> = self.map.keys().filter_map(Result::ok).collect();
         // A walk of a churning hash map can skip keys: the threads it did
         // not list but that were read before are looked up one by one.
@@ -387,28 +410,30 @@ impl Profiler {
             self.book
                 .snapshots
                 .keys()
+                .map(|key| key.tid)
                 .filter(|tid| !listed.contains(tid))
-                .copied()
                 .collect()
         };
         for tid in listed.into_iter().chain(unlisted) {
+            if found.contains_key(&tid) {
+                continue;
+            }
             // A thread may exit between listing and reading: not an error.
             match self.map.get(&tid, 0) {
                 Ok(profile) => {
-                    seen.insert(tid);
+                    found.insert(tid, Found::Thread(profile.born_ns));
                     self.book.add(tid, profile.pid, &profile, now);
                 }
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(err) => {
-                    // Still there: its snapshot must not be taken as departed.
-                    seen.insert(tid);
+                    found.insert(tid, Found::Unreadable);
                     self.read_errors += 1;
                     tracing::debug!(tid, error = %err, "cannot read a syscall profile");
                 }
             }
         }
         let read_end = boottime_ns();
-        let windows = self.book.close(now, read_end, &seen, final_drain);
+        let windows = self.book.close(now, read_end, &found, final_drain);
         self.book.hold(read_end, windows);
     }
 }
@@ -419,12 +444,19 @@ mod tests {
 
     const GETPPID: usize = 110;
 
-    /// A thread of process `pid` that has made `n` getppid calls.
+    /// A thread of process `pid`, born at 1 ns, that has made `n` getppid
+    /// calls.
     fn profile(pid: u32, n: u32) -> ThreadProfile {
+        born(1, pid, n)
+    }
+
+    /// The same, born at `born_ns`.
+    fn born(born_ns: u64, pid: u32, n: u32) -> ThreadProfile {
         let mut p = ThreadProfile {
             pid,
             last: GETPPID as u32,
             total: u64::from(n),
+            born_ns,
             counts: [0; SYSCALL_SLOTS],
             pairs: [0; PAIR_BUCKETS],
         };
@@ -445,12 +477,12 @@ mod tests {
         now: u64,
         live: &[(u32, ThreadProfile)],
     ) -> Vec<ProfileWindow> {
-        let mut seen = HashSet::new();
+        let mut found = HashMap::new();
         for (tid, p) in live {
-            seen.insert(*tid);
+            found.insert(*tid, Found::Thread(p.born_ns));
             book.add(*tid, p.pid, p, now);
         }
-        book.close(now, now + 1, &seen, false)
+        book.close(now, now + 1, &found, false)
     }
 
     #[test]
@@ -481,7 +513,10 @@ mod tests {
         // Records up to the margin may still precede the exit record.
         book.saw_record(2_001 + DEPARTURE_MARGIN_NS);
         drain(&mut book, 3_000, &[]);
-        assert!(book.snapshots.contains_key(&7), "kept within the margin");
+        assert!(
+            book.snapshots.keys().any(|k| k.tid == 7),
+            "kept within the margin"
+        );
         // A record stamped past it: the exit record was lost (the kernel
         // counted it), so the snapshot is no longer needed.
         book.saw_record(2_002 + DEPARTURE_MARGIN_NS);
@@ -490,19 +525,27 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_missed_by_one_drain_counts_its_calls_once_when_found_again() {
+    fn a_reused_thread_id_is_a_new_thread_and_the_old_ones_record_still_counts_once() {
         let mut book = ProfileBook::new(0);
-        let mut counted = getppid_calls(&drain(&mut book, 1_000, &[(7, profile(7, 100))]));
-        counted += getppid_calls(&drain(&mut book, 2_000, &[]));
-        counted += getppid_calls(&drain(&mut book, 3_000, &[(7, profile(7, 180))]));
-        assert_eq!(book.snapshots[&7].departed_ns, None);
-        book.thread_exited(7, 7, &profile(7, 200), 3_500);
-        counted += getppid_calls(&book.process_exited(7, 3_500));
-        assert_eq!(counted, 200);
+        let old = |n| born(1, 7, n);
+        let new = |n| born(50, 7, n);
+        let mut counted = getppid_calls(&drain(&mut book, 1_000, &[(7, old(100))]));
+        // The old thread exits; before its record is read, its id names a
+        // new thread of the same process (a pid wrap, a thread pool).
+        counted += getppid_calls(&drain(&mut book, 2_000, &[(7, new(30))]));
+        book.thread_exited(7, 7, &old(150), 1_500);
+        book.thread_exited(7, 7, &new(40), 2_500);
+        counted += getppid_calls(&book.process_exited(7, 2_500));
+        assert_eq!(
+            counted,
+            100 + 30 + 50 + 10,
+            "each thread from its own snapshot"
+        );
+        assert!(book.snapshots.is_empty());
     }
 
     #[test]
-    fn windows_wait_until_the_stream_has_caught_up_with_their_drain() {
+    fn windows_wait_until_a_later_record_is_read() {
         let mut book = ProfileBook::new(0);
         let windows = drain(
             &mut book,
@@ -513,11 +556,7 @@ mod tests {
         book.saw_record(1_001);
         assert!(
             book.released(None).is_empty(),
-            "records of the drain's time"
-        );
-        assert!(
-            book.released(Some(1_000)).is_empty(),
-            "the source is behind"
+            "a record of the drain's time"
         );
         // A record stamped after the drain: the exec records that name
         // these processes have been read.
@@ -525,10 +564,18 @@ mod tests {
         let out = book.released(None);
         assert_eq!(out.iter().map(|w| w.pid).collect::<Vec<_>>(), [7, 8]);
         assert!(!book.holding());
-        // Or the source says it has read everything up to then.
-        let windows = drain(&mut book, 2_000, &[(7, profile(7, 150))]);
-        book.hold(2_001, windows);
-        assert_eq!(book.released(Some(2_002)).len(), 1);
+    }
+
+    #[test]
+    fn windows_wait_until_the_source_has_read_past_their_drain() {
+        let mut book = ProfileBook::new(0);
+        let windows = drain(&mut book, 1_000, &[(7, profile(7, 100))]);
+        book.hold(1_001, windows);
+        assert!(
+            book.released(Some(1_001)).is_empty(),
+            "the source is not past it"
+        );
+        assert_eq!(book.released(Some(1_002)).len(), 1);
     }
 
     #[test]

@@ -340,15 +340,22 @@ fn processes_exiting_while_profiles_drain_are_counted_once() {
                 _ => None,
             })
             .collect();
-        // Not the image before the exec: the windows wait for the stream.
-        if let Some((_, exe)) = windows.iter().find(|(_, exe)| {
-            exe.as_ref()
-                .is_none_or(|e| e.as_bytes() != actor.as_bytes())
+        // The getppid calls are the new image's: their windows must name it,
+        // though the map is read ahead of the exec records (windows wait
+        // for the stream).
+        if let Some((_, exe)) = windows.iter().find(|(p, exe)| {
+            p.counts.contains_key("getppid")
+                && exe
+                    .as_ref()
+                    .is_none_or(|e| e.as_bytes() != actor.as_bytes())
         }) {
             wrong_image.push((pid, exe.clone()));
         }
         let windows: Vec<_> = windows.into_iter().map(|(p, _)| p).collect();
-        drained += windows.iter().filter(|w| !w.final_window).count();
+        drained += windows
+            .iter()
+            .filter(|w| !w.final_window && w.counts.contains_key("getppid"))
+            .count();
         let counted: u64 = windows
             .iter()
             .map(|p| p.counts.get("getppid").copied().unwrap_or(0))

@@ -59,7 +59,7 @@ pub struct Image {
 /// The facts of an image that an ancestor reports, borrowed from a process
 /// or from one of its replaced images.
 struct ImageRef<'a> {
-    exe: &'a Option<ByteString>,
+    exe: Option<&'a ByteString>,
     args: &'a [ByteString],
     comm: &'a ByteString,
     uid: u32,
@@ -68,7 +68,7 @@ struct ImageRef<'a> {
 impl<'a> ImageRef<'a> {
     fn of_image(image: &'a Image) -> Self {
         Self {
-            exe: &image.exe,
+            exe: image.exe.as_ref(),
             args: &image.args,
             comm: &image.comm,
             uid: image.uid,
@@ -77,7 +77,7 @@ impl<'a> ImageRef<'a> {
 
     fn of_process(p: &'a ProcessEntry) -> Self {
         Self {
-            exe: &p.exe,
+            exe: p.exe.as_ref(),
             args: &p.args,
             comm: &p.comm,
             uid: p.uid,
@@ -457,7 +457,7 @@ impl ProcessTable {
             let (args, args_truncated) = capped_args(image.args, budget);
             chain.push(Ancestor {
                 pid,
-                exe: image.exe.clone(),
+                exe: image.exe.cloned(),
                 args,
                 args_truncated,
                 comm: image.comm.clone(),
