@@ -156,6 +156,43 @@ fn accumulate(
     }
 }
 
+/// Adds the growth of `profile` since `before` (all of it when `None`) to
+/// the open window of `pid`, stretched over `since..now`, and moves `before`
+/// up to `profile` as read at `now`.
+fn add_growth(
+    open: &mut HashMap<u32, ProfileWindow>,
+    pid: u32,
+    since: u64,
+    now: u64,
+    profile: &ThreadProfile,
+    before: Option<&mut Snapshot>,
+) {
+    let window = open_window(open, pid, since, now);
+    let (counts_before, pairs_before) = match before {
+        Some(snapshot) => {
+            snapshot.taken_ns = now;
+            (
+                Some(&mut snapshot.counts[..]),
+                Some(&mut snapshot.pairs[..]),
+            )
+        }
+        None => (None, None),
+    };
+    accumulate(
+        &mut window.counts,
+        &mut window.total,
+        &profile.counts,
+        counts_before,
+    );
+    let mut pairs_total = 0;
+    accumulate(
+        &mut window.pairs,
+        &mut pairs_total,
+        &profile.pairs,
+        pairs_before,
+    );
+}
+
 /// The profile arithmetic, apart from the map: per-thread snapshots of
 /// the kernel's counters, and per-process windows of their growth.
 ///
@@ -208,21 +245,7 @@ impl ProfileBook {
             });
         snapshot.departed_ns = None;
         let since = snapshot.taken_ns;
-        snapshot.taken_ns = now_ns;
-        let window = open_window(&mut self.open, pid, since, now_ns);
-        accumulate(
-            &mut window.counts,
-            &mut window.total,
-            &profile.counts,
-            Some(&mut snapshot.counts[..]),
-        );
-        let mut pairs_total = 0;
-        accumulate(
-            &mut window.pairs,
-            &mut pairs_total,
-            &profile.pairs,
-            Some(&mut snapshot.pairs[..]),
-        );
+        add_growth(&mut self.open, pid, since, now_ns, profile, Some(snapshot));
     }
 
     /// A ring record stamped `ktime_ns` was read.
@@ -232,23 +255,20 @@ impl ProfileBook {
 
     /// A thread exited with these final counters.
     fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
-        self.saw_record(ktime_ns);
-        let key = ThreadKey::of(tid, profile);
-        match self.snapshots.contains_key(&key) {
-            true => {
-                self.add(tid, pid, profile, ktime_ns);
-                self.snapshots.remove(&key);
-            }
-            false => {
-                // Never drained (most short-lived processes): everything
-                // since it started counts, and no snapshot is needed.
-                let since = self.last_drain_ns.min(ktime_ns);
-                let window = open_window(&mut self.open, pid, since, ktime_ns);
-                accumulate(&mut window.counts, &mut window.total, &profile.counts, None);
-                let mut pairs_total = 0;
-                accumulate(&mut window.pairs, &mut pairs_total, &profile.pairs, None);
-            }
-        }
+        // A thread never drained (most short-lived processes) has no
+        // snapshot: everything since it started counts.
+        let mut snapshot = self.snapshots.remove(&ThreadKey::of(tid, profile));
+        let since = snapshot
+            .as_ref()
+            .map_or(self.last_drain_ns.min(ktime_ns), |s| s.taken_ns);
+        add_growth(
+            &mut self.open,
+            pid,
+            since,
+            ktime_ns,
+            profile,
+            snapshot.as_mut(),
+        );
     }
 
     /// The process exited: its held windows, which the stream has caught
@@ -485,6 +505,13 @@ mod tests {
         book.close(now, now + 1, &found, false)
     }
 
+    /// A drain at 1,000 ns that finishes reading at 1,001 and holds its
+    /// windows, as `Profiler::drain` does.
+    fn held_drain(book: &mut ProfileBook, live: &[(u32, ThreadProfile)]) {
+        let windows = drain(book, 1_000, live);
+        book.hold(1_001, windows);
+    }
+
     #[test]
     fn a_drain_between_a_threads_exit_and_its_record_counts_nothing_twice() {
         let mut book = ProfileBook::new(0);
@@ -547,12 +574,7 @@ mod tests {
     #[test]
     fn windows_wait_until_a_later_record_is_read() {
         let mut book = ProfileBook::new(0);
-        let windows = drain(
-            &mut book,
-            1_000,
-            &[(7, profile(7, 100)), (8, profile(8, 5))],
-        );
-        book.hold(1_001, windows);
+        held_drain(&mut book, &[(7, profile(7, 100)), (8, profile(8, 5))]);
         book.saw_record(1_001);
         assert!(
             book.released(None).is_empty(),
@@ -569,8 +591,7 @@ mod tests {
     #[test]
     fn windows_wait_until_the_source_has_read_past_their_drain() {
         let mut book = ProfileBook::new(0);
-        let windows = drain(&mut book, 1_000, &[(7, profile(7, 100))]);
-        book.hold(1_001, windows);
+        held_drain(&mut book, &[(7, profile(7, 100))]);
         assert!(
             book.released(Some(1_001)).is_empty(),
             "the source is not past it"
@@ -581,12 +602,7 @@ mod tests {
     #[test]
     fn an_exit_releases_its_processs_held_windows_before_its_final_one() {
         let mut book = ProfileBook::new(0);
-        let windows = drain(
-            &mut book,
-            1_000,
-            &[(7, profile(7, 100)), (8, profile(8, 5))],
-        );
-        book.hold(1_001, windows);
+        held_drain(&mut book, &[(7, profile(7, 100)), (8, profile(8, 5))]);
         book.thread_exited(7, 7, &profile(7, 130), 1_100);
         let out = book.process_exited(7, 1_100);
         let shape: Vec<_> = out.iter().map(|w| (w.pid, w.final_window)).collect();

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::{Ancestor, Detail, Event, Process, Timestamp},
+    kernel::counters,
     syscalls::canonical_id,
 };
 
@@ -180,16 +181,6 @@ pub struct WindowBuilder {
     last_time: Timestamp,
 }
 
-/// Whether a loss counter means the windows open now may miss something.
-/// Syscalls counted as uncounted are a thread's last repeats that reached
-/// its profile after the thread had exited (or after its id was reused):
-/// that thread's window is already closed, and the windows open now lost
-/// nothing. (A thread that never got a profile slot is reported by
-/// `profile_map_full`, which does taint.)
-fn taints_open_windows(counter: &str) -> bool {
-    counter != "profile_uncounted_syscalls"
-}
-
 impl WindowBuilder {
     /// A builder closing idle-profile windows after `max_len`.
     pub fn new(max_len: std::time::Duration) -> Self {
@@ -222,7 +213,7 @@ impl WindowBuilder {
             if loss
                 .counts
                 .keys()
-                .any(|counter| taints_open_windows(counter))
+                .any(|counter| counters::taints_open_windows(counter))
             {
                 // Every open window overlapped the loss: none may teach the model.
                 for w in self.open.values_mut() {
