@@ -132,8 +132,18 @@ fn count_new_run(run: *mut SyscallRun, regs: u64, nr: u32) {
     }
     let Some(profile) = profile else {
         count(COUNTER_PROFILE_UNCOUNTED);
+        // No run to continue: the slot is emptied, so the run just added
+        // is not added again by the next slow path.
         // SAFETY: as above.
-        unsafe { (*run).regs = 0 };
+        unsafe {
+            *run = SyscallRun {
+                regs: 0,
+                tid: 0,
+                pid: 0,
+                nr: 0,
+                repeats: 0,
+            }
+        };
         return;
     };
     // SAFETY: a map value of this thread; only this thread writes it, and a

@@ -377,3 +377,36 @@ fn processes_exiting_while_profiles_drain_are_counted_once() {
         "windows attributed to another image than {actor}: {wrong_image:?}"
     );
 }
+
+#[test]
+fn a_full_profile_map_is_counted_and_reported() {
+    let Some(_kernel) = kernel_test("a_full_profile_map_is_counted_and_reported") else {
+        return;
+    };
+    const N: u64 = 100_000;
+    let mut settings = CaptureSettings::default();
+    // One slot, taken by whichever thread makes the first syscall.
+    settings.probes.profile_max_threads = 1;
+    settings.profiles.window = Duration::from_millis(200);
+    let mut rec = Recorder::with_settings(settings);
+    let status = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["getppid", &N.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    rec.until(Duration::from_secs(10), "the loss report", |evs| {
+        evs.iter().any(|e| match &e.detail {
+            Detail::Loss(loss) => {
+                loss.totals
+                    .get("profile_uncounted_syscalls")
+                    .copied()
+                    .unwrap_or(0)
+                    >= N
+            }
+            _ => false,
+        })
+    });
+    let totals = rec.capture().loss_totals();
+    eprintln!("one-slot profile map, {N} getppid calls by a thread without a slot: {totals:?}");
+    assert!(totals.get("profile_map_full").copied().unwrap_or(0) > 0);
+}
