@@ -262,7 +262,7 @@ fn flush_profile(tid: u32, pid: u32) {
     if config!(profiles_enabled) == 0 {
         return;
     }
-    crate::profile::end_run_of_exiting();
+    crate::profile::end_batch_of_exiting();
     let Some(profile) = PROFILES.get_ptr(tid) else {
         return;
     };

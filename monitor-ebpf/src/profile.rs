@@ -1,14 +1,16 @@
 //! Per-thread syscall counting on `raw_syscalls:sys_enter`.
 //!
 //! The hot path of the whole agent: it runs on every syscall of every
-//! thread. Programs repeat syscalls in runs (read loops, `epoll_wait`,
-//! `futex`, a benchmark's `getppid` loop), so each CPU keeps the run its
-//! current thread is making in a per-CPU slot ([`RUNS`]): a repeat is one
-//! increment there, with no hash lookup, and the run is added to the
-//! thread's [`PROFILES`] entry when the thread or the syscall changes, after
-//! [`RUN_FLUSH`] repeats, and when the thread exits. Every call is counted;
-//! a window may see up to `RUN_FLUSH` of a thread's calls per CPU one window
-//! late.
+//! thread. A hash lookup of the thread's [`PROFILES`] entry on every call
+//! was most of its cost, so each CPU keeps the recent calls of the thread it
+//! is running in a per-CPU slot ([`BATCHES`]): up to [`BATCH_ENTRIES`]
+//! distinct consecutive syscalls, each with its repeats. A call is an
+//! increment or an append there, with no helper call and no hash lookup. The
+//! batch is added to the thread's profile in one lookup when another thread
+//! makes a syscall on this CPU, when it holds [`BATCH_FLUSH`] calls or
+//! [`BATCH_ENTRIES`] entries, and when the thread exits. Every call is
+//! counted; a window may see up to `BATCH_FLUSH` of a thread's calls per CPU
+//! one window late.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs},
@@ -34,35 +36,43 @@ pub static PROFILES: HashMap<u32, ThreadProfile> =
 #[map]
 static ZERO_PROFILE: Array<ThreadProfile> = Array::with_max_entries(1, 0);
 
-/// The run of one syscall that a thread is making on this CPU: `repeats`
-/// calls of `nr` after the one already in the thread's profile.
+/// Distinct consecutive syscalls a batch holds (a power of two).
+const BATCH_ENTRIES: usize = 16;
+
+/// Calls after which a batch is added to the profile even though the thread
+/// goes on, so a window's counts lag by at most this many calls per CPU.
+const BATCH_FLUSH: u32 = 64;
+
+/// The calls a thread made on this CPU that are not yet in its profile, in
+/// order: entry `i` is `repeats[i]` consecutive calls of `nr[i]`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SyscallRun {
+pub struct SyscallBatch {
     /// The address of the thread's saved user registers (0 for none): the
     /// top of its kernel stack, unique among live threads, and the
     /// tracepoint's first argument, so recognising the thread costs no
     /// helper call (this kernel does not inline the task helpers). A
-    /// thread that exits ends its run on its CPU (`end_run_of_exiting`),
-    /// so a new thread given the same stack does not continue it there.
+    /// thread that exits adds its batch on its CPU
+    /// (`end_batch_of_exiting`), so a new thread given the same stack does
+    /// not continue it there.
     regs: u64,
     /// The thread id.
     tid: u32,
     /// Its process, to recognise a reused thread id.
     pid: u32,
-    /// The repeated syscall slot.
-    nr: u32,
-    /// Calls not yet added to the profile.
-    repeats: u32,
+    /// Entries in use; at least 1 while `regs` is set.
+    len: u32,
+    /// Calls in all entries.
+    calls: u32,
+    /// Syscall slot of each entry; neighbouring entries differ.
+    nr: [u32; BATCH_ENTRIES],
+    /// Calls of each entry, at least 1.
+    repeats: [u32; BATCH_ENTRIES],
 }
 
-/// One [`SyscallRun`] per CPU.
+/// One [`SyscallBatch`] per CPU.
 #[map]
-static RUNS: PerCpuArray<SyscallRun> = PerCpuArray::with_max_entries(1, 0);
-
-/// Repeats after which a run is added to the profile even though it goes
-/// on, so a window's counts lag by at most this many calls per CPU.
-const RUN_FLUSH: u32 = 64;
+static BATCHES: PerCpuArray<SyscallBatch> = PerCpuArray::with_max_entries(1, 0);
 
 /// `sys_enter(regs, id)`: counts the syscall, and hands watched ones to the
 /// security sensors.
@@ -92,127 +102,131 @@ fn count_syscall(regs: u64, id: i64) {
     } else {
         (SYSCALL_SLOTS - 1) as u32
     };
-    let Some(run) = RUNS.get_ptr_mut(0) else {
+    let Some(batch) = BATCHES.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot. Programs on one CPU run one at a time (the
     // kernel is not preemptible inside them here); on a fully preemptible
     // kernel a preemption mid-update can misplace a count, not more.
     unsafe {
-        if (*run).regs == regs && (*run).nr == nr && (*run).repeats < RUN_FLUSH {
-            (*run).repeats += 1;
-            return;
+        let b = &mut *batch;
+        if b.regs == regs && b.calls < BATCH_FLUSH {
+            let last = (b.len.wrapping_sub(1) as usize) & (BATCH_ENTRIES - 1);
+            if b.nr[last] == nr {
+                b.repeats[last] += 1;
+                b.calls += 1;
+                return;
+            }
+            if (b.len as usize) < BATCH_ENTRIES {
+                let next = b.len as usize & (BATCH_ENTRIES - 1);
+                b.nr[next] = nr;
+                b.repeats[next] = 1;
+                b.len += 1;
+                b.calls += 1;
+                return;
+            }
         }
     }
-    count_new_run(run, regs, nr);
+    start_batch(batch, regs, nr);
 }
 
-/// The slow path: the thread or the syscall changed (or the run is long).
-/// Adds the previous run to its thread's profile, counts this call there,
-/// and starts a run of it.
+/// The slow path: another thread's call, or a full batch. Adds the batch
+/// to its thread's profile and starts a new one with this call.
 #[inline(always)]
-fn count_new_run(run: *mut SyscallRun, regs: u64, nr: u32) {
-    // SAFETY: this CPU's slot, see `count_syscall`.
-    let previous = unsafe { *run };
+fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u32) {
     let (tid, pid) = current_ids();
-    let profile = match PROFILES.get_ptr_mut(tid) {
-        Some(profile) => Some(profile),
-        None => insert(tid, pid),
-    };
-    if previous.repeats != 0 {
-        let owner = if previous.tid == tid {
-            profile
-        } else {
-            // Another thread's run (it moved to another CPU, or was
-            // switched out mid-run). Its entry is gone if it exited
-            // elsewhere: those calls are counted as uncounted.
-            PROFILES.get_ptr_mut(previous.tid)
-        };
-        add_run(owner, &previous);
+    // SAFETY: this CPU's slot, see `count_syscall`.
+    let b = unsafe { &mut *batch };
+    let same_thread = b.regs == regs && b.tid == tid;
+    if b.len != 0 {
+        // The owner's entry is gone if it exited on another CPU (a batch it
+        // left here when it moved): those calls are counted as uncounted.
+        add_batch(PROFILES.get_ptr_mut(b.tid), b);
     }
-    let Some(profile) = profile else {
+    // A thread gets its entry at its first call, so that a batch another
+    // CPU flushes for it later finds it (an entry is never made for a
+    // thread other than the current one: that thread may have exited).
+    if !same_thread && PROFILES.get_ptr(tid).is_none() && insert(tid, pid).is_none() {
         count(COUNTER_PROFILE_UNCOUNTED);
-        // No run to continue: the slot is emptied, so the run just added
-        // is not added again by the next slow path.
-        // SAFETY: as above.
-        unsafe {
-            *run = SyscallRun {
-                regs: 0,
-                tid: 0,
-                pid: 0,
-                nr: 0,
-                repeats: 0,
-            }
-        };
+        // No batch to continue: the slot is emptied, so the batch just
+        // added is not added again by the next slow path.
+        b.regs = 0;
+        b.len = 0;
+        b.calls = 0;
+        return;
+    }
+    b.regs = regs;
+    b.tid = tid;
+    b.pid = pid;
+    b.len = 1;
+    b.calls = 1;
+    b.nr[0] = nr;
+    b.repeats[0] = 1;
+}
+
+/// Adds a batch's calls, and the consecutive pairs they make with the
+/// profile's last syscall and among themselves, to `profile`.
+#[inline(always)]
+fn add_batch(profile: Option<*mut ThreadProfile>, b: &SyscallBatch) {
+    let Some(profile) = profile else {
+        count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(b.calls));
         return;
     };
-    // SAFETY: a map value of this thread; only this thread writes it, and a
-    // thread runs on one CPU at a time (a run flushed from another CPU is
-    // the rare exception: a lost update there costs a count, not memory).
-    unsafe {
+    // SAFETY: a map value of the batch's thread. Only that thread's CPU
+    // writes it, but for a batch it left on another CPU when it moved: a
+    // lost update there costs a count, not memory, and may misplace a pair.
+    let p = unsafe { &mut *profile };
+    if p.pid != b.pid {
+        // The thread id was reused by another process.
+        count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(b.calls));
+        return;
+    }
+    let mut last = p.last;
+    for i in 0..BATCH_ENTRIES {
+        if i as u32 >= b.len {
+            break;
+        }
+        let nr = b.nr[i];
+        let repeats = b.repeats[i];
         let slot = (nr as usize) & (SYSCALL_SLOTS - 1);
-        (*profile).counts[slot] = (*profile).counts[slot].wrapping_add(1);
-        let last = (*profile).last;
+        p.counts[slot] = p.counts[slot].wrapping_add(repeats);
         if last != u32::MAX {
             let bucket = pair_bucket(last, nr);
-            (*profile).pairs[bucket] = (*profile).pairs[bucket].wrapping_add(1);
+            p.pairs[bucket] = p.pairs[bucket].wrapping_add(1);
         }
-        (*profile).last = nr;
-        (*profile).total = (*profile).total.wrapping_add(1);
-        *run = SyscallRun {
-            regs,
-            tid,
-            pid,
-            nr,
-            repeats: 0,
-        };
+        if repeats > 1 {
+            let bucket = pair_bucket(nr, nr);
+            p.pairs[bucket] = p.pairs[bucket].wrapping_add(repeats - 1);
+        }
+        last = nr;
     }
+    p.last = last;
+    p.total = p.total.wrapping_add(u64::from(b.calls));
 }
 
-/// Adds a run's repeats, each a call of `nr` preceded by `nr`, to `profile`.
+/// Adds this CPU's batch to the profile of the exiting current thread, if
+/// the batch is its, and ends the batch (a later thread given the same
+/// stack must not continue it). Called by `sched_process_exit` before the
+/// final profile is sent. A batch the thread left on another CPU is added
+/// when that CPU next takes the slow path, to the profile if it is still
+/// there, otherwise to the uncounted counter.
 #[inline(always)]
-fn add_run(profile: Option<*mut ThreadProfile>, run: &SyscallRun) {
-    let Some(profile) = profile else {
-        count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(run.repeats));
-        return;
-    };
-    // SAFETY: a map value; see `count_new_run` on who writes it.
-    unsafe {
-        if (*profile).pid != run.pid {
-            // The thread id was reused by another process.
-            count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(run.repeats));
-            return;
-        }
-        let slot = (run.nr as usize) & (SYSCALL_SLOTS - 1);
-        (*profile).counts[slot] = (*profile).counts[slot].wrapping_add(run.repeats);
-        let bucket = pair_bucket(run.nr, run.nr);
-        (*profile).pairs[bucket] = (*profile).pairs[bucket].wrapping_add(run.repeats);
-        (*profile).total = (*profile).total.wrapping_add(u64::from(run.repeats));
-    }
-}
-
-/// Adds this CPU's run to the profile of the exiting current thread, if
-/// the run is its, and ends the run (a later thread given the same stack
-/// must not continue it). Called by `sched_process_exit` before the final
-/// profile is sent. A run the thread left on another CPU is added when
-/// that CPU next counts a syscall, to the profile if it is still there,
-/// otherwise to the uncounted counter.
-#[inline(always)]
-pub fn end_run_of_exiting() {
-    let Some(run) = RUNS.get_ptr_mut(0) else {
+pub fn end_batch_of_exiting() {
+    let Some(batch) = BATCHES.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot, see `count_syscall`.
     unsafe {
-        if (*run).regs != bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 {
+        let b = &mut *batch;
+        if b.regs != bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 {
             return;
         }
-        let previous = *run;
-        (*run).regs = 0;
-        (*run).repeats = 0;
-        if previous.repeats != 0 {
-            add_run(PROFILES.get_ptr_mut(previous.tid), &previous);
+        if b.len != 0 {
+            add_batch(PROFILES.get_ptr_mut(b.tid), b);
         }
+        b.regs = 0;
+        b.len = 0;
+        b.calls = 0;
     }
 }
 

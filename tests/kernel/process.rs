@@ -290,6 +290,72 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
 }
 
 #[test]
+fn alternating_syscalls_are_counted_exactly_with_their_pairs() {
+    let Some(_kernel) = kernel_test("alternating_syscalls_are_counted_exactly_with_their_pairs")
+    else {
+        return;
+    };
+    // Every call starts a new run, so the kernel's per-CPU batches fill up
+    // and are added to the profile over and over, under short windows.
+    const N: u64 = 1_000_000;
+    let mut settings = CaptureSettings::default();
+    settings.profiles.window = Duration::from_millis(200);
+    let mut rec = Recorder::with_settings(settings);
+    let child = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["alternate", &N.to_string()])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let profiles = |evs: &[Event]| -> Vec<monitor::event::ProfileDetail> {
+        evs.iter()
+            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+            .filter_map(|e| match &e.detail {
+                Detail::SyscallProfile(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    rec.until(Duration::from_secs(10), "the final profile window", |evs| {
+        profiles(evs).iter().any(|p| p.final_window)
+    });
+    assert!(child.wait_with_output().unwrap().status.success());
+    let windows = profiles(&rec.events);
+    let counted = |name: &str| -> u64 {
+        windows
+            .iter()
+            .map(|p| p.counts.get(name).copied().unwrap_or(0))
+            .sum()
+    };
+    let pairs = |prev: libc::c_long, next: libc::c_long| -> u64 {
+        let bucket = monitor_common::pair_bucket(prev as u32, next as u32) as u16;
+        windows
+            .iter()
+            .map(|p| p.pairs.get(&bucket).copied().unwrap_or(0))
+            .sum()
+    };
+    let (getppid, getuid) = (counted("getppid"), counted("getuid"));
+    let forth = pairs(libc::SYS_getppid, libc::SYS_getuid);
+    let back = pairs(libc::SYS_getuid, libc::SYS_getppid);
+    eprintln!(
+        "{N} x (getppid, getuid): getppid {getppid}, getuid {getuid}, pairs {forth} forth and \
+         {back} back, over {} windows",
+        windows.len()
+    );
+    assert_eq!((getppid, getuid), (N, N), "every call counted once");
+    // Each getppid is followed by a getuid, and each getuid but the last by
+    // a getppid; a bucket may also hold other pairs, never fewer.
+    let total: u64 = windows.iter().map(|p| p.total).sum();
+    assert!(
+        (N..=total).contains(&forth),
+        "(getppid, getuid) pairs: {forth}"
+    );
+    assert!(
+        (N - 1..=total).contains(&back),
+        "(getuid, getppid) pairs: {back}"
+    );
+}
+
+#[test]
 fn processes_exiting_while_profiles_drain_are_counted_once() {
     let Some(_kernel) = kernel_test("processes_exiting_while_profiles_drain_are_counted_once")
     else {

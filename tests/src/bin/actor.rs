@@ -146,6 +146,17 @@ fn main() {
                 unsafe { libc::syscall(libc::SYS_getppid) };
             }
         }
+        Some("alternate") => {
+            // getppid and getuid in turn: every call is a new run.
+            let n: u64 = arg(1).parse().unwrap();
+            for _ in 0..n {
+                // SAFETY: plain syscalls.
+                unsafe {
+                    libc::syscall(libc::SYS_getppid);
+                    libc::syscall(libc::SYS_getuid);
+                }
+            }
+        }
         other => panic!("unknown action {other:?}"),
     }
 }
