@@ -6,11 +6,12 @@
 //! is running in a per-CPU slot ([`BATCHES`]): up to [`BATCH_ENTRIES`]
 //! distinct consecutive syscalls, each with its repeats. A call is an
 //! increment or an append there, with no helper call and no hash lookup. The
-//! batch is added to the thread's profile in one lookup when another thread
-//! makes a syscall on this CPU, when it holds [`BATCH_FLUSH`] calls or
-//! [`BATCH_ENTRIES`] entries, and when the thread exits. Every call is
-//! counted; a window may see up to `BATCH_FLUSH` of a thread's calls per CPU
-//! one window late.
+//! batch is added to the thread's profile in one lookup when the thread
+//! leaves the CPU (`sched_switch`), when it holds [`BATCH_FLUSH`] calls or
+//! [`BATCH_ENTRIES`] entries, and when the thread exits. A batch therefore
+//! never outlives its thread's turn on the CPU: calls cannot be stranded on
+//! a CPU the thread has left. Every call is counted; a window may see up to
+//! `BATCH_FLUSH` of a running thread's calls one window late.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs},
@@ -24,9 +25,10 @@ use monitor_common::{
 
 use crate::kernel::{config, configured, count, count_by, current_ids};
 
-/// Thread id -> counters. Entries are created on a thread's first syscall
-/// and removed by `sched_process_exit`. Not preallocated: memory follows the
-/// number of live threads. The agent may resize it at load time.
+/// Thread id -> counters. An entry is created when a thread's first batch
+/// is added, by the thread itself, and removed by `sched_process_exit`. Not
+/// preallocated: memory follows the number of live threads. The agent may
+/// resize it at load time.
 #[map]
 pub static PROFILES: HashMap<u32, ThreadProfile> =
     HashMap::with_max_entries(16384, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
@@ -51,16 +53,15 @@ pub struct SyscallBatch {
     /// The address of the thread's saved user registers (0 for none): the
     /// top of its kernel stack, unique among live threads, and the
     /// tracepoint's first argument, so recognising the thread costs no
-    /// helper call (this kernel does not inline the task helpers). A
-    /// thread that exits adds its batch on its CPU
-    /// (`end_batch_of_exiting`), so a new thread given the same stack does
-    /// not continue it there.
+    /// helper call (this kernel does not inline the task helpers). It stays
+    /// set, with no entries, after a flush, so a thread that resumes on this
+    /// CPU goes on without a lookup.
     regs: u64,
     /// The thread id.
     tid: u32,
     /// Its process, to recognise a reused thread id.
     pid: u32,
-    /// Entries in use; at least 1 while `regs` is set.
+    /// Entries in use.
     len: u32,
     /// Calls in all entries.
     calls: u32,
@@ -112,7 +113,7 @@ fn count_syscall(regs: u64, id: i64) {
         let b = &mut *batch;
         if b.regs == regs && b.calls < BATCH_FLUSH {
             let last = (b.len.wrapping_sub(1) as usize) & (BATCH_ENTRIES - 1);
-            if b.nr[last] == nr {
+            if b.len != 0 && b.nr[last] == nr {
                 b.repeats[last] += 1;
                 b.calls += 1;
                 return;
@@ -130,30 +131,20 @@ fn count_syscall(regs: u64, id: i64) {
     start_batch(batch, regs, nr);
 }
 
-/// The slow path: another thread's call, or a full batch. Adds the batch
-/// to its thread's profile and starts a new one with this call.
+/// The slow path: a full batch, or the first call of a thread on this CPU
+/// since another thread's. Adds what the slot holds to its thread's profile
+/// and starts a new batch with this call.
 #[inline(always)]
 fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u32) {
     let (tid, pid) = current_ids();
     // SAFETY: this CPU's slot, see `count_syscall`.
     let b = unsafe { &mut *batch };
-    let same_thread = b.regs == regs && b.tid == tid;
     if b.len != 0 {
-        // The owner's entry is gone if it exited on another CPU (a batch it
-        // left here when it moved): those calls are counted as uncounted.
-        add_batch(PROFILES.get_ptr_mut(b.tid), b);
-    }
-    // A thread gets its entry at its first call, so that a batch another
-    // CPU flushes for it later finds it (an entry is never made for a
-    // thread other than the current one: that thread may have exited).
-    if !same_thread && PROFILES.get_ptr(tid).is_none() && insert(tid, pid).is_none() {
-        count(COUNTER_PROFILE_UNCOUNTED);
-        // No batch to continue: the slot is emptied, so the batch just
-        // added is not added again by the next slow path.
-        b.regs = 0;
-        b.len = 0;
-        b.calls = 0;
-        return;
+        let own = b.regs == regs && b.tid == tid;
+        // Another thread's calls are here only if its switch-out was not
+        // seen (the switch program attaches after this one): its entry is
+        // looked up, never created, since that thread may have exited.
+        flush(b, own);
     }
     b.regs = regs;
     b.tid = tid;
@@ -164,6 +155,21 @@ fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u32) {
     b.repeats[0] = 1;
 }
 
+/// Adds the batch to its thread's profile and empties it. `current` says
+/// the batch is the running (or just switched-out) thread's, which alone may
+/// create its entry.
+#[inline(always)]
+fn flush(b: &mut SyscallBatch, current: bool) {
+    let profile = match PROFILES.get_ptr_mut(b.tid) {
+        Some(profile) => Some(profile),
+        None if current => insert(b.tid, b.pid),
+        None => None,
+    };
+    add_batch(profile, b);
+    b.len = 0;
+    b.calls = 0;
+}
+
 /// Adds a batch's calls, and the consecutive pairs they make with the
 /// profile's last syscall and among themselves, to `profile`.
 #[inline(always)]
@@ -172,9 +178,8 @@ fn add_batch(profile: Option<*mut ThreadProfile>, b: &SyscallBatch) {
         count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(b.calls));
         return;
     };
-    // SAFETY: a map value of the batch's thread. Only that thread's CPU
-    // writes it, but for a batch it left on another CPU when it moved: a
-    // lost update there costs a count, not memory, and may misplace a pair.
+    // SAFETY: a map value of the batch's thread, written only on the CPU
+    // the thread runs on (its batches never outlive its turn on a CPU).
     let p = unsafe { &mut *profile };
     if p.pid != b.pid {
         // The thread id was reused by another process.
@@ -204,12 +209,34 @@ fn add_batch(profile: Option<*mut ThreadProfile>, b: &SyscallBatch) {
     p.total = p.total.wrapping_add(u64::from(b.calls));
 }
 
+/// `sched_switch(preempt, prev, next, prev_state)`: the thread leaving the
+/// CPU takes its batch along into its profile, so no calls wait on a CPU it
+/// may never come back to (and may exit elsewhere). Most switches find the
+/// slot empty: a check and no lookup.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    if !configured() || config!(profiles_enabled) == 0 {
+        return 0;
+    }
+    let Some(batch) = BATCHES.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, see `count_syscall`.
+    let b = unsafe { &mut *batch };
+    if b.len == 0 {
+        return 0;
+    }
+    let prev: usize = ctx.arg(1);
+    // SAFETY: `prev` is the tracepoint's task argument.
+    let prev_regs = unsafe { bpf_task_pt_regs(prev as *mut _) } as u64;
+    flush(b, b.regs == prev_regs);
+    0
+}
+
 /// Adds this CPU's batch to the profile of the exiting current thread, if
 /// the batch is its, and ends the batch (a later thread given the same
 /// stack must not continue it). Called by `sched_process_exit` before the
-/// final profile is sent. A batch the thread left on another CPU is added
-/// when that CPU next takes the slow path, to the profile if it is still
-/// there, otherwise to the uncounted counter.
+/// final profile is sent.
 #[inline(always)]
 pub fn end_batch_of_exiting() {
     let Some(batch) = BATCHES.get_ptr_mut(0) else {
@@ -222,11 +249,9 @@ pub fn end_batch_of_exiting() {
             return;
         }
         if b.len != 0 {
-            add_batch(PROFILES.get_ptr_mut(b.tid), b);
+            flush(b, true);
         }
         b.regs = 0;
-        b.len = 0;
-        b.calls = 0;
     }
 }
 
@@ -238,7 +263,7 @@ fn insert(tid: u32, pid: u32) -> Option<*mut ThreadProfile> {
         .is_err()
     {
         // Either the map is full, or another program on this thread inserted
-        // first (impossible today: only this program inserts).
+        // first (impossible: only this thread's own flushes insert).
         count(COUNTER_PROFILE_MAP_FULL);
         return None;
     }

@@ -97,6 +97,9 @@ pub fn programs() -> &'static [ProgramSpec] {
             btf("sched_process_exec", Sensor::Process),
             btf("sched_process_fork", Sensor::Process),
             btf("sched_process_exit", Sensor::Process),
+            // Before `sys_enter`: a thread leaving a CPU takes its batch of
+            // counted calls along (see `monitor-ebpf/src/profile.rs`).
+            btf("sched_switch", Sensor::SyscallProfile),
             btf("sys_enter", Sensor::SyscallProfile),
         ];
         let mut names: Vec<&str> = monitor_common::stash::BY_NAME
@@ -246,6 +249,9 @@ impl Probes {
             let state = sensors.entry(spec.sensor).or_insert(SensorState::Attached);
             if !sensor_enabled(spec.sensor, settings) {
                 *state = SensorState::Disabled;
+            } else if spec.name == "sched_switch" && !settings.syscall_profiles {
+                // Only the counting needs it, not the security stash that
+                // keeps this sensor's `sys_enter` attached.
             } else if let Hook::Tracepoint(category, name) = spec.hook
                 && !tracepoint_exists(category, name)
             {
