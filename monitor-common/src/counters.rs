@@ -17,9 +17,10 @@ pub const COUNTER_KERNEL_FAULT: u32 = 32;
 /// A new thread could not get a syscall-profile slot (map full): its
 /// syscalls went uncounted.
 pub const COUNTER_PROFILE_MAP_FULL: u32 = 48;
-/// Syscalls that could not be counted: the thread had no profile slot, or
-/// the last repeats of a run reached its profile after the thread had
-/// exited on another CPU (see `monitor-ebpf/src/profile.rs`).
+/// Syscalls that could not be counted: the thread had no profile slot (then
+/// `COUNTER_PROFILE_MAP_FULL` counts too), or a batch of its calls reached
+/// its profile after the thread had exited or its id had been reused (see
+/// `monitor-ebpf/src/profile.rs`).
 pub const COUNTER_PROFILE_UNCOUNTED: u32 = 49;
 /// A syscall's entry arguments could not be stashed for its exit (map full):
 /// that event was lost.

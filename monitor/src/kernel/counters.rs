@@ -49,11 +49,11 @@ pub fn is_loss(name: &str) -> bool {
 }
 
 /// Whether a loss counter means the behaviour windows open now may miss
-/// something. `profile_uncounted_syscalls` are a thread's last repeats that
-/// reached its profile after the thread had exited (or after its id was
-/// reused): that thread's window is already closed, and the windows open
+/// something. `profile_uncounted_syscalls` alone are a thread's last calls
+/// that reached its profile after the thread had exited (or after its id
+/// was reused): that thread's window is already closed, and the windows open
 /// now lost nothing. (A thread that never got a profile slot is reported by
-/// `profile_map_full`, which does taint.)
+/// `profile_map_full` as well, which does taint.)
 pub fn taints_open_windows(name: &str) -> bool {
     name != "profile_uncounted_syscalls"
 }
