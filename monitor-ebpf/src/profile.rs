@@ -23,7 +23,7 @@ use monitor_common::{
     COUNTER_PROFILE_MAP_FULL, COUNTER_PROFILE_UNCOUNTED, SYSCALL_SLOTS, ThreadProfile, pair_bucket,
 };
 
-use crate::kernel::{config, configured, count, count_by, current_ids};
+use crate::kernel::{config, configured, count, count_by, current_ids, off, read};
 
 /// Thread id -> counters. An entry is created when a thread's first batch
 /// is added, by the thread itself, and removed by `sched_process_exit`. Not
@@ -227,9 +227,17 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let prev: usize = ctx.arg(1);
-    // SAFETY: `prev` is the tracepoint's task argument.
-    let prev_regs = unsafe { bpf_task_pt_regs(prev as *mut _) } as u64;
-    flush(b, b.regs == prev_regs);
+    // SAFETY: `prev` is the tracepoint's task argument; a probe read.
+    let (prev_regs, prev_tid) = unsafe {
+        (
+            bpf_task_pt_regs(prev as *mut _) as u64,
+            read::<u32>(prev, off!(task_pid)).unwrap_or(0),
+        )
+    };
+    // The thread id too: a thread that calls execve while not its process's
+    // leader keeps its stack but takes the leader's id, and an entry must
+    // never be made for the id it gave up (nothing would remove it).
+    flush(b, b.regs == prev_regs && b.tid == prev_tid);
     0
 }
 
@@ -249,7 +257,7 @@ pub fn end_batch_of_exiting() {
             return;
         }
         if b.len != 0 {
-            flush(b, true);
+            flush(b, b.tid == current_ids().0);
         }
         b.regs = 0;
     }
