@@ -543,9 +543,33 @@ fn every_sensor_attaches() {
             other => panic!("security hook {other} is not a syscall exit tracepoint"),
         })
         .collect();
-    // Three lifecycle hooks, the raw sys_enter, and one exit tracepoint per
-    // watched syscall this kernel has.
-    assert_eq!(attached.len(), 4 + exits.len());
+    // Three lifecycle hooks, the switch-out flush of counted calls, the raw
+    // sys_enter, and one exit tracepoint per watched syscall this kernel has.
+    assert_eq!(attached.len(), 5 + exits.len());
+    assert!(
+        attached
+            .iter()
+            .any(|s| matches!(s.hook, monitor::kernel::Hook::BtfTracepoint("sched_switch"))),
+        "sched_switch not attached"
+    );
+    drop(rec);
+    // With profiles off, sys_enter stays for the security stash, but the
+    // switch-out flush has nothing to flush and is not attached.
+    let mut settings = CaptureSettings::default();
+    settings.probes.syscall_profiles = false;
+    let rec = Recorder::with_settings(settings);
+    let hooks: Vec<_> = rec
+        .capture()
+        .probes()
+        .attached()
+        .iter()
+        .map(|s| s.hook)
+        .collect();
+    assert!(hooks.contains(&monitor::kernel::Hook::BtfTracepoint("sys_enter")));
+    assert!(
+        !hooks.contains(&monitor::kernel::Hook::BtfTracepoint("sched_switch")),
+        "{hooks:?}"
+    );
     for wanted in [
         "sys_exit_connect",
         "sys_exit_openat",
