@@ -53,9 +53,9 @@ pub struct SyscallBatch {
     /// The address of the thread's saved user registers (0 for none): the
     /// top of its kernel stack, unique among live threads, and the
     /// tracepoint's first argument, so recognising the thread costs no
-    /// helper call (this kernel does not inline the task helpers). It stays
-    /// set, with no entries, after a flush, so a thread that resumes on this
-    /// CPU goes on without a lookup.
+    /// helper call (this kernel does not inline the task helpers). Cleared
+    /// when the thread leaves the CPU or exits: a thread given its stack
+    /// later must not continue its batch.
     regs: u64,
     /// The thread id.
     tid: u32,
@@ -141,9 +141,9 @@ fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u32) {
     let b = unsafe { &mut *batch };
     if b.len != 0 {
         let own = b.regs == regs && b.tid == tid;
-        // Another thread's calls are here only if its switch-out was not
-        // seen (the switch program attaches after this one): its entry is
-        // looked up, never created, since that thread may have exited.
+        // Another thread's calls are here only if the switch program did not
+        // run when it left (the kernel skips a program that would recurse):
+        // its entry is looked up, never created, since it may have exited.
         flush(b, own);
     }
     b.regs = regs;
@@ -224,6 +224,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: this CPU's slot, see `count_syscall`.
     let b = unsafe { &mut *batch };
     if b.len == 0 {
+        b.regs = 0;
         return 0;
     }
     let prev: usize = ctx.arg(1);
@@ -238,6 +239,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // leader keeps its stack but takes the leader's id, and an entry must
     // never be made for the id it gave up (nothing would remove it).
     flush(b, b.regs == prev_regs && b.tid == prev_tid);
+    // Resuming here costs the thread a helper call, not a lookup (the slot
+    // is empty); a stack freed by an exit elsewhere and given to a new
+    // thread cannot match a stale slot.
+    b.regs = 0;
     0
 }
 
