@@ -223,11 +223,19 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     };
     // SAFETY: this CPU's slot, see `count_syscall`.
     let b = unsafe { &mut *batch };
-    if b.len == 0 {
-        b.regs = 0;
-        return 0;
+    if b.len != 0 {
+        flush_switched_out(b, ctx.arg(1));
     }
-    let prev: usize = ctx.arg(1);
+    // Resuming here costs the thread a helper call, not a lookup (the slot
+    // is empty); a stack freed by an exit elsewhere and given to a new
+    // thread cannot match a stale slot.
+    b.regs = 0;
+    0
+}
+
+/// Adds the batch of `prev`, the thread leaving the CPU, to its profile.
+#[inline(always)]
+fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
     // SAFETY: `prev` is the tracepoint's task argument; a probe read.
     let (prev_regs, prev_tid) = unsafe {
         (
@@ -239,11 +247,6 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // leader keeps its stack but takes the leader's id, and an entry must
     // never be made for the id it gave up (nothing would remove it).
     flush(b, b.regs == prev_regs && b.tid == prev_tid);
-    // Resuming here costs the thread a helper call, not a lookup (the slot
-    // is empty); a stack freed by an exit elsewhere and given to a new
-    // thread cannot match a stale slot.
-    b.regs = 0;
-    0
 }
 
 /// Adds this CPU's batch to the profile of the exiting current thread, if

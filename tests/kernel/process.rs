@@ -230,18 +230,15 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
     assert_eq!(reported, dropped, "loss events add up to the counter");
 }
 
-#[test]
-fn syscall_profiles_count_exactly_what_a_process_did() {
-    let Some(_kernel) = kernel_test("syscall_profiles_count_exactly_what_a_process_did") else {
-        return;
-    };
-    const N: u64 = 3_000_000;
+/// Runs the actor with `args` under 200 ms profile windows (so counts must
+/// add up across several) and returns its process's `syscall_profile`
+/// windows, up to the final one.
+fn actor_profile_windows(args: &[&str]) -> Vec<monitor::event::ProfileDetail> {
     let mut settings = CaptureSettings::default();
-    // Short windows: the count must add up across several of them.
     settings.profiles.window = Duration::from_millis(200);
     let mut rec = Recorder::with_settings(settings);
     let child = Command::new(env!("CARGO_BIN_EXE_actor"))
-        .args(["getppid", &N.to_string()])
+        .args(args)
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -258,12 +255,35 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
         profiles(evs).iter().any(|p| p.final_window)
     });
     assert!(child.wait_with_output().unwrap().status.success());
-    let windows = profiles(&rec.events);
-    assert!(windows.len() > 1, "the count spans several windows");
-    let counted: u64 = windows
+    profiles(&rec.events)
+}
+
+/// Calls of syscall `name` over all `windows`.
+fn counted(windows: &[monitor::event::ProfileDetail], name: &str) -> u64 {
+    windows
         .iter()
-        .map(|p| p.counts.get("getppid").copied().unwrap_or(0))
-        .sum();
+        .map(|p| p.counts.get(name).copied().unwrap_or(0))
+        .sum()
+}
+
+/// The count of the pair bucket of (`prev`, `next`) over all `windows`.
+fn pairs(windows: &[monitor::event::ProfileDetail], prev: libc::c_long, next: libc::c_long) -> u64 {
+    let bucket = monitor_common::pair_bucket(prev as u32, next as u32) as u16;
+    windows
+        .iter()
+        .map(|p| p.pairs.get(&bucket).copied().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn syscall_profiles_count_exactly_what_a_process_did() {
+    let Some(_kernel) = kernel_test("syscall_profiles_count_exactly_what_a_process_did") else {
+        return;
+    };
+    const N: u64 = 3_000_000;
+    let windows = actor_profile_windows(&["getppid", &N.to_string()]);
+    assert!(windows.len() > 1, "the count spans several windows");
+    let counted = counted(&windows, "getppid");
     eprintln!(
         "getppid: {N} calls, {counted} counted over {} windows",
         windows.len()
@@ -277,12 +297,7 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
     // counts on a per-CPU fast path; every call after the first is a
     // (getppid, getppid) pair. Other pairs may share the bucket, never
     // fewer.
-    let nr = libc::SYS_getppid as u32;
-    let bucket = monitor_common::pair_bucket(nr, nr) as u16;
-    let repeated: u64 = windows
-        .iter()
-        .map(|p| p.pairs.get(&bucket).copied().unwrap_or(0))
-        .sum();
+    let repeated = pairs(&windows, libc::SYS_getppid, libc::SYS_getppid);
     assert!(
         (N - 1..=total).contains(&repeated),
         "(getppid, getppid) pairs: {repeated}, calls: {N}, total: {total}"
@@ -298,44 +313,10 @@ fn alternating_syscalls_are_counted_exactly_with_their_pairs() {
     // Every call starts a new run, so the kernel's per-CPU batches fill up
     // and are added to the profile over and over, under short windows.
     const N: u64 = 1_000_000;
-    let mut settings = CaptureSettings::default();
-    settings.profiles.window = Duration::from_millis(200);
-    let mut rec = Recorder::with_settings(settings);
-    let child = Command::new(env!("CARGO_BIN_EXE_actor"))
-        .args(["alternate", &N.to_string()])
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let profiles = |evs: &[Event]| -> Vec<monitor::event::ProfileDetail> {
-        evs.iter()
-            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
-            .filter_map(|e| match &e.detail {
-                Detail::SyscallProfile(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    rec.until(Duration::from_secs(10), "the final profile window", |evs| {
-        profiles(evs).iter().any(|p| p.final_window)
-    });
-    assert!(child.wait_with_output().unwrap().status.success());
-    let windows = profiles(&rec.events);
-    let counted = |name: &str| -> u64 {
-        windows
-            .iter()
-            .map(|p| p.counts.get(name).copied().unwrap_or(0))
-            .sum()
-    };
-    let pairs = |prev: libc::c_long, next: libc::c_long| -> u64 {
-        let bucket = monitor_common::pair_bucket(prev as u32, next as u32) as u16;
-        windows
-            .iter()
-            .map(|p| p.pairs.get(&bucket).copied().unwrap_or(0))
-            .sum()
-    };
-    let (getppid, getuid) = (counted("getppid"), counted("getuid"));
-    let forth = pairs(libc::SYS_getppid, libc::SYS_getuid);
-    let back = pairs(libc::SYS_getuid, libc::SYS_getppid);
+    let windows = actor_profile_windows(&["alternate", &N.to_string()]);
+    let (getppid, getuid) = (counted(&windows, "getppid"), counted(&windows, "getuid"));
+    let forth = pairs(&windows, libc::SYS_getppid, libc::SYS_getuid);
+    let back = pairs(&windows, libc::SYS_getuid, libc::SYS_getppid);
     eprintln!(
         "{N} x (getppid, getuid): getppid {getppid}, getuid {getuid}, pairs {forth} forth and \
          {back} back, over {} windows",

@@ -75,6 +75,9 @@ pub struct ProgramSpec {
     pub hook: Hook,
     /// The sensor it belongs to.
     pub sensor: Sensor,
+    /// Attached only when syscall profiles are on, even though its sensor
+    /// also runs for the security events (which share `sys_enter`).
+    pub profiles_only: bool,
 }
 
 const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
@@ -82,6 +85,7 @@ const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
         name,
         hook: Hook::BtfTracepoint(name),
         sensor,
+        profiles_only: false,
     }
 }
 
@@ -99,7 +103,10 @@ pub fn programs() -> &'static [ProgramSpec] {
             btf("sched_process_exit", Sensor::Process),
             // Before `sys_enter`: a thread leaving a CPU takes its batch of
             // counted calls along (see `monitor-ebpf/src/profile.rs`).
-            btf("sched_switch", Sensor::SyscallProfile),
+            ProgramSpec {
+                profiles_only: true,
+                ..btf("sched_switch", Sensor::SyscallProfile)
+            },
             btf("sys_enter", Sensor::SyscallProfile),
         ];
         let mut names: Vec<&str> = monitor_common::stash::BY_NAME
@@ -120,6 +127,7 @@ pub fn programs() -> &'static [ProgramSpec] {
                 name: "sys_exit_watched",
                 hook: Hook::Tracepoint("syscalls", tracepoint),
                 sensor: Sensor::Security,
+                profiles_only: false,
             });
         }
         specs
@@ -249,9 +257,8 @@ impl Probes {
             let state = sensors.entry(spec.sensor).or_insert(SensorState::Attached);
             if !sensor_enabled(spec.sensor, settings) {
                 *state = SensorState::Disabled;
-            } else if spec.name == "sched_switch" && !settings.syscall_profiles {
-                // Only the counting needs it, not the security stash that
-                // keeps this sensor's `sys_enter` attached.
+            } else if spec.profiles_only && !settings.syscall_profiles {
+                // Only the counting needs it.
             } else if let Hook::Tracepoint(category, name) = spec.hook
                 && !tracepoint_exists(category, name)
             {
@@ -437,6 +444,7 @@ impl FloorProbe {
             name: "sys_enter_empty",
             hook: Hook::BtfTracepoint("sys_enter"),
             sensor: Sensor::SyscallProfile,
+            profiles_only: false,
         };
         let program = ebpf
             .program_mut(spec.name)
