@@ -271,6 +271,33 @@ pub struct ThreadExitRecord {
 const _: () =
     assert!(size_of::<ThreadExitRecord>() == 24 + size_of::<crate::profile::ThreadProfile>());
 
+/// Flag bits of a thread exit record's header.
+pub mod thread_exit_flags {
+    /// The thread exited before any of its calls reached a profile entry
+    /// (most short-lived processes): the record is a
+    /// [`super::ThreadCallsRecord`] carrying the calls themselves, which
+    /// spares the kernel an entry's creation, copy and deletion.
+    pub const CALLS: u16 = 1;
+}
+
+/// `kind::THREAD_EXIT` with [`thread_exit_flags::CALLS`]: a thread's whole
+/// life of syscalls, as one batch. The agent replays it into an empty
+/// profile with [`crate::profile::ThreadProfile::add_batch`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadCallsRecord {
+    /// `kind::THREAD_EXIT`, flag [`thread_exit_flags::CALLS`].
+    pub header: RecordHeader,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub pid: u32,
+    /// The calls (`regs` zeroed).
+    pub calls: crate::profile::SyscallBatch,
+}
+const _: () =
+    assert!(size_of::<ThreadCallsRecord>() == 24 + size_of::<crate::profile::SyscallBatch>());
+
 /// Operations of a [`NetRecord`].
 pub mod net_op {
     /// `connect(2)`: outbound. Address from the caller's `sockaddr`.

@@ -1,6 +1,6 @@
 //! From file descriptors to kernel objects: files, sockets, the cwd.
 
-use crate::kernel::{current_task, off, read, read_ptr};
+use crate::kernel::{current_task, load, off, read, read_ptr};
 
 /// The `struct file` behind `fd` in the current process.
 #[inline(always)]
@@ -8,10 +8,14 @@ pub fn file_of_fd(fd: i64) -> Option<usize> {
     if fd < 0 {
         return None;
     }
-    let files = read_ptr(current_task(), off!(task_files)).ok()?;
-    let fdt = read_ptr(files, off!(files_fdt)).ok()?;
-    // SAFETY: probe read.
-    let max: u32 = unsafe { read(fdt, off!(fdtable_max_fds)) }.ok()?;
+    // SAFETY: the current task is BTF-typed, and so are its files and
+    // their table (see `load`); the array of file pointers is not, so its
+    // slot is a probe read.
+    let (fdt, max) = unsafe {
+        let files: usize = load(current_task(), off!(task_files));
+        let fdt: usize = load(files, off!(files_fdt));
+        (fdt, load::<u32>(fdt, off!(fdtable_max_fds)))
+    };
     if fd as u64 >= u64::from(max) {
         return None;
     }

@@ -7,13 +7,14 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExitRecord, ForkRecord,
-    ThreadExitRecord, ThreadProfile, exec_flags, kind,
+    SyscallBatch, ThreadCallsRecord, ThreadExitRecord, ThreadProfile, exec_flags, kind,
+    thread_exit_flags,
 };
 
 use crate::{
     kernel::{
         EVENTS, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
-        fill_task, off, read, read_ptr, write_header,
+        fill_task, load, off, read, read_ptr, write_header,
     },
     profile::PROFILES,
     vfs::{capture_path, set_empty},
@@ -94,27 +95,31 @@ unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize) -> u16 {
         (*rec).exe_mode = 0;
         (*rec).exe_uid = 0;
         (*rec).exe_nlink = 1;
-        match read_ptr(bprm, off!(bprm_file)) {
-            Ok(file) => {
+        // `bprm` is BTF-typed, and so are the file, inode and superblock
+        // loaded through it (see `load`).
+        let file: usize = load(bprm, off!(bprm_file));
+        match file {
+            0 => {
+                set_empty(&raw mut (*rec).path, monitor_common::path_flags::FAULT);
+                count_kernel_fault(kind::EXEC);
+            }
+            file => {
                 capture_path(&raw mut (*rec).path, file + off!(file_f_path));
-                if let Ok(inode) = read_ptr(file, off!(file_f_inode)) {
-                    (*rec).exe_ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
-                    (*rec).exe_mode =
-                        u32::from(read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0));
-                    (*rec).exe_uid = read::<u32>(inode, off!(inode_i_uid)).unwrap_or(0);
-                    let nlink = read::<u32>(inode, off!(inode_i_nlink)).unwrap_or(1);
+                let inode: usize = load(file, off!(file_f_inode));
+                if inode != 0 {
+                    (*rec).exe_ino = load::<u64>(inode, off!(inode_i_ino));
+                    (*rec).exe_mode = u32::from(load::<u16>(inode, off!(inode_i_mode)));
+                    (*rec).exe_uid = load::<u32>(inode, off!(inode_i_uid));
+                    let nlink = load::<u32>(inode, off!(inode_i_nlink));
                     (*rec).exe_nlink = nlink;
                     if nlink == 0 {
                         flags |= exec_flags::FILELESS;
                     }
-                    if let Ok(sb) = read_ptr(inode, off!(inode_i_sb)) {
-                        (*rec).exe_dev = read::<u32>(sb, off!(sb_s_dev)).unwrap_or(0);
+                    let sb: usize = load(inode, off!(inode_i_sb));
+                    if sb != 0 {
+                        (*rec).exe_dev = load::<u32>(sb, off!(sb_s_dev));
                     }
                 }
-            }
-            Err(_) => {
-                set_empty(&raw mut (*rec).path, monitor_common::path_flags::FAULT);
-                count_kernel_fault(kind::EXEC);
             }
         }
     }
@@ -173,12 +178,12 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 fn try_fork(ctx: &BtfTracePointContext) {
     let parent: usize = ctx.arg(0);
     let child: usize = ctx.arg(1);
-    // SAFETY: probe reads.
-    let (Ok(tid), Ok(pid)) = (unsafe { read::<u32>(child, off!(task_pid)) }, unsafe {
-        read::<u32>(child, off!(task_tgid))
-    }) else {
-        count_kernel_fault(kind::FORK);
-        return;
+    // SAFETY: BTF-typed task arguments (see `load`).
+    let (tid, pid) = unsafe {
+        (
+            load::<u32>(child, off!(task_pid)),
+            load::<u32>(child, off!(task_tgid)),
+        )
     };
     if tid != pid {
         return; // a new thread, not a new process
@@ -198,8 +203,8 @@ fn try_fork(ctx: &BtfTracePointContext) {
         if fill_task(&raw mut (*rec).task, child).is_err() {
             count_kernel_fault(kind::FORK);
         }
-        (*rec).parent_tid = read::<u32>(parent, off!(task_pid)).unwrap_or(0);
-        (*rec).parent_pid = read::<u32>(parent, off!(task_tgid)).unwrap_or(0);
+        (*rec).parent_tid = load::<u32>(parent, off!(task_pid));
+        (*rec).parent_pid = load::<u32>(parent, off!(task_tgid));
     }
     entry.submit(crate::kernel::wakeup_flags());
 }
@@ -250,7 +255,7 @@ fn try_exit(ctx: &BtfTracePointContext) {
         if fill_task(&raw mut (*rec).task, task).is_err() {
             count_kernel_fault(kind::EXIT);
         }
-        (*rec).exit_code = read::<u32>(task, off!(task_exit_code)).unwrap_or(0);
+        (*rec).exit_code = load::<u32>(task, off!(task_exit_code));
         (*rec)._pad0 = 0;
     }
     entry.submit(crate::kernel::wakeup_flags());
@@ -262,7 +267,7 @@ fn flush_profile(tid: u32, pid: u32) {
     if config!(profiles_enabled) == 0 {
         return;
     }
-    crate::profile::end_batch_of_exiting();
+    crate::profile::end_batch_of_exiting(|calls| send_calls(tid, pid, calls));
     let Some(profile) = PROFILES.get_ptr(tid) else {
         return;
     };
@@ -302,4 +307,29 @@ fn flush_profile(tid: u32, pid: u32) {
             let _ = PROFILES.remove(tid);
         }
     }
+}
+
+/// Sends the whole life of an exiting thread that never had a profile
+/// entry: its one batch.
+#[inline(always)]
+fn send_calls(tid: u32, pid: u32, calls: &SyscallBatch) {
+    let Some(mut entry) = EVENTS.reserve::<ThreadCallsRecord>(0) else {
+        count_ringbuf_full(kind::THREAD_EXIT);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(
+            &raw mut (*rec).header,
+            kind::THREAD_EXIT,
+            core::mem::size_of::<ThreadCallsRecord>(),
+        );
+        (*rec).header.flags = thread_exit_flags::CALLS;
+        (*rec).tid = tid;
+        (*rec).pid = pid;
+        (*rec).calls = *calls;
+        (*rec).calls.regs = 0; // a kernel address: not for userspace
+    }
+    entry.submit(crate::kernel::wakeup_flags());
 }

@@ -11,7 +11,9 @@
 //! [`BATCH_ENTRIES`] entries, and when the thread exits. A batch therefore
 //! never outlives its thread's turn on the CPU: calls cannot be stranded on
 //! a CPU the thread has left. Every call is counted; a window may see up to
-//! `BATCH_FLUSH` of a running thread's calls one window late.
+//! `BATCH_FLUSH` of a running thread's calls one window late. A thread that
+//! exits within its first batch (most short-lived processes) never gets an
+//! entry: its exit sends the batch itself.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs},
@@ -20,10 +22,11 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    COUNTER_PROFILE_MAP_FULL, COUNTER_PROFILE_UNCOUNTED, SYSCALL_SLOTS, ThreadProfile, pair_bucket,
+    BATCH_ENTRIES, BATCH_FLUSH, COUNTER_PROFILE_MAP_FULL, COUNTER_PROFILE_UNCOUNTED, SYSCALL_SLOTS,
+    SyscallBatch, ThreadProfile,
 };
 
-use crate::kernel::{config, configured, count, count_by, current_ids, off, read};
+use crate::kernel::{config, configured, count, count_by, current_ids, load, off};
 
 /// Thread id -> counters. An entry is created when a thread's first batch
 /// is added, by the thread itself, and removed by `sched_process_exit`. Not
@@ -37,39 +40,6 @@ pub static PROFILES: HashMap<u32, ThreadProfile> =
 /// does not fit on the 512-byte stack).
 #[map]
 static ZERO_PROFILE: Array<ThreadProfile> = Array::with_max_entries(1, 0);
-
-/// Distinct consecutive syscalls a batch holds (a power of two).
-const BATCH_ENTRIES: usize = 16;
-
-/// Calls after which a batch is added to the profile even though the thread
-/// goes on, so a window's counts lag by at most this many calls per CPU.
-const BATCH_FLUSH: u32 = 64;
-
-/// The calls a thread made on this CPU that are not yet in its profile, in
-/// order: entry `i` is `repeats[i]` consecutive calls of `nr[i]`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SyscallBatch {
-    /// The address of the thread's saved user registers (0 for none): the
-    /// top of its kernel stack, unique among live threads, and the
-    /// tracepoint's first argument, so recognising the thread costs no
-    /// helper call (this kernel does not inline the task helpers). Cleared
-    /// when the thread leaves the CPU or exits: a thread given its stack
-    /// later must not continue its batch.
-    regs: u64,
-    /// The thread id.
-    tid: u32,
-    /// Its process, to recognise a reused thread id.
-    pid: u32,
-    /// Entries in use.
-    len: u32,
-    /// Calls in all entries.
-    calls: u32,
-    /// Syscall slot of each entry; neighbouring entries differ.
-    nr: [u32; BATCH_ENTRIES],
-    /// Calls of each entry, at least 1.
-    repeats: [u32; BATCH_ENTRIES],
-}
 
 /// One [`SyscallBatch`] per CPU.
 #[map]
@@ -99,9 +69,9 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn count_syscall(regs: u64, id: i64) {
     let nr = if (0..SYSCALL_SLOTS as i64).contains(&id) {
-        id as u32
+        id as u16
     } else {
-        (SYSCALL_SLOTS - 1) as u32
+        (SYSCALL_SLOTS - 1) as u16
     };
     let Some(batch) = BATCHES.get_ptr_mut(0) else {
         return;
@@ -135,7 +105,7 @@ fn count_syscall(regs: u64, id: i64) {
 /// since another thread's. Adds what the slot holds to its thread's profile
 /// and starts a new batch with this call.
 #[inline(always)]
-fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u32) {
+fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u16) {
     let (tid, pid) = current_ids();
     // SAFETY: this CPU's slot, see `count_syscall`.
     let b = unsafe { &mut *batch };
@@ -170,8 +140,7 @@ fn flush(b: &mut SyscallBatch, current: bool) {
     b.calls = 0;
 }
 
-/// Adds a batch's calls, and the consecutive pairs they make with the
-/// profile's last syscall and among themselves, to `profile`.
+/// Adds a batch's calls to `profile` (see `ThreadProfile::add_batch`).
 #[inline(always)]
 fn add_batch(profile: Option<*mut ThreadProfile>, b: &SyscallBatch) {
     let Some(profile) = profile else {
@@ -186,27 +155,7 @@ fn add_batch(profile: Option<*mut ThreadProfile>, b: &SyscallBatch) {
         count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(b.calls));
         return;
     }
-    let mut last = p.last;
-    for i in 0..BATCH_ENTRIES {
-        if i as u32 >= b.len {
-            break;
-        }
-        let nr = b.nr[i];
-        let repeats = b.repeats[i];
-        let slot = (nr as usize) & (SYSCALL_SLOTS - 1);
-        p.counts[slot] = p.counts[slot].wrapping_add(repeats);
-        if last != u32::MAX {
-            let bucket = pair_bucket(last, nr);
-            p.pairs[bucket] = p.pairs[bucket].wrapping_add(1);
-        }
-        if repeats > 1 {
-            let bucket = pair_bucket(nr, nr);
-            p.pairs[bucket] = p.pairs[bucket].wrapping_add(repeats - 1);
-        }
-        last = nr;
-    }
-    p.last = last;
-    p.total = p.total.wrapping_add(u64::from(b.calls));
+    p.add_batch(b);
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)`: the thread leaving the
@@ -236,11 +185,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 /// Adds the batch of `prev`, the thread leaving the CPU, to its profile.
 #[inline(always)]
 fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
-    // SAFETY: `prev` is the tracepoint's task argument; a probe read.
+    // SAFETY: `prev` is the tracepoint's BTF-typed task argument.
     let (prev_regs, prev_tid) = unsafe {
         (
             bpf_task_pt_regs(prev as *mut _) as u64,
-            read::<u32>(prev, off!(task_pid)).unwrap_or(0),
+            load::<u32>(prev, off!(task_pid)),
         )
     };
     // The thread id too: a thread that calls execve while not its process's
@@ -249,12 +198,15 @@ fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
     flush(b, b.regs == prev_regs && b.tid == prev_tid);
 }
 
-/// Adds this CPU's batch to the profile of the exiting current thread, if
-/// the batch is its, and ends the batch (a later thread given the same
-/// stack must not continue it). Called by `sched_process_exit` before the
-/// final profile is sent.
+/// Ends this CPU's batch if it is the exiting current thread's (a later
+/// thread given the same stack must not continue it). Called by
+/// `sched_process_exit` before the final profile is sent. A thread with a
+/// profile entry gets its batch added to it; a thread without one made no
+/// call anywhere else (every batch it left on a CPU would have created
+/// the entry), so the batch is its whole life, and `send_alone` sends it as
+/// it is: no entry is created, copied and deleted for a thread about to end.
 #[inline(always)]
-pub fn end_batch_of_exiting() {
+pub fn end_batch_of_exiting(send_alone: impl FnOnce(&SyscallBatch)) {
     let Some(batch) = BATCHES.get_ptr_mut(0) else {
         return;
     };
@@ -265,7 +217,14 @@ pub fn end_batch_of_exiting() {
             return;
         }
         if b.len != 0 {
-            flush(b, b.tid == current_ids().0);
+            let own = b.tid == current_ids().0;
+            match PROFILES.get_ptr_mut(b.tid) {
+                Some(profile) => add_batch(Some(profile), b),
+                None if own => send_alone(b),
+                None => add_batch(None, b),
+            }
+            b.len = 0;
+            b.calls = 0;
         }
         b.regs = 0;
     }

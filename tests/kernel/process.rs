@@ -337,6 +337,73 @@ fn alternating_syscalls_are_counted_exactly_with_their_pairs() {
 }
 
 #[test]
+fn short_lived_processes_profiles_are_exact_and_consistent() {
+    let Some(_kernel) = kernel_test("short_lived_processes_profiles_are_exact_and_consistent")
+    else {
+        return;
+    };
+    // A `/bin/true` makes about 40 calls and usually exits within its first
+    // per-CPU batch, which its exit then sends as it is (no map entry); one
+    // moved between CPUs takes the map path. Either way its final profile
+    // must hold exactly one execve and one exit_group, a total that is the
+    // sum of its counts, and one pair fewer than calls (single-threaded).
+    const RUNS: usize = 100;
+    let mut rec = Recorder::start();
+    let pids: Vec<u32> = (0..RUNS)
+        .map(|_| {
+            let mut child = Command::new("/bin/true").spawn().unwrap();
+            let pid = child.id();
+            assert!(child.wait().unwrap().success());
+            pid
+        })
+        .collect();
+    let windows_of = |evs: &[Event], pid: u32| -> Vec<monitor::event::ProfileDetail> {
+        evs.iter()
+            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+            .filter_map(|e| match &e.detail {
+                Detail::SyscallProfile(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    rec.until(
+        Duration::from_secs(10),
+        "every final profile window",
+        |evs| {
+            pids.iter()
+                .all(|&pid| windows_of(evs, pid).iter().any(|w| w.final_window))
+        },
+    );
+    let mut totals = Vec::new();
+    for &pid in &pids {
+        let windows = windows_of(&rec.events, pid);
+        let total: u64 = windows.iter().map(|w| w.total).sum();
+        let summed: u64 = windows.iter().flat_map(|w| w.counts.values()).sum();
+        let pairs: u64 = windows.iter().flat_map(|w| w.pairs.values()).sum();
+        let once = |name| counted(&windows, name);
+        assert_eq!(
+            (once("execve"), once("exit_group")),
+            (1, 1),
+            "pid {pid}: {windows:?}"
+        );
+        assert_eq!(summed, total, "pid {pid}: counts add up to the total");
+        assert_eq!(
+            pairs,
+            total - 1,
+            "pid {pid}: one pair per call after the first"
+        );
+        totals.push(total);
+    }
+    totals.sort_unstable();
+    eprintln!(
+        "{RUNS} x /bin/true: calls per process min {}, median {}, max {}",
+        totals[0],
+        totals[RUNS / 2],
+        totals[RUNS - 1]
+    );
+}
+
+#[test]
 fn processes_exiting_while_profiles_drain_are_counted_once() {
     let Some(_kernel) = kernel_test("processes_exiting_while_profiles_drain_are_counted_once")
     else {

@@ -9,8 +9,9 @@
 use std::mem::{offset_of, size_of};
 
 use monitor_common::{
-    ExecRecord, ExitRecord, ForkRecord, KernelPath, PATH_AREA, RecordHeader, TaskInfo,
-    ThreadExitRecord, ThreadProfile, exec_flags, kind, path_flags,
+    BATCH_ENTRIES, BATCH_FLUSH, ExecRecord, ExitRecord, ForkRecord, KernelPath, PATH_AREA,
+    RecordHeader, SYSCALL_SLOTS, SyscallBatch, TaskInfo, ThreadCallsRecord, ThreadExitRecord,
+    ThreadProfile, exec_flags, kind, path_flags, thread_exit_flags,
 };
 
 use super::{ByteString, Detail, ExecDetail, ExitDetail, ForkDetail};
@@ -50,6 +51,18 @@ pub enum DecodeError {
         claimed: usize,
         /// Area size.
         max: usize,
+    },
+    /// A field holds a value its layout rules out.
+    #[error("{kind} record: field `{field}` is {value}, {rule}")]
+    BadValue {
+        /// Kind name.
+        kind: &'static str,
+        /// Field name.
+        field: &'static str,
+        /// What it holds.
+        value: u64,
+        /// What it must be.
+        rule: String,
     },
 }
 
@@ -259,6 +272,16 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let status = read_at::<u32>(bytes, offset_of!(ExitRecord, exit_code));
             payload = Payload::Event(Detail::Exit(exit_detail(status)));
         }
+        kind::THREAD_EXIT if header.flags & thread_exit_flags::CALLS != 0 => {
+            check_len::<ThreadCallsRecord>(bytes, name)?;
+            facts = None;
+            let rec: ThreadCallsRecord = read_at(bytes, 0);
+            payload = Payload::ThreadExit {
+                tid: rec.tid,
+                pid: rec.pid,
+                profile: replay_calls(&rec.calls, rec.pid)?,
+            };
+        }
         kind::THREAD_EXIT => {
             check_len::<ThreadExitRecord>(bytes, name)?;
             facts = None;
@@ -276,6 +299,47 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         task: facts,
         payload,
     })
+}
+
+/// The profile of a thread whose whole life is one batch of calls. It was
+/// never in the kernel's map, so no drain has a snapshot of it: its birth
+/// time is 0, which no map entry has.
+fn replay_calls(calls: &SyscallBatch, pid: u32) -> Result<Box<ThreadProfile>, DecodeError> {
+    const KIND: &str = "thread_exit";
+    let bad = |field, value: u64, rule: String| DecodeError::BadValue {
+        kind: KIND,
+        field,
+        value,
+        rule,
+    };
+    let len = calls.len as usize;
+    if len > BATCH_ENTRIES {
+        return Err(bad(
+            "calls.len",
+            len as u64,
+            format!("a batch holds at most {BATCH_ENTRIES} entries"),
+        ));
+    }
+    let mut sum = 0u64;
+    for (&nr, &repeats) in calls.nr[..len].iter().zip(&calls.repeats[..len]) {
+        if usize::from(nr) >= SYSCALL_SLOTS {
+            let rule = format!("it must be a syscall slot (below {SYSCALL_SLOTS})");
+            return Err(bad("calls.nr", nr.into(), rule));
+        }
+        if repeats == 0 {
+            let rule = "every entry has at least one call".to_owned();
+            return Err(bad("calls.repeats", 0, rule));
+        }
+        sum += u64::from(repeats);
+    }
+    if sum != u64::from(calls.calls) || calls.calls > BATCH_FLUSH {
+        let rule =
+            format!("it must be the sum of the entries' repeats ({sum}), at most {BATCH_FLUSH}");
+        return Err(bad("calls.calls", calls.calls.into(), rule));
+    }
+    let mut profile = Box::new(ThreadProfile::empty(pid, 0));
+    profile.add_batch(calls);
+    Ok(profile)
 }
 
 fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
@@ -533,5 +597,60 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(exit.exit_code, Some(1));
+    }
+
+    /// A calls-only thread exit: 3 x getppid (110), then close (3).
+    fn calls_record(len: u32, calls: u32, nr: [u16; 2], repeats: [u16; 2]) -> Vec<u8> {
+        let mut b = blank::<ThreadCallsRecord>(kind::THREAD_EXIT);
+        put(&mut b, 2, thread_exit_flags::CALLS);
+        put(&mut b, offset_of!(ThreadCallsRecord, tid), 51u32);
+        put(&mut b, offset_of!(ThreadCallsRecord, pid), 50u32);
+        let at = offset_of!(ThreadCallsRecord, calls);
+        put(&mut b, at + offset_of!(SyscallBatch, len), len);
+        put(&mut b, at + offset_of!(SyscallBatch, calls), calls);
+        put(&mut b, at + offset_of!(SyscallBatch, nr), nr);
+        put(&mut b, at + offset_of!(SyscallBatch, repeats), repeats);
+        b
+    }
+
+    #[test]
+    fn replays_a_calls_only_thread_exit_into_a_profile() {
+        let ev = decode(&calls_record(2, 4, [110, 3], [3, 1])).unwrap();
+        let Payload::ThreadExit { tid, pid, profile } = ev.payload else {
+            panic!()
+        };
+        assert_eq!((tid, pid, profile.pid, profile.born_ns), (51, 50, 50, 0));
+        assert_eq!(
+            (profile.counts[110], profile.counts[3], profile.total),
+            (3, 1, 4)
+        );
+        let pairs = |a, b| profile.pairs[monitor_common::pair_bucket(a, b)];
+        assert_eq!((pairs(110, 110), pairs(110, 3)), (2, 1));
+        assert_eq!(profile.pairs.iter().sum::<u32>(), 3);
+        assert_eq!(profile.last, 3);
+    }
+
+    #[test]
+    fn rejects_calls_only_thread_exits_that_break_the_layout() {
+        let err = |b: Vec<u8>| decode(&b).unwrap_err().to_string();
+        assert_eq!(
+            err(calls_record(65, 4, [110, 3], [3, 1])),
+            "thread_exit record: field `calls.len` is 65, a batch holds at most 64 entries"
+        );
+        assert_eq!(
+            err(calls_record(2, 4, [600, 3], [3, 1])),
+            "thread_exit record: field `calls.nr` is 600, it must be a syscall slot (below 512)"
+        );
+        assert_eq!(
+            err(calls_record(2, 3, [110, 3], [3, 0])),
+            "thread_exit record: field `calls.repeats` is 0, every entry has at least one call"
+        );
+        assert!(
+            err(calls_record(2, 5, [110, 3], [3, 1]))
+                .starts_with("thread_exit record: field `calls.calls` is 5, it must be the sum")
+        );
+        let mut short = calls_record(2, 4, [110, 3], [3, 1]);
+        short.truncate(100);
+        assert!(err(short).contains("shorter than its layout"));
     }
 }
