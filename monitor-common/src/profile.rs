@@ -105,7 +105,11 @@ pub const BATCH_FLUSH: u32 = 256;
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallBatch {
     /// The address of the thread's saved user registers (0 for none): the
-    /// top of its kernel stack, unique among live threads. Zero in records.
+    /// top of its kernel stack, unique among live threads, and `sys_enter`'s
+    /// first argument, so recognising the thread costs no helper call (this
+    /// kernel does not inline the task helpers). Cleared when the thread
+    /// leaves the CPU or exits: a thread given its stack later must not
+    /// continue its batch. Zero in records.
     pub regs: u64,
     /// The thread id.
     pub tid: u32,

@@ -602,7 +602,11 @@ pub(crate) mod tests {
     /// A calls-only thread exit: 3 x getppid (110), then close (3).
     fn calls_record(len: u32, calls: u32, nr: [u16; 2], repeats: [u16; 2]) -> Vec<u8> {
         let mut b = blank::<ThreadCallsRecord>(kind::THREAD_EXIT);
-        put(&mut b, 2, thread_exit_flags::CALLS);
+        put(
+            &mut b,
+            offset_of!(RecordHeader, flags),
+            thread_exit_flags::CALLS,
+        );
         put(&mut b, offset_of!(ThreadCallsRecord, tid), 51u32);
         put(&mut b, offset_of!(ThreadCallsRecord, pid), 50u32);
         let at = offset_of!(ThreadCallsRecord, calls);
