@@ -242,20 +242,23 @@ fn actor_profile_windows(args: &[&str]) -> Vec<monitor::event::ProfileDetail> {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let profiles = |evs: &[Event]| -> Vec<monitor::event::ProfileDetail> {
-        evs.iter()
-            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
-            .filter_map(|e| match &e.detail {
-                Detail::SyscallProfile(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     rec.until(Duration::from_secs(10), "the final profile window", |evs| {
-        profiles(evs).iter().any(|p| p.final_window)
+        profile_windows(evs, pid).iter().any(|p| p.final_window)
     });
     assert!(child.wait_with_output().unwrap().status.success());
-    profiles(&rec.events)
+    profile_windows(&rec.events, pid)
+}
+
+/// The `syscall_profile` windows of process `pid` among `events`.
+fn profile_windows(events: &[Event], pid: u32) -> Vec<monitor::event::ProfileDetail> {
+    events
+        .iter()
+        .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+        .filter_map(|e| match &e.detail {
+            Detail::SyscallProfile(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Calls of syscall `name` over all `windows`.
@@ -372,15 +375,6 @@ fn short_lived_processes_profiles_are_exact_and_consistent() {
             .filter_map(|e| e.process.as_ref().map(|p| p.pid))
             .collect()
     };
-    let windows_of = |evs: &[Event], pid: u32| -> Vec<monitor::event::ProfileDetail> {
-        evs.iter()
-            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
-            .filter_map(|e| match &e.detail {
-                Detail::SyscallProfile(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     rec.until(
         Duration::from_secs(10),
         "every final profile window",
@@ -389,12 +383,12 @@ fn short_lived_processes_profiles_are_exact_and_consistent() {
             pids.len() == RUNS
                 && pids
                     .iter()
-                    .all(|&pid| windows_of(evs, pid).iter().any(|w| w.final_window))
+                    .all(|&pid| profile_windows(evs, pid).iter().any(|w| w.final_window))
         },
     );
     let mut totals = Vec::new();
     for pid in trues(&rec.events) {
-        let windows = windows_of(&rec.events, pid);
+        let windows = profile_windows(&rec.events, pid);
         let total: u64 = windows.iter().map(|w| w.total).sum();
         let summed: u64 = windows.iter().flat_map(|w| w.counts.values()).sum();
         let pairs: u64 = windows.iter().flat_map(|w| w.pairs.values()).sum();
