@@ -267,8 +267,9 @@ fn flush_profile(tid: u32, pid: u32) {
     if config!(profiles_enabled) == 0 {
         return;
     }
-    crate::profile::end_batch_of_exiting(|calls| send_calls(tid, pid, calls));
-    let Some(profile) = PROFILES.get_ptr(tid) else {
+    let Some(profile) =
+        crate::profile::end_batch_of_exiting(tid, |calls| send_calls(tid, pid, calls))
+    else {
         return;
     };
     match EVENTS.reserve::<ThreadExitRecord>(0) {

@@ -205,28 +205,37 @@ fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
 /// call anywhere else (every batch it left on a CPU would have created
 /// the entry), so the batch is its whole life, and `send_alone` sends it as
 /// it is: no entry is created, copied and deleted for a thread about to end.
+/// Returns the exiting thread's entry, looked up once for both jobs.
 #[inline(always)]
-pub fn end_batch_of_exiting(send_alone: impl FnOnce(&SyscallBatch)) {
-    let Some(batch) = BATCHES.get_ptr_mut(0) else {
-        return;
-    };
+pub fn end_batch_of_exiting(
+    tid: u32,
+    send_alone: impl FnOnce(&SyscallBatch),
+) -> Option<*mut ThreadProfile> {
+    let batch = BATCHES.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, see `count_syscall`.
     unsafe {
         let b = &mut *batch;
         if b.regs != bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 {
-            return;
-        }
-        if b.len != 0 {
-            let own = b.tid == current_ids().0;
-            match PROFILES.get_ptr_mut(b.tid) {
-                Some(profile) => add_batch(Some(profile), b),
-                None if own => send_alone(b),
-                None => add_batch(None, b),
-            }
-            b.len = 0;
-            b.calls = 0;
+            return PROFILES.get_ptr_mut(tid);
         }
         b.regs = 0;
+        if b.len == 0 {
+            return PROFILES.get_ptr_mut(tid);
+        }
+        let own = b.tid == tid;
+        let entry = PROFILES.get_ptr_mut(b.tid);
+        match entry {
+            Some(profile) => add_batch(Some(profile), b),
+            None if own => send_alone(b),
+            None => add_batch(None, b),
+        }
+        b.len = 0;
+        b.calls = 0;
+        if own {
+            entry
+        } else {
+            PROFILES.get_ptr_mut(tid)
+        }
     }
 }
 
