@@ -400,7 +400,10 @@ impl ProcessTable {
 
     /// The event-model view of a process, with `tid` when a thread acted.
     pub fn process(&mut self, pid: u32, tid: Option<u32>) -> Option<Process> {
-        let p = self.procs.get(&pid)?.clone();
+        // Only the fields the context needs are cloned: the entry also holds
+        // the images this pid ran before, which an event does not carry.
+        let user = self.users.name(self.procs.get(&pid)?.uid);
+        let p = self.procs.get(&pid)?;
         Some(Process {
             pid: p.pid,
             tid: tid.filter(|&t| t != pid),
@@ -409,12 +412,12 @@ impl ProcessTable {
             gid: p.gid,
             euid: p.euid,
             egid: p.egid,
-            user: self.users.name(p.uid),
-            comm: p.comm,
-            exe: p.exe,
-            args: p.args,
+            user,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            args: p.args.clone(),
             cgroup_id: p.cgroup_id,
-            container_id: p.container_id,
+            container_id: p.container_id.clone(),
             start_time: (p.start_ns != 0).then(|| self.clock.to_wall(p.start_ns)),
         })
     }
