@@ -8,6 +8,9 @@ use monitor::cli::{Cli, Command, init_logging};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_json);
+    if matches!(cli.command, Command::Run(_) | Command::Record(_)) {
+        monitor::cli::schedule_as_batch();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

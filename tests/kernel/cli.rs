@@ -133,3 +133,36 @@ fn record_stops_cleanly_on_sigterm_and_flushes() {
         "the exec before SIGTERM was flushed"
     );
 }
+
+#[test]
+fn record_runs_every_thread_under_sched_batch() {
+    let Some(_kernel) = kernel_test("record_runs_every_thread_under_sched_batch") else {
+        return;
+    };
+    let mut agent = Command::new(agent())
+        .args(["record", "--output", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start monitor record");
+    std::thread::sleep(Duration::from_millis(1500));
+    let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", agent.id()))
+        .expect("the agent's threads")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // SAFETY: reads the policy of threads of our own child.
+    let policies: Vec<(i32, i32)> = tasks
+        .iter()
+        .map(|&tid| (tid, unsafe { libc::sched_getscheduler(tid) }))
+        .collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+    // The main thread and the runtime's two workers at least.
+    assert!(policies.len() >= 3, "threads: {policies:?}");
+    assert!(
+        policies.iter().all(|&(_, p)| p == libc::SCHED_BATCH),
+        "every thread under SCHED_BATCH ({}): {policies:?}",
+        libc::SCHED_BATCH
+    );
+}
