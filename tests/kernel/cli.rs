@@ -134,35 +134,60 @@ fn record_stops_cleanly_on_sigterm_and_flushes() {
     );
 }
 
-#[test]
-fn record_runs_every_thread_under_sched_batch() {
-    let Some(_kernel) = kernel_test("record_runs_every_thread_under_sched_batch") else {
-        return;
-    };
-    let mut agent = Command::new(agent())
-        .args(["record", "--output", "/dev/null"])
+/// The scheduling policy of every thread of `monitor record`, started under
+/// `start_policy` (the default when `None`).
+fn agent_thread_policies(start_policy: Option<i32>) -> Vec<(i32, i32)> {
+    let mut cmd = Command::new(agent());
+    cmd.args(["record", "--output", "/dev/null"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start monitor record");
+        .stderr(Stdio::null());
+    if let Some(policy) = start_policy {
+        // SAFETY: only sched_setscheduler, async-signal-safe, between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::sched_setscheduler(0, policy, &param) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut agent = cmd.spawn().expect("start monitor record");
     std::thread::sleep(Duration::from_millis(1500));
     let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", agent.id()))
         .expect("the agent's threads")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     // SAFETY: reads the policy of threads of our own child.
-    let policies: Vec<(i32, i32)> = tasks
+    let policies = tasks
         .iter()
         .map(|&tid| (tid, unsafe { libc::sched_getscheduler(tid) }))
         .collect();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     assert!(agent.wait().unwrap().success());
-    // The main thread and the runtime's two workers at least.
-    assert!(policies.len() >= 3, "threads: {policies:?}");
-    assert!(
-        policies.iter().all(|&(_, p)| p == libc::SCHED_BATCH),
-        "every thread under SCHED_BATCH ({}): {policies:?}",
-        libc::SCHED_BATCH
-    );
+    policies
+}
+
+#[test]
+fn record_runs_every_thread_under_sched_batch_unless_started_otherwise() {
+    let Some(_kernel) =
+        kernel_test("record_runs_every_thread_under_sched_batch_unless_started_otherwise")
+    else {
+        return;
+    };
+    for (start, expected) in [
+        (None, libc::SCHED_BATCH),
+        (Some(libc::SCHED_IDLE), libc::SCHED_IDLE),
+    ] {
+        let policies = agent_thread_policies(start);
+        // The main thread and the runtime's two workers at least.
+        assert!(policies.len() >= 3, "threads: {policies:?}");
+        assert!(
+            policies.iter().all(|&(_, p)| p == expected),
+            "started under {start:?}: every thread under policy {expected}: {policies:?}"
+        );
+    }
 }

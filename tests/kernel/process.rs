@@ -206,17 +206,45 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
     let mut settings = CaptureSettings::default();
     settings.probes.ringbuf_bytes = 64 * 1024;
     settings.channel_capacity = 1;
+    // The drop counter is per kind, not per process: other processes' execs
+    // during the storm are dropped and counted too. A second capture with
+    // the default ring, running around the first, sees every exec on the
+    // host, so it bounds how many of the drops can be theirs.
+    let mut all = Recorder::start();
     let mut rec = Recorder::with_settings(settings);
     let token = token("tiny");
-    storm(N as usize, &token);
+    let spawner = {
+        let token = token.clone();
+        std::thread::spawn(move || storm(N as usize, &token))
+    };
+    while !spawner.is_finished() {
+        all.collect_for(Duration::from_millis(100));
+    }
+    spawner.join().unwrap();
     rec.stop();
+    all.collect_for(Duration::from_millis(200));
+    all.stop();
+    let (seen, missed) = count_storm(&all, &token);
+    assert_eq!((seen, missed), (N, 0), "the full-size ring saw the storm");
+    let others = all
+        .events
+        .iter()
+        .filter(|e| matches!(e.detail, Detail::Exec(_)))
+        .count() as u64
+        - N;
     let (captured, dropped) = count_storm(&rec, &token);
-    eprintln!("tiny-ring exec storm: {N} execs, {captured} captured, {dropped} dropped (counted)");
+    eprintln!(
+        "tiny-ring exec storm: {N} execs, {captured} captured, {dropped} dropped (counted); \
+         {others} other execs on the host meanwhile"
+    );
     assert!(dropped > 0, "the tiny ring must overflow");
-    assert_eq!(
-        captured + dropped,
-        N,
-        "shortfall equals the reported drop count"
+    assert!(
+        captured + dropped >= N,
+        "every exec of the storm is captured or counted as dropped: {captured} + {dropped} < {N}"
+    );
+    assert!(
+        captured + dropped <= N + others,
+        "no more drops than execs that happened: {captured} + {dropped} > {N} + {others}"
     );
     // The loss is also in the stream, as an event.
     let reported: u64 = rec
