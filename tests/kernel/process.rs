@@ -144,8 +144,8 @@ fn a_killed_process_reports_its_signal() {
     assert_eq!((exit.exit_code, exit.signal), (None, Some(libc::SIGKILL)));
 }
 
-/// Spawns `n` short processes directly from this process (no shell, so every
-/// exec in the window is one of them), each with `token` as its argument.
+/// Spawns `n` short processes directly from this process (no shell between
+/// them and the test), each with `token` as its argument.
 fn storm(n: usize, token: &str) {
     for _ in 0..n {
         let status = Command::new("/bin/true")

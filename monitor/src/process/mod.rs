@@ -402,8 +402,8 @@ impl ProcessTable {
     pub fn process(&mut self, pid: u32, tid: Option<u32>) -> Option<Process> {
         // Only the fields the context needs are cloned: the entry also holds
         // the images this pid ran before, which an event does not carry.
-        let user = self.users.name(self.procs.get(&pid)?.uid);
         let p = self.procs.get(&pid)?;
+        let user = self.users.name(p.uid);
         Some(Process {
             pid: p.pid,
             tid: tid.filter(|&t| t != pid),
