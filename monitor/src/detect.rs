@@ -161,10 +161,13 @@ mod tests {
                 final_window: true,
             }),
         );
-        e.process = Some(Process {
-            pid,
-            ..Process::default()
-        });
+        e.process = Some(
+            Process {
+                pid,
+                ..Process::default()
+            }
+            .into(),
+        );
         e
     }
 

@@ -9,12 +9,14 @@
 pub mod bytes;
 pub mod decode;
 pub mod decode_security;
+pub mod shared;
 pub mod time;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use self::shared::Shared;
 pub use self::{bytes::ByteString, time::Timestamp};
 
 /// One event.
@@ -27,15 +29,26 @@ pub struct Event {
     pub time: Timestamp,
     /// The process that acted (for fork: the new child).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<Process>,
+    pub process: Option<Shared<Process>>,
     /// The image that started this one: the parent process, or, when the
     /// process exec'd again without forking, the image it replaced (same pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<Process>,
+    pub parent: Option<Shared<Process>>,
     /// Every ancestor image, nearest first (the parent first), up to pid 1
     /// (on exec events).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ancestry: Vec<Ancestor>,
+    #[serde(default = "no_ancestry", skip_serializing_if = "is_empty_chain")]
+    pub ancestry: Shared<Vec<Ancestor>>,
+}
+
+/// An empty ancestry, without an allocation per event.
+pub fn no_ancestry() -> Shared<Vec<Ancestor>> {
+    static EMPTY: std::sync::LazyLock<Shared<Vec<Ancestor>>> =
+        std::sync::LazyLock::new(|| Shared::new(Vec::new()));
+    EMPTY.clone()
+}
+
+fn is_empty_chain(chain: &Shared<Vec<Ancestor>>) -> bool {
+    chain.is_empty()
 }
 
 impl Event {
@@ -46,7 +59,7 @@ impl Event {
             time,
             process: None,
             parent: None,
-            ancestry: Vec::new(),
+            ancestry: no_ancestry(),
         }
     }
 
@@ -504,10 +517,13 @@ mod tests {
         ];
         for detail in details {
             let mut event = Event::new(Timestamp(1), detail);
-            event.process = Some(Process {
-                pid: 1,
-                ..Default::default()
-            });
+            event.process = Some(
+                Process {
+                    pid: 1,
+                    ..Default::default()
+                }
+                .into(),
+            );
             let json = serde_json::to_string(&event).unwrap();
             let back: Event = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
             assert_eq!(back, event, "{json}");

@@ -68,8 +68,8 @@ impl Repeat {
             repeat_of: of,
             time: w.end,
             score: (score * 10_000.0).round() / 10_000.0,
-            process: w.context.process.clone(),
-            ancestry: w.context.ancestry.clone(),
+            process: w.context.process.as_deref().cloned(),
+            ancestry: w.context.ancestry.to_vec(),
         }
     }
 }
@@ -162,8 +162,8 @@ impl Alert {
             time: w.end,
             profile: w.profile.clone(),
             parent_profile: w.parent_profile.clone(),
-            process: w.context.process.clone(),
-            ancestry: w.context.ancestry.clone(),
+            process: w.context.process.as_deref().cloned(),
+            ancestry: w.context.ancestry.to_vec(),
             window_start: w.start,
             window_end: w.end,
             syscalls: w.total_syscalls(),

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    event::shared::Shared,
     event::{Ancestor, Detail, Event, Process, Timestamp},
     kernel::counters,
     syscalls::canonical_id,
@@ -105,9 +106,10 @@ pub struct Facts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowContext {
     /// The process as last seen.
-    pub process: Option<Process>,
+    pub process: Option<Shared<Process>>,
     /// Its ancestry (from its exec, when seen).
-    pub ancestry: Vec<Ancestor>,
+    #[serde(default = "crate::event::no_ancestry")]
+    pub ancestry: Shared<Vec<Ancestor>>,
 }
 
 /// One behaviour window.
@@ -430,10 +432,13 @@ mod tests {
         let mut builder = WindowBuilder::new(std::time::Duration::from_secs(60));
         // A new process: its window opens.
         let mut fork = Event::new(Timestamp(1), Detail::Fork(ForkDetail::default()));
-        fork.process = Some(Process {
-            pid: 7,
-            ..Default::default()
-        });
+        fork.process = Some(
+            Process {
+                pid: 7,
+                ..Default::default()
+            }
+            .into(),
+        );
         builder.push(&fork);
         assert_eq!(builder.open.len(), 1);
 

@@ -236,7 +236,7 @@ pub fn activity(event: &Event, host: &Host) -> Option<Value> {
     let process_obj = event
         .process
         .as_ref()
-        .map(|p| process(p, event.parent.as_ref(), &event.ancestry));
+        .map(|p| process(p, event.parent.as_deref(), &event.ancestry));
     let actor = json!({ "process": event.parent.as_ref().map_or_else(
         || process_obj.clone().unwrap_or(json!({"pid": 0})),
         |p| process(p, None, &[])) });

@@ -23,6 +23,7 @@ use std::{
 use crate::event::{
     Ancestor, ByteString, Detail, Process, Timestamp,
     decode::{KernelEvent, Payload, TaskFacts},
+    shared::Shared,
     time::BootClock,
 };
 
@@ -85,6 +86,45 @@ impl<'a> ImageRef<'a> {
     }
 }
 
+/// Argument bytes kept for the ancestor at `index` (0: the nearest).
+fn args_budget(index: usize) -> usize {
+    if index == 0 {
+        usize::MAX
+    } else {
+        ANCESTOR_ARGS_MAX
+    }
+}
+
+/// `a` is the ancestor that `pid`'s `image` makes with `budget` argument
+/// bytes ([`capped_args`]), compared without building it. Every field is
+/// named, so a new one cannot be forgotten.
+fn describes_ancestor(a: &Ancestor, pid: u32, image: &ImageRef<'_>, budget: usize) -> bool {
+    let Ancestor {
+        pid: a_pid,
+        exe,
+        args,
+        args_truncated,
+        comm,
+        uid,
+    } = a;
+    if !(*a_pid == pid && exe.as_ref() == image.exe && comm == image.comm && *uid == image.uid) {
+        return false;
+    }
+    let mut kept = args.iter().map(ByteString::as_bytes);
+    let mut left = budget;
+    for arg in image.args.iter().map(ByteString::as_bytes) {
+        if arg.len() > left {
+            let cut_kept = left == 0 || kept.next() == Some(&arg[..left]);
+            return cut_kept && *args_truncated && kept.next().is_none();
+        }
+        left -= arg.len();
+        if kept.next() != Some(arg) {
+            return false;
+        }
+    }
+    !*args_truncated && kept.next().is_none()
+}
+
 /// The leading arguments that fit in `budget` bytes (the last one cut),
 /// and whether any were left out.
 fn capped_args(args: &[ByteString], budget: usize) -> (Vec<ByteString>, bool) {
@@ -102,6 +142,46 @@ fn capped_args(args: &[ByteString], budget: usize) -> (Vec<ByteString>, bool) {
         kept.push(arg.clone());
     }
     (kept, false)
+}
+
+/// `context` is what [`ProcessTable::process`] would build for `p` (with
+/// no thread id). Every field is named, so a new one cannot be forgotten.
+fn describes(
+    context: &Process,
+    p: &ProcessEntry,
+    user_name: Option<&str>,
+    started: Option<Timestamp>,
+) -> bool {
+    let Process {
+        pid,
+        tid,
+        ppid,
+        uid,
+        gid,
+        euid,
+        egid,
+        user,
+        comm,
+        exe,
+        args,
+        cgroup_id,
+        container_id,
+        start_time,
+    } = context;
+    *pid == p.pid
+        && tid.is_none()
+        && *ppid == p.ppid
+        && *uid == p.uid
+        && *gid == p.gid
+        && *euid == p.euid
+        && *egid == p.egid
+        && user.as_deref() == user_name
+        && *comm == p.comm
+        && *exe == p.exe
+        && *args == p.args
+        && *cgroup_id == p.cgroup_id
+        && *container_id == p.container_id
+        && *start_time == started
 }
 
 /// One process.
@@ -172,6 +252,12 @@ pub struct ProcessTable {
     /// cgroup id -> container id (None: looked up, not a container).
     containers: HashMap<u64, Option<String>>,
     clock: BootClock,
+    /// The last context given out per pid (without a thread id), handed
+    /// out again while it still describes the entry: events of one process
+    /// then share one value and one serialization (`event::shared`).
+    contexts: HashMap<u32, Shared<Process>>,
+    /// The last ancestry given out, by its first pid, likewise.
+    chains: HashMap<u32, Shared<Vec<Ancestor>>>,
 }
 
 impl ProcessTable {
@@ -194,6 +280,8 @@ impl ProcessTable {
             cgroup_root: cgroup_root.to_owned(),
             containers: HashMap::new(),
             clock: BootClock::new(),
+            contexts: HashMap::new(),
+            chains: HashMap::new(),
         }
     }
 
@@ -394,48 +482,66 @@ impl ProcessTable {
                 .is_some_and(|p| p.start_ns == start && p.exited_ns.is_some())
             {
                 self.procs.remove(&pid);
+                self.contexts.remove(&pid);
+                self.chains.remove(&pid);
             }
         }
     }
 
     /// The event-model view of a process, with `tid` when a thread acted.
-    pub fn process(&mut self, pid: u32, tid: Option<u32>) -> Option<Process> {
+    /// The same shared value as last time while the entry is unchanged.
+    pub fn process(&mut self, pid: u32, tid: Option<u32>) -> Option<Shared<Process>> {
+        let p = self.procs.get(&pid)?;
+        let tid = tid.filter(|&t| t != pid);
+        let user = self.users.name_ref(p.uid);
+        let start_time = (p.start_ns != 0).then(|| self.clock.to_wall(p.start_ns));
+        if tid.is_none()
+            && let Some(last) = self.contexts.get(&pid)
+            && describes(last, p, user, start_time)
+        {
+            return Some(last.clone());
+        }
         // Only the fields the context needs are cloned: the entry also holds
         // the images this pid ran before, which an event does not carry.
-        let p = self.procs.get(&pid)?;
-        let user = self.users.name(p.uid);
-        Some(Process {
+        let process = Shared::new(Process {
             pid: p.pid,
-            tid: tid.filter(|&t| t != pid),
+            tid,
             ppid: p.ppid,
             uid: p.uid,
             gid: p.gid,
             euid: p.euid,
             egid: p.egid,
-            user,
+            user: user.map(str::to_owned),
             comm: p.comm.clone(),
             exe: p.exe.clone(),
             args: p.args.clone(),
             cgroup_id: p.cgroup_id,
             container_id: p.container_id.clone(),
-            start_time: (p.start_ns != 0).then(|| self.clock.to_wall(p.start_ns)),
-        })
+            start_time,
+        });
+        if tid.is_none() {
+            self.contexts.insert(pid, process.clone());
+        }
+        Some(process)
     }
 
     /// The parent of a process's current image: the image it replaced when
     /// it exec'd without forking, else its parent process.
-    pub fn parent(&mut self, pid: u32) -> Option<Process> {
+    pub fn parent(&mut self, pid: u32) -> Option<Shared<Process>> {
         let p = self.procs.get(&pid)?;
         let (ppid, replaced) = (p.ppid, p.previous.first().cloned());
         match replaced {
             Some(image) => {
                 let mut process = self.process(pid, None)?;
-                process.exe = image.exe.clone();
-                process.args = image.args.clone();
-                process.comm = image.comm.clone();
-                process.uid = image.uid;
-                process.euid = image.euid;
-                process.user = self.users.name(image.uid);
+                let user = self.users.name(image.uid);
+                // A copy of its own: the process's shared context stays.
+                let process_mut = &mut *process;
+                process_mut.exe = image.exe;
+                process_mut.args = image.args;
+                process_mut.comm = image.comm;
+                process_mut.uid = image.uid;
+                process_mut.euid = image.euid;
+                process_mut.user = user;
                 Some(process)
             }
             None => self.process(ppid, None),
@@ -446,18 +552,22 @@ impl ProcessTable {
     /// images, then its parent process's image and replaced images, and so
     /// on, stopping after pid 1, at an unknown process, or at [`MAX_ANCESTRY`].
     /// Ancestors after the first keep [`ANCESTOR_ARGS_MAX`] argument bytes.
-    pub fn ancestry(&self, pid: u32) -> Vec<Ancestor> {
+    /// The same shared value as last time for a chain that is unchanged.
+    pub fn ancestry(&mut self, pid: u32) -> Shared<Vec<Ancestor>> {
+        // The last chain given out that starts where this one would, if
+        // it still describes the table: compared in place, not rebuilt.
+        let first = self
+            .procs
+            .get(&pid)
+            .map(|p| if p.previous.is_empty() { p.ppid } else { pid });
+        if let Some(last) = first.and_then(|first| self.chains.get(&first))
+            && self.ancestry_is(pid, last)
+        {
+            return last.clone();
+        }
         let mut chain = Vec::new();
-        let Some(start) = self.procs.get(&pid) else {
-            return chain;
-        };
-        let push = |chain: &mut Vec<Ancestor>, pid: u32, image: ImageRef<'_>| {
-            let budget = if chain.is_empty() {
-                usize::MAX
-            } else {
-                ANCESTOR_ARGS_MAX
-            };
-            let (args, args_truncated) = capped_args(image.args, budget);
+        self.walk_ancestry(pid, |pid, image| {
+            let (args, args_truncated) = capped_args(image.args, args_budget(chain.len()));
             chain.push(Ancestor {
                 pid,
                 exe: image.exe.cloned(),
@@ -466,27 +576,65 @@ impl ProcessTable {
                 comm: image.comm.clone(),
                 uid: image.uid,
             });
+            true
+        });
+        let Some(first) = chain.first().map(|a| a.pid) else {
+            return crate::event::no_ancestry();
         };
-        let push_images = |chain: &mut Vec<Ancestor>, p: &ProcessEntry| {
-            for image in &p.previous {
-                push(chain, p.pid, ImageRef::of_image(image));
-            }
+        let chain = Shared::new(chain);
+        self.chains.insert(first, chain.clone());
+        chain
+    }
+
+    /// `chain` is what [`Self::ancestry`] would build for `pid`.
+    fn ancestry_is(&self, pid: u32, chain: &[Ancestor]) -> bool {
+        let mut at = 0;
+        let mut same = true;
+        self.walk_ancestry(pid, |pid, image| {
+            same = chain
+                .get(at)
+                .is_some_and(|a| describes_ancestor(a, pid, &image, args_budget(at)));
+            at += 1;
+            same
+        });
+        same && at == chain.len()
+    }
+
+    /// Calls `visit` with each ancestor image of `pid`'s current image,
+    /// nearest first, at most [`MAX_ANCESTRY`], until it returns false:
+    /// the process's replaced images, then its parent process's image and
+    /// replaced images, and so on, stopping after pid 1, at an unknown
+    /// process, or at a process that is its own parent.
+    fn walk_ancestry(&self, pid: u32, mut visit: impl FnMut(u32, ImageRef<'_>) -> bool) {
+        let Some(start) = self.procs.get(&pid) else {
+            return;
         };
-        push_images(&mut chain, start);
+        let mut seen = 0;
+        let mut each = |pid: u32, image: ImageRef<'_>| {
+            seen += 1;
+            seen <= MAX_ANCESTRY && visit(pid, image)
+        };
+        let with_images = |p: &ProcessEntry, each: &mut dyn FnMut(u32, ImageRef<'_>) -> bool| {
+            p.previous
+                .iter()
+                .all(|image| each(p.pid, ImageRef::of_image(image)))
+        };
+        if !with_images(start, &mut each) {
+            return;
+        }
         let mut current = start.ppid;
-        while current != 0 && chain.len() < MAX_ANCESTRY {
+        while current != 0 {
             let Some(p) = self.procs.get(&current) else {
-                break;
+                return;
             };
-            push(&mut chain, p.pid, ImageRef::of_process(p));
-            push_images(&mut chain, p);
+            if !each(p.pid, ImageRef::of_process(p)) || !with_images(p, &mut each) {
+                return;
+            }
             if current == 1 || p.ppid == current {
-                break;
+                return;
             }
             current = p.ppid;
         }
-        chain.truncate(MAX_ANCESTRY);
-        chain
     }
 
     /// Wall-clock time of a boot-time instant.
@@ -586,6 +734,111 @@ mod tests {
     }
 
     #[test]
+    fn children_of_one_parent_share_its_context_until_it_changes() {
+        let mut t = table();
+        t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
+        t.apply(&ev(
+            2,
+            task(10, 1, "sh"),
+            exec("/bin/sh", &["sh", "-c", "x"]),
+        ));
+        // What `Capture` gives an exec event: process, parent, ancestry.
+        let spawn = |t: &mut ProcessTable, pid: u32| {
+            t.apply(&ev(
+                3,
+                task(pid, 10, "sh"),
+                Detail::Fork(ForkDetail::default()),
+            ));
+            t.apply(&ev(4, task(pid, 10, "true"), exec("/bin/true", &["true"])));
+            (
+                t.process(pid, Some(pid)).unwrap(),
+                t.parent(pid).unwrap(),
+                t.ancestry(pid),
+            )
+        };
+        let (a, b) = (spawn(&mut t, 11), spawn(&mut t, 12));
+        assert!(Shared::same(&a.1, &b.1), "one parent context");
+        assert!(Shared::same(&a.2, &b.2), "one ancestry");
+        assert!(!Shared::same(&a.0, &b.0));
+        // The child's later events share its context; a thread's does not.
+        assert!(Shared::same(&t.process(12, None).unwrap(), &b.0));
+        assert_eq!(t.process(12, Some(13)).unwrap().tid, Some(13));
+        assert!(Shared::same(&t.process(12, None).unwrap(), &b.0));
+
+        // The parent changes (a new image, then a new uid): the next child
+        // gets a new context and ancestry, and the earlier ones are kept.
+        t.apply(&ev(5, task(10, 1, "bash"), exec("/bin/bash", &["bash"])));
+        let c = spawn(&mut t, 14);
+        assert!(!Shared::same(&b.1, &c.1) && !Shared::same(&b.2, &c.2));
+        assert_eq!(c.1.exe.as_ref().unwrap().as_bytes(), b"/bin/bash");
+        assert_eq!(c.2[0].comm.as_bytes(), b"bash");
+        assert_eq!(b.1.exe.as_ref().unwrap().as_bytes(), b"/bin/sh");
+        let mut setuid = task(10, 1, "bash");
+        setuid.uid = 1000;
+        t.apply(&ev(6, setuid, Detail::Fork(ForkDetail::default())));
+        let d = t.process(10, None).unwrap();
+        assert_eq!(t.get(10).unwrap().uid, d.uid);
+        assert!(Shared::same(&d, &t.parent(14).unwrap()));
+    }
+
+    #[test]
+    fn a_given_out_ancestry_is_reused_only_while_it_describes_the_table() {
+        let mut t = table();
+        let env = "E".repeat(2 * ANCESTOR_ARGS_MAX);
+        let cut = ["sup", "--env", env.as_str(), "tail"];
+        let exact = "F".repeat(ANCESTOR_ARGS_MAX - 3);
+        let fits = ["sup", exact.as_str()];
+        t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
+        t.apply(&ev(2, task(5, 1, "sup"), exec("/sbin/sup", &cut)));
+        // Exec without fork: 6's replaced images are ancestors too.
+        t.apply(&ev(
+            3,
+            task(6, 5, "sup"),
+            Detail::Fork(ForkDetail::default()),
+        ));
+        t.apply(&ev(4, task(6, 5, "a"), exec("/bin/a", &fits)));
+        t.apply(&ev(5, task(6, 5, "b"), exec("/bin/b", &cut)));
+        t.apply(&ev(6, task(7, 6, "b"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(7, task(7, 6, "c"), exec("/bin/c", &["c"])));
+        let fresh = |t: &mut ProcessTable, pid: u32| {
+            t.chains.clear();
+            t.ancestry(pid)
+        };
+        for pid in [1, 5, 6, 7] {
+            let built = fresh(&mut t, pid);
+            assert!(t.ancestry_is(pid, &built), "pid {pid}: {built:?}");
+            assert!(Shared::same(&built, &t.ancestry(pid)) || built.is_empty());
+            // Any one field off, and it is not reused.
+            for at in 0..built.len() {
+                let mut off = (*built).clone();
+                off[at].args_truncated = !off[at].args_truncated;
+                assert!(!t.ancestry_is(pid, &off), "pid {pid} #{at} truncated");
+                let mut off = (*built).clone();
+                off[at].args.pop();
+                assert!(!t.ancestry_is(pid, &off), "pid {pid} #{at} args");
+                let mut off = (*built).clone();
+                off[at].uid += 1;
+                assert!(!t.ancestry_is(pid, &off), "pid {pid} #{at} uid");
+            }
+            let mut longer = (*built).clone();
+            longer.push(Ancestor::default());
+            assert!(!t.ancestry_is(pid, &longer));
+            if !built.is_empty() {
+                assert!(!t.ancestry_is(pid, &built[..built.len() - 1]));
+            }
+        }
+        let chain = t.ancestry(7);
+        let pids: Vec<u32> = chain.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, [6, 6, 5, 1], "b, the a it replaced, sup, init");
+        // A change anywhere up the chain (5 execs again) is seen.
+        t.apply(&ev(8, task(5, 1, "sup2"), exec("/sbin/sup2", &["sup2"])));
+        let after = t.ancestry(7);
+        assert!(!Shared::same(&chain, &after));
+        assert_eq!(after, fresh(&mut t, 7));
+        assert_eq!(after[2].comm.as_bytes(), b"sup2");
+    }
+
+    #[test]
     fn fork_exec_exit_lifecycle_and_ancestry() {
         let mut t = table();
         t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
@@ -663,12 +916,12 @@ mod tests {
         ));
         let parent = t.parent(20).unwrap();
         assert_eq!(parent.pid, 20);
-        assert_eq!(parent.exe.unwrap().as_bytes(), b"/usr/bin/dash");
+        assert_eq!(parent.exe.as_ref().unwrap().as_bytes(), b"/usr/bin/dash");
         assert_eq!(parent.args[2].as_bytes(), b"exec /bin/echo x");
         let chain: Vec<(u32, Vec<u8>)> = t
             .ancestry(20)
-            .into_iter()
-            .map(|a| (a.pid, a.exe.unwrap().0))
+            .iter()
+            .map(|a| (a.pid, a.exe.clone().unwrap().0))
             .collect();
         assert_eq!(
             chain,

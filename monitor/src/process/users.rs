@@ -32,10 +32,15 @@ impl UserNames {
 
     /// The name of `uid`, if known.
     pub fn name(&mut self, uid: u32) -> Option<String> {
+        self.name_ref(uid).map(str::to_owned)
+    }
+
+    /// The name of `uid`, if known, borrowed.
+    pub fn name_ref(&mut self, uid: u32) -> Option<&str> {
         if !self.names.contains_key(&uid) {
             self.reload_if_changed();
         }
-        self.names.get(&uid).cloned()
+        self.names.get(&uid).map(String::as_str)
     }
 
     fn reload_if_changed(&mut self) {
