@@ -156,7 +156,7 @@ mod tests {
                 window_start: Timestamp(at - 1_000),
                 window_end: Timestamp(at),
                 total: 3,
-                counts: BTreeMap::from([("read".to_owned(), 3)]),
+                counts: BTreeMap::from([("read".into(), 3)]),
                 pairs: BTreeMap::new(),
                 final_window: true,
             }),

@@ -12,7 +12,7 @@ pub mod decode_security;
 pub mod shared;
 pub mod time;
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -441,8 +441,9 @@ pub struct ProfileDetail {
     pub window_end: Timestamp,
     /// Total syscalls in the window.
     pub total: u64,
-    /// Count by canonical syscall name.
-    pub counts: BTreeMap<String, u64>,
+    /// Count by canonical syscall name (names from the syscall table are
+    /// borrowed, not allocated per event).
+    pub counts: BTreeMap<Cow<'static, str>, u64>,
     /// Counts of consecutive-syscall pair buckets (bucket index -> count).
     #[serde(
         default,
@@ -496,7 +497,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips_through_json() {
         let mut counts = BTreeMap::new();
-        counts.insert("getppid".to_owned(), 5);
+        counts.insert("getppid".into(), 5);
         let mut pairs = BTreeMap::new();
         pairs.insert(56u16, 1u64);
         let details = vec![
