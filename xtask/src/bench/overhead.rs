@@ -198,6 +198,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for a signalled child; kills it if it has not exited by `limit`
+/// (said loudly: for the agent, its figures are then lost and the run fails).
+fn wait_or_kill(child: &mut Child, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    step(
+        "!!",
+        "stop",
+        &format!(
+            "pid {} still running {limit:?} after the signal; killed",
+            child.id()
+        ),
+    );
+    child.kill()?;
+    Ok(child.wait()?)
+}
+
 /// Audit rules make every task pay an audit context on each syscall; the
 /// numbers would then measure auditd, not us.
 fn check_audit() {
@@ -391,9 +413,17 @@ impl Bench {
         };
         let pid = child.id();
         let (cpu_secs, peak_rss_kib) = proc_usage(pid);
+        // The agent gets SIGTERM, as from systemd. bpftrace stops on SIGINT
+        // (Ctrl-C): it once ignored a SIGTERM here and the run waited six
+        // minutes for it. The empty hook takes either.
+        let signal = if running.output.is_some() {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let status = child.wait()?;
+        unsafe { libc::kill(pid as i32, signal) };
+        let status = wait_or_kill(&mut child, Duration::from_secs(20))?;
         let Some(out) = running.output else {
             return Ok(None);
         };
