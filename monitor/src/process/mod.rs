@@ -565,19 +565,21 @@ impl ProcessTable {
         {
             return last.clone();
         }
-        let mut chain = Vec::new();
-        self.walk_ancestry(pid, |pid, image| {
-            let (args, args_truncated) = capped_args(image.args, args_budget(chain.len()));
-            chain.push(Ancestor {
-                pid,
-                exe: image.exe.cloned(),
-                args,
-                args_truncated,
-                comm: image.comm.clone(),
-                uid: image.uid,
-            });
-            true
-        });
+        let chain: Vec<Ancestor> = self
+            .ancestor_images(pid)
+            .enumerate()
+            .map(|(at, (pid, image))| {
+                let (args, args_truncated) = capped_args(image.args, args_budget(at));
+                Ancestor {
+                    pid,
+                    exe: image.exe.cloned(),
+                    args,
+                    args_truncated,
+                    comm: image.comm.clone(),
+                    uid: image.uid,
+                }
+            })
+            .collect();
         let Some(first) = chain.first().map(|a| a.pid) else {
             return crate::event::no_ancestry();
         };
@@ -588,53 +590,39 @@ impl ProcessTable {
 
     /// `chain` is what [`Self::ancestry`] would build for `pid`.
     fn ancestry_is(&self, pid: u32, chain: &[Ancestor]) -> bool {
-        let mut at = 0;
-        let mut same = true;
-        self.walk_ancestry(pid, |pid, image| {
-            same = chain
-                .get(at)
-                .is_some_and(|a| describes_ancestor(a, pid, &image, args_budget(at)));
-            at += 1;
-            same
-        });
-        same && at == chain.len()
+        let mut images = self.ancestor_images(pid);
+        chain.iter().enumerate().all(|(at, a)| {
+            images
+                .next()
+                .is_some_and(|(pid, image)| describes_ancestor(a, pid, &image, args_budget(at)))
+        }) && images.next().is_none()
     }
 
-    /// Calls `visit` with each ancestor image of `pid`'s current image,
-    /// nearest first, at most [`MAX_ANCESTRY`], until it returns false:
-    /// the process's replaced images, then its parent process's image and
+    /// Each ancestor image of `pid`'s current image, nearest first, at most
+    /// [`MAX_ANCESTRY`] (which also ends a cycle from pid reuse): the
+    /// process's replaced images, then its parent process's image and
     /// replaced images, and so on, stopping after pid 1, at an unknown
     /// process, or at a process that is its own parent.
-    fn walk_ancestry(&self, pid: u32, mut visit: impl FnMut(u32, ImageRef<'_>) -> bool) {
-        let Some(start) = self.procs.get(&pid) else {
-            return;
-        };
-        let mut seen = 0;
-        let mut each = |pid: u32, image: ImageRef<'_>| {
-            seen += 1;
-            seen <= MAX_ANCESTRY && visit(pid, image)
-        };
-        let with_images = |p: &ProcessEntry, each: &mut dyn FnMut(u32, ImageRef<'_>) -> bool| {
+    fn ancestor_images(&self, pid: u32) -> impl Iterator<Item = (u32, ImageRef<'_>)> {
+        fn replaced(p: &ProcessEntry) -> impl Iterator<Item = (u32, ImageRef<'_>)> {
             p.previous
                 .iter()
-                .all(|image| each(p.pid, ImageRef::of_image(image)))
-        };
-        if !with_images(start, &mut each) {
-            return;
+                .map(move |image| (p.pid, ImageRef::of_image(image)))
         }
-        let mut current = start.ppid;
-        while current != 0 {
-            let Some(p) = self.procs.get(&current) else {
-                return;
-            };
-            if !each(p.pid, ImageRef::of_process(p)) || !with_images(p, &mut each) {
-                return;
-            }
-            if current == 1 || p.ppid == current {
-                return;
-            }
-            current = p.ppid;
-        }
+        let start = self.procs.get(&pid);
+        let parent_of = |p: &ProcessEntry| (p.ppid != 0).then(|| self.procs.get(&p.ppid)).flatten();
+        let parents = std::iter::successors(start.and_then(parent_of), move |p| {
+            (p.pid != 1 && p.ppid != p.pid)
+                .then(|| parent_of(p))
+                .flatten()
+        });
+        start
+            .into_iter()
+            .flat_map(replaced)
+            .chain(parents.flat_map(move |p| {
+                std::iter::once((p.pid, ImageRef::of_process(p))).chain(replaced(p))
+            }))
+            .take(MAX_ANCESTRY)
     }
 
     /// Wall-clock time of a boot-time instant.
@@ -684,6 +672,10 @@ mod tests {
         }
     }
 
+    fn fork() -> Detail {
+        Detail::Fork(ForkDetail::default())
+    }
+
     fn exec(path: &str, args: &[&str]) -> Detail {
         Detail::Exec(ExecDetail {
             path: path.into(),
@@ -698,17 +690,9 @@ mod tests {
         let env = "E".repeat(3 * ANCESTOR_ARGS_MAX);
         let long = ["supervisor", "--env", env.as_str()];
         t.apply(&ev(1, task(1, 0, "sup"), exec("/sbin/sup", &long)));
-        t.apply(&ev(
-            2,
-            task(10, 1, "sup"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(2, task(10, 1, "sup"), fork()));
         t.apply(&ev(3, task(10, 1, "sh"), exec("/bin/sh", &long)));
-        t.apply(&ev(
-            4,
-            task(11, 10, "sh"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(4, task(11, 10, "sh"), fork()));
         t.apply(&ev(5, task(11, 10, "true"), exec("/bin/true", &["true"])));
         let chain = t.ancestry(11);
         let lens = |a: &Ancestor| a.args.iter().map(|x| x.as_bytes().len()).sum::<usize>();
@@ -744,11 +728,7 @@ mod tests {
         ));
         // What `Capture` gives an exec event: process, parent, ancestry.
         let spawn = |t: &mut ProcessTable, pid: u32| {
-            t.apply(&ev(
-                3,
-                task(pid, 10, "sh"),
-                Detail::Fork(ForkDetail::default()),
-            ));
+            t.apply(&ev(3, task(pid, 10, "sh"), fork()));
             t.apply(&ev(4, task(pid, 10, "true"), exec("/bin/true", &["true"])));
             (
                 t.process(pid, Some(pid)).unwrap(),
@@ -775,7 +755,7 @@ mod tests {
         assert_eq!(b.1.exe.as_ref().unwrap().as_bytes(), b"/bin/sh");
         let mut setuid = task(10, 1, "bash");
         setuid.uid = 1000;
-        t.apply(&ev(6, setuid, Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(6, setuid, fork()));
         let d = t.process(10, None).unwrap();
         assert_eq!(t.get(10).unwrap().uid, d.uid);
         assert!(Shared::same(&d, &t.parent(14).unwrap()));
@@ -791,14 +771,10 @@ mod tests {
         t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
         t.apply(&ev(2, task(5, 1, "sup"), exec("/sbin/sup", &cut)));
         // Exec without fork: 6's replaced images are ancestors too.
-        t.apply(&ev(
-            3,
-            task(6, 5, "sup"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(3, task(6, 5, "sup"), fork()));
         t.apply(&ev(4, task(6, 5, "a"), exec("/bin/a", &fits)));
         t.apply(&ev(5, task(6, 5, "b"), exec("/bin/b", &cut)));
-        t.apply(&ev(6, task(7, 6, "b"), Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(6, task(7, 6, "b"), fork()));
         t.apply(&ev(7, task(7, 6, "c"), exec("/bin/c", &["c"])));
         let fresh = |t: &mut ProcessTable, pid: u32| {
             t.chains.clear();
@@ -842,11 +818,7 @@ mod tests {
     fn fork_exec_exit_lifecycle_and_ancestry() {
         let mut t = table();
         t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
-        t.apply(&ev(
-            2,
-            task(10, 1, "init"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(2, task(10, 1, "init"), fork()));
         // The forked child runs the parent's image.
         assert_eq!(
             t.get(10).unwrap().exe.as_ref().unwrap().as_bytes(),
@@ -857,11 +829,7 @@ mod tests {
             task(10, 1, "sh"),
             exec("/usr/bin/dash", &["sh", "-c", "x"]),
         ));
-        t.apply(&ev(
-            4,
-            task(11, 10, "sh"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(4, task(11, 10, "sh"), fork()));
         t.apply(&ev(
             5,
             task(11, 10, "echo"),
@@ -899,11 +867,7 @@ mod tests {
     fn exec_without_fork_makes_the_replaced_image_the_parent() {
         let mut t = table();
         t.apply(&ev(1, task(1, 0, "init"), exec("/sbin/init", &["init"])));
-        t.apply(&ev(
-            2,
-            task(20, 1, "init"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(2, task(20, 1, "init"), fork()));
         t.apply(&ev(
             3,
             task(20, 1, "sh"),
@@ -932,11 +896,7 @@ mod tests {
     #[test]
     fn a_reused_pid_is_not_removed_by_the_old_exit() {
         let mut t = table();
-        t.apply(&ev(
-            1,
-            task(20, 1, "a"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(1, task(20, 1, "a"), fork()));
         t.apply(&ev(
             2,
             task(20, 1, "a"),
@@ -944,7 +904,7 @@ mod tests {
         ));
         let mut reused = task(20, 1, "b");
         reused.start_ns = 99_999;
-        t.apply(&ev(3, reused, Detail::Fork(ForkDetail::default())));
+        t.apply(&ev(3, reused, fork()));
         t.expire(u64::MAX);
         assert_eq!(t.get(20).unwrap().comm.as_bytes(), b"b");
     }
@@ -952,22 +912,10 @@ mod tests {
     #[test]
     fn ancestry_stops_on_cycles_and_unknown_parents() {
         let mut t = table();
-        t.apply(&ev(
-            1,
-            task(30, 31, "x"),
-            Detail::Fork(ForkDetail::default()),
-        ));
-        t.apply(&ev(
-            1,
-            task(31, 30, "y"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(1, task(30, 31, "x"), fork()));
+        t.apply(&ev(1, task(31, 30, "y"), fork()));
         assert!(t.ancestry(30).len() <= MAX_ANCESTRY);
-        t.apply(&ev(
-            1,
-            task(40, 999, "z"),
-            Detail::Fork(ForkDetail::default()),
-        ));
+        t.apply(&ev(1, task(40, 999, "z"), fork()));
         assert!(t.ancestry(40).is_empty());
     }
 
