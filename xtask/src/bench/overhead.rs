@@ -575,6 +575,79 @@ fn spread(values: &[f64]) -> f64 {
     (at(0.75) - at(0.25)) / median(values)
 }
 
+/// The issue's floors for the agent with everything on: workload, the
+/// configuration it is compared with, and the most the ratio may be.
+const FLOORS: [(Workload, Config, f64); 4] = [
+    (Workload::W1, Config::EmptyHook, 1.15),
+    (Workload::W2, Config::None, 1.05),
+    (Workload::W3, Config::None, 1.6),
+    (Workload::W4, Config::None, 1.05),
+];
+
+/// The ratio of runs `a` to runs `b` as a Hodges-Lehmann estimate (the
+/// median of the ratios of every run of `a` to every run of `b`) with its
+/// distribution-free 95% interval (the Mann-Whitney order statistics of the
+/// same ratios). `None` when there are too few runs for an interval.
+fn ratio_interval(a: &[f64], b: &[f64]) -> Option<(f64, f64, f64)> {
+    let (m, n) = (a.len(), b.len());
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .flat_map(|x| b.iter().map(move |y| x / y))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let pairs = (m * n) as f64;
+    let sd = (pairs * (m + n + 1) as f64 / 12.0).sqrt();
+    // Pairwise ratios cut from each end: the interval is from the k-th
+    // smallest to the k-th largest.
+    let k = (pairs / 2.0 - 1.96 * sd).floor();
+    if k < 1.0 {
+        return None;
+    }
+    let k = k as usize;
+    Some((median(&ratios), ratios[k - 1], ratios[ratios.len() - k]))
+}
+
+/// The floors table: each ratio twice (of the medians, and Hodges-Lehmann
+/// with its interval), and whether the floor is met beyond this run's noise.
+fn render_floors(times: &BTreeMap<(Config, Workload), Vec<f64>>) -> String {
+    let mut out = String::from(
+        "\n| floor: agent (all on) against | ratio of medians | pairwise ratio (95% interval) | at most | verdict |\n|---|---|---|---|---|\n",
+    );
+    for (w, base, limit) in FLOORS {
+        let agent = &times[&(Config::AgentFull, w)];
+        let against = &times[&(base, w)];
+        let ratio = median(agent) / median(against);
+        let (pairwise, verdict) = match ratio_interval(agent, against) {
+            Some((mid, lo, hi)) => (
+                format!("x{mid:.3} (x{lo:.3}-{hi:.3})"),
+                if ratio > limit {
+                    "not met"
+                } else if hi <= limit {
+                    "met"
+                } else {
+                    "met, within noise"
+                },
+            ),
+            None => (
+                "too few runs".to_owned(),
+                if ratio > limit { "not met" } else { "met" },
+            ),
+        };
+        out.push_str(&format!(
+            "| {}: {} | x{ratio:.3} | {pairwise} | x{limit} | {verdict} |\n",
+            w.label(),
+            base.name()
+        ));
+    }
+    out.push_str(
+        "\nThe pairwise ratio is the median of every agent run over every run it is compared \
+         with; its interval treats runs as independent, which the interleaved rounds only \
+         approximate. \"Met, within noise\": the ratio is under the floor, but the interval \
+         reaches over it.\n",
+    );
+    out
+}
+
 fn render(
     times: &BTreeMap<(Config, Workload), Vec<f64>>,
     agents: &BTreeMap<Config, Vec<AgentRun>>,
@@ -622,11 +695,7 @@ fn render(
         "\nThe spread is the interquartile range of the 'none' runs over their median: \
          this machine's run-to-run noise on that workload, against which to read the ratios.\n",
     );
-    let w1 = |c| median(&times[&(c, Workload::W1)]);
-    out.push_str(&format!(
-        "\nW1, agent (all on) / empty hook: x{:.3} (floor: at most x1.15).\n",
-        w1(Config::AgentFull) / w1(Config::EmptyHook)
-    ));
+    out.push_str(&render_floors(times));
     out.push_str("\n| agent | W2 execs captured + dropped / expected | W3 openat counted + dropped / expected | agent CPU s per round | agent peak RSS |\n|---|---|---|---|---|\n");
     for c in [Config::AgentFull, Config::AgentNoProfiles] {
         let runs = agents.get(&c).cloned().unwrap_or_default();
@@ -661,4 +730,63 @@ fn render(
         idle.1 as f64 / 1024.0
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pairwise_ratio_of_equal_samples_is_one_and_its_interval_holds_one() {
+        let runs = [1.0, 1.1, 0.9, 1.05, 0.95];
+        let (mid, lo, hi) = ratio_interval(&runs, &runs).unwrap();
+        assert!((mid - 1.0).abs() < 1e-12, "{mid}");
+        assert!(lo < 1.0 && hi > 1.0, "{lo}-{hi}");
+    }
+
+    #[test]
+    fn the_pairwise_ratio_finds_a_shift_and_narrows_with_more_runs() {
+        let base: Vec<f64> = (0..15).map(|i| 1.0 + 0.01 * f64::from(i % 5)).collect();
+        let slower: Vec<f64> = base.iter().map(|x| x * 1.2).collect();
+        let (mid, lo, hi) = ratio_interval(&slower, &base).unwrap();
+        assert!((mid - 1.2).abs() < 0.01, "{mid}");
+        assert!(lo > 1.1 && hi < 1.3 && lo <= mid && mid <= hi, "{lo}-{hi}");
+        let (_, lo5, hi5) = ratio_interval(&slower[..5], &base[..5]).unwrap();
+        assert!(hi5 - lo5 > hi - lo, "5 runs {lo5}-{hi5}, 15 runs {lo}-{hi}");
+    }
+
+    #[test]
+    fn too_few_runs_give_no_interval() {
+        assert_eq!(ratio_interval(&[1.0, 1.1], &[1.0, 1.2]), None);
+        assert_eq!(ratio_interval(&[], &[1.0]), None);
+    }
+
+    #[test]
+    fn the_floors_table_says_met_within_noise_and_not_met() {
+        let mut times = BTreeMap::new();
+        let none: Vec<f64> = (0..15).map(|i| 1.0 + 0.02 * f64::from(i % 7)).collect();
+        for c in Config::ALL {
+            for w in Workload::ALL {
+                times.insert((c, w), none.clone());
+            }
+        }
+        // W2 3% over none with a 6% spread: under x1.05, not beyond noise.
+        let w2: Vec<f64> = none.iter().map(|x| x * 1.03).collect();
+        times.insert((Config::AgentFull, Workload::W2), w2);
+        // W4 10% over: not met.
+        let w4: Vec<f64> = none.iter().map(|x| x * 1.10).collect();
+        times.insert((Config::AgentFull, Workload::W4), w4);
+        let table = render_floors(&times);
+        let row = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(label))
+                .unwrap_or_else(|| panic!("no row {label} in\n{table}"))
+                .to_owned()
+        };
+        assert!(row("W2 3k").ends_with("| met, within noise |"), "{table}");
+        assert!(row("W4 make").ends_with("| not met |"), "{table}");
+        assert!(row("W3 300k").ends_with("| met |"), "{table}");
+        assert!(row("W1 5M").contains("empty hook"), "{table}");
+    }
 }
