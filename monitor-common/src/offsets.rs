@@ -59,6 +59,8 @@ kernel_offsets! {
     cred_sgid => "cred.sgid",
     cred_euid => "cred.euid",
     cred_egid => "cred.egid",
+    cred_fsuid => "cred.fsuid",
+    cred_fsgid => "cred.fsgid",
     cred_cap_effective => "cred.cap_effective",
     mm_arg_start => "mm_struct.arg_start",
     mm_arg_end => "mm_struct.arg_end",

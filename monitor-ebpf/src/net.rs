@@ -37,7 +37,7 @@ pub fn on_accept(ret: i64) {
         op: 0,
         _pad0: 0,
         args: [0; 6],
-        aux: [0; 4],
+        aux: [0; 5],
     };
     emit(net_op::ACCEPT, &pending, ret);
 }

@@ -36,8 +36,9 @@ pub struct Pending {
     pub _pad0: u32,
     /// The six syscall arguments.
     pub args: [u64; 6],
-    /// Extra facts taken at entry (e.g. credentials before a setuid).
-    pub aux: [u64; 4],
+    /// Extra facts taken at entry (e.g. credentials before a setuid, see
+    /// [`packed_creds`]).
+    pub aux: [u64; 5],
 }
 
 /// Thread id -> stashed call. Entries are removed at exit, or when the thread
@@ -115,11 +116,12 @@ fn filtered(op: u32) -> bool {
     matches!(op, op::PTRACE | op::BPF | op::KILL | op::TKILL | op::TGKILL)
 }
 
-/// The current credentials, packed: uid|euid, suid|gid, egid|sgid, caps.
+/// The current credentials, packed: uid|euid, suid|gid, egid|sgid,
+/// effective caps, fsuid|fsgid.
 #[inline(always)]
-fn packed_creds() -> [u64; 4] {
+pub fn packed_creds() -> [u64; 5] {
     let Ok(cred) = read_ptr(current_task(), off!(task_cred)) else {
-        return [0; 4];
+        return [0; 5];
     };
     // SAFETY: probe reads.
     let get = |o: usize| -> u64 { u64::from(unsafe { read::<u32>(cred, o) }.unwrap_or(0)) };
@@ -129,6 +131,7 @@ fn packed_creds() -> [u64; 4] {
         get(off!(cred_egid)) | get(off!(cred_sgid)) << 32,
         // SAFETY: probe read.
         unsafe { read::<u64>(cred, off!(cred_cap_effective)) }.unwrap_or(0),
+        get(off!(cred_fsuid)) | get(off!(cred_fsgid)) << 32,
     ]
 }
 
@@ -149,7 +152,7 @@ pub fn on_enter(regs: usize, op: u32) {
     let (tid, pid) = current_ids();
     let args = reg_args(regs);
     let arg = |i: usize| args[i];
-    let mut aux = [0u64; 4];
+    let mut aux = [0u64; 5];
     match op {
         op::NONE => return,
         op::MMAP | op::MPROTECT => {
@@ -195,7 +198,7 @@ pub fn args_at_exit(op: u32) -> Pending {
         op,
         _pad0: 0,
         args: reg_args(regs),
-        aux: [0; 4],
+        aux: [0; 5],
     }
 }
 

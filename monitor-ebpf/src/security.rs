@@ -4,54 +4,51 @@
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user};
 use monitor_common::{
     BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
-    MemExecRecord, MemfdRecord, ModuleRecord, PtraceRecord, file_flags, kind, mem_op, path_flags,
-    stash,
+    MemExecRecord, MemfdRecord, ModuleRecord, PtraceRecord, cred_op, file_flags, kind, mem_op,
+    path_flags, stash,
 };
 
 use crate::{
     fds::file_of_fd,
-    kernel::{
-        EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
-        write_header,
-    },
+    kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, write_header},
     pending::Pending,
     vfs::{capture_path, set_empty},
 };
 
 // ---- credentials -----------------------------------------------------------
 
-/// The current credentials: ([uid, euid, suid], [gid, egid, sgid], caps).
-fn current_creds() -> ([u32; 3], [u32; 3], u64) {
-    let Ok(cred) = read_ptr(current_task(), off!(task_cred)) else {
-        return ([0; 3], [0; 3], 0);
-    };
-    // SAFETY: probe reads.
-    unsafe {
-        (
-            [
-                read(cred, off!(cred_uid)).unwrap_or(0),
-                read(cred, off!(cred_euid)).unwrap_or(0),
-                read(cred, off!(cred_suid)).unwrap_or(0),
-            ],
-            [
-                read(cred, off!(cred_gid)).unwrap_or(0),
-                read(cred, off!(cred_egid)).unwrap_or(0),
-                read(cred, off!(cred_sgid)).unwrap_or(0),
-            ],
-            read(cred, off!(cred_cap_effective)).unwrap_or(0),
-        )
-    }
+/// True for a successful call of the setuid or setgid family that left
+/// every id and the effective capabilities as they were. `make`, among
+/// others, calls `setresuid(-1, euid, -1)` in each child it starts; those
+/// calls are not credential changes, and reporting them buried the real ones.
+/// `packed_creds` holds all that such a call can change (the ids, and the
+/// capabilities, which follow uid 0). Failed calls are reported (a refused
+/// attempt is the interesting case), and so are `setfsuid`/`setfsgid`, which
+/// return the old id whether they succeed or not, and `capset`, which can
+/// change sets the record does not carry.
+#[inline(always)]
+fn changed_nothing(op: u8, ret: i64, old: &[u64; 5], new: &[u64; 5]) -> bool {
+    ret == 0
+        && !matches!(op, cred_op::SETFSUID | cred_op::SETFSGID | cred_op::CAPSET)
+        && old[0] == new[0]
+        && old[1] == new[1]
+        && old[2] == new[2]
+        && old[3] == new[3]
+        && old[4] == new[4]
 }
 
 /// Exit of the setuid and setgid families and capset.
 #[inline(never)]
 pub fn on_cred_exit(p: &Pending, ret: i64) {
     let op = (p.op - stash::CRED) as u8;
+    let new = crate::pending::packed_creds();
+    if changed_nothing(op, ret, &p.aux, &new) {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<CredRecord>(0) else {
         count_ringbuf_full(kind::CRED);
         return;
     };
-    let (uid, gid, caps) = current_creds();
     let rec = entry.as_mut_ptr();
     // SAFETY: `rec` is the reserved record.
     unsafe {
@@ -65,19 +62,27 @@ pub fn on_cred_exit(p: &Pending, ret: i64) {
         (*rec)._pad0 = [0; 3];
         (*rec).ret = ret as i32;
         (*rec).args = [p.args[0] as u32, p.args[1] as u32, p.args[2] as u32];
-        (*rec).old_uid = [p.aux[0] as u32, (p.aux[0] >> 32) as u32, p.aux[1] as u32];
-        (*rec).old_gid = [
-            (p.aux[1] >> 32) as u32,
-            p.aux[2] as u32,
-            (p.aux[2] >> 32) as u32,
-        ];
-        (*rec).new_uid = uid;
-        (*rec).new_gid = gid;
+        (*rec).old_uid = uids(&p.aux);
+        (*rec).old_gid = gids(&p.aux);
+        (*rec).new_uid = uids(&new);
+        (*rec).new_gid = gids(&new);
         (*rec)._pad1 = 0;
         (*rec).old_cap_effective = p.aux[3];
-        (*rec).new_cap_effective = caps;
+        (*rec).new_cap_effective = new[3];
     }
     entry.submit(crate::kernel::wakeup_flags());
+}
+
+/// [uid, euid, suid] of packed credentials (see `packed_creds`).
+#[inline(always)]
+fn uids(c: &[u64; 5]) -> [u32; 3] {
+    [c[0] as u32, (c[0] >> 32) as u32, c[1] as u32]
+}
+
+/// [gid, egid, sgid] of packed credentials (see `packed_creds`).
+#[inline(always)]
+fn gids(c: &[u64; 5]) -> [u32; 3] {
+    [(c[1] >> 32) as u32, c[2] as u32, (c[2] >> 32) as u32]
 }
 
 // ---- ptrace ------------------------------------------------------------------

@@ -410,6 +410,38 @@ fn setuid_in_a_child_is_a_credential_change() {
     assert_ne!(c.old_caps, c.new_caps, "root loses its capabilities");
 }
 
+#[test]
+fn a_credential_call_that_changes_nothing_is_not_reported_but_a_refused_one_is() {
+    let Some(_k) =
+        kernel_test("a_credential_call_that_changes_nothing_is_not_reported_but_a_refused_one_is")
+    else {
+        return;
+    };
+    let mut rec = Recorder::start();
+    let (pid, _) = act_pid(&["setuid-noop-refused", "65534"]);
+    // The refused setuid(0) is the actor's last credential call.
+    rec.until(WAIT, "the refused setuid(0)", |evs| {
+        by_pid(evs, pid, "cred_change").iter().any(
+            |e| matches!(&e.detail, Detail::CredChange(c) if c.args == vec![0] && c.result != 0),
+        )
+    });
+    let calls: Vec<(String, Vec<i64>, i32)> = by_pid(&rec.events, pid, "cred_change")
+        .iter()
+        .map(|e| match &e.detail {
+            Detail::CredChange(c) => (c.syscall.clone(), c.args.clone(), c.result),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("setuid".to_owned(), vec![65534], 0),
+            ("setuid".to_owned(), vec![0], -1),
+        ],
+        "the no-op setresuid(-1, 0, -1) is not a change; the refused setuid(0) is reported"
+    );
+}
+
 fn sleeper() -> Child {
     Command::new("/bin/sleep").arg("30").spawn().unwrap()
 }

@@ -77,6 +77,16 @@ fn main() {
             let r = unsafe { libc::setuid(arg(1).parse().unwrap()) };
             assert_eq!(r, 0, "setuid failed");
         }
+        Some("setuid-noop-refused") => {
+            // SAFETY: plain syscalls.
+            unsafe {
+                // Changes nothing: the effective uid it already has.
+                assert_eq!(libc::setresuid(u32::MAX, libc::geteuid(), u32::MAX), 0);
+                assert_eq!(libc::setuid(arg(1).parse().unwrap()), 0, "setuid failed");
+                // Refused: an unprivileged uid cannot go back to root.
+                assert_eq!(libc::setuid(0), -1, "setuid(0) was allowed");
+            }
+        }
         Some("ptrace") => {
             let pid: i32 = arg(1).parse().unwrap();
             // SAFETY: plain syscalls on a test child.
