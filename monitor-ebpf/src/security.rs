@@ -28,13 +28,7 @@ use crate::{
 /// change sets the record does not carry.
 #[inline(always)]
 fn changed_nothing(op: u8, ret: i64, old: &[u64; 5], new: &[u64; 5]) -> bool {
-    ret == 0
-        && !matches!(op, cred_op::SETFSUID | cred_op::SETFSGID | cred_op::CAPSET)
-        && old[0] == new[0]
-        && old[1] == new[1]
-        && old[2] == new[2]
-        && old[3] == new[3]
-        && old[4] == new[4]
+    ret == 0 && !matches!(op, cred_op::SETFSUID | cred_op::SETFSGID | cred_op::CAPSET) && old == new
 }
 
 /// Exit of the setuid and setgid families and capset.

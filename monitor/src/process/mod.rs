@@ -556,10 +556,7 @@ impl ProcessTable {
     pub fn ancestry(&mut self, pid: u32) -> Shared<Vec<Ancestor>> {
         // The last chain given out that starts where this one would, if
         // it still describes the table: compared in place, not rebuilt.
-        let first = self
-            .procs
-            .get(&pid)
-            .map(|p| if p.previous.is_empty() { p.ppid } else { pid });
+        let first = self.ancestor_images(pid).next().map(|(first, _)| first);
         if let Some(last) = first.and_then(|first| self.chains.get(&first))
             && self.ancestry_is(pid, last)
         {
