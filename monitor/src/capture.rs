@@ -139,6 +139,17 @@ pub struct Capture {
     filtered: u64,
 }
 
+/// Lets the agent yield the CPU while its source keeps up (see `sched`).
+fn spawn_scheduling_guard(stats: std::sync::Weak<SourceStats>, shutdown: CancellationToken) {
+    crate::sched::spawn_guard(move || {
+        let stats = stats.upgrade().filter(|_| !shutdown.is_cancelled())?;
+        let caught_up = stats.caught_up_ns.load(Ordering::Acquire);
+        Some(Duration::from_nanos(
+            boottime_ns().saturating_sub(caught_up),
+        ))
+    });
+}
+
 impl Capture {
     /// Loads and attaches the probes, seeds the process table and starts the
     /// source. Must run inside a tokio runtime.
@@ -175,6 +186,7 @@ impl Capture {
         let stats = Arc::new(SourceStats::default());
         let shutdown = CancellationToken::new();
         let source = tokio::spawn(source::run(ring, tx, stats.clone(), shutdown.clone()));
+        spawn_scheduling_guard(Arc::downgrade(&stats), shutdown.clone());
         let mut loss_tick = tokio::time::interval(settings.loss_interval);
         loss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut profile_tick = tokio::time::interval(settings.profiles.window);

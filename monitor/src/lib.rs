@@ -28,6 +28,7 @@ pub mod output;
 pub mod process;
 pub mod profiles;
 pub mod report;
+pub mod sched;
 pub mod sensitive;
 pub mod syscalls;
 

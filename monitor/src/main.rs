@@ -9,7 +9,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_json);
     if matches!(cli.command, Command::Run(_) | Command::Record(_)) {
-        monitor::cli::schedule_as_batch();
+        monitor::sched::start_as_batch();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -94,38 +94,6 @@ pub fn init_logging(level: &str, json: bool) {
     }
 }
 
-/// Puts the calling thread, and every thread it creates afterwards, under
-/// `SCHED_BATCH`, unless it was started under a policy other than the
-/// default (an operator's choice, e.g. systemd's `CPUSchedulingPolicy=`),
-/// which it keeps. Call before the runtime starts its threads.
-///
-/// The agent keeps the same fair share of the CPU as any process at its
-/// nice level, so a busy or hostile host cannot starve it (unlike a high
-/// nice value), but its wakeups no longer preempt the processes it watches.
-/// Its work is draining a ring buffer that holds seconds of events, so
-/// waiting for a running task's time slice to end costs it nothing, while
-/// preempting short-lived processes cost them about 2% on the fork+exec
-/// benchmark (docs/performance.md, W2).
-pub fn schedule_as_batch() {
-    // SAFETY: reads the calling thread's policy.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    if policy != libc::SCHED_OTHER {
-        tracing::debug!(
-            policy,
-            "keeping the scheduling policy the agent was started with"
-        );
-        return;
-    }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: changes the calling thread's policy; reads one sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "could not switch to SCHED_BATCH; the agent's wakeups may preempt the processes it watches"
-        );
-    }
-}
-
 /// SIGINT and SIGTERM handlers, installed when created: install them before
 /// slow start-up work so a signal during start-up still stops cleanly.
 pub struct ShutdownSignals {

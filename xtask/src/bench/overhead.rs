@@ -182,6 +182,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     prepare::mounts()?;
     prepare::apt_packages(&[("bpftrace", "bpftrace"), ("make", "make"), ("gcc", "gcc")])?;
     check_audit();
+    check_no_other_tracers()?;
     let dir = std::env::temp_dir().join("monitor-bench-overhead");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -233,6 +234,62 @@ fn check_audit() {
         }
         _ => step("ok", "auditd", "no audit rules"),
     }
+}
+
+/// Another tracer on the syscall or scheduler hooks (an agent left running,
+/// a bpftrace) would be measured in every configuration, 'none' included,
+/// and the ratios would mean nothing: the run refuses to start.
+fn check_no_other_tracers() -> anyhow::Result<()> {
+    let me = std::process::id();
+    let mut holders = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("cannot list /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // A process may end, or keep its fds private, meanwhile.
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fdinfo")) else {
+            continue;
+        };
+        let holds_tracer = fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_to_string(fd.path()).is_ok_and(|info| is_tracing_program(&info))
+        });
+        if holds_tracer {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            holders.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    if !holders.is_empty() {
+        bail!(
+            "other processes hold tracing BPF programs: {}. Stop them first: every \
+             configuration, 'none' included, would pay for them",
+            holders.join(", ")
+        );
+    }
+    step(
+        "ok",
+        "tracers",
+        "no other process holds a tracing BPF program",
+    );
+    Ok(())
+}
+
+/// True if `fdinfo` (of `/proc/PID/fdinfo/FD`) is a BPF program of a type
+/// that hooks kernel events: kprobe, tracepoint, perf event, raw
+/// tracepoint or BTF tracing (`tp_btf`, fentry).
+fn is_tracing_program(fdinfo: &str) -> bool {
+    fdinfo.lines().any(|line| {
+        line.strip_prefix("prog_type:")
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .is_some_and(|t| matches!(t, 2 | 5 | 7 | 17 | 26))
+    })
 }
 
 impl Bench {
@@ -735,6 +792,18 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_programs_are_told_apart_from_other_fds() {
+        let tp_btf = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\nprog_type:\t26\n\
+                      prog_jited:\t1\nprog_tag:\t59f4a931744dcdc6\n";
+        assert!(is_tracing_program(tp_btf));
+        assert!(is_tracing_program("prog_type:\t5\n"));
+        // A cgroup device program (systemd), a map, a plain file.
+        assert!(!is_tracing_program("prog_type:\t15\nprog_jited:\t1\n"));
+        assert!(!is_tracing_program("map_type:\t27\nkey_size:\t0\n"));
+        assert!(!is_tracing_program("pos:\t0\nflags:\t0100000\n"));
+    }
 
     #[test]
     fn the_pairwise_ratio_of_equal_samples_is_one_and_its_interval_holds_one() {
