@@ -97,6 +97,16 @@ enum Mode {
     Yield,
 }
 
+impl Mode {
+    /// The policy and its name.
+    fn policy(self) -> (i32, &'static str) {
+        match self {
+            Mode::Share => (libc::SCHED_BATCH, "SCHED_BATCH"),
+            Mode::Yield => (libc::SCHED_IDLE, "SCHED_IDLE"),
+        }
+    }
+}
+
 /// If the agent falls behind again within this of yielding, the host is
 /// busy for longer than a burst: it waits twice as long before yielding
 /// next time (up to [`CALM_FOR_MAX`]), instead of being starved for a
@@ -172,21 +182,14 @@ fn guard(lag: &dyn Fn() -> Option<Duration>) {
         let Some(mode) = decider.observe(behind_by, Instant::now()) else {
             continue;
         };
-        let policy = match mode {
-            Mode::Share => libc::SCHED_BATCH,
-            Mode::Yield => libc::SCHED_IDLE,
-        };
+        let (policy, name) = mode.policy();
         if let Err(error) = set_other_threads(policy) {
             tracing::warn!(%error, "cannot change the agent's scheduling policy; it stays under SCHED_BATCH");
             let _ = set_other_threads(libc::SCHED_BATCH);
             return;
         }
         tracing::debug!(
-            policy = if mode == Mode::Yield {
-                "SCHED_IDLE"
-            } else {
-                "SCHED_BATCH"
-            },
+            policy = name,
             lag_ms = behind_by.as_millis() as u64,
             calm_for_s = decider.calm_for.as_secs(),
             "changed the agent's scheduling policy"

@@ -22,21 +22,37 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// `monitor run` with `args`.
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(agent());
+        cmd.arg("run").args(args);
+        Self::spawn(dir, cmd)
+    }
+
+    /// The agent as `cmd` sets it up (subcommand, arguments, pre-exec
+    /// steps), with its stdout and stderr in files under `dir`.
+    pub(crate) fn spawn(dir: &Path, mut cmd: Command) -> Self {
         let stdout = dir.join("stdout.jsonl");
         let stderr = dir.join("stderr.log");
-        let child = Command::new(agent())
-            .arg("run")
-            .args(args)
+        let child = cmd
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
-            .expect("start monitor run");
+            .expect("start the agent");
         Self {
             child,
             stdout,
             stderr,
         }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The file its stdout goes to.
+    pub(crate) fn stdout_path(&self) -> &Path {
+        &self.stdout
     }
 
     pub(crate) fn stderr(&self) -> String {
