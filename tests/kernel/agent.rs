@@ -82,7 +82,8 @@ impl Agent {
         }
     }
 
-    /// SIGTERM; returns the exit status and how long the stop took.
+    /// SIGTERM; returns the exit status, how long the stop took and the
+    /// agent's stderr.
     pub(crate) fn stop(mut self) -> (std::process::ExitStatus, Duration, String) {
         self.terminate()
     }

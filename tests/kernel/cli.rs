@@ -202,6 +202,12 @@ fn yields(policies: &[(String, i32)]) -> bool {
         })
 }
 
+/// The agent shares the CPU: every thread, the guard's included, under
+/// `SCHED_BATCH`.
+fn shares(policies: &[(String, i32)]) -> bool {
+    policies.len() >= 4 && policies.iter().all(|(_, p)| *p == libc::SCHED_BATCH)
+}
+
 /// Polls the agent's thread policies until `done` holds; panics with the
 /// last ones after `limit`.
 fn wait_for_policies(
@@ -261,7 +267,7 @@ fn record_runs_under_sched_idle_while_it_keeps_up_and_sched_batch_when_starved()
             execs += 1;
         }
         let policies = thread_policies(pid);
-        if policies.len() >= 4 && policies.iter().all(|(_, p)| *p == libc::SCHED_BATCH) {
+        if shares(&policies) {
             eprintln!(
                 "sharing under CPU hogs after {:?} and {execs} execs: {policies:?}",
                 started.elapsed()

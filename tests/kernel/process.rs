@@ -270,22 +270,13 @@ fn actor_profile_windows(args: &[&str]) -> Vec<monitor::event::ProfileDetail> {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // Its windows come before its exit event; the last is marked final only
+    // if a drain had not already read its last calls.
     rec.until(Duration::from_secs(10), "the process's exit", |evs| {
-        exited(evs, pid)
+        exit_of(evs, pid).is_some()
     });
     assert!(child.wait_with_output().unwrap().status.success());
     profile_windows(&rec.events, pid)
-}
-
-/// Whether process `pid`'s exit is among `events`. Its profile windows come
-/// before it, the last of them marked final only if the process made calls
-/// since the window before: a drain that reads a thread's entry after its
-/// last call (a thread switched out inside `exit_group`) leaves the final
-/// window empty, and an empty window is not sent.
-fn exited(events: &[Event], pid: u32) -> bool {
-    events.iter().any(|e| {
-        matches!(e.detail, Detail::Exit(_)) && e.process.as_ref().is_some_and(|p| p.pid == pid)
-    })
 }
 
 /// The `syscall_profile` windows of process `pid` among `events`.
@@ -414,9 +405,10 @@ fn short_lived_processes_profiles_are_exact_and_consistent() {
             .filter_map(|e| e.process.as_ref().map(|p| p.pid))
             .collect()
     };
+    // Waits for exits, not final windows (see `actor_profile_windows`).
     rec.until(Duration::from_secs(10), "every exit", |evs| {
         let pids = trues(evs);
-        pids.len() == RUNS && pids.iter().all(|&pid| exited(evs, pid))
+        pids.len() == RUNS && pids.iter().all(|&pid| exit_of(evs, pid).is_some())
     });
     let mut totals = Vec::new();
     for pid in trues(&rec.events) {
