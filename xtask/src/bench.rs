@@ -2,6 +2,7 @@
 //! built agent. `overhead` and `rss` are here; the model and sink benchmarks are
 //! `cargo bench` targets of the agent crate, which this command runs too.
 
+mod cost;
 mod overhead;
 mod rss;
 

@@ -15,6 +15,10 @@
 //! Configurations: none; an empty BPF program on every syscall (the floor
 //! for hooking every syscall); the agent with everything on; the agent with
 //! syscall profiles off; bpftrace counting per (pid, syscall).
+//!
+//! After the timed rounds, a counting pass (`cost`) adds up the agent's
+//! own CPU and its programs' run time over one run of each workload: the
+//! same cost from counters, which do not move with the host's speed.
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +30,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::cost;
 use crate::prepare::{self, step};
 
 const W1_CALLS: u64 = 5_000_000;
@@ -140,11 +145,33 @@ impl Workload {
     }
 }
 
+/// One run of a workload.
+struct Ran {
+    took: Duration,
+    pid: u32,
+    /// CPU time of the workload's processes (all of them, waited for).
+    cpu: Duration,
+}
+
+/// What the counting pass found (see `cost`).
+struct Accounting {
+    /// The statistics' own cost per program run, from an empty program.
+    stats_ns_per_run: f64,
+    costs: BTreeMap<Workload, cost::Cost>,
+}
+
 /// A running configuration.
 struct Running {
     child: Option<Child>,
     output: Option<PathBuf>,
     stderr_log: Option<PathBuf>,
+}
+
+impl Running {
+    /// The configuration's process (0 for 'none').
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
 }
 
 /// What one agent run saw.
@@ -183,6 +210,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     prepare::apt_packages(&[("bpftrace", "bpftrace"), ("make", "make"), ("gcc", "gcc")])?;
     check_audit();
     check_no_other_tracers()?;
+    if cost::stats_on() {
+        bail!(
+            "kernel.bpf_stats_enabled is on: every program run would pay for its clock reads \
+             in the timed rounds. Turn it off first (`sysctl kernel.bpf_stats_enabled=0`)"
+        );
+    }
     let dir = std::env::temp_dir().join("monitor-bench-overhead");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -191,7 +224,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let (times, agents) = bench.measure()?;
     let idle = bench.idle()?;
-    let report = render(&times, &agents, idle, rounds, started.elapsed());
+    let accounting = bench.account()?;
+    let report = render(
+        &times,
+        &agents,
+        &accounting,
+        idle,
+        rounds,
+        started.elapsed(),
+    );
     println!("\n{report}");
     let doc = prepare::root().join("docs/performance.md");
     super::write_section(&doc, "overhead", "Overhead on workloads", &report)?;
@@ -259,7 +300,7 @@ fn check_no_other_tracers() -> anyhow::Result<()> {
             continue;
         };
         let holds_tracer = fds.filter_map(Result::ok).any(|fd| {
-            std::fs::read_to_string(fd.path()).is_ok_and(|info| is_tracing_program(&info))
+            std::fs::read_to_string(fd.path()).is_ok_and(|info| cost::is_tracing_program(&info))
         });
         if holds_tracer {
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
@@ -279,17 +320,6 @@ fn check_no_other_tracers() -> anyhow::Result<()> {
         "no other process holds a tracing BPF program",
     );
     Ok(())
-}
-
-/// True if `fdinfo` (of `/proc/PID/fdinfo/FD`) is a BPF program of a type
-/// that hooks kernel events: kprobe, tracepoint, perf event, raw
-/// tracepoint or BTF tracing (`tp_btf`, fentry).
-fn is_tracing_program(fdinfo: &str) -> bool {
-    fdinfo.lines().any(|line| {
-        line.strip_prefix("prog_type:")
-            .and_then(|t| t.trim().parse::<u32>().ok())
-            .is_some_and(|t| matches!(t, 2 | 5 | 7 | 17 | 26))
-    })
 }
 
 impl Bench {
@@ -334,8 +364,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Runs one workload; returns its wall time and the pid it ran as.
-    fn workload(&self, w: Workload, token: &str) -> anyhow::Result<(Duration, u32)> {
+    /// Runs one workload.
+    fn workload(&self, w: Workload, token: &str) -> anyhow::Result<Ran> {
         let mut cmd = match w {
             Workload::W1 => {
                 let mut c = Command::new(self.dir.join("w1"));
@@ -363,6 +393,7 @@ impl Bench {
                 c
             }
         };
+        let cpu_before = cost::children_cpu();
         let started = Instant::now();
         let mut child = cmd
             .stdout(Stdio::null())
@@ -374,7 +405,11 @@ impl Bench {
         if !status.success() {
             bail!("workload {w:?} failed: {status}");
         }
-        Ok((took, pid))
+        Ok(Ran {
+            took,
+            pid,
+            cpu: cost::children_cpu().saturating_sub(cpu_before),
+        })
     }
 
     fn start(&self, config: Config, round: usize) -> anyhow::Result<Running> {
@@ -548,15 +583,13 @@ impl Bench {
                 let mut line = Vec::new();
                 for w in Workload::ALL {
                     for _ in 0..w.repeats() {
-                        let (took, pid) = self.workload(w, &token)?;
+                        let ran = self.workload(w, &token)?;
                         if w == Workload::W3 {
-                            w3_pid = pid;
+                            w3_pid = ran.pid;
                         }
-                        times
-                            .entry((config, w))
-                            .or_default()
-                            .push(took.as_secs_f64());
-                        line.push(format!("{:?} {:.2}s", w, took.as_secs_f64()));
+                        let took = ran.took.as_secs_f64();
+                        times.entry((config, w)).or_default().push(took);
+                        line.push(format!("{w:?} {took:.2}s"));
                     }
                 }
                 // Give the agent time to drain the last windows before stopping.
@@ -574,10 +607,67 @@ impl Bench {
         Ok((times, agents))
     }
 
+    /// The counting pass (see `cost`): an empty hook over W1 gives the
+    /// statistics' own cost per program run, then one agent (all on) is
+    /// counted over each workload. After the timed rounds, which must not
+    /// pay for the statistics.
+    fn account(&self) -> anyhow::Result<Accounting> {
+        const ROUND: usize = 998; // names its files apart from the rounds'
+        let _stats = cost::StatsOn::enable()?;
+        let floor = self.start(Config::EmptyHook, ROUND)?;
+        let before = cost::program_time(floor.pid())?;
+        self.workload(Workload::W1, "")?;
+        let empty = cost::program_time(floor.pid())?.since(before);
+        self.stop(floor, "", 0)?;
+        if empty.runs < W1_CALLS {
+            bail!(
+                "the empty hook ran {} times over {W1_CALLS} syscalls: its statistics are \
+                 not counting",
+                empty.runs
+            );
+        }
+        let stats_ns_per_run = empty.ns as f64 / empty.runs as f64;
+
+        let agent = self.start(Config::AgentFull, ROUND)?;
+        let pid = agent.pid();
+        let mut costs = BTreeMap::new();
+        for w in Workload::ALL {
+            let (programs, agent_cpu) = (cost::program_time(pid)?, cost::process_cpu(pid)?);
+            let ran = self.workload(w, "bench-account")?;
+            // The agent handles the last events of the run meanwhile.
+            std::thread::sleep(Duration::from_millis(300));
+            let cost = cost::Cost {
+                programs: cost::program_time(pid)?.since(programs),
+                agent_cpu: cost::process_cpu(pid)?.saturating_sub(agent_cpu),
+                workload_cpu: ran.cpu,
+            };
+            step(
+                "..",
+                &format!("counted {w:?}"),
+                &format!(
+                    "programs {:.1} ms in {} runs, agent {:.1} ms, workload {:.2} s: x{:.3} \
+                     (programs), x{:.3} (all)",
+                    cost.program_body_ns(stats_ns_per_run) / 1e6,
+                    cost.programs.runs,
+                    cost.agent_cpu.as_secs_f64() * 1e3,
+                    cost.workload_ns(stats_ns_per_run) / 1e9,
+                    cost.in_line_ratio(stats_ns_per_run),
+                    cost.ratio(stats_ns_per_run)
+                ),
+            );
+            costs.insert(w, cost);
+        }
+        self.stop(agent, "bench-account", 0)?;
+        Ok(Accounting {
+            stats_ns_per_run,
+            costs,
+        })
+    }
+
     /// The agent on an idle host: CPU share of one core and RSS.
     fn idle(&self) -> anyhow::Result<(f64, u64)> {
         let running = self.start(Config::AgentFull, 999)?;
-        let pid = running.child.as_ref().map(Child::id).unwrap_or(0);
+        let pid = running.pid();
         std::thread::sleep(Duration::from_secs(5));
         let (cpu0, _) = proc_usage(pid);
         let window = Duration::from_secs(20);
@@ -711,9 +801,44 @@ fn render_floors(times: &BTreeMap<(Config, Workload), Vec<f64>>) -> String {
     out
 }
 
+/// The counting pass's table (see `cost`).
+fn render_accounting(accounting: &Accounting) -> String {
+    let per_run = accounting.stats_ns_per_run;
+    let mut out = String::from(
+        "\nCounted, not timed: one agent (all on), with the kernel's BPF run-time statistics on, \
+         over one run of each workload (`xtask/src/bench/cost.rs`).\n\n\
+         | workload | agent's programs: runs, time | agent's own CPU | workload's CPU | direct cost: programs | direct cost: all |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (w, cost) in &accounting.costs {
+        out.push_str(&format!(
+            "| {} | {} runs, {:.1} ms | {:.1} ms | {:.3} s | x{:.3} | x{:.3} |\n",
+            w.label(),
+            cost.programs.runs,
+            cost.program_body_ns(per_run) / 1e6,
+            cost.agent_cpu.as_secs_f64() * 1e3,
+            cost.workload_ns(per_run) / 1e9,
+            cost.in_line_ratio(per_run),
+            cost.ratio(per_run)
+        ));
+    }
+    out.push_str(&format!(
+        "\nThe programs' time is less the statistics' own clock reads, {per_run:.1} ns per run \
+         as an empty program measured them, and so is the workload's. Direct cost: the \
+         workload's CPU time, over the same less the programs' time; \"all\" adds the agent's \
+         own CPU, which a workload pays when it keeps every core busy (W4) and barely when it \
+         leaves one idle (W2 runs one process at a time). Counters do not move with the host's speed as the timings \
+         above do, but they leave out the hook's dispatch and the caches the agent cools: the \
+         baseline is the empty hook, as in W1's floor. For the floors against none, multiply \
+         by the empty hook's ratio to none.\n"
+    ));
+    out
+}
+
 fn render(
     times: &BTreeMap<(Config, Workload), Vec<f64>>,
     agents: &BTreeMap<Config, Vec<AgentRun>>,
+    accounting: &Accounting,
     idle: (f64, u64),
     rounds: usize,
     took: Duration,
@@ -759,6 +884,7 @@ fn render(
          this machine's run-to-run noise on that workload, against which to read the ratios.\n",
     );
     out.push_str(&render_floors(times));
+    out.push_str(&render_accounting(accounting));
     out.push_str("\n| agent | W2 execs captured + dropped / expected | W3 openat counted + dropped / expected | agent CPU s per round | agent peak RSS |\n|---|---|---|---|---|\n");
     for c in [Config::AgentFull, Config::AgentNoProfiles] {
         let runs = agents.get(&c).cloned().unwrap_or_default();
@@ -798,18 +924,6 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tracing_programs_are_told_apart_from_other_fds() {
-        let tp_btf = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\nprog_type:\t26\n\
-                      prog_jited:\t1\nprog_tag:\t59f4a931744dcdc6\n";
-        assert!(is_tracing_program(tp_btf));
-        assert!(is_tracing_program("prog_type:\t5\n"));
-        // A cgroup device program (systemd), a map, a plain file.
-        assert!(!is_tracing_program("prog_type:\t15\nprog_jited:\t1\n"));
-        assert!(!is_tracing_program("map_type:\t27\nkey_size:\t0\n"));
-        assert!(!is_tracing_program("pos:\t0\nflags:\t0100000\n"));
-    }
 
     #[test]
     fn the_pairwise_ratio_of_equal_samples_is_one_and_its_interval_holds_one() {
