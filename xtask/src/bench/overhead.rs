@@ -16,7 +16,7 @@
 //! for hooking every syscall); the agent with everything on; the agent with
 //! syscall profiles off; bpftrace counting per (pid, syscall).
 //!
-//! After the timed rounds, a counting pass (`cost`) adds up the agent's
+//! Before the timed rounds, a counting pass (`cost`) adds up the agent's
 //! own CPU and its programs' run time over one run of each workload: the
 //! same cost from counters, which do not move with the host's speed.
 
@@ -222,9 +222,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let bench = Bench { dir, agent, rounds };
     bench.compile()?;
     let started = Instant::now();
+    // First, so that a kernel without the statistics fails the run at once.
+    let accounting = bench.account()?;
     let (times, agents) = bench.measure()?;
     let idle = bench.idle()?;
-    let accounting = bench.account()?;
     let report = render(
         &times,
         &agents,
@@ -609,8 +610,8 @@ impl Bench {
 
     /// The counting pass (see `cost`): an empty hook over W1 gives the
     /// statistics' own cost per program run, then one agent (all on) is
-    /// counted over each workload. After the timed rounds, which must not
-    /// pay for the statistics.
+    /// counted over each workload. The statistics are off again when it
+    /// returns, however it returns: the timed rounds must not pay for them.
     fn account(&self) -> anyhow::Result<Accounting> {
         const ROUND: usize = 998; // names its files apart from the rounds'
         let _stats = cost::StatsOn::enable()?;
