@@ -2,8 +2,8 @@
 //!
 //! On a small shared VM, wall-clock ratios move by 5-30% from one round to
 //! the next: more than the 5% floors they are read against. This pass adds
-//! up what the agent itself spends instead, from counters that do not
-//! depend on the host's speed of the moment:
+//! up what the agent itself spends instead, from counters, which move far
+//! less with the host's speed of the moment:
 //! - the run time of its eBPF programs, which the kernel sums per program
 //!   while `kernel.bpf_stats_enabled` is on;
 //! - the agent process's own CPU time;

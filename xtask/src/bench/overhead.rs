@@ -18,7 +18,7 @@
 //!
 //! Before the timed rounds, a counting pass (`cost`) adds up the agent's
 //! own CPU and its programs' run time over one run of each workload: the
-//! same cost from counters, which do not move with the host's speed.
+//! same cost from counters, which move far less with the host's speed.
 
 use std::{
     collections::BTreeMap,
@@ -828,10 +828,10 @@ fn render_accounting(accounting: &Accounting) -> String {
          as an empty program measured them, and so is the workload's. Direct cost: the \
          workload's CPU time, over the same less the programs' time; \"all\" adds the agent's \
          own CPU, which a workload pays when it keeps every core busy (W4) and barely when it \
-         leaves one idle (W2 runs one process at a time). Counters do not move with the host's speed as the timings \
-         above do, but they leave out the hook's dispatch and the caches the agent cools: the \
-         baseline is the empty hook, as in W1's floor. For the floors against none, multiply \
-         by the empty hook's ratio to none.\n"
+         leaves one idle (W2 runs one process at a time). Counters move far less with the \
+         host's speed than the timings above, but they leave out the hook's dispatch and the \
+         caches the agent cools: the baseline is the empty hook, as in W1's floor. For the \
+         floors against none, multiply by the empty hook's ratio to none.\n"
     ));
     out
 }
