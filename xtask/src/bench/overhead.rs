@@ -608,27 +608,15 @@ impl Bench {
         Ok((times, agents))
     }
 
-    /// The counting pass (see `cost`): an empty hook over W1 gives the
-    /// statistics' own cost per program run, then one agent (all on) is
-    /// counted over each workload. The statistics are off again when it
-    /// returns, however it returns: the timed rounds must not pay for them.
+    /// The counting pass (see `cost`): one agent (all on) counted over each
+    /// workload, between two measures of the statistics' own cost per
+    /// program run, whose mean is used (it moves with the host's speed).
+    /// The statistics are off again when it returns, however it returns:
+    /// the timed rounds must not pay for them.
     fn account(&self) -> anyhow::Result<Accounting> {
         const ROUND: usize = 998; // names its files apart from the rounds'
         let _stats = cost::StatsOn::enable()?;
-        let floor = self.start(Config::EmptyHook, ROUND)?;
-        let before = cost::program_time(floor.pid())?;
-        self.workload(Workload::W1, "")?;
-        let empty = cost::program_time(floor.pid())?.since(before);
-        self.stop(floor, "", 0)?;
-        if empty.runs < W1_CALLS {
-            bail!(
-                "the empty hook ran {} times over {W1_CALLS} syscalls: its statistics are \
-                 not counting",
-                empty.runs
-            );
-        }
-        let stats_ns_per_run = empty.ns as f64 / empty.runs as f64;
-
+        let stats_before = self.stats_cost_per_run(ROUND)?;
         let agent = self.start(Config::AgentFull, ROUND)?;
         let pid = agent.pid();
         let mut costs = BTreeMap::new();
@@ -646,23 +634,45 @@ impl Bench {
                 "..",
                 &format!("counted {w:?}"),
                 &format!(
-                    "programs {:.1} ms in {} runs, agent {:.1} ms, workload {:.2} s: x{:.3} \
-                     (programs), x{:.3} (all)",
-                    cost.program_body_ns(stats_ns_per_run) / 1e6,
+                    "programs {:.1} ms in {} runs (the statistics' cost included), agent \
+                     {:.1} ms, workload {:.2} s",
+                    cost.programs.ns as f64 / 1e6,
                     cost.programs.runs,
                     cost.agent_cpu.as_secs_f64() * 1e3,
-                    cost.workload_ns(stats_ns_per_run) / 1e9,
-                    cost.in_line_ratio(stats_ns_per_run),
-                    cost.ratio(stats_ns_per_run)
+                    cost.workload_cpu.as_secs_f64()
                 ),
             );
             costs.insert(w, cost);
         }
         self.stop(agent, "bench-account", 0)?;
+        let stats_after = self.stats_cost_per_run(ROUND)?;
+        step(
+            "ok",
+            "statistics' own cost",
+            &format!("{stats_before:.1} ns per run before the agent, {stats_after:.1} ns after"),
+        );
         Ok(Accounting {
-            stats_ns_per_run,
+            stats_ns_per_run: (stats_before + stats_after) / 2.0,
             costs,
         })
+    }
+
+    /// What the BPF run-time statistics measure for an empty program on
+    /// every syscall, per run, over W1: their own cost.
+    fn stats_cost_per_run(&self, round: usize) -> anyhow::Result<f64> {
+        let floor = self.start(Config::EmptyHook, round)?;
+        let before = cost::program_time(floor.pid())?;
+        self.workload(Workload::W1, "")?;
+        let empty = cost::program_time(floor.pid())?.since(before);
+        self.stop(floor, "", 0)?;
+        if empty.runs < W1_CALLS {
+            bail!(
+                "the empty hook ran {} times over {W1_CALLS} syscalls: its statistics are \
+                 not counting",
+                empty.runs
+            );
+        }
+        Ok(empty.ns as f64 / empty.runs as f64)
     }
 
     /// The agent on an idle host: CPU share of one core and RSS.
@@ -825,7 +835,8 @@ fn render_accounting(accounting: &Accounting) -> String {
     }
     out.push_str(&format!(
         "\nThe programs' time is less the statistics' own clock reads, {per_run:.1} ns per run \
-         as an empty program measured them, and so is the workload's. Direct cost: the \
+         as an empty program measured them (the mean of a measure before the agent's pass and \
+         one after), and so is the workload's. Direct cost: the \
          workload's CPU time, over the same less the programs' time; \"all\" adds the agent's \
          own CPU, which a workload pays when it keeps every core busy (W4) and barely when it \
          leaves one idle (W2 runs one process at a time). Counters move far less with the \
