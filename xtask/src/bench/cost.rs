@@ -23,38 +23,36 @@ use anyhow::Context as _;
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// `kernel.bpf_stats_enabled` is on while this lives; its previous value is
-/// put back on drop. Only for the counting pass: the statistics cost every
-/// program run a clock read, so they must be off while runs are timed.
-pub(super) struct StatsOn {
-    previous: String,
-}
+/// `kernel.bpf_stats_enabled` is on while this lives, and off again after.
+/// Only for the counting pass: the statistics cost every program run a
+/// clock read, so they must be off while runs are timed.
+pub(super) struct StatsOn(());
 
 impl StatsOn {
+    /// Turns the statistics on. Refuses if they already are: someone else
+    /// turned them on, and the timed rounds would pay for them.
     pub(super) fn enable() -> anyhow::Result<Self> {
-        let previous = std::fs::read_to_string(STATS_SYSCTL)
+        let now = std::fs::read_to_string(STATS_SYSCTL)
             .with_context(|| format!("cannot read {STATS_SYSCTL}"))?;
+        if now.trim() != "0" {
+            anyhow::bail!(
+                "kernel.bpf_stats_enabled is on: every program run would pay for its clock \
+                 reads in the timed rounds. Turn it off first \
+                 (`sysctl kernel.bpf_stats_enabled=0`)"
+            );
+        }
         std::fs::write(STATS_SYSCTL, "1")
             .with_context(|| format!("cannot turn on BPF run-time statistics ({STATS_SYSCTL})"))?;
-        Ok(Self { previous })
+        Ok(Self(()))
     }
 }
 
 impl Drop for StatsOn {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::write(STATS_SYSCTL, self.previous.trim()) {
-            eprintln!(
-                "cannot restore {STATS_SYSCTL} to {}: {e}",
-                self.previous.trim()
-            );
+        if let Err(e) = std::fs::write(STATS_SYSCTL, "0") {
+            eprintln!("cannot turn {STATS_SYSCTL} off again: {e}");
         }
     }
-}
-
-/// True if the BPF run-time statistics are on (they would slow every
-/// program run of a timed configuration).
-pub(super) fn stats_on() -> bool {
-    std::fs::read_to_string(STATS_SYSCTL).is_ok_and(|v| v.trim() != "0")
 }
 
 /// Summed run time and run count of a process's tracing programs.
@@ -181,21 +179,23 @@ impl Cost {
         (self.workload_cpu.as_nanos() as f64 - stats).max(1.0)
     }
 
-    /// The workload's CPU time plus the agent's, over what the workload
-    /// would have used without the programs' bodies: the slowdown if all
-    /// of it were paid in line, on a CPU the workload keeps busy. The
-    /// hooks' dispatch is in both, so the baseline is the empty hook.
-    pub(super) fn ratio(&self, stats_ns_per_run: f64) -> f64 {
-        let workload = self.workload_ns(stats_ns_per_run);
-        let alone = (workload - self.program_body_ns(stats_ns_per_run)).max(1.0);
-        (workload + self.agent_cpu.as_nanos() as f64) / alone
+    /// What the workload would have used without the programs' bodies.
+    /// The hooks' dispatch is still in it, so it stands for the empty hook.
+    fn alone_ns(&self, stats_ns_per_run: f64) -> f64 {
+        (self.workload_ns(stats_ns_per_run) - self.program_body_ns(stats_ns_per_run)).max(1.0)
     }
 
-    /// The same for the programs alone: the share the workload pays on its
-    /// own CPU, whichever core the agent runs on.
+    /// The workload's CPU time over its time alone: the share it pays on
+    /// its own CPU for the programs, whichever core the agent runs on.
     pub(super) fn in_line_ratio(&self, stats_ns_per_run: f64) -> f64 {
-        let workload = self.workload_ns(stats_ns_per_run);
-        workload / (workload - self.program_body_ns(stats_ns_per_run)).max(1.0)
+        self.workload_ns(stats_ns_per_run) / self.alone_ns(stats_ns_per_run)
+    }
+
+    /// The same with the agent's CPU added: the slowdown if all of it were
+    /// paid in line, on a CPU the workload keeps busy.
+    pub(super) fn ratio(&self, stats_ns_per_run: f64) -> f64 {
+        self.in_line_ratio(stats_ns_per_run)
+            + self.agent_cpu.as_nanos() as f64 / self.alone_ns(stats_ns_per_run)
     }
 }
 

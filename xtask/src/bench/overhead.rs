@@ -210,12 +210,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     prepare::apt_packages(&[("bpftrace", "bpftrace"), ("make", "make"), ("gcc", "gcc")])?;
     check_audit();
     check_no_other_tracers()?;
-    if cost::stats_on() {
-        bail!(
-            "kernel.bpf_stats_enabled is on: every program run would pay for its clock reads \
-             in the timed rounds. Turn it off first (`sysctl kernel.bpf_stats_enabled=0`)"
-        );
-    }
     let dir = std::env::temp_dir().join("monitor-bench-overhead");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -505,7 +499,7 @@ impl Bench {
             return Ok(None);
         };
         let pid = child.id();
-        let (cpu_secs, peak_rss_kib) = proc_usage(pid);
+        let (cpu_secs, peak_rss_kib) = proc_usage(pid)?;
         // The agent gets SIGTERM, as from systemd. bpftrace stops on SIGINT
         // (Ctrl-C): it once ignored a SIGTERM here and the run waited six
         // minutes for it. The empty hook takes either.
@@ -680,10 +674,10 @@ impl Bench {
         let running = self.start(Config::AgentFull, 999)?;
         let pid = running.pid();
         std::thread::sleep(Duration::from_secs(5));
-        let (cpu0, _) = proc_usage(pid);
+        let (cpu0, _) = proc_usage(pid)?;
         let window = Duration::from_secs(20);
         std::thread::sleep(window);
-        let (cpu1, rss) = proc_usage(pid);
+        let (cpu1, rss) = proc_usage(pid)?;
         let _ = self.stop(running, "", 0)?;
         let share = (cpu1 - cpu0) / window.as_secs_f64() * 100.0;
         step(
@@ -695,16 +689,12 @@ impl Bench {
     }
 }
 
-/// CPU seconds (user + system) and peak RSS (KiB) of a process.
-fn proc_usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11usize, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    (ticks / 100.0, super::proc_kib(pid, "VmHWM:"))
+/// CPU seconds (user + system, every thread) and peak RSS (KiB) of a process.
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    Ok((
+        cost::process_cpu(pid)?.as_secs_f64(),
+        super::proc_kib(pid, "VmHWM:"),
+    ))
 }
 
 fn median(values: &[f64]) -> f64 {
