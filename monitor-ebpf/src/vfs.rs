@@ -6,7 +6,14 @@
 //! parent mount, until the root mount (its own parent). Components are
 //! written leaf first, each NUL-terminated; the agent reverses them.
 
-use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user_str};
+use aya_ebpf::{
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+    },
+    macros::map,
+    maps::PerCpuArray,
+};
 use monitor_common::{
     COUNTER_PATH_TRUNCATED, KernelPath, NAME_READ_MAX, PATH_CAPTURE_MAX, PATH_DEPTH_MAX, path_flags,
 };
@@ -36,33 +43,71 @@ pub fn set_empty(out: *mut KernelPath, flags: u8) {
     }
 }
 
-/// State of one path walk, shared with the `bpf_loop` callback.
+/// State of the path walk in progress on this CPU.
+///
+/// It lives in a map, not on the stack, on purpose: the verifier knows
+/// nothing of a map value's contents, so every step of the walk starts
+/// from the same abstract state (unknown scalars) and the `bpf_loop`
+/// callback is verified once or twice. Kept on the stack, the length was a
+/// precisely tracked scalar that grew by up to `NAME_READ_MAX` per step, and
+/// kernels that verify a callback until its state converges (6.8 on, and
+/// 6.1 and 6.6 stable backports) explored it again for every possible
+/// length: on some builds of 6.18 and on 7.3 that passed the 1M-instruction
+/// limit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct WalkState {
+    /// Who owns the walk (see [`Walk::owner`]).
+    owner: u64,
+    dentry: u64,
+    vfsmnt: u64,
+    mnt: u64,
+    len: u64,
+    depth: u64,
+    flags: u64,
+}
+
+/// One walk state per CPU.
+#[map]
+static PATH_WALK: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The callback's context, on the caller's stack: only the output pointer
+/// (which cannot be stored in a map) and the walk's owner token.
 #[repr(C)]
 struct Walk {
     out: *mut KernelPath,
-    dentry: usize,
-    vfsmnt: usize,
-    mnt: usize,
-    len: usize,
-    depth: u8,
-    flags: u8,
+    /// A token unique to this walk (its start time). A program preempted
+    /// mid-walk on a preemptible kernel may find the CPU's state taken over
+    /// by another program's walk; each step checks the token and stops with
+    /// [`path_flags::FAULT`] instead of mixing two paths.
+    owner: u64,
 }
 
 /// Captures the path of `dentry` in mount `vfsmnt` into `out`.
 ///
-/// The walk runs under `bpf_loop`, so the verifier checks one step once
-/// instead of unrolling `PATH_DEPTH_MAX` of them.
+/// The walk runs under `bpf_loop`, so the verifier checks one step instead
+/// of unrolling `PATH_DEPTH_MAX` of them.
 #[inline(always)]
 pub fn capture_dentry(out: *mut KernelPath, dentry: usize, vfsmnt: usize) {
-    let mut walk = Walk {
-        out,
-        dentry,
-        vfsmnt,
-        mnt: vfsmnt.wrapping_sub(off!(mount_mnt)),
-        len: 0,
-        depth: 0,
-        flags: 0,
+    let Some(state) = PATH_WALK.get_ptr_mut(0) else {
+        set_empty(out, path_flags::FAULT);
+        return;
     };
+    // SAFETY: a helper without arguments.
+    let owner = unsafe { bpf_ktime_get_ns() } | 1;
+    // SAFETY: this CPU's map value.
+    unsafe {
+        *state = WalkState {
+            owner,
+            dentry: dentry as u64,
+            vfsmnt: vfsmnt as u64,
+            mnt: vfsmnt.wrapping_sub(off!(mount_mnt)) as u64,
+            len: 0,
+            depth: 0,
+            flags: 0,
+        };
+    }
+    let mut walk = Walk { out, owner };
     // SAFETY: `walk_step` has the callback signature bpf_loop expects and
     // only touches `walk` through the context pointer.
     unsafe {
@@ -73,8 +118,13 @@ pub fn capture_dentry(out: *mut KernelPath, dentry: usize, vfsmnt: usize) {
             0,
         );
     }
-    let mut len = walk.len;
-    let mut flags = walk.flags;
+    // SAFETY: this CPU's map value, copied out at once.
+    let done = unsafe { *state };
+    let mut flags = done.flags as u8;
+    if done.owner != owner {
+        flags |= path_flags::FAULT;
+    }
+    let mut len = done.len as usize;
     if len > PATH_CAPTURE_MAX {
         // The last component ran past the capture bound into the slack: drop it.
         flags |= path_flags::TRUNCATED;
@@ -86,7 +136,7 @@ pub fn capture_dentry(out: *mut KernelPath, dentry: usize, vfsmnt: usize) {
     // SAFETY: `out` points into a reserved ring-buffer record.
     unsafe {
         (*out).len = len as u16;
-        (*out).depth = walk.depth;
+        (*out).depth = done.depth as u8;
         (*out).flags = flags;
         (*out)._pad0 = 0;
     }
@@ -95,46 +145,56 @@ pub fn capture_dentry(out: *mut KernelPath, dentry: usize, vfsmnt: usize) {
 /// One step of the walk: returns 1 to stop, 0 to go on.
 extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `Walk` given in `capture_dentry`.
-    let walk = unsafe { &mut *ctx.cast::<Walk>() };
-    let fault = |walk: &mut Walk| {
-        walk.flags |= path_flags::FAULT;
+    let walk = unsafe { &*ctx.cast::<Walk>() };
+    let Some(state) = PATH_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's map value.
+    let w = unsafe { &mut *state };
+    if w.owner != walk.owner {
+        return 1; // taken over: `capture_dentry` marks the fault
+    }
+    let fault = |w: &mut WalkState| {
+        w.flags |= u64::from(path_flags::FAULT);
         1
     };
-    let Ok(mnt_root) = read_ptr(walk.vfsmnt, off!(vfsmount_mnt_root)) else {
-        return fault(walk);
+    let (dentry, vfsmnt, mnt) = (w.dentry as usize, w.vfsmnt as usize, w.mnt as usize);
+    let Ok(mnt_root) = read_ptr(vfsmnt, off!(vfsmount_mnt_root)) else {
+        return fault(w);
     };
-    let Ok(parent) = read_ptr(walk.dentry, off!(dentry_d_parent)) else {
-        return fault(walk);
+    let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
+        return fault(w);
     };
     // A dentry that is its own parent but not its mount's root is a pseudo
     // or disconnected dentry (memfd, anonymous files, file-handle opens):
     // its own name is all there is, so capture it and stop.
-    let last = walk.dentry == parent && walk.dentry != mnt_root;
-    if walk.dentry == mnt_root {
-        let Ok(mnt_parent) = read_ptr(walk.mnt, off!(mount_mnt_parent)) else {
-            return fault(walk);
+    let last = dentry == parent && dentry != mnt_root;
+    if dentry == mnt_root {
+        let Ok(mnt_parent) = read_ptr(mnt, off!(mount_mnt_parent)) else {
+            return fault(w);
         };
-        if mnt_parent == walk.mnt {
+        if mnt_parent == mnt {
             return 1; // the root mount: done
         }
-        let Ok(mountpoint) = read_ptr(walk.mnt, off!(mount_mnt_mountpoint)) else {
-            return fault(walk);
+        let Ok(mountpoint) = read_ptr(mnt, off!(mount_mnt_mountpoint)) else {
+            return fault(w);
         };
-        walk.dentry = mountpoint;
-        walk.mnt = mnt_parent;
-        walk.vfsmnt = mnt_parent.wrapping_add(off!(mount_mnt));
+        w.dentry = mountpoint as u64;
+        w.mnt = mnt_parent as u64;
+        w.vfsmnt = mnt_parent.wrapping_add(off!(mount_mnt)) as u64;
         return 0;
     }
-    let Ok(name) = read_ptr(walk.dentry, off!(dentry_d_name) + off!(qstr_name)) else {
-        return fault(walk);
+    let Ok(name) = read_ptr(dentry, off!(dentry_d_name) + off!(qstr_name)) else {
+        return fault(w);
     };
-    if walk.len >= PATH_CAPTURE_MAX - 1 {
-        walk.flags |= path_flags::TRUNCATED;
+    let len = w.len as usize;
+    if len >= PATH_CAPTURE_MAX - 1 {
+        w.flags |= u64::from(path_flags::TRUNCATED);
         return 1;
     }
     // The mask proves to the verifier that the write stays inside the area:
     // offset < PATH_CAPTURE_MAX and at most NAME_READ_MAX bytes.
-    let at = walk.len & (PATH_CAPTURE_MAX - 1);
+    let at = len & (PATH_CAPTURE_MAX - 1);
     // SAFETY: data[at..at + NAME_READ_MAX] lies inside the PATH_AREA array
     // of the reserved record `out` points to.
     let n = unsafe {
@@ -145,11 +205,11 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
         )
     };
     if n <= 0 {
-        return fault(walk);
+        return fault(w);
     }
-    walk.len = at + n as usize;
-    walk.depth = walk.depth.wrapping_add(1);
-    walk.dentry = parent;
+    w.len = (at + n as usize) as u64;
+    w.depth += 1;
+    w.dentry = parent as u64;
     i64::from(last)
 }
 

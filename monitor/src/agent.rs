@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{SharedStatus, Status},
+    api::{SensorReport, SharedStatus, Status},
     capture::Capture,
     config::{OnBadModel, Settings},
     detect::{Detection, Detector},
@@ -358,16 +358,16 @@ pub async fn run(
 
     // Capture last: everything downstream is ready for its events.
     let mut capture = Capture::start(&settings.capture).context("cannot start capture")?;
-    let sensor_states: BTreeMap<String, String> = capture
+    let sensor_states: BTreeMap<String, SensorReport> = capture
         .probes()
         .sensors()
         .iter()
-        .map(|(s, state)| (s.name().to_owned(), sensor_text(state)))
+        .map(|(s, state)| (s.name().to_owned(), SensorReport::of(state)))
         .collect();
     let unavailable: Vec<String> = sensor_states
         .iter()
-        .filter(|(_, s)| *s != "attached" && *s != "disabled")
-        .map(|(k, v)| format!("{k}: {v}"))
+        .filter(|(_, r)| r.is_unavailable())
+        .map(|(k, r)| format!("{k}: {r}"))
         .collect();
     let _ = spool.append(
         Class::Activity,
@@ -378,6 +378,23 @@ pub async fn run(
             serde_json::json!({ "sensors": sensor_states, "phase": detector.engine().phase() }),
         ))?,
     );
+    // Once per start, to the sinks: the SOC sees that this host is partly
+    // blind, and why, in the same stream as its findings.
+    for (sensor, report) in sensor_states.iter().filter(|(_, r)| r.is_unavailable()) {
+        spool_append(
+            &spool,
+            Class::Findings,
+            &ocsf::lifecycle(
+                Lifecycle::Health,
+                &host,
+                &format!(
+                    "monitor sensor {sensor} unavailable: {}",
+                    report.reason.as_deref().unwrap_or("")
+                ),
+                serde_json::json!({ "sensor": sensor, "state": report.state, "reason": report.reason }),
+            ),
+        );
+    }
     for problem in &unavailable {
         tracing::warn!("sensor not running: {problem}");
     }
@@ -454,7 +471,7 @@ pub async fn run(
                 let p = detector.progress();
                 let record = ocsf::lifecycle(Lifecycle::Heartbeat, &host, "monitor is alive", serde_json::json!({
                     "phase": p.phase, "windows": p.windows_seen, "findings": findings, "events": events,
-                    "lost": capture.loss_totals(),
+                    "lost": capture.loss_totals(), "sensors": sensor_states,
                 }));
                 spool_append(&spool, Class::Activity, &record);
             }
@@ -585,16 +602,6 @@ pub async fn run(
         );
     }
     Ok(())
-}
-
-fn sensor_text(state: &crate::kernel::SensorState) -> String {
-    use crate::kernel::SensorState::*;
-    match state {
-        Attached => "attached".into(),
-        Disabled => "disabled".into(),
-        Unavailable(why) => format!("unavailable: {why}"),
-        Failed(why) => format!("failed: {why}"),
-    }
 }
 
 fn spool_append(spool: &Spool, class: Class, record: &serde_json::Value) {

@@ -47,8 +47,8 @@ pub struct Status {
     pub lost: BTreeMap<String, u64>,
     /// Degraded fields by reason (e.g. user memory not present).
     pub faults: BTreeMap<String, u64>,
-    /// Sensor states.
-    pub sensors: BTreeMap<String, String>,
+    /// Sensor states, by sensor name.
+    pub sensors: BTreeMap<String, SensorReport>,
     /// Sinks.
     pub sinks: Vec<SinkHealth>,
     /// The spool.
@@ -61,6 +61,40 @@ pub struct Status {
     pub processes: usize,
     /// Resident memory of the agent, bytes.
     pub rss_bytes: u64,
+}
+
+/// A sensor's state as the status, the metrics and the heartbeat report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorReport {
+    /// `attached`, `disabled` or `unavailable`.
+    pub state: String,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl SensorReport {
+    /// The report of a sensor state.
+    pub fn of(state: &crate::kernel::SensorState) -> Self {
+        Self {
+            state: state.name().to_owned(),
+            reason: state.reason(),
+        }
+    }
+
+    /// True when the host is partly blind because of this sensor.
+    pub fn is_unavailable(&self) -> bool {
+        self.state == crate::kernel::SensorState::UNAVAILABLE
+    }
+}
+
+impl std::fmt::Display for SensorReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            Some(why) => write!(f, "{}: {why}", self.state),
+            None => f.write_str(&self.state),
+        }
+    }
 }
 
 /// Shared status.
@@ -81,9 +115,9 @@ pub fn health(status: &Status) -> Result<(), String> {
     if let Some(why) = &status.spool.degraded {
         problems.push(format!("spool degraded: {why}"));
     }
-    for (sensor, state) in &status.sensors {
-        if state.starts_with("failed") {
-            problems.push(format!("sensor {sensor} {state}"));
+    for (sensor, report) in &status.sensors {
+        if report.is_unavailable() {
+            problems.push(format!("sensor {sensor} {report}"));
         }
     }
     if problems.is_empty() {
@@ -115,6 +149,25 @@ pub fn metrics(s: &Status) -> String {
         "gauge",
         "1 while learning the baseline, 0 while detecting.",
         one(f64::from(u8::from(s.phase == Phase::Learning))),
+    );
+    metric(
+        "monitor_sensor_up",
+        "gauge",
+        "1 if the sensor runs, 0 if it is unavailable on this kernel (the reason label says why) or disabled.",
+        s.sensors
+            .iter()
+            .map(|(name, r)| {
+                (
+                    format!(
+                        "{{sensor=\"{}\",state=\"{}\",reason=\"{}\"}}",
+                        escape_label(name),
+                        escape_label(&r.state),
+                        escape_label(r.reason.as_deref().unwrap_or(""))
+                    ),
+                    f64::from(u8::from(r.state == "attached")),
+                )
+            })
+            .collect(),
     );
     metric(
         "monitor_events_total",

@@ -34,6 +34,7 @@ fn main() -> std::process::ExitCode {
             Command::Config(cmd) => monitor::cli::run::config(&cmd),
             Command::Model(cmd) => monitor::cli::model::run(&cmd),
             Command::Record(args) => monitor::cli::record::run(args).await,
+            Command::Verifier(args) => monitor::cli::verifier::run(&args),
             Command::BenchFloor => monitor::cli::bench_floor().await,
             Command::Eval(args) => monitor::cli::eval::run(&args),
             Command::Replay(args) => monitor::cli::replay::run(&args),

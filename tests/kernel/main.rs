@@ -9,3 +9,4 @@ mod output;
 mod process;
 mod replay;
 mod security;
+mod verifier;

@@ -9,6 +9,7 @@ pub mod record;
 pub mod replay;
 pub mod report;
 pub mod run;
+pub mod verifier;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,10 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Run a recorded stream through learning and detection; alerts on stdout.
     Replay(replay::ReplayArgs),
+    /// Load every eBPF program under every setting and report what the
+    /// kernel's verifier spent on each (needs root); fails if one is refused
+    /// or over the budget.
+    Verifier(verifier::VerifierArgs),
     /// Benchmark floor: attach only an empty program to every syscall and
     /// wait for SIGTERM (used by `cargo xtask bench overhead`).
     #[command(hide = true)]

@@ -228,9 +228,9 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .map(|d| format!(", DEGRADED: {d}"))
             .unwrap_or_default()
     );
-    for (sensor, state) in &s.sensors {
-        if state != "attached" {
-            println!("sensor     {sensor}: {state}");
+    for (sensor, report) in &s.sensors {
+        if report.state != "attached" {
+            println!("sensor     {sensor}: {report}");
         }
     }
     println!(

@@ -655,6 +655,7 @@ impl Settings {
                 syscall_profiles: c.syscall_profiles,
                 security_events: c.security_events,
                 ringbuf_bytes: ring as u32,
+                verifier_log_dir: raw.agent.state_dir.clone(),
                 ..ProbeSettings::default()
             },
             profiles: ProfileSettings {

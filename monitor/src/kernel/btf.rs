@@ -76,6 +76,11 @@ enum Type {
     Alias {
         type_id: u32,
     },
+    /// An enum, with the name offsets of its enumerators.
+    Enum {
+        name: u32,
+        values: Vec<u32>,
+    },
     Other,
 }
 
@@ -174,7 +179,14 @@ impl Btf {
                     pos += 12;
                     Type::Other
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => {
+                KIND_ENUM => {
+                    let values = (0..vlen)
+                        .map(|i| u32_at(type_data, pos + i * 8))
+                        .collect::<Result<_, _>>()?;
+                    pos += vlen * 8;
+                    Type::Enum { name, values }
+                }
+                KIND_FUNC_PROTO => {
                     pos += vlen * 8;
                     Type::Other
                 }
@@ -246,6 +258,18 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// True if the enum named `enum_name` has an enumerator `value`. The
+    /// kernel's `enum bpf_func_id` lists exactly the BPF helpers it has, so
+    /// this answers "does this kernel have helper X" without loading anything.
+    pub fn has_enumerator(&self, enum_name: &str, value: &str) -> bool {
+        self.types.iter().any(|ty| match ty {
+            Type::Enum { name, values } => {
+                self.string(*name) == enum_name && values.iter().any(|v| self.string(*v) == value)
+            }
+            _ => false,
+        })
     }
 
     /// Byte offset of a dotted path `struct.member[.member...]`.

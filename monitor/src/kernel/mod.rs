@@ -6,11 +6,13 @@
 
 pub mod btf;
 pub mod counters;
+pub mod features;
 pub mod mounts;
 pub mod source;
+pub mod verifier;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
@@ -134,18 +136,85 @@ pub fn programs() -> &'static [ProgramSpec] {
     })
 }
 
-/// Why a sensor is not running.
+/// Whether a sensor runs, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SensorState {
     /// All its programs are attached.
     Attached,
     /// Turned off in the settings.
     Disabled,
-    /// The kernel lacks its hooks (e.g. no module support): nothing of this
-    /// kind can happen, or it cannot be seen. The text says which.
-    Unavailable(String),
-    /// A program failed to load or attach; the text is the error chain.
-    Failed(String),
+    /// It cannot run on this kernel: the host is partly blind.
+    Unavailable(Unavailable),
+}
+
+impl SensorState {
+    /// [`SensorState::name`] of an unavailable sensor.
+    pub const UNAVAILABLE: &'static str = "unavailable";
+
+    /// `attached`, `disabled` or `unavailable`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SensorState::Attached => "attached",
+            SensorState::Disabled => "disabled",
+            SensorState::Unavailable(_) => Self::UNAVAILABLE,
+        }
+    }
+
+    /// Why it is unavailable, in one line.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            SensorState::Unavailable(why) => Some(why.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a sensor cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// The kernel lacks helpers its programs call.
+    #[error("kernel {kernel} lacks {}", list(missing))]
+    MissingFeatures {
+        /// `uname -r`.
+        kernel: String,
+        /// What is missing.
+        missing: Vec<features::Feature>,
+    },
+    /// The verifier refused one of its programs.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// A sensor it depends on is unavailable.
+    #[error("needs the {} sensor, which is unavailable", .0.name())]
+    Needs(Sensor),
+}
+
+fn list(missing: &[features::Feature]) -> String {
+    missing
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A program the kernel would not load, summed up in one line; the full
+/// verifier log is in a file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "kernel {kernel} refused program `{program}`{}: {reason}{}",
+    hook.map(|h| format!(" at {h}")).unwrap_or_default(),
+    log.as_ref().map(|p| format!(" (verifier log: {})", p.display())).unwrap_or_default()
+)]
+pub struct Refusal {
+    /// `uname -r`.
+    pub kernel: String,
+    /// The program.
+    pub program: &'static str,
+    /// Where it was to attach (none when the load itself failed).
+    pub hook: Option<Hook>,
+    /// The verifier's last word, or the load or attach error.
+    pub reason: String,
+    /// Where the full verifier log was written.
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// What to load.
@@ -159,6 +228,8 @@ pub struct ProbeSettings {
     pub ringbuf_bytes: u32,
     /// Most threads with a syscall profile at once.
     pub profile_max_threads: u32,
+    /// Where the full verifier log of a refused program is written.
+    pub verifier_log_dir: std::path::PathBuf,
 }
 
 impl Default for ProbeSettings {
@@ -168,6 +239,7 @@ impl Default for ProbeSettings {
             security_events: true,
             ringbuf_bytes: 16 << 20,
             profile_max_threads: 16384,
+            verifier_log_dir: "/run/monitor".into(),
         }
     }
 }
@@ -206,6 +278,32 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// A program whose load failed at an earlier hook: it is not verified
+    /// again for each of its hooks.
+    #[error("program `{program}` was refused at its first hook; not attached at {hook}")]
+    RefusedEarlier {
+        /// Program name.
+        program: &'static str,
+        /// Hook.
+        hook: Hook,
+    },
+    /// Process lifecycle capture is impossible on this kernel: its helpers
+    /// are missing. One line, meant for the operator.
+    #[error(
+        "kernel {kernel} cannot run process capture: it lacks {}; monitor needs Linux {} or newer",
+        list(missing),
+        features::MINIMUM_KERNEL
+    )]
+    KernelTooOld {
+        /// `uname -r`.
+        kernel: String,
+        /// What is missing.
+        missing: Vec<features::Feature>,
+    },
+    /// Process lifecycle capture is impossible: the kernel refused one of
+    /// its programs. One line; the verifier log is in the file it names.
+    #[error("process capture cannot start: {0}")]
+    ProcessRefused(Box<Refusal>),
     /// A map is missing from the object.
     #[error("the eBPF object has no usable map `{0}`")]
     Map(&'static str, #[source] aya::maps::MapError),
@@ -224,42 +322,44 @@ pub struct Probes {
 impl Probes {
     /// Loads the object with offsets from this kernel's BTF, and attaches the
     /// programs of the enabled sensors.
+    ///
+    /// Fails only when process lifecycle capture is impossible; any other
+    /// sensor that cannot run is reported [`SensorState::Unavailable`].
     pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(ProbeError::NotPrivileged);
-        }
-        mounts::ensure_mounted()?;
-        raise_memlock_limit();
-        let offsets = btf::Btf::from_sys_fs()
-            .and_then(|b| b.kernel_offsets())
-            .map_err(ProbeError::Btf)?;
-        let config = ProbeConfig {
-            abi_version: ABI_VERSION,
-            agent_pid: std::process::id(),
-            profiles_enabled: u32::from(settings.syscall_profiles),
-            security_enabled: u32::from(settings.security_events),
-            _pad0: 0,
-            exit_has_group_dead: u32::from(exit_tracepoint_has_group_dead()),
-        };
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", settings.ringbuf_bytes)
-            .map_max_entries("PROFILES", settings.profile_max_threads)
-            .load(EBPF_OBJECT)
-            .map_err(ProbeError::Object)?;
+        let started = std::time::Instant::now();
+        let (mut ebpf, offsets, btf) = open_object(settings)?;
+        let kernel = features::kernel_release();
         let aya_btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
 
         let mut sensors = std::collections::BTreeMap::new();
+        for sensor in [Sensor::Process, Sensor::SyscallProfile, Sensor::Security] {
+            let state = if !sensor_enabled(sensor, settings) {
+                SensorState::Disabled
+            } else {
+                let missing = features::missing(&btf, sensor);
+                if missing.is_empty() {
+                    SensorState::Attached
+                } else if sensor == Sensor::Process {
+                    return Err(ProbeError::KernelTooOld { kernel, missing });
+                } else {
+                    SensorState::Unavailable(Unavailable::MissingFeatures {
+                        kernel: kernel.clone(),
+                        missing,
+                    })
+                }
+            };
+            sensors.insert(sensor, state);
+        }
+        settle_dependencies(&mut sensors);
+
         let mut planned = Vec::new();
         for spec in programs() {
-            let state = sensors.entry(spec.sensor).or_insert(SensorState::Attached);
-            if !sensor_enabled(spec.sensor, settings) {
-                *state = SensorState::Disabled;
-            } else if spec.profiles_only && !settings.syscall_profiles {
-                // Only the counting needs it.
-            } else if let Hook::Tracepoint(category, name) = spec.hook
+            if sensors.get(&spec.sensor) != Some(&SensorState::Attached)
+                || (spec.profiles_only && !settings.syscall_profiles)
+            {
+                continue;
+            }
+            if let Hook::Tracepoint(category, name) = spec.hook
                 && !tracepoint_exists(category, name)
             {
                 // A syscall this kernel lacks (or compiled out, like the
@@ -268,49 +368,48 @@ impl Probes {
                     tracepoint = name,
                     "no such tracepoint on this kernel; skipped"
                 );
-            } else {
-                planned.push(*spec);
+                continue;
             }
+            planned.push(*spec);
         }
-        planned.retain(|spec| sensors.get(&spec.sensor) == Some(&SensorState::Attached));
 
         fill_syscall_ops(&mut ebpf)?;
         let results = attach_all(&mut ebpf, &planned, &aya_btf);
         let mut links = Vec::new();
-        let mut attached = Vec::new();
-        let mut fatal = None;
         for (spec, result) in planned.iter().zip(results) {
             match result {
                 Ok(link) => {
                     tracing::debug!(program = spec.name, hook = %spec.hook, "attached");
-                    attached.push(*spec);
                     links.push((*spec, link));
                 }
-                // The lifecycle sensor and the syscall entry hook are the
-                // floor everything stands on.
-                Err(err) if matches!(spec.sensor, Sensor::Process | Sensor::SyscallProfile) => {
-                    fatal.get_or_insert(err);
-                }
+                Err(ProbeError::RefusedEarlier { .. }) => {} // reported with its first hook
                 Err(err) => {
-                    let chain = error_chain(&err);
-                    tracing::error!(sensor = spec.sensor.name(), error = %chain, "sensor failed; continuing without it");
-                    sensors.insert(spec.sensor, SensorState::Failed(chain));
+                    let refusal = refusal(&kernel, spec, &err, &settings.verifier_log_dir);
+                    if spec.sensor == Sensor::Process {
+                        detach_in_parallel(links.into_iter().map(|(_, l)| l).collect());
+                        return Err(ProbeError::ProcessRefused(Box::new(refusal)));
+                    }
+                    if sensors.get(&spec.sensor) == Some(&SensorState::Attached) {
+                        sensors.insert(
+                            spec.sensor,
+                            SensorState::Unavailable(Unavailable::Refused(refusal)),
+                        );
+                    }
                 }
             }
         }
-        if let Some(err) = fatal {
-            detach_in_parallel(links.into_iter().map(|(_, l)| l).collect());
-            return Err(err);
-        }
-        // A sensor is all or nothing: detach what a failed sensor did attach
-        // (an entry hook without its exit would only fill the stash).
-        let links: Vec<Link> = links
+        settle_dependencies(&mut sensors);
+        // A sensor is all or nothing: detach what an unavailable sensor did
+        // attach (an entry hook without its exit would only fill the stash).
+        let (links, dropped): (Vec<_>, Vec<_>) = links
             .into_iter()
-            .filter(|(spec, _)| sensors.get(&spec.sensor) == Some(&SensorState::Attached))
-            .map(|(_, link)| link)
-            .collect();
-        attached.retain(|spec| sensors.get(&spec.sensor) == Some(&SensorState::Attached));
-        if !settings.syscall_profiles {
+            .partition(|(spec, _)| sensors.get(&spec.sensor) == Some(&SensorState::Attached));
+        detach_in_parallel(dropped.into_iter().map(|(_, l)| l).collect());
+        let attached: Vec<ProgramSpec> = links.iter().map(|(spec, _)| *spec).collect();
+        let links: Vec<Link> = links.into_iter().map(|(_, link)| link).collect();
+        if !settings.syscall_profiles
+            && sensors.get(&Sensor::SyscallProfile) == Some(&SensorState::Attached)
+        {
             // Attached for the security stash, but not counting.
             sensors.insert(Sensor::SyscallProfile, SensorState::Disabled);
         }
@@ -319,6 +418,11 @@ impl Probes {
                 tracing::warn!(sensor = sensor.name(), "sensor unavailable: {why}");
             }
         }
+        tracing::info!(
+            programs = attached.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "eBPF programs loaded and attached"
+        );
         Ok(Self {
             ebpf,
             links,
@@ -481,6 +585,122 @@ fn sensor_enabled(sensor: Sensor, settings: &ProbeSettings) -> bool {
     }
 }
 
+/// The security sensor stashes its arguments in the `sys_enter` program of
+/// the syscall-profile sensor: without that program it sees nothing.
+fn settle_dependencies(sensors: &mut std::collections::BTreeMap<Sensor, SensorState>) {
+    let entry_down = matches!(
+        sensors.get(&Sensor::SyscallProfile),
+        Some(SensorState::Unavailable(_))
+    );
+    if entry_down && sensors.get(&Sensor::Security) == Some(&SensorState::Attached) {
+        sensors.insert(
+            Sensor::Security,
+            SensorState::Unavailable(Unavailable::Needs(Sensor::SyscallProfile)),
+        );
+    }
+}
+
+/// Checks privileges and mounts, resolves the kernel's offsets, and opens
+/// the object with them and `settings` filled in (programs not loaded yet).
+pub(crate) fn open_object(
+    settings: &ProbeSettings,
+) -> Result<(Ebpf, KernelOffsets, btf::Btf), ProbeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ProbeError::NotPrivileged);
+    }
+    mounts::ensure_mounted()?;
+    raise_memlock_limit();
+    let btf = btf::Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    let offsets = btf.kernel_offsets().map_err(ProbeError::Btf)?;
+    let config = ProbeConfig {
+        abi_version: ABI_VERSION,
+        agent_pid: std::process::id(),
+        profiles_enabled: u32::from(settings.syscall_profiles),
+        security_enabled: u32::from(settings.security_events),
+        _pad0: 0,
+        exit_has_group_dead: u32::from(exit_tracepoint_has_group_dead()),
+    };
+    let ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", settings.ringbuf_bytes)
+        .map_max_entries("PROFILES", settings.profile_max_threads)
+        // Errors and statistics only. The default adds the per-branch
+        // trace, which for a refused program runs to gigabytes: aya then
+        // verifies it again with a log ten times larger, up to ten times.
+        .verifier_log_level(VerifierLogLevel::STATS)
+        .load(EBPF_OBJECT)
+        .map_err(ProbeError::Object)?;
+    Ok((ebpf, offsets, btf))
+}
+
+/// Sums up a failed load or attach in one line, writing the verifier log
+/// (if any) to a file in `log_dir`.
+fn refusal(
+    kernel: &str,
+    spec: &ProgramSpec,
+    err: &ProbeError,
+    log_dir: &std::path::Path,
+) -> Refusal {
+    let (reason, log) = match err {
+        ProbeError::Program { source, .. } => match source.as_ref() {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
+                let text = verifier_log.to_string();
+                let summary = verifier::LogSummary::parse(&text);
+                let path = write_verifier_log(log_dir, spec.name, kernel, &text);
+                (summary.reason.unwrap_or_else(|| io_error.to_string()), path)
+            }
+            other => (error_chain(other), None),
+        },
+        other => (error_chain(other), None),
+    };
+    Refusal {
+        kernel: kernel.to_owned(),
+        program: spec.name,
+        hook: Some(spec.hook),
+        reason,
+        log,
+    }
+}
+
+/// Writes a verifier log to `<dir>/verifier-<program>.log` (0600, in a
+/// 0700 directory); returns its path, or `None` (logged) if it could not.
+fn write_verifier_log(
+    dir: &std::path::Path,
+    program: &str,
+    kernel: &str,
+    log: &str,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = dir.join(format!("verifier-{program}.log"));
+    let write = || -> std::io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        use std::io::Write as _;
+        writeln!(file, "# program {program}, kernel {kernel}")?;
+        file.write_all(log.as_bytes())
+    };
+    match write() {
+        Ok(()) => Some(path),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot write the verifier log");
+            None
+        }
+    }
+}
+
 /// Fills `SYSCALL_OPS` (syscall number -> stash op) from this build's
 /// syscall table, so the entry program needs no per-architecture numbers.
 fn fill_syscall_ops(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
@@ -552,9 +772,23 @@ fn attach_all(
             match program {
                 Some(program) => {
                     let mut loaded = false;
+                    let mut refused = false;
                     for (i, spec) in hooks {
+                        if refused {
+                            out.push((
+                                i,
+                                Err(ProbeError::RefusedEarlier {
+                                    program: spec.name,
+                                    hook: spec.hook,
+                                }),
+                            ));
+                            continue;
+                        }
                         let result = attach(program, &spec, btf, !loaded);
                         loaded |= result.is_ok();
+                        // A load that fails, fails every hook: one verifier run.
+                        refused =
+                            matches!(&result, Err(ProbeError::Program { action: "load", .. }));
                         out.push((i, result));
                     }
                 }
