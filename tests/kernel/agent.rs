@@ -589,3 +589,139 @@ fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
     assert!(status.success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 18: a sensor the kernel refuses is reported unavailable, with the
+/// reason, in `monitor status`, `/metrics`, `/healthz`, the heartbeat and
+/// once as a record to the sinks, and the agent goes on without it. The
+/// refusal is injected (`MONITOR_FAULT_REFUSE`): this kernel refuses nothing.
+#[test]
+fn r18_a_refused_sensor_is_reported_unavailable_everywhere_and_the_rest_runs() {
+    let Some(_k) =
+        kernel_test("r18_a_refused_sensor_is_reported_unavailable_everywhere_and_the_rest_runs")
+    else {
+        return;
+    };
+    let dir = test_dir("refused-sensor");
+    let state = dir.join("state");
+    let conf = dir.join("heartbeat.toml");
+    std::fs::write(&conf, "[output]\nheartbeat = \"1s\"\n").unwrap();
+    let port = free_tcp_port();
+    let mut cmd = Command::new(agent());
+    cmd.args([
+        "run",
+        "--config",
+        conf.to_str().unwrap(),
+        "--raw-events",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--api-listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("MONITOR_FAULT_REFUSE", "sys_exit_open");
+    let running = Agent::spawn(&dir, cmd);
+    running.wait_for("the API", Duration::from_secs(30), |_| {
+        http_get(port, "/metrics").1.contains("monitor_sensor_up")
+    });
+    let (_, metrics) = http_get(port, "/metrics");
+    let security = metrics
+        .lines()
+        .find(|l| l.starts_with("monitor_sensor_up{sensor=\"security\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        security.contains("state=\"unavailable\"")
+            && security.contains("MONITOR_FAULT_REFUSE")
+            && security.ends_with(" 0"),
+        "{security}"
+    );
+    assert!(
+        metrics.contains("monitor_sensor_up{sensor=\"process\",state=\"attached\",reason=\"\"} 1"),
+        "{metrics}"
+    );
+    let (code, health) = http_get(port, "/healthz");
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains("sensor security unavailable"), "{health}");
+    let status = Command::new(agent())
+        .args(["status", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("sensor     security: unavailable: kernel")
+            && text.contains("refused program `sys_exit_open`"),
+        "{text}"
+    );
+    // The process sensor still captures: an exec of ours reaches the sink.
+    let token = monitor_tests::token("r18-still-captures");
+    Command::new("/bin/true").arg(&token).status().unwrap();
+    running.wait_for("the exec to reach the sink", Duration::from_secs(10), |a| {
+        a.records().iter().any(|r| {
+            r["class_uid"] == 1007
+                && r["process"]["cmd_line"]
+                    .as_str()
+                    .is_some_and(|c| c.contains(&token))
+        })
+    });
+    running.wait_for("a heartbeat", Duration::from_secs(10), |a| {
+        a.records()
+            .iter()
+            .any(|r| r["activity_name"] == "Heartbeat")
+    });
+    let records = running.records();
+    let sensor_records: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["class_uid"] == 6002 && r["unmapped"]["monitor"]["sensor"] == "security")
+        .collect();
+    assert_eq!(
+        sensor_records.len(),
+        1,
+        "once, to the sinks: {sensor_records:?}"
+    );
+    assert_eq!(
+        sensor_records[0]["unmapped"]["monitor"]["state"],
+        "unavailable"
+    );
+    let heartbeat = records
+        .iter()
+        .find(|r| r["activity_name"] == "Heartbeat")
+        .unwrap();
+    assert_eq!(
+        heartbeat["unmapped"]["monitor"]["sensors"]["security"]["state"], "unavailable",
+        "{heartbeat}"
+    );
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 18: when process capture itself cannot load, the agent refuses to
+/// start with one line naming the kernel and the program, and the full
+/// verifier log path; no verifier dump reaches the operator.
+#[test]
+fn r18_a_refused_process_sensor_stops_the_agent_with_one_line() {
+    let Some(_k) = kernel_test("r18_a_refused_process_sensor_stops_the_agent_with_one_line") else {
+        return;
+    };
+    let dir = test_dir("refused-process");
+    let out = Command::new(agent())
+        .args(["run", "--api-listen", "", "--state-dir"])
+        .arg(dir.join("state"))
+        .env("MONITOR_FAULT_REFUSE", "sched_process_exec")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("monitor: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        errors[0].contains(kernel.trim())
+            && errors[0].contains("refused program `sched_process_exec`")
+            && errors[0].contains("process capture cannot start"),
+        "{}",
+        errors[0]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

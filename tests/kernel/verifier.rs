@@ -26,7 +26,14 @@ fn r18_every_program_verifies_within_budget_in_every_setting() {
     // Every program of the object, in each of the four settings.
     let programs: std::collections::BTreeSet<&str> =
         costs.iter().map(|c| c.program.as_str()).collect();
-    for name in ["sched_process_exec", "sys_enter", "sys_exit_watched"] {
+    for name in [
+        "sched_process_exec",
+        "sys_enter",
+        "sys_exit_net",
+        "sys_exit_open",
+        "sys_exit_names",
+        "sys_exit_other",
+    ] {
         assert!(programs.contains(name), "{name} measured: {programs:?}");
     }
     assert_eq!(costs.len(), programs.len() * Switches::ALL.len());

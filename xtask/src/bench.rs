@@ -1,10 +1,11 @@
 //! `cargo xtask bench WHICH`: benchmarks that need the real kernel or the
-//! built agent. `overhead` and `rss` are here; the model and sink benchmarks are
+//! built agent. `overhead`, `rss` and `startup` are here; the model and sink benchmarks are
 //! `cargo bench` targets of the agent crate, which this command runs too.
 
 mod cost;
 mod overhead;
 mod rss;
+mod startup;
 
 use std::{path::Path, process::Command};
 
@@ -16,6 +17,7 @@ pub fn bench(which: &str, args: Vec<String>) -> anyhow::Result<()> {
     match which {
         "overhead" => overhead::run(&args),
         "rss" => rss::run(),
+        "startup" => startup::run(),
         "model" | "sinks" => {
             crate::prepare::build()?;
             let mut cmd = crate::prepare::cargo();
@@ -27,7 +29,9 @@ pub fn bench(which: &str, args: Vec<String>) -> anyhow::Result<()> {
             }
             crate::prepare::run_cmd(&mut cmd)
         }
-        other => bail!("unknown benchmark `{other}`; choose overhead, rss, model or sinks"),
+        other => {
+            bail!("unknown benchmark `{other}`; choose overhead, rss, startup, model or sinks")
+        }
     }
 }
 

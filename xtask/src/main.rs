@@ -8,13 +8,15 @@
 //!   `target/release/monitor`.
 //! - `run`: `build`, the kernel mounts, then `monitor run` as root.
 //! - `test`: `build`, mounts, the servers and tools the tests use, then the
-//!   whole test suite as root.
-//! - `bench`: benchmarks (`overhead`, `model`, `sinks`).
+//!   whole test suite as root, then the kernel matrix in QEMU (`vm`).
+//! - `verifier`: `build`, then the verifier budget table on this kernel.
+//! - `bench`: benchmarks (`overhead`, `model`, `sinks`, `startup`).
 
 mod bench;
 mod prepare;
 mod run;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -35,11 +37,21 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, prepare test dependencies, and run every test as root.
+    /// Build, prepare test dependencies, and run every test as root: the
+    /// whole suite on this kernel, then the guest checks on every kernel of
+    /// the VM matrix.
     Test {
-        /// Only tests whose name contains this filter.
+        /// Only tests whose name contains this filter (this kernel only).
         filter: Option<String>,
+        /// Which kernels: `host` (this one, the whole suite), a matrix id
+        /// (`5.10`, `6.1`, `6.12`, `6.12-deb13`, `6.18`, `7.3`, or several,
+        /// comma-separated) or `all` (the matrix). Default: host, then all.
+        #[arg(long)]
+        kernel: Option<String>,
     },
+    /// Build, then print what the kernel's verifier spends on each program
+    /// under each setting (processed instructions against the budget).
+    Verifier,
     /// Run a benchmark: `overhead`, `model` or `sinks`.
     Bench {
         /// Which benchmark.
@@ -55,7 +67,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Build => prepare::build().map(|_| ()),
         Command::Run { args } => run::run(args),
-        Command::Test { filter } => test::test(filter),
+        Command::Test { filter, kernel } => test::test(filter, kernel),
+        Command::Verifier => test::verifier(),
         Command::Bench { which, args } => bench::bench(&which, args),
     };
     match result {

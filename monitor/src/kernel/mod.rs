@@ -111,22 +111,16 @@ pub fn programs() -> &'static [ProgramSpec] {
             },
             btf("sys_enter", Sensor::SyscallProfile),
         ];
-        let mut names: Vec<&str> = monitor_common::stash::BY_NAME
+        let mut names: Vec<(&str, &'static str)> = monitor_common::stash::BY_NAME
             .iter()
-            .filter(|(_, op)| {
-                !matches!(
-                    *op,
-                    monitor_common::stash::MMAP | monitor_common::stash::MPROTECT
-                )
-            })
-            .map(|(name, _)| *name)
+            .filter_map(|(name, op)| Some((*name, monitor_common::stash::exit_program(*op)?)))
             .collect();
         names.dedup();
-        for name in names {
+        for (name, program) in names {
             // Leaked once: hooks are named by `&'static str` everywhere.
             let tracepoint: &'static str = Box::leak(format!("sys_exit_{name}").into_boxed_str());
             specs.push(ProgramSpec {
-                name: "sys_exit_watched",
+                name: program,
                 hook: Hook::Tracepoint("syscalls", tracepoint),
                 sensor: Sensor::Security,
                 profiles_only: false,
@@ -278,6 +272,15 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// A load refused on purpose by the tests (`MONITOR_FAULT_REFUSE`), to
+    /// drive the degraded paths on a kernel that refuses nothing.
+    #[error(
+        "program `{program}` refused on purpose (MONITOR_FAULT_REFUSE, a test fault injection)"
+    )]
+    FaultInjected {
+        /// Program name.
+        program: &'static str,
+    },
     /// A program whose load failed at an earlier hook: it is not verified
     /// again for each of its hooks.
     #[error("program `{program}` was refused at its first hook; not attached at {hook}")]
@@ -336,11 +339,10 @@ impl Probes {
             let state = if !sensor_enabled(sensor, settings) {
                 SensorState::Disabled
             } else {
+                // (Process capture's own features were checked in `open_object`.)
                 let missing = features::missing(&btf, sensor);
                 if missing.is_empty() {
                     SensorState::Attached
-                } else if sensor == Sensor::Process {
-                    return Err(ProbeError::KernelTooOld { kernel, missing });
                 } else {
                     SensorState::Unavailable(Unavailable::MissingFeatures {
                         kernel: kernel.clone(),
@@ -612,6 +614,15 @@ pub(crate) fn open_object(
     mounts::ensure_mounted()?;
     raise_memlock_limit();
     let btf = btf::Btf::from_sys_fs().map_err(ProbeError::Btf)?;
+    // Before anything is loaded: on a kernel too old for process capture,
+    // even creating the maps may fail, with a message no one can act on.
+    let missing = features::missing(&btf, Sensor::Process);
+    if !missing.is_empty() {
+        return Err(ProbeError::KernelTooOld {
+            kernel: features::kernel_release(),
+            missing,
+        });
+    }
     let offsets = btf.kernel_offsets().map_err(ProbeError::Btf)?;
     let config = ProbeConfig {
         abi_version: ABI_VERSION,
@@ -784,11 +795,18 @@ fn attach_all(
                             ));
                             continue;
                         }
-                        let result = attach(program, &spec, btf, !loaded);
+                        let result = if !loaded && fault_injected(spec.name) {
+                            Err(ProbeError::FaultInjected { program: spec.name })
+                        } else {
+                            attach(program, &spec, btf, !loaded)
+                        };
                         loaded |= result.is_ok();
                         // A load that fails, fails every hook: one verifier run.
-                        refused =
-                            matches!(&result, Err(ProbeError::Program { action: "load", .. }));
+                        refused = matches!(
+                            &result,
+                            Err(ProbeError::Program { action: "load", .. }
+                                | ProbeError::FaultInjected { .. })
+                        );
                         out.push((i, result));
                     }
                 }
@@ -809,6 +827,15 @@ fn attach_all(
     });
     results.sort_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// True if the tests asked for `program` to be refused: the variable
+/// `MONITOR_FAULT_REFUSE` names programs, comma-separated. Lets the tests
+/// drive the paths of a refused program (sensor unavailable, one-line
+/// refusal) on a kernel that refuses nothing.
+fn fault_injected(program: &str) -> bool {
+    std::env::var("MONITOR_FAULT_REFUSE")
+        .is_ok_and(|names| names.split(',').any(|n| n.trim() == program))
 }
 
 /// One attachment, owned apart from its program: dropping it detaches that
