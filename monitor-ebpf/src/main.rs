@@ -13,6 +13,7 @@ mod fds;
 mod files;
 mod kernel;
 mod lifecycle;
+mod memory;
 mod net;
 mod pending;
 mod profile;

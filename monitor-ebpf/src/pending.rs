@@ -141,7 +141,7 @@ pub fn on_enter(regs: usize, op: u32) {
     if is_open(op) {
         return; // opens: read back at exit, see `args_at_exit`
     }
-    if (op == op::MMAP || op == op::MPROTECT) && !crate::security::may_exec_memory(regs) {
+    if (op == op::MMAP || op == op::MPROTECT) && !crate::memory::may_exec_memory(regs) {
         // Most mappings are not executable (a dynamic loader makes a dozen
         // per exec): one register read settles them.
         return;
@@ -156,7 +156,7 @@ pub fn on_enter(regs: usize, op: u32) {
     match op {
         op::NONE => return,
         op::MMAP | op::MPROTECT => {
-            crate::security::check_exec_memory(op, arg(0), arg(1), arg(2), arg(3));
+            crate::memory::check_exec_memory(op, arg(0), arg(1), arg(2), arg(3));
             return;
         }
         op::PTRACE if !ptrace_reported(arg(0)) => return,

@@ -1,16 +1,15 @@
-//! Credential changes, ptrace, module loads, BPF program loads, memfd,
-//! executable anonymous memory and signals to other processes.
+//! Credential changes, ptrace, module loads, BPF program loads, memfd and
+//! signals to other processes (executable memory: `memory.rs`).
 
-use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user};
+use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use monitor_common::{
     BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
-    MemExecRecord, MemfdRecord, ModuleRecord, PtraceRecord, cred_op, file_flags, kind, mem_op,
-    path_flags, stash,
+    MemfdRecord, ModuleRecord, PtraceRecord, cred_op, file_flags, kind, path_flags, stash,
 };
 
 use crate::{
     fds::file_of_fd,
-    kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, write_header},
+    kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, write_header},
     pending::Pending,
     vfs::{capture_path, set_empty},
 };
@@ -254,103 +253,6 @@ fn module_exit(op: u8, fd: i64, uargs: u64, ret: i64) {
             Some(file) => capture_path(&raw mut (*rec).path, file + off!(file_f_path)),
             None => set_empty(&raw mut (*rec).path, path_flags::ABSENT),
         }
-    }
-    entry.submit(crate::kernel::wakeup_flags());
-}
-
-// ---- executable anonymous memory -------------------------------------------------
-
-const PROT_EXEC: u64 = 0x4;
-const MAP_ANONYMOUS: u64 = 0x20;
-
-/// Whether the mmap or mprotect whose saved registers are at `regs` asks
-/// for executable memory (its third argument, `prot`). A failed read says
-/// yes, so the full check decides.
-#[inline(always)]
-pub fn may_exec_memory(regs: usize) -> bool {
-    // SAFETY: `regs` is `sys_enter`'s BTF-typed `struct pt_regs *`: a direct
-    // load, which the verifier checks against the type (a probe read's
-    // helper call cost more than the rest of this check).
-    let prot = unsafe { core::ptr::read_volatile((regs + off!(regs_arg2)) as *const u64) };
-    prot & PROT_EXEC != 0
-}
-
-/// Checks an mmap or mprotect at entry (called from `sys_enter`): reports
-/// anonymous memory being made executable. Not stashed: the request itself
-/// is the behaviour of interest.
-#[inline(always)]
-pub fn check_exec_memory(op: u32, addr: u64, len: u64, prot: u64, flags: u64) {
-    if prot & PROT_EXEC == 0 {
-        return;
-    }
-    if op == stash::MMAP {
-        if flags & MAP_ANONYMOUS != 0 {
-            emit_mem(mem_op::MMAP, addr, len, prot, flags);
-        }
-        return;
-    }
-    let mut check = VmaCheck {
-        anonymous: 0,
-        _pad0: 0,
-    };
-    // SAFETY: the callback matches bpf_find_vma's signature and only writes
-    // `check` through the context pointer.
-    unsafe {
-        let task = bpf_get_current_task_btf();
-        bpf_find_vma(
-            task,
-            addr,
-            vma_is_anonymous as *mut _,
-            (&raw mut check).cast(),
-            0,
-        );
-    }
-    if check.anonymous != 0 {
-        emit_mem(mem_op::MPROTECT, addr, len, prot, 0);
-    }
-}
-
-/// Context of the VMA lookup.
-#[repr(C)]
-struct VmaCheck {
-    anonymous: u32,
-    _pad0: u32,
-}
-
-extern "C" fn vma_is_anonymous(
-    _task: *mut core::ffi::c_void,
-    vma: *mut core::ffi::c_void,
-    ctx: *mut core::ffi::c_void,
-) -> i64 {
-    // SAFETY: bpf_find_vma passes the VMA and our context back.
-    unsafe {
-        let file: usize = read(vma as usize, off!(vma_vm_file)).unwrap_or(1);
-        (*ctx.cast::<VmaCheck>()).anonymous = u32::from(file == 0);
-    }
-    0
-}
-
-fn emit_mem(op: u8, addr: u64, len: u64, prot: u64, flags: u64) {
-    let Some(mut entry) = EVENTS.reserve::<MemExecRecord>(0) else {
-        count_ringbuf_full(kind::MEM_EXEC);
-        return;
-    };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record.
-    unsafe {
-        write_header(
-            &raw mut (*rec).header,
-            kind::MEM_EXEC,
-            core::mem::size_of::<MemExecRecord>(),
-        );
-        let _ = fill_task(&raw mut (*rec).task, current_task());
-        (*rec).op = op;
-        (*rec)._pad0 = [0; 3];
-        (*rec).prot = prot as u32;
-        (*rec).map_flags = flags as u32;
-        (*rec).ret = 0;
-        (*rec).addr = addr;
-        (*rec).len = len;
     }
     entry.submit(crate::kernel::wakeup_flags());
 }

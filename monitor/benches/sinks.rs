@@ -14,13 +14,13 @@ use std::{path::Path, sync::Arc, time::Instant};
 
 use monitor::{
     CancellationToken,
-    config::{Compression, SinkConfig},
-    findings::LoggedFinding,
     output::{
         ocsf::{self, Host},
+        sink_config::{Compression, SinkConfig},
         sinks::{self, Delivery, Sink, SinkHealth},
         spool::{Class, Spool, SpoolSettings},
     },
+    state::findings::LoggedFinding,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

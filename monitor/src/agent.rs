@@ -17,15 +17,11 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
-    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -34,62 +30,18 @@ use crate::{
     config::{OnBadModel, Settings},
     detect::{Detection, Detector},
     event::Timestamp,
+    fileio::jsonl::{append_line, read_lines},
     model::{Engine, Phase, alert::Alert, persist},
     output::{
         ocsf::{self, Host, Lifecycle},
         sinks::{self, Delivery, Healths, Sink, SinkHealth},
         spool::{Class, Spool, SpoolSettings},
     },
+    state::{
+        findings::LoggedFinding,
+        paths::{StateLock, StatePaths, prepare_state_dir},
+    },
 };
-
-/// Files in the state directory.
-pub struct StatePaths {
-    /// The directory.
-    pub dir: PathBuf,
-}
-
-impl StatePaths {
-    /// Paths under `dir`.
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-    /// The model file.
-    pub fn model(&self) -> PathBuf {
-        self.dir.join("model.bin")
-    }
-    /// The spool directory.
-    pub fn spool(&self) -> PathBuf {
-        self.dir.join("spool")
-    }
-    /// The local finding log.
-    pub fn findings(&self) -> PathBuf {
-        self.dir.join("findings.jsonl")
-    }
-    /// Repeats of open findings (`model::alert::Repeat`), one JSON object a line.
-    pub fn repeats(&self) -> PathBuf {
-        self.dir.join("repeats.jsonl")
-    }
-    /// Acknowledgements.
-    pub fn acks(&self) -> PathBuf {
-        self.dir.join("acks.jsonl")
-    }
-    /// The status file.
-    pub fn status(&self) -> PathBuf {
-        self.dir.join("status.json")
-    }
-    /// The history the report draws (`crate::report::history`).
-    pub fn history(&self) -> PathBuf {
-        self.dir.join("history.jsonl")
-    }
-    /// Windows of recent alerts, for acknowledgement.
-    pub fn alert_windows(&self) -> PathBuf {
-        self.dir.join("alert-windows.jsonl")
-    }
-}
-
-pub use crate::findings::LoggedFinding;
 
 /// Applies `acks.jsonl` to the engine whenever the file changes.
 #[derive(Default)]
@@ -111,11 +63,11 @@ impl AckWatch {
             return; // applied when learning ends
         }
         let result = (|| -> std::io::Result<_> {
-            let (records, bad_acks) = crate::findings::read_lines(&paths.acks())?;
-            let (logged, bad_findings) = crate::findings::read_lines(&paths.findings())?;
-            let active = crate::findings::in_force(&records);
+            let (records, bad_acks) = read_lines(&paths.acks())?;
+            let (logged, bad_findings) = read_lines(&paths.findings())?;
+            let active = crate::state::findings::in_force(&records);
             let (acked, bad_windows) =
-                crate::findings::acked_findings(&logged, &active, &paths.alert_windows())?;
+                crate::state::findings::acked_findings(&logged, &active, &paths.alert_windows())?;
             for b in bad_acks.iter().chain(&bad_findings).chain(&bad_windows) {
                 tracing::warn!("{b}");
             }
@@ -136,66 +88,6 @@ impl AckWatch {
             }
         }
     }
-}
-
-/// Holds the state directory for one agent: a second agent on the same
-/// directory would corrupt the spool and the model.
-pub struct StateLock {
-    _file: std::fs::File,
-}
-
-impl StateLock {
-    /// Takes the lock, or says which agent holds it.
-    pub fn take(dir: &Path) -> anyhow::Result<Self> {
-        use std::os::fd::AsRawFd;
-        let path = dir.join("agent.lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another agent is running with state directory {} (pid {}); stop it or choose another --state-dir",
-                dir.display(),
-                holder.trim()
-            );
-        }
-        file.set_len(0).ok();
-        let _ = write!(file, "{}", std::process::id());
-        Ok(Self { _file: file })
-    }
-}
-
-/// Creates the state directory (0700) and checks it is usable.
-pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("state directory {} is not writable", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
-}
-
-/// Appends one JSON line to a 0600 file.
-pub fn append_line<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    f.write_all(&line)
 }
 
 /// Loads the saved model, or decides what to do when it is bad.
@@ -272,7 +164,7 @@ fn progress_line(p: &crate::model::Progress, learn_for: Duration) -> String {
 /// Runs the agent until a signal.
 pub async fn run(
     settings: Settings,
-    mut signals: crate::cli::ShutdownSignals,
+    mut signals: crate::shutdown::ShutdownSignals,
 ) -> anyhow::Result<()> {
     let paths = StatePaths::new(&settings.state_dir);
     prepare_state_dir(&paths.dir)?;
@@ -309,7 +201,7 @@ pub async fn run(
         .raw
         .sink
         .iter()
-        .map(crate::config::SinkConfig::name)
+        .map(crate::output::sink_config::SinkConfig::name)
         .collect();
     let spool = Spool::open(
         &paths.spool(),
@@ -458,7 +350,7 @@ pub async fn run(
             }
             _ = ticks.progress.tick() => {
                 if let Some(s) = status.lock().expect("status lock").as_ref()
-                    && let Err(e) = crate::report::history::append(&paths.history(), &crate::report::history::Point::of(s))
+                    && let Err(e) = crate::state::history::append(&paths.history(), &crate::state::history::Point::of(s))
                 {
                     tracing::warn!(error = %e, "cannot write the history");
                 }
@@ -521,7 +413,7 @@ pub async fn run(
                     }
                     last_health = problem;
                 }
-                let _ = persist::write_atomically(&paths.status(), &serde_json::to_vec_pretty(&s).unwrap_or_default());
+                let _ = crate::fileio::atomic::write_atomically(&paths.status(), &serde_json::to_vec_pretty(&s).unwrap_or_default());
                 *status.lock().expect("status lock") = Some(s);
             }
             sig = signals.recv() => {

@@ -21,7 +21,7 @@ pub mod config;
 pub mod detect;
 pub mod drill;
 pub mod event;
-pub mod findings;
+pub mod fileio;
 pub mod kernel;
 pub mod model;
 pub mod output;
@@ -30,7 +30,10 @@ pub mod profiles;
 pub mod report;
 pub mod sched;
 pub mod sensitive;
+pub mod shutdown;
+pub mod state;
 pub mod syscalls;
+pub mod units;
 
 /// Re-exported for embedders and tests that drive sinks directly.
 pub use tokio_util::sync::CancellationToken;

@@ -161,6 +161,8 @@ pub fn validate_ocsf(file: &Path) -> String {
 
 #[test]
 fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
     let Some(_k) = kernel_test("run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read")
     else {
         return;
@@ -374,6 +376,7 @@ fn a_bad_model_is_relearned_or_refused_as_configured() {
 
 #[test]
 fn config_check_names_the_file_line_and_key() {
+    let _host = monitor_tests::host_shared();
     let dir = test_dir("config");
     let file = dir.join("monitor.toml");
     std::fs::write(
@@ -442,13 +445,13 @@ fn an_unwritable_state_directory_is_a_clear_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn findings_of(state: &Path) -> Vec<monitor::findings::LoggedFinding> {
-    monitor::findings::read_lines(&state.join("findings.jsonl"))
+fn findings_of(state: &Path) -> Vec<monitor::state::findings::LoggedFinding> {
+    monitor::fileio::jsonl::read_lines(&state.join("findings.jsonl"))
         .unwrap()
         .0
 }
 
-fn shadow_findings(state: &Path) -> Vec<monitor::findings::LoggedFinding> {
+fn shadow_findings(state: &Path) -> Vec<monitor::state::findings::LoggedFinding> {
     findings_of(state)
         .into_iter()
         .filter(|f| {
@@ -460,6 +463,8 @@ fn shadow_findings(state: &Path) -> Vec<monitor::findings::LoggedFinding> {
 
 #[test]
 fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
     let Some(_k) =
         kernel_test("an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn")
     else {
@@ -619,7 +624,11 @@ fn r18_a_refused_sensor_is_reported_unavailable_everywhere_and_the_rest_runs() {
     ])
     .env("MONITOR_FAULT_REFUSE", "sys_exit_open");
     let running = Agent::spawn(&dir, cmd);
-    running.wait_for("the API", Duration::from_secs(30), |_| {
+    running.wait_for("the agent to start", Duration::from_secs(30), |a| {
+        a.stderr().contains("monitor: running on")
+    });
+    // The API's snapshot refreshes every second.
+    running.wait_for("the API's first snapshot", Duration::from_secs(5), |_| {
         http_get(port, "/metrics").1.contains("monitor_sensor_up")
     });
     let (_, metrics) = http_get(port, "/metrics");

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor::findings::LoggedFinding;
+use monitor::state::findings::LoggedFinding;
 use monitor_tests::{kernel_test, python_web_server, test_dir};
 
 use crate::{agent::Agent, cli::agent};
@@ -158,6 +158,8 @@ fn processes() -> BTreeMap<u32, String> {
 
 #[test]
 fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
     let Some(_k) = kernel_test("every_drill_is_flagged_and_the_normal_workload_stays_quiet") else {
         return;
     };
@@ -239,7 +241,7 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
     // Findings are counted before the agent is stopped: a signal to the
     // agent is tampering, and the agent rightly reports this one too.
     let (logged, bad) =
-        monitor::findings::read_lines::<LoggedFinding>(&state.join("findings.jsonl")).unwrap();
+        monitor::fileio::jsonl::read_lines::<LoggedFinding>(&state.join("findings.jsonl")).unwrap();
     let (status, _, stderr) = running.stop();
     assert!(status.success(), "agent exit {status:?}: {stderr}");
     drop(workload);

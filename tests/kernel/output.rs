@@ -12,7 +12,7 @@ use std::{
 
 use monitor::{
     CancellationToken,
-    config::{Compression, SinkConfig, SyslogTransport},
+    output::sink_config::{Compression, SinkConfig, SyslogTransport},
     output::{
         sinks::{self, Delivery, Healths, Sink, SinkHealth},
         spool::{Class, Spool, SpoolSettings},
@@ -99,6 +99,7 @@ fn expected(n: usize) -> BTreeSet<String> {
 
 #[test]
 fn syslog_over_udp_tcp_and_unix_reaches_a_real_rsyslog() {
+    let _host = monitor_tests::host_shared();
     let dir = test_dir("rsyslog");
     let rsyslog = Rsyslog::start(&dir);
     let sink =
@@ -185,6 +186,7 @@ fn syslog_over_udp_tcp_and_unix_reaches_a_real_rsyslog() {
 
 #[test]
 fn http_sinks_batch_compress_authenticate_and_verify_tls() {
+    let _host = monitor_tests::host_shared();
     let dir = test_dir("http");
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), true, &dir);
     let token_file = dir.join("hec.token");
@@ -270,6 +272,7 @@ fn http_sinks_batch_compress_authenticate_and_verify_tls() {
 
 #[test]
 fn an_untrusted_certificate_is_refused() {
+    let _host = monitor_tests::host_shared();
     let dir = test_dir("tls-refused");
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), true, &dir);
     // SAFETY: test-local variable.
@@ -312,6 +315,7 @@ fn an_untrusted_certificate_is_refused() {
 
 #[test]
 fn a_sink_down_for_30_seconds_then_back_delivers_every_finding() {
+    let _host = monitor_tests::host_shared();
     let dir = test_dir("outage");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -373,6 +377,7 @@ fn a_sink_down_for_30_seconds_then_back_delivers_every_finding() {
 
 #[test]
 fn a_delivery_killed_with_sigkill_delivers_every_finding_after_restart() {
+    let _host = monitor_tests::host_shared();
     let dir = test_dir("sigkill");
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
     receiver.behaviour.lock().unwrap().delay = Duration::from_millis(150);

@@ -5,7 +5,7 @@ pub mod receiver;
 pub mod rsyslog;
 
 use std::{
-    sync::{Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
 };
 
@@ -18,6 +18,27 @@ use monitor::{
 /// the host, and exact counts (an exec storm) must not see another test's
 /// processes.
 static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Tests that start processes without the kernel lock (the sink tests:
+/// rsyslogd, Python receivers, delivery helpers; `monitor config check`)
+/// share this lock; a test that learns what the host normally does and
+/// expects a finding takes it alone, so that no other test's programs run
+/// during its learning and detection. Without it, the sink tests' programs
+/// (Python reading TLS keys, among others) taught the baseline that new
+/// sensitive reads and new programs are common on this host, and the
+/// drill and shadow-read findings sometimes stayed under the threshold.
+static HOST: RwLock<()> = RwLock::new(());
+
+/// For a test that starts processes of its own outside the kernel lock.
+pub fn host_shared() -> RwLockReadGuard<'static, ()> {
+    HOST.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// For a test that needs this host quiet but for its own workload.
+pub fn host_alone() -> RwLockWriteGuard<'static, ()> {
+    HOST.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Takes the kernel lock if this process may load eBPF programs.
 ///

@@ -13,6 +13,7 @@
 //! - `bench`: benchmarks (`overhead`, `model`, `sinks`, `startup`).
 
 mod bench;
+mod cycles;
 mod prepare;
 mod run;
 mod test;
@@ -49,6 +50,8 @@ enum Command {
         #[arg(long)]
         kernel: Option<String>,
     },
+    /// Check that no modules of a crate import each other in a cycle.
+    Cycles,
     /// Build, then print what the kernel's verifier spends on each program
     /// under each setting (processed instructions against the budget).
     Verifier,
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { args } => run::run(args),
         Command::Test { filter, kernel } => test::test(filter, kernel),
         Command::Verifier => test::verifier(),
+        Command::Cycles => cycles::run(),
         Command::Bench { which, args } => bench::bench(&which, args),
     };
     match result {

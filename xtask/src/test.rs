@@ -11,6 +11,8 @@ pub fn test(filter: Option<String>, kernel: Option<String>) -> anyhow::Result<()
              run `sudo -E cargo xtask test`"
         );
     }
+    // Cheap, and a cycle is a design regression: before anything slow.
+    crate::cycles::run()?;
     let agent = prepare::build()?;
     match kernel.as_deref() {
         None => {

@@ -512,14 +512,7 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             })
         }
         Expect::Works => {
-            let costs: Vec<serde_json::Value> = lines
-                .get("MXV")
-                .map(|v| {
-                    v.iter()
-                        .filter_map(|l| serde_json::from_str(l).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let costs = json_lines(&lines, "MXV");
             if value("verifier_rc").as_deref() != Some("0") || costs.is_empty() {
                 bail!(
                     "`monitor verifier` failed (rc {:?}): {errors:?}",
@@ -537,14 +530,7 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             }) {
                 bail!("over budget or refused: {over}");
             }
-            let records: Vec<serde_json::Value> = lines
-                .get("MXR")
-                .map(|v| {
-                    v.iter()
-                        .filter_map(|l| serde_json::from_str(l).ok())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let records = json_lines(&lines, "MXR");
             let shell_pid: u64 = value("shell_pid").and_then(|p| p.parse().ok()).unwrap_or(0);
             let exec = records.iter().find(|r| {
                 r["kind"] == "exec"
@@ -570,16 +556,13 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             }) {
                 bail!("no sensitive open of /etc/shadow captured: {records:?}");
             }
-            let findings = lines.get("MXF").cloned().unwrap_or_default();
-            let finding = findings
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|f| {
-                    f["class_uid"] == 2004
-                        && f["unmapped"]["monitor"]["novelty"]
-                            .to_string()
-                            .contains("/etc/shadow")
-                });
+            let findings = json_lines(&lines, "MXF");
+            let finding = findings.iter().find(|f| {
+                f["class_uid"] == 2004
+                    && f["unmapped"]["monitor"]["novelty"]
+                        .to_string()
+                        .contains("/etc/shadow")
+            });
             if finding.is_none() {
                 bail!(
                     "`monitor run` raised no finding for the shadow read (learning ended: {:?}; {} finding lines): {errors:?}",
@@ -599,6 +582,17 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             })
         }
     }
+}
+
+/// The lines of one tag that parse as JSON (a line the console garbled is
+/// left out, and then a check that needs it fails and says so).
+fn json_lines(lines: &BTreeMap<&str, Vec<String>>, tag: &str) -> Vec<serde_json::Value> {
+    lines
+        .get(tag)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn print_matrix(results: &[(&Kernel, Duration, anyhow::Result<Report>)]) {

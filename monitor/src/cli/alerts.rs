@@ -11,10 +11,13 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    agent::{StatePaths, append_line},
     event::Timestamp,
-    findings::{self, AckAction, AckRecord, LoggedFinding, in_force, read_lines},
+    fileio::jsonl::{append_line, read_lines},
     model::alert::printable,
+    state::{
+        findings::{self, AckAction, AckRecord, LoggedFinding, in_force},
+        paths::StatePaths,
+    },
 };
 
 /// `monitor alerts`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::{agent::StatePaths, model::persist};
+use crate::{model::persist, state::paths::StatePaths};
 
 /// `monitor model`.
 #[derive(Debug, clap::Subcommand)]
@@ -115,7 +115,7 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Import { file, state_dir } => {
             let m = persist::load(file)
                 .with_context(|| format!("{} cannot be imported", file.display()))?;
-            crate::agent::prepare_state_dir(state_dir)?;
+            crate::state::paths::prepare_state_dir(state_dir)?;
             let to = StatePaths::new(state_dir).model();
             persist::save(&to, &m)?;
             println!(

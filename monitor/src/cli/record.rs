@@ -29,7 +29,7 @@ pub struct RecordArgs {
 /// Runs the command; returns when stopped and flushed.
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut signals =
-        super::ShutdownSignals::install().context("cannot install signal handlers")?;
+        crate::shutdown::ShutdownSignals::install().context("cannot install signal handlers")?;
     let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
             File::create(path)

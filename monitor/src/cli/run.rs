@@ -74,7 +74,8 @@ pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
 /// Runs the agent.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Signals first: a SIGTERM during start-up still stops cleanly.
-    let signals = super::ShutdownSignals::install().context("cannot install signal handlers")?;
+    let signals =
+        crate::shutdown::ShutdownSignals::install().context("cannot install signal handlers")?;
     let settings = settings(&args)?;
     crate::agent::run(settings, signals).await
 }
@@ -114,7 +115,7 @@ pub fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
                     .raw
                     .sink
                     .iter()
-                    .map(crate::config::SinkConfig::name)
+                    .map(crate::output::sink_config::SinkConfig::name)
                     .collect::<Vec<_>>()
                     .join(", "),
                 settings.state_dir.display()
@@ -138,7 +139,7 @@ pub struct StatusArgs {
 /// Shows the state of a running agent (from the status file it refreshes
 /// every second).
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let path = crate::agent::StatePaths::new(&args.state_dir).status();
+    let path = crate::state::paths::StatePaths::new(&args.state_dir).status();
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "no status at {} (is the agent running with --state-dir {}?)",

@@ -14,8 +14,13 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    capture::CaptureSettings, kernel::ProbeSettings, model::EngineSettings,
-    profiles::ProfileSettings, sensitive::SensitivePaths,
+    capture::CaptureSettings,
+    kernel::ProbeSettings,
+    model::EngineSettings,
+    output::sink_config::{SinkConfig, validate_sink},
+    profiles::ProfileSettings,
+    sensitive::SensitivePaths,
+    units::{de_duration, de_size},
 };
 
 /// The commented default configuration.
@@ -59,47 +64,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration (like \"90s\", \"15m\", \"24h\"): {e}"
-        ))
-    })
-}
-
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_size(&text).map_err(serde::de::Error::custom)
-}
-
-/// Parses a size like `16MiB`, `100MB`, `4096` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (like \"16MiB\", \"100MB\", \"4096\")"))?;
-    let factor: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" | "K" => 1024.0,
-        "MiB" | "M" => 1024.0 * 1024.0,
-        "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown size unit {other:?} (use B, KB, MB, GB, KiB, MiB, GiB)"
-            ));
-        }
-    };
-    Ok((value * factor) as u64)
 }
 
 /// `[agent]`.
@@ -253,172 +217,6 @@ impl Default for ApiSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
-        }
-    }
-}
-
-/// syslog transports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyslogTransport {
-    /// UDP datagrams.
-    Udp,
-    /// TCP with octet counting (RFC 6587).
-    Tcp,
-    /// A unix datagram socket (e.g. `/dev/log`).
-    Unix,
-}
-
-/// Request body compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    /// gzip.
-    Gzip,
-    /// None.
-    None,
-}
-
-fn default_keep() -> usize {
-    5
-}
-fn default_file_size() -> u64 {
-    100 << 20
-}
-fn default_app_name() -> String {
-    "monitor".into()
-}
-fn default_facility() -> String {
-    "local0".into()
-}
-fn default_batch_size() -> usize {
-    500
-}
-fn default_batch_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_compression() -> Compression {
-    Compression::Gzip
-}
-fn default_sourcetype() -> String {
-    "ocsf:monitor".into()
-}
-fn default_es_index() -> String {
-    "monitor-findings".into()
-}
-
-/// One `[[sink]]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// Standard output.
-    Stdout {},
-    /// A JSON Lines file with size rotation.
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Rotate beyond this size.
-        #[serde(default = "default_file_size", deserialize_with = "de_size")]
-        max_size: u64,
-        /// Rotated files kept.
-        #[serde(default = "default_keep")]
-        keep: usize,
-    },
-    /// syslog, RFC 5424.
-    Syslog {
-        /// Transport.
-        transport: SyslogTransport,
-        /// `host:port` for udp and tcp.
-        #[serde(default)]
-        address: Option<String>,
-        /// Socket path for unix.
-        #[serde(default)]
-        path: Option<PathBuf>,
-        /// APP-NAME field.
-        #[serde(default = "default_app_name")]
-        app_name: String,
-        /// Facility name.
-        #[serde(default = "default_facility")]
-        facility: String,
-    },
-    /// Splunk HTTP Event Collector.
-    SplunkHec {
-        /// Collector URL.
-        url: String,
-        /// File holding the token.
-        #[serde(default)]
-        token_file: Option<PathBuf>,
-        /// Environment variable holding the token.
-        #[serde(default)]
-        token_env: Option<String>,
-        /// Index.
-        #[serde(default)]
-        index: Option<String>,
-        /// Source type.
-        #[serde(default = "default_sourcetype")]
-        sourcetype: String,
-        /// Events per request.
-        #[serde(default = "default_batch_size")]
-        batch_size: usize,
-        /// Longest wait to fill a batch.
-        #[serde(default = "default_batch_timeout", deserialize_with = "de_duration")]
-        batch_timeout: Duration,
-        /// Body compression.
-        #[serde(default = "default_compression")]
-        compression: Compression,
-        /// Extra CA certificate (PEM).
-        #[serde(default)]
-        ca_file: Option<PathBuf>,
-    },
-    /// Elasticsearch `_bulk`.
-    Elasticsearch {
-        /// Base URL.
-        url: String,
-        /// Index.
-        #[serde(default = "default_es_index")]
-        index: String,
-        /// File holding the API key.
-        #[serde(default)]
-        token_file: Option<PathBuf>,
-        /// Environment variable holding the API key.
-        #[serde(default)]
-        token_env: Option<String>,
-        /// Events per request.
-        #[serde(default = "default_batch_size")]
-        batch_size: usize,
-        /// Longest wait to fill a batch.
-        #[serde(default = "default_batch_timeout", deserialize_with = "de_duration")]
-        batch_timeout: Duration,
-        /// Body compression.
-        #[serde(default = "default_compression")]
-        compression: Compression,
-        /// Extra CA certificate (PEM).
-        #[serde(default)]
-        ca_file: Option<PathBuf>,
-    },
-}
-
-impl SinkConfig {
-    /// A short name for logs and metrics (`stdout`, `file:/path`, ...).
-    pub fn name(&self) -> String {
-        match self {
-            SinkConfig::Stdout {} => "stdout".into(),
-            SinkConfig::File { path, .. } => format!("file:{}", path.display()),
-            SinkConfig::Syslog {
-                transport,
-                address,
-                path,
-                ..
-            } => format!(
-                "syslog-{}:{}",
-                format!("{transport:?}").to_lowercase(),
-                address.clone().unwrap_or_else(|| path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default())
-            ),
-            SinkConfig::SplunkHec { url, .. } => format!("splunk_hec:{url}"),
-            SinkConfig::Elasticsearch { url, .. } => format!("elasticsearch:{url}"),
         }
     }
 }
@@ -682,87 +480,6 @@ impl Settings {
     }
 }
 
-fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
-    match sink {
-        SinkConfig::Stdout {} => Ok(()),
-        SinkConfig::File { path, max_size, .. } => {
-            if path.as_os_str().is_empty() {
-                return Err(("path", "must not be empty".into()));
-            }
-            if *max_size < 4096 {
-                return Err(("max_size", "must be at least 4KiB".into()));
-            }
-            Ok(())
-        }
-        SinkConfig::Syslog {
-            transport,
-            address,
-            path,
-            facility,
-            ..
-        } => {
-            if crate::output::syslog::facility_code(facility).is_none() {
-                return Err((
-                    "facility",
-                    format!(
-                        "unknown facility {facility:?} (kern, user, daemon, auth, local0..local7, ...)"
-                    ),
-                ));
-            }
-            match transport {
-                SyslogTransport::Unix if path.is_none() => {
-                    Err(("path", "the unix transport needs a socket path".into()))
-                }
-                SyslogTransport::Udp | SyslogTransport::Tcp if address.is_none() => Err((
-                    "address",
-                    "udp and tcp need an address like 127.0.0.1:514".into(),
-                )),
-                _ => Ok(()),
-            }
-        }
-        SinkConfig::SplunkHec {
-            url,
-            token_file,
-            token_env,
-            batch_size,
-            ..
-        }
-        | SinkConfig::Elasticsearch {
-            url,
-            token_file,
-            token_env,
-            batch_size,
-            ..
-        } => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err((
-                    "url",
-                    format!("{url:?} must start with http:// or https://"),
-                ));
-            }
-            if token_file.is_some() && token_env.is_some() {
-                return Err((
-                    "token_file",
-                    "give token_file or token_env, not both".into(),
-                ));
-            }
-            if matches!(sink, SinkConfig::SplunkHec { .. })
-                && token_file.is_none()
-                && token_env.is_none()
-            {
-                return Err((
-                    "token_file",
-                    "Splunk HEC needs a token: token_file or token_env".into(),
-                ));
-            }
-            if *batch_size == 0 || *batch_size > 10_000 {
-                return Err(("batch_size", "must be between 1 and 10000".into()));
-            }
-            Ok(())
-        }
-    }
-}
-
 /// The system host name.
 pub fn system_host_name() -> String {
     let mut buf = [0u8; 256];
@@ -843,17 +560,5 @@ mod tests {
         );
         let err = parse("[agent\n").unwrap_err().to_string();
         assert!(err.contains("monitor.toml:1:"), "{err}");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
-        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(
-            parse_size("12 parsecs")
-                .unwrap_err()
-                .contains("unknown size unit")
-        );
     }
 }

@@ -20,10 +20,10 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::{
-    agent::StatePaths,
     event::{Ancestor, Process},
-    findings::LoggedFinding,
     model::alert::{Repeat, printable},
+    state::findings::LoggedFinding,
+    state::paths::StatePaths,
 };
 
 /// One drill.

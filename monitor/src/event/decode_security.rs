@@ -15,25 +15,11 @@ use monitor_common::{
 use super::{
     BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
     ModuleDetail, NetDetail, PtraceDetail,
-    decode::{DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, decode_path, until_nul},
+    record::{
+        DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, check_len, decode_path, read_at,
+        until_nul,
+    },
 };
-
-fn read_at<T: Copy>(bytes: &[u8], offset: usize) -> T {
-    assert!(offset + size_of::<T>() <= bytes.len());
-    // SAFETY: in bounds (asserted); T is a plain-old-data ABI type.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(offset).cast::<T>()) }
-}
-
-fn check_len<T>(bytes: &[u8], kind: &'static str) -> Result<(), DecodeError> {
-    if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short {
-            kind,
-            len: bytes.len(),
-            min: size_of::<T>(),
-        });
-    }
-    Ok(())
-}
 
 /// Decodes a record whose kind is not a process-lifecycle kind.
 pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent, DecodeError> {
@@ -499,10 +485,14 @@ mod tests {
     use monitor_common::path_flags;
 
     use super::*;
-    use crate::event::decode::{
-        decode as decode_any,
-        tests::{blank, put, put_path, put_task},
-    };
+    use crate::event::record::test_records::{blank, put, put_path, put_task};
+
+    /// Decodes a whole record, header first, as `decode::decode` does for
+    /// the security kinds.
+    fn decode_any(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+        let header: RecordHeader = read_at(bytes, 0);
+        decode(bytes, header, header.kind)
+    }
 
     #[test]
     fn decodes_a_connect_record() {

@@ -9,6 +9,7 @@
 pub mod bytes;
 pub mod decode;
 pub mod decode_security;
+pub mod record;
 pub mod shared;
 pub mod time;
 

@@ -3,6 +3,7 @@
 
 pub mod jsonl;
 pub mod ocsf;
+pub mod sink_config;
 pub mod sinks;
 pub mod spool;
 pub mod syslog;

@@ -22,7 +22,7 @@ use super::{
     spool::{Class, Record, Spool},
     syslog::Syslog,
 };
-use crate::config::{Compression, SinkConfig};
+use crate::output::sink_config::{Compression, SinkConfig};
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ impl Sink {
                 *transport,
                 address.clone(),
                 path.clone(),
-                super::syslog::facility_code(facility).unwrap_or(16),
+                super::sink_config::facility_code(facility).unwrap_or(16),
                 app_name.clone(),
             )),
             SinkConfig::SplunkHec {

@@ -586,7 +586,7 @@ impl Spool {
         }
         let path = cursor_path(&self.dir, sink);
         let bytes = serde_json::to_vec(&snapshot).expect("cursor serializes");
-        crate::model::persist::write_atomically(&path, &bytes).map_err(|(action, source)| {
+        crate::fileio::atomic::write_atomically(&path, &bytes).map_err(|(action, source)| {
             SpoolError::Io {
                 action,
                 path: path.clone(),

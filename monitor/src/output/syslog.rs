@@ -8,34 +8,7 @@ use tokio::{
     net::{TcpStream, UdpSocket, UnixDatagram},
 };
 
-use crate::config::SyslogTransport;
-
-/// Facility names to codes (RFC 5424 table 1).
-pub fn facility_code(name: &str) -> Option<u8> {
-    Some(match name {
-        "kern" => 0,
-        "user" => 1,
-        "mail" => 2,
-        "daemon" => 3,
-        "auth" => 4,
-        "syslog" => 5,
-        "lpr" => 6,
-        "news" => 7,
-        "uucp" => 8,
-        "cron" => 9,
-        "authpriv" => 10,
-        "ftp" => 11,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        _ => return None,
-    })
-}
+use crate::output::sink_config::SyslogTransport;
 
 /// Formats one RFC 5424 message carrying a JSON record.
 ///
@@ -185,6 +158,7 @@ impl Syslog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::sink_config::facility_code;
 
     #[test]
     fn rfc5424_shape() {

@@ -6,7 +6,6 @@
 //! Everything comes from the state directory: the model file, the status
 //! file, `findings.jsonl`, `acks.jsonl` and `history.jsonl`.
 
-pub mod history;
 pub mod svg;
 
 use std::{collections::BTreeMap, path::Path};
@@ -15,10 +14,12 @@ use ndarray::{Array1, Array2, Axis};
 
 use self::svg::{PALETTE, Plot, esc};
 use crate::{
-    agent::StatePaths,
     api::Status,
-    findings::{AckRecord, LoggedFinding, in_force, read_lines},
+    fileio::jsonl::read_lines,
     model::{baseline::Baseline, guidance::Severity, persist},
+    state::findings::{AckRecord, LoggedFinding, in_force},
+    state::history,
+    state::paths::StatePaths,
 };
 
 /// What the report is made of.

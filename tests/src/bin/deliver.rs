@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use monitor::{
-    config::{Compression, SinkConfig},
+    output::sink_config::{Compression, SinkConfig},
     output::{
         sinks::{self, Delivery, Sink, SinkHealth},
         spool::{Class, Spool, SpoolSettings},

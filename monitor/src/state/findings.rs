@@ -14,12 +14,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    io::BufRead as _,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use serde::{Deserialize, Serialize};
 
+use crate::fileio::jsonl::{BadLine, read_lines};
 use crate::{
     event::Timestamp,
     model::{AckedFinding, Window, alert::Alert, alert::alert_id},
@@ -58,56 +58,6 @@ pub struct AckRecord {
     pub by: String,
     /// When.
     pub time: Timestamp,
-}
-
-/// A line that could not be read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BadLine {
-    /// The file.
-    pub path: PathBuf,
-    /// 1-based line number.
-    pub line: usize,
-    /// What is wrong.
-    pub error: String,
-}
-
-impl std::fmt::Display for BadLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}: skipped an unreadable line: {}",
-            self.path.display(),
-            self.line,
-            self.error
-        )
-    }
-}
-
-/// Reads a JSON Lines file; a missing file is empty.
-pub fn read_lines<T: serde::de::DeserializeOwned>(
-    path: &Path,
-) -> std::io::Result<(Vec<T>, Vec<BadLine>)> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(e),
-    };
-    let (mut items, mut bad) = (Vec::new(), Vec::new());
-    for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let line = line?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice(&line) {
-            Ok(v) => items.push(v),
-            Err(e) => bad.push(BadLine {
-                path: path.to_owned(),
-                line: i + 1,
-                error: e.to_string(),
-            }),
-        }
-    }
-    Ok((items, bad))
 }
 
 /// The acknowledgements in force: the last record of each id, if an ack.

@@ -62,14 +62,14 @@ pub fn append(path: &Path, point: &Point) -> std::io::Result<()> {
     if std::fs::metadata(path).is_ok_and(|m| m.len() >= MAX_BYTES) {
         std::fs::rename(path, path.with_extension("1.jsonl"))?;
     }
-    crate::agent::append_line(path, point)
+    crate::fileio::jsonl::append_line(path, point)
 }
 
 /// Every point, the rotated part first.
 pub fn read(path: &Path) -> Vec<Point> {
     let mut points = Vec::new();
     for p in [path.with_extension("1.jsonl"), path.to_owned()] {
-        if let Ok((mut items, _)) = crate::findings::read_lines::<Point>(&p) {
+        if let Ok((mut items, _)) = crate::fileio::jsonl::read_lines::<Point>(&p) {
             points.append(&mut items);
         }
     }
