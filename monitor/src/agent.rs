@@ -106,7 +106,7 @@ fn load_model(
                 let aside = paths
                     .dir
                     .join(format!("model.bin.bad-{}", Timestamp::now().as_millis()));
-                tracing::error!(error = %crate::kernel::error_chain(&e), moved_to = %aside.display(), "the saved model cannot be used; learning again");
+                tracing::error!(error = %crate::error::error_chain(&e), moved_to = %aside.display(), "the saved model cannot be used; learning again");
                 std::fs::rename(paths.model(), &aside).with_context(|| {
                     format!("cannot move the bad model aside to {}", aside.display())
                 })?;
@@ -499,7 +499,7 @@ pub async fn run(
 fn spool_append(spool: &Spool, class: Class, record: &serde_json::Value) {
     let bytes = serde_json::to_vec(record).expect("a JSON value serializes");
     if let Err(e) = spool.append(class, &bytes) {
-        tracing::error!(error = %crate::kernel::error_chain(&e), "spool write failed; keeping records in memory");
+        tracing::error!(error = %crate::error::error_chain(&e), "spool write failed; keeping records in memory");
     }
 }
 

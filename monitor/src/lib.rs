@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod detect;
 pub mod drill;
+pub mod error;
 pub mod event;
 pub mod fileio;
 pub mod kernel;

@@ -466,7 +466,7 @@ fn a_full_disk_gives_a_clear_error_and_keeps_the_findings() {
     const N: usize = 3000;
     for i in 0..N {
         if let Err(e) = spool.append(Class::Findings, &finding(i)) {
-            first_error.get_or_insert(monitor::kernel::error_chain(&e));
+            first_error.get_or_insert(monitor::error::error_chain(&e));
         }
     }
     let err = first_error.expect("a 64 KiB disk fills up");

@@ -665,9 +665,9 @@ fn refusal(
                 let path = write_verifier_log(log_dir, spec.name, kernel, &text);
                 (summary.reason.unwrap_or_else(|| io_error.to_string()), path)
             }
-            other => (error_chain(other), None),
+            other => (crate::error::error_chain(other), None),
         },
-        other => (error_chain(other), None),
+        other => (crate::error::error_chain(other), None),
     };
     Refusal {
         kernel: kernel.to_owned(),
@@ -737,18 +737,6 @@ fn tracepoint_exists(category: &str, name: &str) -> bool {
         .join(category)
         .join(name)
         .is_dir()
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Loads each program once and attaches it at each of its hooks, with the

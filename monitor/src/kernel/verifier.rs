@@ -174,7 +174,7 @@ pub fn measure(switches: Switches) -> Result<Vec<ProgramCost>, ProbeError> {
                 cost.peak_states = summary.peak_states;
                 cost.refused = Some(summary.reason.unwrap_or_else(|| io_error.to_string()));
             }
-            Err(other) => cost.refused = Some(super::error_chain(&other)),
+            Err(other) => cost.refused = Some(crate::error::error_chain(&other)),
         }
         costs.push(cost);
     }

@@ -319,7 +319,7 @@ impl Spool {
                     }
                 }
                 Err(err) => {
-                    inner.stats.degraded = Some(crate::kernel::error_chain(err));
+                    inner.stats.degraded = Some(crate::error::error_chain(err));
                     self.append_memory(&mut inner, class, payload);
                 }
             }

@@ -47,7 +47,7 @@ impl Inputs {
         }
         let (model, model_problem) = match persist::load(&paths.model()) {
             Ok(m) => (Some(m), None),
-            Err(e) => (None, Some(crate::kernel::error_chain(&e))),
+            Err(e) => (None, Some(crate::error::error_chain(&e))),
         };
         let status = std::fs::read_to_string(paths.status())
             .ok()
