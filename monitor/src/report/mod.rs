@@ -38,13 +38,31 @@ pub struct Inputs {
     pub history: Vec<history::Point>,
 }
 
+/// Why the report's inputs could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The state directory does not exist.
+    #[error("no agent state at {}", .0.display())]
+    NoState(std::path::PathBuf),
+    /// A log of the state directory could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl Inputs {
     /// Reads everything from a state directory.
-    pub fn read(state_dir: &Path) -> anyhow::Result<Self> {
+    pub fn read(state_dir: &Path) -> Result<Self, ReportError> {
         let paths = StatePaths::new(state_dir);
         if !state_dir.is_dir() {
-            anyhow::bail!("no agent state at {}", state_dir.display());
+            return Err(ReportError::NoState(state_dir.to_owned()));
         }
+        let read = |path: std::path::PathBuf| move |source| ReportError::Read { path, source };
         let (model, model_problem) = match persist::load(&paths.model()) {
             Ok(m) => (Some(m), None),
             Err(e) => (None, Some(crate::error::error_chain(&e))),
@@ -52,8 +70,9 @@ impl Inputs {
         let status = std::fs::read_to_string(paths.status())
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
-        let (findings, _) = read_lines::<LoggedFinding>(&paths.findings())?;
-        let (acks, _) = read_lines::<AckRecord>(&paths.acks())?;
+        let (findings, _) =
+            read_lines::<LoggedFinding>(&paths.findings()).map_err(read(paths.findings()))?;
+        let (acks, _) = read_lines::<AckRecord>(&paths.acks()).map_err(read(paths.acks()))?;
         Ok(Self {
             model,
             model_problem,
