@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     event::Timestamp,
+    kernel::SensorCondition,
     model::{Phase, Progress},
     output::{sinks::SinkHealth, spool::SpoolStats},
 };
@@ -67,7 +68,7 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SensorReport {
     /// `attached`, `disabled` or `unavailable`.
-    pub state: String,
+    pub state: SensorCondition,
     /// Why it is unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -77,22 +78,22 @@ impl SensorReport {
     /// The report of a sensor state.
     pub fn of(state: &crate::kernel::SensorState) -> Self {
         Self {
-            state: state.name().to_owned(),
+            state: state.condition(),
             reason: state.reason(),
         }
     }
 
     /// True when the host is partly blind because of this sensor.
     pub fn is_unavailable(&self) -> bool {
-        self.state == crate::kernel::SensorState::UNAVAILABLE
+        self.state == SensorCondition::Unavailable
     }
 }
 
 impl std::fmt::Display for SensorReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.reason {
-            Some(why) => write!(f, "{}: {why}", self.state),
-            None => f.write_str(&self.state),
+            Some(why) => write!(f, "{}: {why}", self.state.name()),
+            None => f.write_str(self.state.name()),
         }
     }
 }
@@ -161,10 +162,10 @@ pub fn metrics(s: &Status) -> String {
                     format!(
                         "{{sensor=\"{}\",state=\"{}\",reason=\"{}\"}}",
                         escape_label(name),
-                        escape_label(&r.state),
+                        r.state.name(),
                         escape_label(r.reason.as_deref().unwrap_or(""))
                     ),
-                    f64::from(u8::from(r.state == "attached")),
+                    f64::from(u8::from(r.state == SensorCondition::Attached)),
                 )
             })
             .collect(),

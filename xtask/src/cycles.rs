@@ -43,7 +43,11 @@ pub fn run() -> anyhow::Result<()> {
         step(
             if cycles.is_empty() { "ok" } else { "FAIL" },
             &format!("import cycles in {dir}"),
-            &format!("{} modules, {} cycles", graph.edges.len(), cycles.len()),
+            &format!(
+                "{} dependencies between sibling modules, {} cycles",
+                graph.edges.values().map(BTreeSet::len).sum::<usize>(),
+                cycles.len()
+            ),
         );
         for cycle in cycles {
             let chain: Vec<String> = cycle.iter().map(|m| graph.file_of(m)).collect();

@@ -230,7 +230,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     for (sensor, report) in &s.sensors {
-        if report.state != "attached" {
+        if report.state != crate::kernel::SensorCondition::Attached {
             println!("sensor     {sensor}: {report}");
         }
     }

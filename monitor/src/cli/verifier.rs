@@ -8,7 +8,9 @@ use crate::kernel::verifier::{self, BUDGET, ProgramCost, Switches};
 /// Arguments of `monitor verifier`.
 #[derive(Debug, Args)]
 pub struct VerifierArgs {
-    /// One JSON object per program and setting, instead of a table.
+    /// One JSON object per program and setting, instead of a table: the
+    /// cost, plus `kernel`, `settings` (the table's label), `budget` and
+    /// `within_budget`.
     #[arg(long)]
     pub json: bool,
 }
@@ -27,6 +29,9 @@ pub fn run(args: &VerifierArgs) -> anyhow::Result<()> {
         for cost in &all {
             let mut line = serde_json::to_value(cost)?;
             line["kernel"] = kernel.clone().into();
+            line["settings"] = cost.switches.label().into();
+            line["budget"] = BUDGET.into();
+            line["within_budget"] = cost.within_budget().into();
             println!("{line}");
         }
     } else {

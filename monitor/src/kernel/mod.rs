@@ -141,16 +141,37 @@ pub enum SensorState {
     Unavailable(Unavailable),
 }
 
-impl SensorState {
-    /// [`SensorState::name`] of an unavailable sensor.
-    pub const UNAVAILABLE: &'static str = "unavailable";
+/// A sensor's state without its reason: what the status, the metrics and
+/// the heartbeat carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorCondition {
+    /// All its programs are attached.
+    Attached,
+    /// Turned off in the settings.
+    Disabled,
+    /// It cannot run on this kernel.
+    Unavailable,
+}
 
+impl SensorCondition {
     /// `attached`, `disabled` or `unavailable`.
-    pub fn name(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            SensorState::Attached => "attached",
-            SensorState::Disabled => "disabled",
-            SensorState::Unavailable(_) => Self::UNAVAILABLE,
+            SensorCondition::Attached => "attached",
+            SensorCondition::Disabled => "disabled",
+            SensorCondition::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl SensorState {
+    /// The state without its reason.
+    pub fn condition(&self) -> SensorCondition {
+        match self {
+            SensorState::Attached => SensorCondition::Attached,
+            SensorState::Disabled => SensorCondition::Disabled,
+            SensorState::Unavailable(_) => SensorCondition::Unavailable,
         }
     }
 
@@ -259,6 +280,12 @@ pub enum ProbeError {
     /// The object lacks a program (built from another source version).
     #[error("the eBPF object has no program `{0}`; rebuild with `cargo xtask build`")]
     MissingProgram(&'static str),
+    /// The object has a program no hook lists (built from another source
+    /// version).
+    #[error(
+        "the eBPF object has a program `{0}` that no hook lists; rebuild with `cargo xtask build`"
+    )]
+    UnlistedProgram(String),
     /// The verifier rejected a program, or attaching failed.
     #[error("cannot {action} program `{program}` at {hook}")]
     Program {
@@ -527,6 +554,15 @@ impl Probes {
     }
 }
 
+/// The empty program on `sys_enter` that measures the floor cost of hooking
+/// every syscall (`monitor bench-floor`); never attached by the agent.
+pub const FLOOR_PROGRAM: ProgramSpec = ProgramSpec {
+    name: "sys_enter_empty",
+    hook: Hook::BtfTracepoint("sys_enter"),
+    sensor: Sensor::SyscallProfile,
+    profiles_only: false,
+};
+
 /// The benchmark floor: only an empty program on `sys_enter` (see
 /// `monitor bench-floor`). Detaches when dropped.
 pub struct FloorProbe {
@@ -546,12 +582,7 @@ impl FloorProbe {
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Object)?;
         let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
-        let spec = ProgramSpec {
-            name: "sys_enter_empty",
-            hook: Hook::BtfTracepoint("sys_enter"),
-            sensor: Sensor::SyscallProfile,
-            profiles_only: false,
-        };
+        let spec = FLOOR_PROGRAM;
         let program = ebpf
             .program_mut(spec.name)
             .ok_or(ProbeError::MissingProgram(spec.name))?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aya::programs::{BtfTracePoint, Program, ProgramError, TracePoint};
 use serde::{Deserialize, Serialize};
 
-use super::{Hook, ProbeError, ProbeSettings, open_object, programs};
+use super::{FLOOR_PROGRAM, Hook, ProbeError, ProbeSettings, open_object, programs};
 
 /// Most processed instructions any program may cost: a tenth of the
 /// kernel's limit.
@@ -140,13 +140,10 @@ pub fn measure(switches: Switches) -> Result<Vec<ProgramCost>, ProbeError> {
     for (name, program) in ebpf.programs_mut() {
         let hook = programs()
             .iter()
+            .chain([&FLOOR_PROGRAM])
             .find(|spec| spec.name == name)
             .map(|spec| spec.hook)
-            .or(match name {
-                "sys_enter_empty" => Some(Hook::BtfTracepoint("sys_enter")),
-                _ => None,
-            })
-            .ok_or(ProbeError::MissingProgram("(a program no hook lists)"))?;
+            .ok_or_else(|| ProbeError::UnlistedProgram(name.to_owned()))?;
         let started = Instant::now();
         let result = load(program, hook, &btf);
         let load_ms = ms(started.elapsed());
