@@ -420,8 +420,10 @@ fn resolve(from: &Module, path: &[String], modules: &BTreeSet<Module>) -> Option
 mod tests {
     use super::*;
 
-    fn graph_of(files: &[(&str, &str)]) -> Graph {
-        let dir = std::env::temp_dir().join(format!("xtask-cycles-{}", std::process::id()));
+    /// The graph of a crate made of `files`, in a directory of its own
+    /// (`name`: tests run in parallel in one process).
+    fn graph_of(name: &str, files: &[(&str, &str)]) -> Graph {
+        let dir = std::env::temp_dir().join(format!("xtask-cycles-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for (name, text) in files {
             let path = dir.join(name);
@@ -435,18 +437,21 @@ mod tests {
 
     #[test]
     fn finds_a_cycle_through_a_use_group_and_a_super_path() {
-        let graph = graph_of(&[
-            ("lib.rs", "mod a; mod b;"),
-            (
-                "a/mod.rs",
-                "mod c;\nuse crate::{x, b::{Thing, other as o}};",
-            ),
-            ("a/c.rs", "fn f() { super::super::b::g(); }"),
-            (
-                "b.rs",
-                "// crate::a::nothing in a comment\nfn g() { let s = \"crate::a\"; crate::a::c::f(); }",
-            ),
-        ]);
+        let graph = graph_of(
+            "cycle",
+            &[
+                ("lib.rs", "mod a; mod b;"),
+                (
+                    "a/mod.rs",
+                    "mod c;\nuse crate::{x, b::{Thing, other as o}};",
+                ),
+                ("a/c.rs", "fn f() { super::super::b::g(); }"),
+                (
+                    "b.rs",
+                    "// crate::a::nothing in a comment\nfn g() { let s = \"crate::a\"; crate::a::c::f(); }",
+                ),
+            ],
+        );
         let m = |path: &[&str]| path.iter().map(|s| (*s).to_owned()).collect::<Module>();
         // a -> b and a::c -> b; b -> a::c (b's mention of `crate::a` in a
         // comment and a string does not count).
@@ -455,14 +460,17 @@ mod tests {
 
     #[test]
     fn a_parent_and_its_child_are_not_a_cycle_and_strings_are_not_paths() {
-        let graph = graph_of(&[
-            ("lib.rs", "mod a;"),
-            ("a/mod.rs", "mod c;\nuse self::c::Item;"),
-            (
-                "a/c.rs",
-                "use super::Other; const S: &str = r#\"crate::x\"#; fn l<'a>(x: &'a u8) -> char { 'x' }",
-            ),
-        ]);
+        let graph = graph_of(
+            "ownership",
+            &[
+                ("lib.rs", "mod a;"),
+                ("a/mod.rs", "mod c;\nuse self::c::Item;"),
+                (
+                    "a/c.rs",
+                    "use super::Other; const S: &str = r#\"crate::x\"#; fn l<'a>(x: &'a u8) -> char { 'x' }",
+                ),
+            ],
+        );
         assert_eq!(graph.cycles(), Vec::<Vec<Module>>::new());
     }
 }
