@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    channel::ChannelStats,
     event::Timestamp,
     kernel::SensorCondition,
     model::{Phase, Progress},
@@ -54,6 +55,9 @@ pub struct Status {
     pub sinks: Vec<SinkHealth>,
     /// The spool.
     pub spool: SpoolStats,
+    /// The bounded channels between the agent's stages, by name.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelStats>,
     /// Findings raised since start.
     pub findings: u64,
     /// The last finding's one-line summary.
@@ -221,6 +225,47 @@ pub fn metrics(s: &Status) -> String {
         "Alert-worthy windows folded into an open alert.",
         one(s.progress.suppressed as f64),
     );
+    for (name, help, value) in [
+        (
+            "monitor_channel_depth",
+            "Items waiting in a channel between two stages of the agent.",
+            (|c: &ChannelStats| c.depth) as fn(&ChannelStats) -> u64,
+        ),
+        (
+            "monitor_channel_sent_total",
+            "Items sent through a channel between two stages.",
+            |c| c.sent,
+        ),
+        (
+            "monitor_channel_waited_total",
+            "Sends that found a channel full and waited (backpressure).",
+            |c| c.waited,
+        ),
+        (
+            "monitor_channel_dropped_total",
+            "Items dropped because a channel was full (raw events only; findings wait).",
+            |c| c.dropped,
+        ),
+    ] {
+        metric(
+            name,
+            if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            },
+            help,
+            s.channels
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        format!("{{channel=\"{}\"}}", escape_label(k)),
+                        value(c) as f64,
+                    )
+                })
+                .collect(),
+        );
+    }
     metric(
         "monitor_processes_tracked",
         "gauge",

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use crate::{
     event::Event,
-    model::{Engine, EngineSettings, Outcome, Progress, Window, WindowBuilder, alert::Alert},
+    model::{
+        Engine, EngineSettings, Outcome, Progress, Training, Window, WindowBuilder,
+        alert::Alert,
+        baseline::{Baseline, FitError},
+    },
 };
 
 /// What the stage produced for one event.
@@ -26,6 +30,9 @@ pub enum Detection {
     LearningExtended(String),
     /// A window repeated an open finding's behaviour (not raised again).
     Repeat(Box<crate::model::alert::Repeat>),
+    /// Learning is done and the fit is due elsewhere (only from an engine
+    /// made with [`Engine::fit_elsewhere`]): see [`Detector::take_training`].
+    FitDue,
 }
 
 /// Events to windows to the engine.
@@ -108,6 +115,22 @@ impl Detector {
         }
     }
 
+    /// Takes the training for a fit elsewhere (after [`Detection::FitDue`]).
+    pub fn take_training(&mut self) -> Training {
+        self.engine.take_training()
+    }
+
+    /// Installs a fit made elsewhere; returns what it and the windows held
+    /// meanwhile produced.
+    pub fn install_fit(
+        &mut self,
+        fitted: Result<Baseline, FitError>,
+        training: Training,
+    ) -> Vec<Detection> {
+        let outcomes = self.engine.install_fit(fitted, training);
+        outcomes.into_iter().filter_map(Self::detection).collect()
+    }
+
     /// A recently scored window by its alert id.
     pub fn recent_window(&self, alert_id: &str) -> Option<&Window> {
         self.recent
@@ -119,15 +142,7 @@ impl Detector {
         let mut out = Vec::new();
         for w in closed {
             let keep = self.engine.baseline().is_some().then(|| w.clone());
-            match self.engine.observe(w) {
-                Ok(Outcome::Alert(alert)) => out.push(Detection::Alert(alert)),
-                Ok(Outcome::Learned { windows, profiles }) => {
-                    out.push(Detection::Learned { windows, profiles });
-                }
-                Ok(Outcome::Repeat(repeat)) => out.push(Detection::Repeat(repeat)),
-                Ok(Outcome::Learning | Outcome::Normal(_)) => {}
-                Err(err) => out.push(Detection::LearningExtended(err.to_string())),
-            }
+            out.extend(Self::detection(self.engine.observe(w)));
             if let Some(w) = keep {
                 if self.recent.len() == RECENT {
                     self.recent.pop_front();
@@ -136,6 +151,19 @@ impl Detector {
             }
         }
         out
+    }
+
+    fn detection(outcome: Result<Outcome, FitError>) -> Option<Detection> {
+        match outcome {
+            Ok(Outcome::Alert(alert)) => Some(Detection::Alert(alert)),
+            Ok(Outcome::Learned { windows, profiles }) => {
+                Some(Detection::Learned { windows, profiles })
+            }
+            Ok(Outcome::Repeat(repeat)) => Some(Detection::Repeat(repeat)),
+            Ok(Outcome::FitDue) => Some(Detection::FitDue),
+            Ok(Outcome::Learning | Outcome::Normal(_)) => None,
+            Err(err) => Some(Detection::LearningExtended(err.to_string())),
+        }
     }
 }
 

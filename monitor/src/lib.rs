@@ -10,12 +10,14 @@
 //! - [`process`]: the process table (seeded from `/proc`, ancestry);
 //! - [`profiles`]: syscall profile windows from the in-kernel counters;
 //! - [`capture`]: all of the above as one live stream of events;
+//! - [`agent`]: `monitor run`, as stages joined by [`channel`]s;
 //! - [`output`]: JSON Lines and the other sinks.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod api;
 pub mod capture;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod detect;

@@ -176,7 +176,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                 }
                 Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),
                 // The alert it repeats is already in the output.
-                Detection::Repeat(_) => {}
+                // A replay's engine fits inline.
+                Detection::Repeat(_) | Detection::FitDue => {}
             }
         }
         Ok(())

@@ -122,6 +122,30 @@ pub enum Outcome {
     /// Scored at or above the threshold, but the profile already has an
     /// open alert covering every novelty fact of this window: folded into it.
     Repeat(Box<alert::Repeat>),
+    /// Learning has what it needs; the fit is due. Only from an engine whose
+    /// fit runs elsewhere ([`Engine::fit_elsewhere`]): the caller takes the
+    /// [`Training`], fits it off the event path and hands the result to
+    /// [`Engine::install_fit`].
+    FitDue,
+}
+
+/// The windows learned so far, taken out of the engine to be fitted off the
+/// event path (the fit is seconds of CPU on a busy host).
+#[derive(Debug)]
+pub struct Training {
+    store: BTreeMap<String, Vec<Window>>,
+}
+
+impl Training {
+    /// Fits the baseline.
+    pub fn fit(&self) -> Result<Baseline, FitError> {
+        Baseline::fit(self.store.values().flatten())
+    }
+
+    /// Windows in it.
+    pub fn windows(&self) -> u64 {
+        self.store.values().map(|v| v.len() as u64).sum()
+    }
 }
 
 /// Deterministic xorshift for reservoir sampling (no rand dependency in the
@@ -167,6 +191,14 @@ pub struct Engine {
     alerted: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
     suppressed: u64,
     rng: Xorshift,
+    /// See [`Engine::fit_elsewhere`].
+    fit_elsewhere: bool,
+    /// While a fit runs elsewhere: its size (windows, profiles), and the
+    /// windows closed meanwhile, scored once the baseline is installed.
+    fitting: Option<(u64, usize)>,
+    held: Vec<Window>,
+    /// After a failed fit: the stored windows needed before the next try.
+    retry_at: u64,
 }
 
 impl Engine {
@@ -186,7 +218,62 @@ impl Engine {
             alerted: HashMap::new(),
             suppressed: 0,
             rng: Xorshift(0x9e37_79b9_7f4a_7c15),
+            fit_elsewhere: false,
+            fitting: None,
+            held: Vec::new(),
+            retry_at: 0,
         }
+    }
+
+    /// This engine does not fit inline when learning is done: it returns
+    /// [`Outcome::FitDue`] and the caller fits the [`Training`] elsewhere.
+    pub fn fit_elsewhere(mut self) -> Self {
+        self.fit_elsewhere = true;
+        self
+    }
+
+    /// Takes the windows learned so far for a fit elsewhere. Until
+    /// [`Engine::install_fit`], closed windows are held, not scored.
+    pub fn take_training(&mut self) -> Training {
+        let store = std::mem::take(&mut self.store);
+        self.fitting = Some((store.values().map(|v| v.len() as u64).sum(), store.len()));
+        Training { store }
+    }
+
+    /// Installs the result of a fit elsewhere and observes the windows held
+    /// meanwhile. A failed fit gives the training back (nothing learned is
+    /// lost) and learning goes on; the next fit is due after more windows.
+    pub fn install_fit(
+        &mut self,
+        fitted: Result<Baseline, FitError>,
+        training: Training,
+    ) -> Vec<Result<Outcome, FitError>> {
+        self.fitting = None;
+        let mut outcomes = Vec::new();
+        match fitted {
+            Ok(baseline) => {
+                outcomes.push(Ok(Outcome::Learned {
+                    windows: baseline.windows,
+                    profiles: baseline.profiles.len(),
+                }));
+                self.baseline = Some(baseline);
+            }
+            Err(err) => {
+                self.store = training.store;
+                let stored = self.stored();
+                self.retry_at = stored + (stored / 10).max(8);
+                outcomes.push(Err(err));
+            }
+        }
+        for w in std::mem::take(&mut self.held) {
+            // Already counted when they closed.
+            self.windows_seen -= 1;
+            if w.tainted {
+                self.tainted -= 1;
+            }
+            outcomes.push(self.observe(w));
+        }
+        outcomes
     }
 
     /// A detecting engine resumed from a saved baseline.
@@ -229,9 +316,10 @@ impl Engine {
         let learned = self
             .first_time
             .map_or(Duration::ZERO, |first| self.last_time.since(first));
-        let (baseline_windows, profiles) = match &self.baseline {
-            Some(b) => (b.windows, b.profiles.len()),
-            None => (self.stored(), self.store.len()),
+        let (baseline_windows, profiles) = match (&self.baseline, self.fitting) {
+            (Some(b), _) => (b.windows, b.profiles.len()),
+            (None, Some(fitting)) => fitting,
+            (None, None) => (self.stored(), self.store.len()),
         };
         let learning = self.baseline.is_none();
         Progress {
@@ -248,8 +336,10 @@ impl Engine {
             } else {
                 0.0
             },
-            windows_needed: if learning {
-                (self.settings.min_windows as u64).saturating_sub(self.stored())
+            windows_needed: if learning && self.fitting.is_none() {
+                (self.settings.min_windows as u64)
+                    .max(self.retry_at)
+                    .saturating_sub(self.stored())
             } else {
                 0
             },
@@ -268,6 +358,10 @@ impl Engine {
             self.tainted += 1;
         }
         let Some(baseline) = &mut self.baseline else {
+            if self.fitting.is_some() {
+                self.held.push(w);
+                return Ok(Outcome::Learning);
+            }
             if !w.tainted {
                 // The context (process, ancestry) is for alerts; the baseline
                 // does not need it, and it is most of a window's memory.
@@ -275,6 +369,9 @@ impl Engine {
                 self.store_window(w);
             }
             if self.learning_done() {
+                if self.fit_elsewhere {
+                    return Ok(Outcome::FitDue);
+                }
                 return self.finish_learning();
             }
             return Ok(Outcome::Learning);
@@ -359,7 +456,10 @@ impl Engine {
         let learned = self
             .first_time
             .map_or(Duration::ZERO, |f| self.last_time.since(f));
-        learned >= self.settings.learn_for && self.stored() >= self.settings.min_windows as u64
+        let stored = self.stored();
+        learned >= self.settings.learn_for
+            && stored >= self.settings.min_windows as u64
+            && stored >= self.retry_at
     }
 
     /// Ends learning now and fits the baseline (also used by `replay
@@ -447,5 +547,85 @@ mod tests {
             other => panic!("expected a repeat, got {other:?}"),
         }
         assert_eq!(engine.progress().suppressed, 1);
+    }
+
+    #[test]
+    fn a_fit_elsewhere_holds_the_windows_closed_meanwhile_and_scores_them_after() {
+        let mut engine = Engine::new(EngineSettings {
+            learn_for: Duration::from_secs(30),
+            min_windows: 40,
+            ..EngineSettings::default()
+        })
+        .fit_elsewhere();
+        let mut due = None;
+        for i in 0..60 {
+            if engine.observe(normal(i)).unwrap() == Outcome::FitDue {
+                due.get_or_insert(i);
+            }
+        }
+        assert_eq!(
+            due,
+            Some(39),
+            "due at 40 windows (min_windows), past learn_for"
+        );
+        assert!(engine.baseline().is_none(), "not fitted inline");
+        let training = engine.take_training();
+        assert_eq!(training.windows(), 60);
+        assert_eq!(
+            engine.observe(shadow_reader(61)).unwrap(),
+            Outcome::Learning
+        );
+        assert_eq!(engine.progress().baseline_windows, 60, "the fit's size");
+        let fitted = training.fit();
+        let outcomes = engine.install_fit(fitted, training);
+        assert!(matches!(
+            outcomes[0],
+            Ok(Outcome::Learned { windows: 60, .. })
+        ));
+        assert!(
+            matches!(outcomes[1], Ok(Outcome::Alert(_))),
+            "the held window is scored: {:?}",
+            outcomes[1]
+        );
+        assert_eq!(
+            engine.progress().windows_seen,
+            61,
+            "each window counted once"
+        );
+    }
+
+    #[test]
+    fn a_failed_fit_elsewhere_loses_nothing_learned_and_is_tried_again_later() {
+        let mut engine = Engine::new(EngineSettings {
+            learn_for: Duration::from_secs(30),
+            min_windows: 40,
+            ..EngineSettings::default()
+        })
+        .fit_elsewhere();
+        for i in 0..45 {
+            engine.observe(normal(i)).unwrap();
+        }
+        let training = engine.take_training();
+        engine.observe(normal(45)).unwrap();
+        let failed = Err(baseline::FitError::TooFew {
+            windows: 0,
+            needed: 1,
+        });
+        let outcomes = engine.install_fit(failed, training);
+        assert!(outcomes[0].is_err());
+        assert_eq!(
+            engine.progress().baseline_windows,
+            46,
+            "the training is back, and the held window"
+        );
+        // Not due again at once: 8 more windows (10% of the 45 given
+        // back, at least 8) than the training had; the held one counts.
+        let mut next_due = None;
+        for i in 46..80 {
+            if engine.observe(normal(i)).unwrap() == Outcome::FitDue {
+                next_due.get_or_insert(i);
+            }
+        }
+        assert_eq!(next_due, Some(52));
     }
 }

@@ -53,6 +53,7 @@ pub enum StateError {
 }
 
 /// Files in the state directory.
+#[derive(Debug, Clone)]
 pub struct StatePaths {
     /// The directory.
     pub dir: PathBuf,

@@ -1,0 +1,406 @@
+//! `monitor run`: the agent's main job, as stages joined by bounded,
+//! counted channels. This module is the wiring; each stage owns its state.
+//!
+//! ```text
+//!                 events (8192, wait)            emissions (4096: findings wait,
+//!  capture stage ──────────────────> detect stage ───────raw events dropped+counted)──┐
+//!   (probes, ring buffer,             (windows, engine,                               v
+//!    process table, enrichment)        acknowledgements)                         emit stage ──> spool ──> delivery task per sink
+//!        │  raw events (offer) ───────────│──────────────────────────────────────>  ^ (finding log,
+//!        │                                ├─ model snapshots (watch, latest wins) ─> model keeper (saves off the path)
+//!        │                                └─ fit (blocking thread) ─> back to the detect stage
+//!        └─ counters (watch) ──> status stage (1 s: status.json, /status, /metrics, health, heartbeat) ─> emit
+//! ```
+//!
+//! Overflow policies: the capture stage waits when detection is behind, so
+//! the pressure reaches the kernel ring buffer, whose overflow the kernel
+//! counts as loss (reported, never silent). Findings wait for the emit
+//! stage, which only appends to the spool on disk. Raw events are offered:
+//! dropped when the emit stage is behind, and counted
+//! (`monitor_channel_dropped_total`).
+//!
+//! State lives under the state directory (0700): the model (`model.bin`),
+//! the spool (`spool/`), the local finding log (`findings.jsonl`, read by
+//! `monitor alerts`), acknowledgements (`acks.jsonl`) and `status.json`
+//! (read by `monitor status`). All files are 0600.
+//!
+//! Stopping (SIGTERM, SIGINT) runs down the stages in order: capture stops
+//! and drains what the kernel already wrote (300 ms), detection finishes
+//! what it was given and hands over its last model snapshot, the emit stage
+//! writes everything it was sent, the model is saved, a Stop record is
+//! spooled, and sinks get one second to deliver what is spooled (the rest
+//! waits in the spool for the next start). It takes under two seconds.
+
+mod acks;
+mod capture_stage;
+mod detect_stage;
+mod emit_stage;
+mod model_keeper;
+mod status_stage;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use self::status_stage::rss_bytes;
+use self::{
+    capture_stage::{CaptureSnapshot, CaptureStage},
+    detect_stage::DetectStage,
+    emit_stage::{EmitStage, EmitStats, spool_append},
+    status_stage::StatusStage,
+};
+use crate::{
+    api::{SensorReport, SharedStatus},
+    capture::Capture,
+    channel,
+    config::Settings,
+    detect::Detector,
+    event::Timestamp,
+    model::{Engine, Phase},
+    output::{
+        ocsf::{self, Host, Lifecycle},
+        sinks::{self, Delivery, Healths, Sink, SinkHealth},
+        spool::{Class, Spool, SpoolSettings},
+    },
+    state::paths::{StateLock, StatePaths, prepare_state_dir},
+};
+
+/// Capacity of the capture → detect channel (events).
+const EVENTS_CAPACITY: usize = 8192;
+/// Capacity of the channel into the emit stage.
+const EMISSIONS_CAPACITY: usize = 4096;
+
+/// Runs the agent until a signal.
+pub async fn run(
+    settings: Settings,
+    mut signals: crate::shutdown::ShutdownSignals,
+) -> anyhow::Result<()> {
+    let paths = StatePaths::new(&settings.state_dir);
+    prepare_state_dir(&paths.dir)?;
+    let _lock = StateLock::take(&paths.dir)?;
+    let host = Host::current(&settings.host_name);
+    let started = Timestamp::now();
+
+    let (engine, model_created) = start_engine(&paths, &settings, started)?;
+    let phase = engine.phase();
+    let output = Output::start(&settings, &host)?;
+    let status: SharedStatus = Arc::new(Mutex::new(None));
+    let api_shutdown = CancellationToken::new();
+    if let Some(addr) = settings.api_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (api.listen)"))?;
+        tracing::info!(%addr, "metrics on /metrics, health on /healthz, status on /status");
+        tokio::spawn(crate::api::serve(
+            listener,
+            status.clone(),
+            api_shutdown.clone(),
+        ));
+    }
+    // Capture last: everything downstream is ready for its events.
+    let capture = Capture::start(&settings.capture).context("cannot start capture")?;
+    let sensors = announce(&capture, &output, &host, phase);
+
+    // The stages and their channels.
+    let (events_tx, events_rx, events_gauge) = channel::bounded(EVENTS_CAPACITY);
+    let (emit_tx, emit_rx, emit_gauge) = channel::bounded(EMISSIONS_CAPACITY);
+    let (capture_tx, capture_rx) = watch::channel(CaptureSnapshot::default());
+    let (progress_tx, progress_rx) = watch::channel(engine.progress());
+    let (models_tx, models_rx) = watch::channel(None);
+    let emitted = Arc::new(Mutex::new(EmitStats::default()));
+    let stop_capture = CancellationToken::new();
+    let stop_status = CancellationToken::new();
+
+    let emit = tokio::spawn(
+        EmitStage {
+            spool: output.spool.clone(),
+            paths: paths.clone(),
+            host: host.clone(),
+            stats: emitted.clone(),
+        }
+        .run(emit_rx),
+    );
+    let keeper = tokio::spawn(model_keeper::keep(
+        models_rx,
+        paths.clone(),
+        host.name.clone(),
+    ));
+    let detect = tokio::spawn(
+        DetectStage {
+            detector: Detector::new(engine.fit_elsewhere(), settings.capture.profiles.window * 2),
+            own_pid: std::process::id(),
+            paths: paths.clone(),
+            model_created,
+            save_every: settings.raw.model.save_every,
+            emit: emit_tx.clone(),
+            models: models_tx,
+            progress: progress_tx,
+        }
+        .run(events_rx),
+    );
+    let status_stage = tokio::spawn(
+        StatusStage {
+            host: host.clone(),
+            started,
+            paths: paths.clone(),
+            sensors,
+            capture: capture_rx.clone(),
+            progress: progress_rx,
+            emitted: emitted.clone(),
+            sinks: output.healths.clone(),
+            spool: output.spool.clone(),
+            channels: BTreeMap::from([("events", events_gauge), ("emissions", emit_gauge)]),
+            shared: status,
+            emit: emit_tx.clone(),
+            heartbeat: settings.raw.output.heartbeat,
+            learn_for: settings.engine.learn_for,
+            stop: stop_status.clone(),
+        }
+        .run(),
+    );
+    let mut capture_stage = tokio::spawn(
+        CaptureStage {
+            capture,
+            events: events_tx,
+            raw_events: settings.raw.output.raw_events.then(|| emit_tx.clone()),
+            snapshot: capture_tx,
+            stop: stop_capture.clone(),
+        }
+        .run(),
+    );
+    // Only the stages hold senders now: each ends when its input ends.
+    drop(emit_tx);
+
+    // Run until a signal, or until capture ends by itself.
+    let (reason, ended) = tokio::select! {
+        sig = signals.recv() => (sig, None),
+        ended = &mut capture_stage => ("end of events", Some(ended)),
+    };
+    tracing::info!(signal = reason, "stopping");
+    let stopping = Instant::now();
+    let elapsed = || stopping.elapsed().as_millis() as u64;
+    stop_capture.cancel();
+    let capture = match ended {
+        Some(ended) => ended,
+        None => capture_stage.await,
+    }
+    .context("the capture stage panicked")?;
+    tracing::debug!(elapsed_ms = elapsed(), "capture drained");
+    let phase = detect.await.context("the detect stage panicked")?;
+    stop_status.cancel();
+    let _ = status_stage.await;
+    emit.await.context("the emit stage panicked")?;
+    let _ = keeper.await;
+    tracing::debug!(
+        elapsed_ms = elapsed(),
+        "detection finished, findings written, model saved"
+    );
+
+    let totals = capture_rx.borrow().clone();
+    let findings = emitted.lock().expect("emit stats lock").findings;
+    spool_append(
+        &output.spool,
+        Class::Activity,
+        &ocsf::lifecycle(
+            Lifecycle::Stop,
+            &host,
+            &format!("monitor stopping ({reason})"),
+            serde_json::json!({ "findings": findings, "events": totals.events, "lost": totals.lost }),
+        ),
+    );
+    let spool = output.stop().await;
+    api_shutdown.cancel();
+    tracing::debug!(elapsed_ms = elapsed(), "sinks drained");
+    eprintln!(
+        "monitor: stopped; {} events, {findings} findings; lost events: {}",
+        totals.events,
+        if totals.lost.is_empty() {
+            "none".to_owned()
+        } else {
+            totals
+                .lost
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
+    if phase == Phase::Learning {
+        eprintln!("monitor: learning was not finished; it starts over on the next run");
+    }
+    drop(capture);
+    tracing::debug!(elapsed_ms = elapsed(), "probes detached");
+    if let Some(why) = spool.stats().degraded {
+        bail!("the spool could not be written: {why}");
+    }
+    Ok(())
+}
+
+/// The engine: resumed from the saved model, or learning. Returns it and
+/// when its baseline was learned.
+fn start_engine(
+    paths: &StatePaths,
+    settings: &Settings,
+    started: Timestamp,
+) -> anyhow::Result<(Engine, Timestamp)> {
+    Ok(match model_keeper::load(paths, settings)? {
+        Some(file) => {
+            tracing::info!(
+                windows = file.baseline.windows,
+                profiles = file.baseline.profiles.len(),
+                learned = %file.created,
+                "resuming from the saved model; detecting"
+            );
+            (
+                Engine::resume(settings.engine.clone(), file.baseline),
+                file.created,
+            )
+        }
+        None => {
+            tracing::info!(learn_for = %humantime::format_duration(settings.engine.learn_for), "no saved model; learning this host's baseline");
+            (Engine::new(settings.engine.clone()), started)
+        }
+    })
+}
+
+/// The spool and one delivery task per sink.
+struct Output {
+    spool: Arc<Spool>,
+    names: Vec<String>,
+    healths: Healths,
+    shutdown: CancellationToken,
+    deliveries: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Output {
+    fn start(settings: &Settings, host: &Host) -> anyhow::Result<Self> {
+        let paths = StatePaths::new(&settings.state_dir);
+        let names: Vec<String> = settings
+            .raw
+            .sink
+            .iter()
+            .map(crate::output::sink_config::SinkConfig::name)
+            .collect();
+        let spool = Spool::open(
+            &paths.spool(),
+            SpoolSettings {
+                max_bytes: settings.raw.spool.max_size,
+                ..SpoolSettings::default()
+            },
+            &names,
+        )
+        .context("cannot open the spool")?;
+        let healths: Healths = Arc::new(Mutex::new(
+            names.iter().map(|n| SinkHealth::new(n)).collect(),
+        ));
+        let shutdown = CancellationToken::new();
+        let mut deliveries = Vec::new();
+        for (i, config) in settings.raw.sink.iter().enumerate() {
+            let sink = Sink::from_config(config, &host.name)
+                .map_err(|e| anyhow::anyhow!("sink {}: {e}", names[i]))?;
+            deliveries.push(tokio::spawn(sinks::deliver(Delivery {
+                spool: spool.clone(),
+                sink,
+                name: names[i].clone(),
+                index: i,
+                batching: sinks::batching(config),
+                host: host.name.clone(),
+                healths: healths.clone(),
+                shutdown: shutdown.clone(),
+                drain: Duration::from_secs(1),
+            })));
+        }
+        Ok(Self {
+            spool,
+            names,
+            healths,
+            shutdown,
+            deliveries,
+        })
+    }
+
+    /// Gives the sinks a second to deliver what is spooled; the rest waits
+    /// in the spool for the next start.
+    async fn stop(self) -> Arc<Spool> {
+        self.shutdown.cancel();
+        for d in self.deliveries {
+            let _ = tokio::time::timeout(Duration::from_millis(1500), d).await;
+        }
+        self.spool.sync();
+        self.spool
+    }
+}
+
+/// The Start record, a Health record per unavailable sensor (to the sinks,
+/// once per start: the SOC sees that this host is partly blind, and why, in
+/// the same stream as its findings), and the banner. Returns the sensor
+/// states.
+fn announce(
+    capture: &Capture,
+    output: &Output,
+    host: &Host,
+    phase: Phase,
+) -> BTreeMap<String, SensorReport> {
+    let sensors: BTreeMap<String, SensorReport> = capture
+        .probes()
+        .sensors()
+        .iter()
+        .map(|(s, state)| (s.name().to_owned(), SensorReport::of(state)))
+        .collect();
+    spool_append(
+        &output.spool,
+        Class::Activity,
+        &ocsf::lifecycle(
+            Lifecycle::Start,
+            host,
+            &format!("monitor started ({phase:?})"),
+            serde_json::json!({ "sensors": sensors, "phase": phase }),
+        ),
+    );
+    for (sensor, report) in sensors.iter().filter(|(_, r)| r.is_unavailable()) {
+        tracing::warn!("sensor not running: {sensor}: {report}");
+        spool_append(
+            &output.spool,
+            Class::Findings,
+            &ocsf::lifecycle(
+                Lifecycle::Health,
+                host,
+                &format!(
+                    "monitor sensor {sensor} unavailable: {}",
+                    report.reason.as_deref().unwrap_or("")
+                ),
+                serde_json::json!({ "sensor": sensor, "state": report.state, "reason": report.reason }),
+            ),
+        );
+    }
+    eprintln!(
+        "monitor: running on {} ({}), {} processes tracked; {}",
+        host.name,
+        if phase == Phase::Learning {
+            "learning"
+        } else {
+            "detecting"
+        },
+        capture.seed_stats().processes,
+        if output.names.len() == 1 {
+            format!("findings to {}", output.names[0])
+        } else {
+            format!("findings to {} sinks", output.names.len())
+        }
+    );
+    sensors
+}
+
+/// An interval whose first tick is one period from now, and which does not
+/// burst after a stall.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
