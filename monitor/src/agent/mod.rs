@@ -44,7 +44,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +70,47 @@ use crate::{
     state::paths::{StateLock, StatePaths, prepare_state_dir},
 };
 
+/// Why the agent could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory cannot be prepared or locked.
+    #[error(transparent)]
+    State(#[from] crate::state::paths::StateError),
+    /// The saved model cannot be used, and the configuration says stop.
+    #[error(transparent)]
+    Model(#[from] model_keeper::LoadError),
+    /// The spool cannot be opened.
+    #[error("cannot open the spool")]
+    Spool(#[source] crate::output::spool::SpoolError),
+    /// A sink's configuration cannot be used.
+    #[error("sink {name}: {reason}")]
+    Sink {
+        /// The sink.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The operations API cannot listen.
+    #[error("cannot listen on {addr} (api.listen)")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Capture cannot start (probes, /proc, the ring buffer).
+    #[error("cannot start capture")]
+    Capture(#[source] crate::capture::CaptureError),
+    /// A stage ended by a panic (a bug; its message is in the log).
+    #[error("the {0} stage panicked")]
+    StagePanicked(&'static str),
+    /// Records could not be written to the spool (they were kept in
+    /// memory, and are lost with this process).
+    #[error("the spool could not be written: {0}")]
+    SpoolDegraded(String),
+}
+
 /// Capacity of the capture → detect channel (events).
 const EVENTS_CAPACITY: usize = 8192;
 /// Capacity of the channel into the emit stage.
@@ -80,7 +120,7 @@ const EMISSIONS_CAPACITY: usize = 4096;
 pub async fn run(
     settings: Settings,
     mut signals: crate::shutdown::ShutdownSignals,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     let paths = StatePaths::new(&settings.state_dir);
     prepare_state_dir(&paths.dir)?;
     let _lock = StateLock::take(&paths.dir)?;
@@ -95,7 +135,7 @@ pub async fn run(
     if let Some(addr) = settings.api_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("cannot listen on {addr} (api.listen)"))?;
+            .map_err(|source| AgentError::Listen { addr, source })?;
         tracing::info!(%addr, "metrics on /metrics, health on /healthz, status on /status");
         tokio::spawn(crate::api::serve(
             listener,
@@ -104,7 +144,7 @@ pub async fn run(
         ));
     }
     // Capture last: everything downstream is ready for its events.
-    let capture = Capture::start(&settings.capture).context("cannot start capture")?;
+    let capture = Capture::start(&settings.capture).map_err(AgentError::Capture)?;
     let sensors = announce(&capture, &output, &host, phase);
 
     // The stages and their channels.
@@ -190,12 +230,14 @@ pub async fn run(
         Some(ended) => ended,
         None => capture_stage.await,
     }
-    .context("the capture stage panicked")?;
+    .map_err(|_| AgentError::StagePanicked("capture"))?;
     tracing::debug!(elapsed_ms = elapsed(), "capture drained");
-    let phase = detect.await.context("the detect stage panicked")?;
+    let phase = detect
+        .await
+        .map_err(|_| AgentError::StagePanicked("detect"))?;
     stop_status.cancel();
     let _ = status_stage.await;
-    emit.await.context("the emit stage panicked")?;
+    emit.await.map_err(|_| AgentError::StagePanicked("emit"))?;
     let _ = keeper.await;
     tracing::debug!(
         elapsed_ms = elapsed(),
@@ -237,7 +279,7 @@ pub async fn run(
     drop(capture);
     tracing::debug!(elapsed_ms = elapsed(), "probes detached");
     if let Some(why) = spool.stats().degraded {
-        bail!("the spool could not be written: {why}");
+        return Err(AgentError::SpoolDegraded(why));
     }
     Ok(())
 }
@@ -248,7 +290,7 @@ fn start_engine(
     paths: &StatePaths,
     settings: &Settings,
     started: Timestamp,
-) -> anyhow::Result<(Engine, Timestamp)> {
+) -> Result<(Engine, Timestamp), AgentError> {
     Ok(match model_keeper::load(paths, settings)? {
         Some(file) => {
             tracing::info!(
@@ -279,7 +321,7 @@ struct Output {
 }
 
 impl Output {
-    fn start(settings: &Settings, host: &Host) -> anyhow::Result<Self> {
+    fn start(settings: &Settings, host: &Host) -> Result<Self, AgentError> {
         let paths = StatePaths::new(&settings.state_dir);
         let names: Vec<String> = settings
             .raw
@@ -295,15 +337,18 @@ impl Output {
             },
             &names,
         )
-        .context("cannot open the spool")?;
+        .map_err(AgentError::Spool)?;
         let healths: Healths = Arc::new(Mutex::new(
             names.iter().map(|n| SinkHealth::new(n)).collect(),
         ));
         let shutdown = CancellationToken::new();
         let mut deliveries = Vec::new();
         for (i, config) in settings.raw.sink.iter().enumerate() {
-            let sink = Sink::from_config(config, &host.name)
-                .map_err(|e| anyhow::anyhow!("sink {}: {e}", names[i]))?;
+            let sink =
+                Sink::from_config(config, &host.name).map_err(|reason| AgentError::Sink {
+                    name: names[i].clone(),
+                    reason,
+                })?;
             deliveries.push(tokio::spawn(sinks::deliver(Delivery {
                 spool: spool.clone(),
                 sink,

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::{
@@ -28,22 +27,41 @@ pub struct ModelSnapshot {
     pub created: Timestamp,
 }
 
+/// Why the saved model stops the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// It cannot be used, and `model.on_bad_model = "stop"`.
+    #[error("the saved model cannot be used (model.on_bad_model = \"stop\")")]
+    Unusable(#[source] persist::ModelError),
+    /// It cannot be used, and cannot be moved aside to learn again.
+    #[error("cannot move the bad model aside to {}", .path.display())]
+    MoveAside {
+        /// Where it was to go.
+        path: std::path::PathBuf,
+        /// Why not.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Loads the saved model, or decides what to do when it is bad.
-pub fn load(paths: &StatePaths, settings: &Settings) -> anyhow::Result<Option<persist::ModelFile>> {
+pub fn load(
+    paths: &StatePaths,
+    settings: &Settings,
+) -> Result<Option<persist::ModelFile>, LoadError> {
     match persist::load(&paths.model()) {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.is_missing() => Ok(None),
         Err(e) => match settings.raw.model.on_bad_model {
-            OnBadModel::Stop => {
-                Err(e).context("the saved model cannot be used (model.on_bad_model = \"stop\")")
-            }
+            OnBadModel::Stop => Err(LoadError::Unusable(e)),
             OnBadModel::Relearn => {
                 let aside = paths
                     .dir
                     .join(format!("model.bin.bad-{}", Timestamp::now().as_millis()));
                 tracing::error!(error = %crate::error::error_chain(&e), moved_to = %aside.display(), "the saved model cannot be used; learning again");
-                std::fs::rename(paths.model(), &aside).with_context(|| {
-                    format!("cannot move the bad model aside to {}", aside.display())
+                std::fs::rename(paths.model(), &aside).map_err(|source| LoadError::MoveAside {
+                    path: aside,
+                    source,
                 })?;
                 Ok(None)
             }

@@ -86,7 +86,7 @@ pub fn run(args: &DrillArgs) -> anyhow::Result<()> {
 
 /// Runs `monitor drill-step`.
 pub fn step(args: &DrillStepArgs) -> anyhow::Result<()> {
-    drill::steps::run(
+    Ok(drill::steps::run(
         &args.name,
         &StepContext {
             sandbox: args.sandbox.clone(),
@@ -94,5 +94,5 @@ pub fn step(args: &DrillStepArgs) -> anyhow::Result<()> {
             agent_pid: args.agent_pid,
             state_dir: args.state_dir.clone(),
         },
-    )
+    )?)
 }

@@ -77,7 +77,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let signals =
         crate::shutdown::ShutdownSignals::install().context("cannot install signal handlers")?;
     let settings = settings(&args)?;
-    crate::agent::run(settings, signals).await
+    Ok(crate::agent::run(settings, signals).await?)
 }
 
 /// `monitor config`.

@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use crate::{
@@ -128,13 +127,96 @@ pub struct RunSettings {
     pub timeout: Duration,
 }
 
+/// Why drills cannot be chosen or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// No drill was named.
+    #[error("name the drills to run, or --all (see `monitor drill --list`)")]
+    NoneNamed,
+    /// A name that is not a drill.
+    #[error("no drill named {name:?}; choose from {choices}")]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The drills there are.
+        choices: String,
+    },
+    /// No agent status file: no agent runs on this state directory.
+    #[error("no running agent: cannot read {} (start it with `monitor run`)", .path.display())]
+    NoAgent {
+        /// The status file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The status file is not one.
+    #[error("{} is not an agent status file", .path.display())]
+    NotAStatus {
+        /// The status file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The status file is stale: the agent is gone.
+    #[error("no running agent: {} is {age_secs} s old (pid {pid} gone?)", .path.display())]
+    AgentGone {
+        /// The status file.
+        path: PathBuf,
+        /// Its age.
+        age_secs: u64,
+        /// The pid it names.
+        pid: u32,
+    },
+    /// The agent is still learning; drills need a detecting agent.
+    #[error(
+        "the agent is still learning this host's baseline ({remaining_secs:.0} s and {windows_needed} windows to go); drills need a detecting agent"
+    )]
+    StillLearning {
+        /// Learning time left.
+        remaining_secs: f64,
+        /// Windows still needed.
+        windows_needed: u64,
+    },
+    /// A file or process operation failed.
+    #[error("{action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An operation failed without saying what it was doing.
+    #[error(transparent)]
+    UnnamedIo(#[from] std::io::Error),
+    /// A drill step could not do what it plays.
+    #[error("{0}")]
+    Step(String),
+}
+
+/// Names what an I/O operation was doing when it failed.
+trait Doing<T> {
+    fn doing(self, action: impl Into<String>) -> Result<T, DrillError>;
+}
+
+impl<T> Doing<T> for std::io::Result<T> {
+    fn doing(self, action: impl Into<String>) -> Result<T, DrillError> {
+        self.map_err(|source| DrillError::Io {
+            action: action.into(),
+            source,
+        })
+    }
+}
+
 /// Looks drills up by name (`all` for every one).
-pub fn select(names: &[String], all: bool) -> anyhow::Result<Vec<Drill>> {
+pub fn select(names: &[String], all: bool) -> Result<Vec<Drill>, DrillError> {
     if all {
         return Ok(DRILLS.to_vec());
     }
     if names.is_empty() {
-        bail!("name the drills to run, or --all (see `monitor drill --list`)");
+        return Err(DrillError::NoneNamed);
     }
     names
         .iter()
@@ -143,11 +225,9 @@ pub fn select(names: &[String], all: bool) -> anyhow::Result<Vec<Drill>> {
                 .iter()
                 .find(|d| d.name == n)
                 .copied()
-                .with_context(|| {
-                    format!(
-                        "no drill named {n:?}; choose from {}",
-                        DRILLS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
-                    )
+                .ok_or_else(|| DrillError::Unknown {
+                    name: n.clone(),
+                    choices: DRILLS.iter().map(|d| d.name).collect::<Vec<_>>().join(", "),
                 })
         })
         .collect()
@@ -158,31 +238,29 @@ struct AgentInfo {
     pid: u32,
 }
 
-fn agent_info(paths: &StatePaths) -> anyhow::Result<AgentInfo> {
+fn agent_info(paths: &StatePaths) -> Result<AgentInfo, DrillError> {
     let path = paths.status();
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no running agent: cannot read {} (start it with `monitor run`)",
-            path.display()
-        )
-    })?;
-    let status: crate::api::Status = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not an agent status file", path.display()))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => return Err(DrillError::NoAgent { path, source }),
+    };
+    let status: crate::api::Status = match serde_json::from_str(&text) {
+        Ok(status) => status,
+        Err(source) => return Err(DrillError::NotAStatus { path, source }),
+    };
     let age = crate::event::Timestamp::now().since(status.updated);
     if age > Duration::from_secs(5) || !Path::new(&format!("/proc/{}", status.pid)).exists() {
-        bail!(
-            "no running agent: {} is {} s old (pid {} gone?)",
-            path.display(),
-            age.as_secs(),
-            status.pid
-        );
+        return Err(DrillError::AgentGone {
+            path,
+            age_secs: age.as_secs(),
+            pid: status.pid,
+        });
     }
     if status.phase == crate::model::Phase::Learning {
-        bail!(
-            "the agent is still learning this host's baseline ({:.0} s and {} windows to go); drills need a detecting agent",
-            status.progress.remaining_secs,
-            status.progress.windows_needed
-        );
+        return Err(DrillError::StillLearning {
+            remaining_secs: status.progress.remaining_secs,
+            windows_needed: status.progress.windows_needed,
+        });
     }
     Ok(AgentInfo { pid: status.pid })
 }
@@ -222,10 +300,10 @@ fn in_tree(process: Option<&Process>, ancestry: &[Ancestor], root: u32) -> bool 
 }
 
 /// Runs the drills one after the other against the running agent.
-pub fn run(drills: &[Drill], settings: &RunSettings) -> anyhow::Result<Vec<Outcome>> {
+pub fn run(drills: &[Drill], settings: &RunSettings) -> Result<Vec<Outcome>, DrillError> {
     let paths = StatePaths::new(&settings.state_dir);
     let agent = agent_info(&paths)?;
-    let exe = std::env::current_exe().context("cannot find the monitor binary")?;
+    let exe = std::env::current_exe().doing("cannot find the monitor binary")?;
     let mut outcomes = Vec::new();
     for drill in drills {
         let sandbox = std::env::temp_dir().join(format!(
@@ -233,8 +311,7 @@ pub fn run(drills: &[Drill], settings: &RunSettings) -> anyhow::Result<Vec<Outco
             std::process::id(),
             drill.name
         ));
-        std::fs::create_dir_all(&sandbox)
-            .with_context(|| format!("cannot create {}", sandbox.display()))?;
+        std::fs::create_dir_all(&sandbox).doing(format!("cannot create {}", sandbox.display()))?;
         let outcome = run_one(drill, settings, &paths, &exe, &sandbox, agent.pid);
         let _ = std::fs::remove_dir_all(&sandbox);
         eprintln!(

@@ -16,7 +16,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
+use super::{Doing as _, DrillError};
 
 /// What a step needs to know.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct StepContext {
 }
 
 /// Runs drill `name`.
-pub fn run(name: &str, ctx: &StepContext) -> anyhow::Result<()> {
+pub fn run(name: &str, ctx: &StepContext) -> Result<(), DrillError> {
     match name {
         "webshell" => webshell(),
         "reverse-shell" => reverse_shell(),
@@ -44,13 +44,13 @@ pub fn run(name: &str, ctx: &StepContext) -> anyhow::Result<()> {
         "log-tamper" => log_tamper(ctx),
         "discovery-burst" => discovery_burst(),
         "agent-tamper" => agent_tamper(ctx),
-        other => bail!("no drill named {other:?}"),
+        other => Err(DrillError::Step(format!("no drill named {other:?}"))),
     }
 }
 
 /// Runs a shell script, output discarded; its exit status does not matter
 /// (discovery commands may be missing on a minimal host).
-fn sh(script: &str) -> anyhow::Result<()> {
+fn sh(script: &str) -> Result<(), DrillError> {
     Command::new("/bin/sh")
         .arg("-c")
         .arg(script)
@@ -58,7 +58,7 @@ fn sh(script: &str) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .context("cannot run /bin/sh")?;
+        .doing("cannot run /bin/sh")?;
     Ok(())
 }
 
@@ -79,7 +79,7 @@ impl Drop for Cleanup {
 
 /// A "web server" that runs the command in a request with a shell: what a
 /// web shell or a command injection does. The shell then looks around.
-fn webshell() -> anyhow::Result<()> {
+fn webshell() -> Result<(), DrillError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let client = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
@@ -98,19 +98,19 @@ fn webshell() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .context("cannot run /bin/sh")?;
+        .doing("cannot run /bin/sh")?;
     conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n")?;
     conn.write_all(&out.stdout)?;
     drop(conn);
     client
         .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        .map_err(|_| DrillError::Step("client thread panicked".into()))??;
     Ok(())
 }
 
 /// A shell whose input and output are a TCP connection it made itself to
 /// a listener ("the attacker"), which sends it commands.
-fn reverse_shell() -> anyhow::Result<()> {
+fn reverse_shell() -> Result<(), DrillError> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let mut cmd = Command::new("/bin/sh");
@@ -144,7 +144,7 @@ fn reverse_shell() -> anyhow::Result<()> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("cannot start the reverse shell")?;
+    let mut child = cmd.spawn().doing("cannot start the reverse shell")?;
     let (mut conn, _) = listener.accept()?;
     conn.write_all(b"id\nuname -a\nhostname\nexit\n")?;
     let mut out = Vec::new();
@@ -155,11 +155,11 @@ fn reverse_shell() -> anyhow::Result<()> {
 
 /// Reads password hashes and a private key (a decoy the step plants, so no
 /// real key is read).
-fn credential_files(ctx: &StepContext) -> anyhow::Result<()> {
+fn credential_files(ctx: &StepContext) -> Result<(), DrillError> {
     let ssh = Path::new("/root/.ssh");
     let mut cleanup = Cleanup(Vec::new());
     if !ssh.exists() {
-        std::fs::create_dir(ssh).context("cannot create /root/.ssh")?;
+        std::fs::create_dir(ssh).doing("cannot create /root/.ssh")?;
         std::fs::set_permissions(ssh, std::fs::Permissions::from_mode(0o700))?;
         cleanup.0.push(ssh.to_owned());
     }
@@ -179,11 +179,11 @@ fn credential_files(ctx: &StepContext) -> anyhow::Result<()> {
 /// Persistence: a cron job, a systemd unit and an SSH authorized key, all
 /// new files (inert: a comment, a unit never enabled, a decoy key) removed
 /// at once.
-fn persistence(ctx: &StepContext) -> anyhow::Result<()> {
+fn persistence(ctx: &StepContext) -> Result<(), DrillError> {
     let mut cleanup = Cleanup(Vec::new());
     let ssh = Path::new("/root/.ssh");
     if !ssh.exists() {
-        std::fs::create_dir(ssh).context("cannot create /root/.ssh")?;
+        std::fs::create_dir(ssh).doing("cannot create /root/.ssh")?;
         std::fs::set_permissions(ssh, std::fs::Permissions::from_mode(0o700))?;
         cleanup.0.push(ssh.to_owned());
     }
@@ -216,7 +216,10 @@ fn persistence(ctx: &StepContext) -> anyhow::Result<()> {
     sh(&script)?;
     for (path, _) in &targets {
         if !path.exists() {
-            bail!("the drill could not write {}", path.display());
+            return Err(DrillError::Step(format!(
+                "the drill could not write {}",
+                path.display()
+            )));
         }
     }
     Ok(())
@@ -224,13 +227,13 @@ fn persistence(ctx: &StepContext) -> anyhow::Result<()> {
 
 /// Runs a program from memory: `memfd_create`, a copy of `/bin/true`
 /// written into it, `execveat` of the descriptor.
-fn memfd_exec() -> anyhow::Result<()> {
-    let image = std::fs::read("/bin/true").context("cannot read /bin/true")?;
+fn memfd_exec() -> Result<(), DrillError> {
+    let image = std::fs::read("/bin/true").doing("cannot read /bin/true")?;
     // SAFETY: plain syscalls; the child only calls execveat and _exit.
     unsafe {
         let fd = libc::memfd_create(c"drill".as_ptr(), 0);
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("memfd_create");
+            return Err(std::io::Error::last_os_error()).doing("memfd_create");
         }
         let mut file = {
             use std::os::fd::FromRawFd as _;
@@ -240,7 +243,7 @@ fn memfd_exec() -> anyhow::Result<()> {
         let argv = [c"true".as_ptr(), std::ptr::null()];
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
         match libc::fork() {
-            -1 => return Err(std::io::Error::last_os_error()).context("fork"),
+            -1 => return Err(std::io::Error::last_os_error()).doing("fork"),
             0 => {
                 libc::syscall(
                     libc::SYS_execveat,
@@ -263,8 +266,8 @@ fn memfd_exec() -> anyhow::Result<()> {
 
 /// Download and execute: fetch a program over HTTP from a local server,
 /// write it to a temporary directory, make it executable and run it.
-fn download_exec(ctx: &StepContext) -> anyhow::Result<()> {
-    let payload = std::fs::read("/bin/echo").context("cannot read /bin/echo")?;
+fn download_exec(ctx: &StepContext) -> Result<(), DrillError> {
+    let payload = std::fs::read("/bin/echo").doing("cannot read /bin/echo")?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -286,12 +289,12 @@ fn download_exec(ctx: &StepContext) -> anyhow::Result<()> {
     s.read_to_end(&mut reply)?;
     server
         .join()
-        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        .map_err(|_| DrillError::Step("server thread panicked".into()))??;
     let body = reply
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|i| &reply[i + 4..])
-        .context("no HTTP body")?;
+        .ok_or_else(|| DrillError::Step("no HTTP body in the reply".into()))?;
     let path = Path::new("/tmp").join(format!(".{}", ctx.tag));
     let _cleanup = Cleanup(vec![path.clone()]);
     std::fs::write(&path, body)?;
@@ -306,11 +309,11 @@ fn download_exec(ctx: &StepContext) -> anyhow::Result<()> {
 /// Privilege-escalation probing: as an unprivileged user, look for setuid
 /// programs and try to become root again and again, the way `sudo -l` loops
 /// and exploit kits do.
-fn privesc_probe() -> anyhow::Result<()> {
+fn privesc_probe() -> Result<(), DrillError> {
     // SAFETY: the child only makes syscalls and execs; the parent waits.
     unsafe {
         match libc::fork() {
-            -1 => return Err(std::io::Error::last_os_error()).context("fork"),
+            -1 => return Err(std::io::Error::last_os_error()).doing("fork"),
             0 => {
                 let nobody = 65534;
                 if libc::setgroups(0, std::ptr::null()) != 0
@@ -339,7 +342,7 @@ fn privesc_probe() -> anyhow::Result<()> {
 
 /// Log tampering: a log file written, truncated and deleted (a new file,
 /// not an existing log).
-fn log_tamper(ctx: &StepContext) -> anyhow::Result<()> {
+fn log_tamper(ctx: &StepContext) -> Result<(), DrillError> {
     let log = PathBuf::from(format!("/var/log/{}.log", ctx.tag));
     let _cleanup = Cleanup(vec![log.clone()]);
     std::fs::write(
@@ -350,7 +353,7 @@ fn log_tamper(ctx: &StepContext) -> anyhow::Result<()> {
 }
 
 /// A burst of discovery: processes, connections, users, the system.
-fn discovery_burst() -> anyhow::Result<()> {
+fn discovery_burst() -> Result<(), DrillError> {
     sh(
         "ps -ef; ss -tanp || netstat -tanp; cat /proc/net/tcp /proc/net/tcp6; id; whoami; uname -a; hostname; ip addr || ifconfig; cat /etc/passwd; w; last -n 5",
     )?;
@@ -363,10 +366,11 @@ fn discovery_burst() -> anyhow::Result<()> {
 
 /// Tampering with the agent: a signal and a ptrace seize aimed at it, a BPF
 /// program loaded, and a file written into its state directory.
-fn agent_tamper(ctx: &StepContext) -> anyhow::Result<()> {
+fn agent_tamper(ctx: &StepContext) -> Result<(), DrillError> {
     let pid = ctx
         .agent_pid
-        .context("the agent's pid is unknown (no status file)")? as i32;
+        .ok_or_else(|| DrillError::Step("the agent's pid is unknown (no status file)".into()))?
+        as i32;
     // SAFETY: SIGCONT to a running process is harmless; a seize does not
     // stop the tracee and is detached at once.
     unsafe {
@@ -379,7 +383,7 @@ fn agent_tamper(ctx: &StepContext) -> anyhow::Result<()> {
     let probe = ctx.state_dir.join(format!(".{}", ctx.tag));
     let _cleanup = Cleanup(vec![probe.clone()]);
     std::fs::write(&probe, b"monitor drill: agent state tampering probe\n")
-        .with_context(|| format!("cannot write {}", probe.display()))?;
+        .doing(format!("cannot write {}", probe.display()))?;
     Ok(())
 }
 
