@@ -35,7 +35,7 @@ fn finding() -> Vec<u8> {
         name: "bench-host".into(),
         kernel: "6.18".into(),
     };
-    serde_json::to_vec(&ocsf::finding(&logged.alert, &host)).expect("serializes")
+    serde_json::to_vec(&ocsf::finding(&logged.finding, &host)).expect("serializes")
 }
 
 fn fill(spool: &Spool, n: usize, record: &[u8]) -> f64 {

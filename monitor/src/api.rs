@@ -220,9 +220,9 @@ pub fn metrics(s: &Status) -> String {
         one(s.findings as f64),
     );
     metric(
-        "monitor_alerts_suppressed_total",
+        "monitor_findings_suppressed_total",
         "counter",
-        "Alert-worthy windows folded into an open alert.",
+        "Finding-worthy windows folded into an open finding.",
         one(s.progress.suppressed as f64),
     );
     for (name, help, value) in [

@@ -1,5 +1,5 @@
 //! The detection stage: events in, windows built, the model engine fed,
-//! alerts out. One stage owns all of it (windows and the model are state),
+//! findings out. One stage owns all of it (windows and the model are state),
 //! and the same stage serves `monitor run` (live events) and `monitor
 //! replay` (recorded ones).
 
@@ -9,16 +9,16 @@ use crate::{
     event::Event,
     model::{
         Engine, EngineSettings, Outcome, Progress, Training, Window, WindowBuilder,
-        alert::Alert,
         baseline::{Baseline, FitError},
+        finding::Finding,
     },
 };
 
 /// What the stage produced for one event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Detection {
-    /// An explained alert.
-    Alert(Box<Alert>),
+    /// An explained finding.
+    Finding(Box<Finding>),
     /// Learning finished; detection starts with the next window.
     Learned {
         /// Windows the baseline was learned from.
@@ -29,7 +29,7 @@ pub enum Detection {
     /// Learning could not finish (too few usable windows); it goes on.
     LearningExtended(String),
     /// A window repeated an open finding's behaviour (not raised again).
-    Repeat(Box<crate::model::alert::Repeat>),
+    Repeat(Box<crate::model::finding::Repeat>),
     /// Learning is done and the fit is due elsewhere (only from an engine
     /// made with [`Engine::fit_elsewhere`]): see [`Detector::take_training`].
     FitDue,
@@ -131,11 +131,11 @@ impl Detector {
         outcomes.into_iter().filter_map(Self::detection).collect()
     }
 
-    /// A recently scored window by its alert id.
-    pub fn recent_window(&self, alert_id: &str) -> Option<&Window> {
+    /// A recently scored window by its finding id.
+    pub fn recent_window(&self, finding_id: &str) -> Option<&Window> {
         self.recent
             .iter()
-            .find(|w| crate::model::alert::alert_id(w) == alert_id)
+            .find(|w| crate::model::finding::finding_id(w) == finding_id)
     }
 
     fn observe_all(&mut self, closed: Vec<Window>) -> Vec<Detection> {
@@ -155,7 +155,7 @@ impl Detector {
 
     fn detection(outcome: Result<Outcome, FitError>) -> Option<Detection> {
         match outcome {
-            Ok(Outcome::Alert(alert)) => Some(Detection::Alert(alert)),
+            Ok(Outcome::Finding(finding)) => Some(Detection::Finding(finding)),
             Ok(Outcome::Learned { windows, profiles }) => {
                 Some(Detection::Learned { windows, profiles })
             }

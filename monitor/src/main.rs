@@ -26,8 +26,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run(args) => monitor::cli::run::run(args).await,
             Command::Status(args) => monitor::cli::run::status(&args),
-            Command::Alerts(args) => monitor::cli::alerts::alerts(&args),
-            Command::Ack(args) => monitor::cli::alerts::ack(&args),
+            Command::Findings(args) => monitor::cli::findings::findings(&args),
+            Command::Ack(args) => monitor::cli::findings::ack(&args),
             Command::Drill(args) => monitor::cli::drill::run(&args),
             Command::Report(args) => monitor::cli::report::run(&args),
             Command::DrillStep(args) => monitor::cli::drill::step(&args),

@@ -455,18 +455,18 @@ fn shadow_findings(state: &Path) -> Vec<monitor::state::findings::LoggedFinding>
     findings_of(state)
         .into_iter()
         .filter(|f| {
-            f.alert.profile.ends_with("/cat")
-                && f.alert.novelty.iter().any(|n| n.value == "/etc/shadow")
+            f.finding.profile.ends_with("/cat")
+                && f.finding.novelty.iter().any(|n| n.value == "/etc/shadow")
         })
         .collect()
 }
 
 #[test]
-fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
+fn an_acknowledged_behaviour_stops_raising_findings_until_the_ack_is_withdrawn() {
     // Learns this host: no other test may start programs meanwhile.
     let _host = monitor_tests::host_alone();
     let Some(_k) =
-        kernel_test("an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn")
+        kernel_test("an_acknowledged_behaviour_stops_raising_findings_until_the_ack_is_withdrawn")
     else {
         return;
     };
@@ -504,7 +504,7 @@ fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
         Duration::from_secs(20),
         |_| !shadow_findings(&state).is_empty(),
     );
-    let first = shadow_findings(&state)[0].alert.id.clone();
+    let first = shadow_findings(&state)[0].finding.id.clone();
 
     // The analyst says it is benign; the running agent picks it up.
     let ack = Command::new(agent())
@@ -535,26 +535,26 @@ fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
         text.contains(&first) && text.contains("in force") && text.contains("backup job reads it"),
         "{text}"
     );
-    let alerts = Command::new(agent())
-        .args(["alerts", "--state-dir", s])
+    let findings = Command::new(agent())
+        .args(["findings", "--state-dir", s])
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&alerts.stdout).contains("[acknowledged by"),
+        String::from_utf8_lossy(&findings.stdout).contains("[acknowledged by"),
         "{}",
-        String::from_utf8_lossy(&alerts.stdout)
+        String::from_utf8_lossy(&findings.stdout)
     );
 
-    // The same behaviour no longer alerts.
+    // The same behaviour no longer raises a finding.
     read_shadow();
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
         shadow_findings(&state).len(),
         1,
-        "the acknowledged behaviour alerted again"
+        "the acknowledged behaviour was raised again"
     );
 
-    // Withdrawn: it alerts again.
+    // Withdrawn: it raises findings again.
     let undo = Command::new(agent())
         .args(["ack", &first, "--withdraw", "--state-dir", s])
         .output()
@@ -576,7 +576,7 @@ fn an_acknowledged_behaviour_stops_alerting_until_the_ack_is_withdrawn() {
 
     // The explanation reads well on a terminal.
     let explain = Command::new(agent())
-        .args(["alerts", &first, "--state-dir", s])
+        .args(["findings", &first, "--state-dir", s])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&explain.stdout);

@@ -271,9 +271,9 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         let findings: String = logged
             .iter()
             .map(|f| {
-                let pid = f.alert.process.as_ref().map_or(0, |p| p.pid);
-                let ancestry: Vec<u32> = f.alert.ancestry.iter().map(|a| a.pid).collect();
-                format!("  pid {pid} ancestry {ancestry:?}: {}\n", f.alert.summary)
+                let pid = f.finding.process.as_ref().map_or(0, |p| p.pid);
+                let ancestry: Vec<u32> = f.finding.ancestry.iter().map(|a| a.pid).collect();
+                format!("  pid {pid} ancestry {ancestry:?}: {}\n", f.finding.summary)
             })
             .collect();
         let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
@@ -314,7 +314,7 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
     let outside: Vec<&LoggedFinding> = logged
         .iter()
         .filter(|f| {
-            !drill_findings.contains(&f.alert.id) && !monitor::drill::belongs_to(f, runner_pid)
+            !drill_findings.contains(&f.finding.id) && !monitor::drill::belongs_to(f, runner_pid)
         })
         .collect();
     let normal: Vec<&&LoggedFinding> = outside
@@ -329,7 +329,7 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         };
         eprintln!(
             "finding outside the drills, from {whose}:\n{}",
-            f.alert.explanation()
+            f.finding.explanation()
         );
     }
     assert!(

@@ -1,7 +1,7 @@
 //! `monitor record` then `monitor replay`: a recorded stream of a real
 //! server (Python's http.server with CGI, answering requests) in which the
 //! server runs a shell through a CGI request near the end gives an explained
-//! alert about that shell; the same stream cut before it gives none.
+//! finding about that shell; the same stream cut before it gives none.
 
 use std::{
     io::{Read, Write},
@@ -34,17 +34,17 @@ fn replay(file: &Path, learn_for: &str) -> (Vec<serde_json::Value>, String) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "replay failed: {stderr}");
-    let alerts = String::from_utf8_lossy(&out.stdout)
+    let findings = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("replay output {l:?}: {e}")))
         .collect();
-    (alerts, stderr)
+    (findings, stderr)
 }
 
 #[test]
-fn a_shell_from_a_server_alerts_in_replay_and_the_stream_without_it_does_not() {
+fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not() {
     let Some(_k) =
-        kernel_test("a_shell_from_a_server_alerts_in_replay_and_the_stream_without_it_does_not")
+        kernel_test("a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not")
     else {
         return;
     };
@@ -126,21 +126,21 @@ fn a_shell_from_a_server_alerts_in_replay_and_the_stream_without_it_does_not() {
     let clean = dir.join("clean.jsonl");
     std::fs::write(&clean, before.join("\n") + "\n").unwrap();
 
-    let (alerts, stderr) = replay(&clean, "45s");
+    let (findings, stderr) = replay(&clean, "45s");
     assert!(
-        alerts.is_empty(),
-        "the stream without the attack alerted:\n{alerts:#?}\n{stderr}"
+        findings.is_empty(),
+        "the stream without the attack raised findings:\n{findings:#?}\n{stderr}"
     );
 
-    let (alerts, stderr) = replay(&recording, "45s");
-    let shell = alerts.iter().find(|a| {
+    let (findings, stderr) = replay(&recording, "45s");
+    let shell = findings.iter().find(|a| {
         let text = a.to_string();
         text.contains("python")
             && (a["profile"].as_str().is_some_and(|p| p.ends_with("sh"))
                 || text.contains("/usr/bin/dash"))
     });
     let Some(shell) = shell else {
-        panic!("no alert about the server's shell:\n{alerts:#?}\n{stderr}");
+        panic!("no finding about the server's shell:\n{findings:#?}\n{stderr}");
     };
     // Explained: novelty, the process tree up to the server, the threshold.
     assert!(

@@ -27,7 +27,7 @@ impl AckWatch {
             let (logged, bad_findings) = read_lines(&paths.findings())?;
             let active = crate::state::findings::in_force(&records);
             let (acked, bad_windows) =
-                crate::state::findings::acked_findings(&logged, &active, &paths.alert_windows())?;
+                crate::state::findings::acked_findings(&logged, &active, &paths.finding_windows())?;
             for b in bad_acks.iter().chain(&bad_findings).chain(&bad_windows) {
                 tracing::warn!("{b}");
             }

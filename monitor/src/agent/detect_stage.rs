@@ -125,13 +125,15 @@ impl DetectStage {
     ) -> Result<(), Closed> {
         for d in detections {
             match d {
-                Detection::Alert(alert) => {
+                Detection::Finding(finding) => {
                     let window = self
                         .detector
-                        .recent_window(&alert.id)
+                        .recent_window(&finding.id)
                         .cloned()
                         .map(Box::new);
-                    self.emit.send(Emission::Finding { alert, window }).await?;
+                    self.emit
+                        .send(Emission::Finding { finding, window })
+                        .await?;
                 }
                 Detection::Repeat(repeat) => self.emit.send(Emission::Repeat(repeat)).await?,
                 Detection::FitDue if !fits.running => {
@@ -315,10 +317,14 @@ mod tests {
             .await
             .expect("an emission")
             .expect("the stage is running");
-        let Emission::Finding { alert, window } = emission else {
+        let Emission::Finding { finding, window } = emission else {
             panic!("expected a finding, got {emission:?}")
         };
-        assert!(alert.summary.contains("/etc/shadow"), "{}", alert.summary);
+        assert!(
+            finding.summary.contains("/etc/shadow"),
+            "{}",
+            finding.summary
+        );
         assert_eq!(window.expect("its window").pid, 500);
         let Driven { events, stage, .. } = d;
         drop(events);

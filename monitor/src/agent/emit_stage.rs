@@ -13,7 +13,7 @@ use crate::{
     fileio::jsonl::append_line,
     model::{
         Window,
-        alert::{Alert, Repeat},
+        finding::{Finding, Repeat},
     },
     output::{
         ocsf::{self, Host},
@@ -31,7 +31,7 @@ pub enum Emission {
     /// ack` can teach the model this behaviour).
     Finding {
         /// The finding.
-        alert: Box<Alert>,
+        finding: Box<Finding>,
         /// Its window.
         window: Option<Box<Window>>,
     },
@@ -79,28 +79,28 @@ impl EmitStage {
 
     fn emit(&self, emission: Emission) {
         match emission {
-            Emission::Finding { alert, window } => {
+            Emission::Finding { finding, window } => {
                 {
                     let mut stats = self.stats.lock().expect("emit stats lock");
                     stats.findings += 1;
-                    stats.last_finding = Some(alert.summary.clone());
+                    stats.last_finding = Some(finding.summary.clone());
                 }
                 spool_append(
                     &self.spool,
                     Class::Findings,
-                    &ocsf::finding(&alert, &self.host),
+                    &ocsf::finding(&finding, &self.host),
                 );
                 let logged = LoggedFinding {
-                    alert: *alert,
+                    finding: *finding,
                     host: self.host.name.clone(),
                 };
                 if let Err(e) = append_line(&self.paths.findings(), &logged) {
                     tracing::error!(error = %e, path = %self.paths.findings().display(), "cannot write the local finding log");
                 }
                 if let Some(w) = window
-                    && let Err(e) = append_line(&self.paths.alert_windows(), &w)
+                    && let Err(e) = append_line(&self.paths.finding_windows(), &w)
                 {
-                    tracing::warn!(error = %e, path = %self.paths.alert_windows().display(), "cannot keep a finding's window; `monitor ack` will not teach it");
+                    tracing::warn!(error = %e, path = %self.paths.finding_windows().display(), "cannot keep a finding's window; `monitor ack` will not teach it");
                 }
             }
             Emission::Repeat(repeat) => {
@@ -160,7 +160,7 @@ mod tests {
         );
         let window = Window::from_sequence("/usr/sbin/server", vec![0, 1]);
         tx.send(Emission::Finding {
-            alert: Box::new(logged.alert.clone()),
+            finding: Box::new(logged.finding.clone()),
             window: Some(Box::new(window)),
         })
         .await
@@ -170,15 +170,15 @@ mod tests {
 
         assert_eq!(spool.pending("siem"), 1, "one record for the sinks");
         let log = std::fs::read_to_string(paths.findings()).unwrap();
-        assert!(log.contains(&logged.alert.id), "{log}");
+        assert!(log.contains(&logged.finding.id), "{log}");
         assert!(log.contains("test-host"));
-        let windows = std::fs::read_to_string(paths.alert_windows()).unwrap();
+        let windows = std::fs::read_to_string(paths.finding_windows()).unwrap();
         assert!(windows.contains("/usr/sbin/server"));
         let stats = stats.lock().unwrap().clone();
         assert_eq!(stats.findings, 1);
         assert_eq!(
             stats.last_finding.as_deref(),
-            Some(logged.alert.summary.as_str())
+            Some(logged.finding.summary.as_str())
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

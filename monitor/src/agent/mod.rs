@@ -21,7 +21,7 @@
 //!
 //! State lives under the state directory (0700): the model (`model.bin`),
 //! the spool (`spool/`), the local finding log (`findings.jsonl`, read by
-//! `monitor alerts`), acknowledgements (`acks.jsonl`) and `status.json`
+//! `monitor findings`), acknowledgements (`acks.jsonl`) and `status.json`
 //! (read by `monitor status`). All files are 0600.
 //!
 //! Stopping (SIGTERM, SIGINT) runs down the stages in order: capture stops

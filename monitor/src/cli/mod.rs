@@ -1,9 +1,9 @@
 //! Command-line commands. Each returns `anyhow::Result`; `main` prints the
 //! error chain once and maps it to exit code 2.
 
-pub mod alerts;
 pub mod drill;
 pub mod eval;
+pub mod findings;
 pub mod model;
 pub mod record;
 pub mod replay;
@@ -40,9 +40,10 @@ pub enum Command {
     /// Show the state of a running agent.
     Status(run::StatusArgs),
     /// List, follow or explain the findings the agent raised.
-    Alerts(alerts::AlertsArgs),
+    #[command(alias = "alerts")]
+    Findings(findings::FindingsArgs),
     /// Mark a finding benign (the baseline learns it), or withdraw that.
-    Ack(alerts::AckArgs),
+    Ack(findings::AckArgs),
     /// Run safe attack drills against the running agent and report which
     /// were flagged, by which finding, how fast (needs root).
     Drill(drill::DrillArgs),
@@ -62,7 +63,7 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Evaluate the model on a public dataset (ADFA-LD).
     Eval(eval::EvalArgs),
-    /// Run a recorded stream through learning and detection; alerts on stdout.
+    /// Run a recorded stream through learning and detection; findings on stdout.
     Replay(replay::ReplayArgs),
     /// Load every eBPF program under every setting and report what the
     /// kernel's verifier spent on each (needs root); fails if one is refused

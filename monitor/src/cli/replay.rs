@@ -1,5 +1,5 @@
 //! `monitor replay FILE`: a recorded JSONL stream through learning and
-//! detection; alerts as JSON Lines on stdout.
+//! detection; findings as JSON Lines on stdout.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     detect::{Detection, Detector},
     event::{Event, Timestamp},
-    model::{EngineSettings, alert::Alert},
+    model::{EngineSettings, finding::Finding},
 };
 
 /// Arguments of `monitor replay`.
@@ -26,7 +26,7 @@ pub struct ReplayArgs {
     /// fraction of the stream's time span (`0.5`, `50%`).
     #[arg(long, default_value = "50%")]
     pub learn_for: String,
-    /// False-alarm rate, per window, the alert threshold is calibrated for.
+    /// False-alarm rate, per window, the finding threshold is calibrated for.
     #[arg(long, default_value_t = 0.0005)]
     pub false_alarm_rate: f64,
     /// Skip lines that are not valid events (counted and reported) instead
@@ -76,7 +76,7 @@ fn fraction(v: f64, text: &str) -> anyhow::Result<LearnFor> {
 struct Tagged<'a> {
     kind: &'static str,
     #[serde(flatten)]
-    alert: &'a Alert,
+    finding: &'a Finding,
 }
 
 /// Reads events from a file, calling `f` for each; reports bad lines with
@@ -149,22 +149,22 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let mut detector = Detector::learning(settings, window_len);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut alerts = 0u64;
+    let mut findings = 0u64;
     let mut events = 0u64;
     let mut learned_at = None;
     let emit = |detections: Vec<Detection>,
                 out: &mut dyn Write,
-                alerts: &mut u64|
+                findings: &mut u64|
      -> anyhow::Result<()> {
         for d in detections {
             match d {
-                Detection::Alert(a) => {
-                    *alerts += 1;
+                Detection::Finding(a) => {
+                    *findings += 1;
                     serde_json::to_writer(
                         &mut *out,
                         &Tagged {
-                            kind: "alert",
-                            alert: &a,
+                            kind: "finding",
+                            finding: &a,
                         },
                     )?;
                     out.write_all(b"\n")?;
@@ -175,7 +175,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                     );
                 }
                 Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),
-                // The alert it repeats is already in the output.
+                // The finding it repeats is already in the output.
                 // A replay's engine fits inline.
                 Detection::Repeat(_) | Detection::FitDue => {}
             }
@@ -187,13 +187,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         if learned_at.is_none() && event.time >= learn_until {
             learned_at = Some(event.time);
             let d = detector.finish_learning();
-            emit(d, &mut out, &mut alerts)?;
+            emit(d, &mut out, &mut findings)?;
         }
         let d = detector.push(&event);
-        emit(d, &mut out, &mut alerts)
+        emit(d, &mut out, &mut findings)
     })?;
     let d = detector.finish();
-    emit(d, &mut out, &mut alerts)?;
+    emit(d, &mut out, &mut findings)?;
     out.flush()?;
     let progress = detector.progress();
     if detector.engine().baseline().is_none() {
@@ -206,7 +206,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "monitor: replayed {events} events, {} windows; {alerts} alerts{}",
+        "monitor: replayed {events} events, {} windows; {findings} findings{}",
         progress.windows_seen,
         if skipped > 0 {
             format!("; {skipped} invalid lines skipped")

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     event::{Ancestor, Process},
-    model::alert::{Repeat, printable},
+    model::finding::{Repeat, printable},
     state::findings::LoggedFinding,
     state::paths::StatePaths,
 };
@@ -291,7 +291,7 @@ fn new_records<T: serde::de::DeserializeOwned>(path: &Path, offset: u64, out: &m
 
 /// True if the finding is about process `root` or one of its descendants.
 pub fn belongs_to(f: &LoggedFinding, root: u32) -> bool {
-    in_tree(f.alert.process.as_ref(), &f.alert.ancestry, root)
+    in_tree(f.finding.process.as_ref(), &f.finding.ancestry, root)
 }
 
 /// True if `process` (with its `ancestry`) is `root` or descends from it.
@@ -432,16 +432,16 @@ fn run_one(
 
 fn note(outcome: &mut Outcome, seen: &[LoggedFinding], root: u32, started: Instant) {
     for f in seen.iter().filter(|f| belongs_to(f, root)) {
-        if outcome.findings.contains(&f.alert.id) {
+        if outcome.findings.contains(&f.finding.id) {
             continue;
         }
-        outcome.findings.push(f.alert.id.clone());
+        outcome.findings.push(f.finding.id.clone());
         if !outcome.flagged {
             outcome.flagged = true;
             outcome.seconds = Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
-            outcome.finding = Some(f.alert.id.clone());
-            outcome.summary = Some(f.alert.summary.clone());
-            outcome.severity = Some(f.alert.guidance.severity.name().to_owned());
+            outcome.finding = Some(f.finding.id.clone());
+            outcome.summary = Some(f.finding.summary.clone());
+            outcome.severity = Some(f.finding.guidance.severity.name().to_owned());
         }
     }
 }
@@ -465,7 +465,7 @@ impl RepeatLog {
     }
 
     /// A drill whose behaviour repeats a finding that is still open (an
-    /// earlier run of the same drill, within the alert quarantine) was
+    /// earlier run of the same drill, within the finding quarantine) was
     /// recognised too: it counts as flagged, by that finding.
     fn note(&mut self, outcome: &mut Outcome, root: u32, started: Instant) {
         self.offset = new_records(&self.path, self.offset, &mut self.seen);
@@ -479,7 +479,7 @@ impl RepeatLog {
             outcome.finding = Some(r.repeat_of.clone());
             outcome.findings.push(r.repeat_of.clone());
             outcome.summary = Some(format!(
-                "repeats open finding {} (not raised again within the alert quarantine; `monitor alerts -x {}`)",
+                "repeats open finding {} (not raised again within the finding quarantine; `monitor findings -x {}`)",
                 r.repeat_of, r.repeat_of
             ));
         }

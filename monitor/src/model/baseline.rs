@@ -36,7 +36,7 @@
 //! window, that is at most `p*` for each continuous test (distance, and
 //! sequence when present) plus the rate of every novelty kind at least as
 //! rare as `p*` (a union bound over the evidence families). The score is one
-//! minus that bound, so alerting at `score >= 1 - r` happens on at most a
+//! minus that bound, so raising a finding at `score >= 1 - r` happens on at most a
 //! fraction `r` of baseline-like windows: the threshold is a false-alarm rate.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,7 +6,7 @@
 //!   even indices are the *calibration* half, odd ones the *test* half;
 //! - the 1% and 5% thresholds are chosen on the calibration half only: the
 //!   threshold is the smallest score that at most that fraction of
-//!   calibration traces exceed (an alert is `score > threshold`);
+//!   calibration traces exceed (a finding is `score > threshold`);
 //! - everything is reported on the test half plus all 746 attack traces.
 //!
 //! Traces hold i386 syscall numbers; they are mapped to canonical names (see
@@ -240,7 +240,7 @@ pub fn threshold_for(scores: &[f64], rate: f64) -> f64 {
     s.sort_by(f64::total_cmp);
     let allowed = (rate * s.len() as f64).floor() as usize;
     let idx = s.len().saturating_sub(allowed + 1);
-    // Scores equal to the threshold are not alerts; step past ties so the
+    // Scores equal to the threshold are not findings; step past ties so the
     // count above stays within the allowance.
     s.get(idx).copied().unwrap_or(f64::INFINITY)
 }

@@ -1,17 +1,17 @@
-//! What an alert's evidence usually means, and what to do next.
+//! What a finding's evidence usually means, and what to do next.
 //!
 //! The model says *that* a window is unlike the baseline and *how*; people
 //! on call also need *why it matters* and *where to look first*. This table
 //! maps the evidence (novelty facts, the actions and paths behind them) to
 //! MITRE ATT&CK techniques that commonly produce it, one sentence on why it
-//! matters, and a first step. It never decides whether to alert: that stays
+//! matters, and a first step. It never decides whether to finding: that stays
 //! with the calibrated score.
 
 use serde::{Deserialize, Serialize};
 
 use super::baseline::{Novelty, NoveltyKind};
 
-/// An ATT&CK technique an alert's evidence is typical of.
+/// An ATT&CK technique a finding's evidence is typical of.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Technique {
     /// Technique id (`T1059.004`).
@@ -39,7 +39,7 @@ fn tactic_id(tactic: &str) -> &'static str {
     }
 }
 
-/// Guidance for one alert.
+/// Guidance for one finding.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Guidance {
     /// Techniques the evidence is typical of (may be empty).
@@ -348,7 +348,7 @@ const RULES: &[Rule] = &[
     },
 ];
 
-/// Guidance for an alert with these novelty facts.
+/// Guidance for a finding with these novelty facts.
 pub fn for_novelty(novelty: &[Novelty]) -> Guidance {
     let mut g = Guidance::default();
     for n in novelty {
@@ -413,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn statistical_only_alerts_still_say_what_to_do() {
+    fn statistical_only_findings_still_say_what_to_do() {
         let g = for_novelty(&[]);
         assert_eq!(g.severity, Severity::Low);
         assert!(g.techniques.is_empty() && !g.why.is_empty() && !g.next_steps.is_empty());

@@ -6,17 +6,17 @@
 //! - [`baseline`]: per-profile k-means clusters (linfa), nearest neighbours,
 //!   categorical novelty, calibration;
 //! - [`sequence`]: an n-gram model for windows with full syscall sequences;
-//! - [`alert`]: explained alerts;
+//! - [`finding`]: explained findings;
 //! - [`persist`]: the versioned model file;
 //! - [`Engine`] (here): the lifecycle — learning with progress, then
 //!   detecting, following drift, never learning from tainted windows or from
-//!   a profile with an open alert.
+//!   a profile with an open finding.
 
-pub mod alert;
 pub mod baseline;
 pub mod categories;
 pub mod eval;
 pub mod features;
+pub mod finding;
 pub mod guidance;
 pub mod persist;
 pub mod sequence;
@@ -30,8 +30,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    alert::Alert,
     baseline::{Baseline, FitError, Scored},
+    finding::Finding,
     window::{Window, WindowBuilder},
 };
 use crate::event::Timestamp;
@@ -44,15 +44,15 @@ pub struct EngineSettings {
     /// Fewest baseline windows before detecting (learning goes on until both
     /// this and `learn_for` are reached).
     pub min_windows: usize,
-    /// False-alarm rate the alert threshold is set for, per window. A busy
+    /// False-alarm rate the finding threshold is set for, per window. A busy
     /// host closes thousands of windows an hour, so the default is 0.05%.
     pub false_alarm_rate: f64,
     /// Keep learning from windows judged normal while detecting.
     pub follow_drift: bool,
     /// Windows kept per profile while learning (reservoir sampling beyond).
     pub per_profile_cap: usize,
-    /// After an alert, the profile's windows are not learned from for this long.
-    pub alert_quarantine: Duration,
+    /// After a finding, the profile's windows are not learned from for this long.
+    pub finding_quarantine: Duration,
 }
 
 impl Default for EngineSettings {
@@ -63,7 +63,7 @@ impl Default for EngineSettings {
             false_alarm_rate: 0.0005,
             follow_drift: true,
             per_profile_cap: 300,
-            alert_quarantine: Duration::from_secs(3600),
+            finding_quarantine: Duration::from_secs(3600),
         }
     }
 }
@@ -95,11 +95,12 @@ pub struct Progress {
     pub remaining_secs: f64,
     /// Windows still needed to reach the minimum.
     pub windows_needed: u64,
-    /// Alerts raised.
-    pub alerts: u64,
+    /// Findings raised. (`alerts` in earlier versions.)
+    #[serde(alias = "alerts")]
+    pub findings: u64,
     /// Windows not learned from because they overlapped lost events.
     pub tainted: u64,
-    /// Alert-worthy windows folded into an open alert of their profile.
+    /// Finding-worthy windows folded into an open finding of their profile.
     pub suppressed: u64,
 }
 
@@ -118,10 +119,10 @@ pub enum Outcome {
     /// Scored below the threshold.
     Normal(f64),
     /// Scored at or above the threshold.
-    Alert(Box<Alert>),
+    Finding(Box<Finding>),
     /// Scored at or above the threshold, but the profile already has an
-    /// open alert covering every novelty fact of this window: folded into it.
-    Repeat(Box<alert::Repeat>),
+    /// open finding covering every novelty fact of this window: folded into it.
+    Repeat(Box<finding::Repeat>),
     /// Learning has what it needs; the fit is due. Only from an engine whose
     /// fit runs elsewhere ([`Engine::fit_elsewhere`]): the caller takes the
     /// [`Training`], fits it off the event path and hands the result to
@@ -182,13 +183,13 @@ pub struct Engine {
     first_time: Option<Timestamp>,
     last_time: Timestamp,
     windows_seen: u64,
-    alerts: u64,
+    findings: u64,
     tainted: u64,
     /// The latest finding per profile: when (its quarantine runs from
     /// there) and its id (what a repeat refers to).
-    latest_alert: HashMap<String, (Timestamp, String)>,
-    /// Novelty facts already alerted per profile (while quarantined).
-    alerted: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
+    latest_finding: HashMap<String, (Timestamp, String)>,
+    /// Novelty facts already reported per profile (while quarantined).
+    reported: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
     suppressed: u64,
     rng: Xorshift,
     /// See [`Engine::fit_elsewhere`].
@@ -212,10 +213,10 @@ impl Engine {
             first_time: None,
             last_time: Timestamp::default(),
             windows_seen: 0,
-            alerts: 0,
+            findings: 0,
             tainted: 0,
-            latest_alert: HashMap::new(),
-            alerted: HashMap::new(),
+            latest_finding: HashMap::new(),
+            reported: HashMap::new(),
             suppressed: 0,
             rng: Xorshift(0x9e37_79b9_7f4a_7c15),
             fit_elsewhere: false,
@@ -297,7 +298,7 @@ impl Engine {
         self.baseline.as_ref()
     }
 
-    /// The alert threshold on the score.
+    /// The finding threshold on the score.
     pub fn threshold(&self) -> f64 {
         1.0 - self.settings.false_alarm_rate
     }
@@ -343,7 +344,7 @@ impl Engine {
             } else {
                 0
             },
-            alerts: self.alerts,
+            findings: self.findings,
             tainted: self.tainted,
             suppressed: self.suppressed,
         }
@@ -363,7 +364,7 @@ impl Engine {
                 return Ok(Outcome::Learning);
             }
             if !w.tainted {
-                // The context (process, ancestry) is for alerts; the baseline
+                // The context (process, ancestry) is for findings; the baseline
                 // does not need it, and it is most of a window's memory.
                 w.context = Default::default();
                 self.store_window(w);
@@ -380,9 +381,9 @@ impl Engine {
         let threshold = 1.0 - self.settings.false_alarm_rate;
         // The open finding of this profile, if its quarantine still runs.
         let open = self
-            .latest_alert
+            .latest_finding
             .get(&w.profile)
-            .filter(|(at, _)| w.end.since(*at) < self.settings.alert_quarantine)
+            .filter(|(at, _)| w.end.since(*at) < self.settings.finding_quarantine)
             .map(|(_, id)| id.clone());
         let quarantined = open.is_some();
         if scored.score >= threshold {
@@ -391,13 +392,13 @@ impl Engine {
                 .iter()
                 .map(|n| (n.kind, n.value.clone()))
                 .collect();
-            let known = self.alerted.entry(w.profile.clone()).or_default();
+            let known = self.reported.entry(w.profile.clone()).or_default();
             if let Some(of) = open
                 && facts.is_subset(known)
             {
-                // Nothing new about this profile since its open alert.
+                // Nothing new about this profile since its open finding.
                 self.suppressed += 1;
-                return Ok(Outcome::Repeat(Box::new(alert::Repeat::new(
+                return Ok(Outcome::Repeat(Box::new(finding::Repeat::new(
                     of,
                     &w,
                     scored.score,
@@ -407,11 +408,11 @@ impl Engine {
                 known.clear();
             }
             known.extend(facts);
-            self.alerts += 1;
-            let alert = Alert::new(baseline, &w, &scored, threshold);
-            self.latest_alert
-                .insert(w.profile.clone(), (w.end, alert.id.clone()));
-            return Ok(Outcome::Alert(Box::new(alert)));
+            self.findings += 1;
+            let finding = Finding::new(baseline, &w, &scored, threshold);
+            self.latest_finding
+                .insert(w.profile.clone(), (w.end, finding.id.clone()));
+            return Ok(Outcome::Finding(Box::new(finding)));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
             baseline.absorb(&w, &scored.x);
@@ -445,8 +446,8 @@ impl Engine {
                 continue;
             }
             baseline.acknowledge(id, &ack.profile, ack.facts.clone(), ack.window.as_ref());
-            self.latest_alert.remove(&ack.profile);
-            self.alerted.remove(&ack.profile);
+            self.latest_finding.remove(&ack.profile);
+            self.reported.remove(&ack.profile);
             added += 1;
         }
         (added, stale.len())
@@ -536,12 +537,12 @@ mod tests {
             engine.observe(normal(i)).unwrap();
         }
         assert!(engine.baseline().is_some(), "learned");
-        let Outcome::Alert(alert) = engine.observe(shadow_reader(61)).unwrap() else {
-            panic!("a first read of /etc/shadow alerts")
+        let Outcome::Finding(finding) = engine.observe(shadow_reader(61)).unwrap() else {
+            panic!("a first read of /etc/shadow findings")
         };
         match engine.observe(shadow_reader(62)).unwrap() {
             Outcome::Repeat(r) => {
-                assert_eq!(r.repeat_of, alert.id);
+                assert_eq!(r.repeat_of, finding.id);
                 assert_eq!(r.time, Timestamp(62_500_000_000));
             }
             other => panic!("expected a repeat, got {other:?}"),
@@ -583,7 +584,7 @@ mod tests {
             Ok(Outcome::Learned { windows: 60, .. })
         ));
         assert!(
-            matches!(outcomes[1], Ok(Outcome::Alert(_))),
+            matches!(outcomes[1], Ok(Outcome::Finding(_))),
             "the held window is scored: {:?}",
             outcomes[1]
         );

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     event::{Ancestor, Detail, Event, Process},
-    model::alert::Alert,
+    model::finding::Finding,
 };
 
 /// The OCSF version emitted.
@@ -146,14 +146,14 @@ const OCSF_SEVERITY: [&str; 7] = [
     "Fatal",
 ];
 
-/// A Detection Finding for an alert.
-pub fn finding(alert: &Alert, host: &Host) -> Value {
-    let severity = alert.guidance.severity;
+/// A Detection Finding for a finding.
+pub fn finding(finding: &Finding, host: &Host) -> Value {
+    let severity = finding.guidance.severity;
     let (severity_id, severity_name) = (
         severity.ocsf_id(),
         OCSF_SEVERITY[usize::from(severity.ocsf_id())],
     );
-    let proc = alert.process.as_ref();
+    let proc = finding.process.as_ref();
     let mut v = json!({
         "class_uid": 2004,
         "class_name": "Detection Finding",
@@ -163,31 +163,31 @@ pub fn finding(alert: &Alert, host: &Host) -> Value {
         "activity_name": "Create",
         "type_uid": 200401,
         "type_name": "Detection Finding: Create",
-        "time": ms(alert.time),
-        "start_time": ms(alert.window_start),
-        "end_time": ms(alert.window_end),
+        "time": ms(finding.time),
+        "start_time": ms(finding.window_start),
+        "end_time": ms(finding.window_end),
         "severity_id": severity_id,
         "severity": severity_name,
         "status_id": 1,
         "status": "New",
         "is_alert": true,
-        "confidence_score": (alert.score * 100.0).round() as u32,
-        "risk_score": (alert.score * 100.0).round() as u32,
-        "message": alert.summary,
-        "metadata": metadata(Some(&alert.id)),
+        "confidence_score": (finding.score * 100.0).round() as u32,
+        "risk_score": (finding.score * 100.0).round() as u32,
+        "message": finding.summary,
+        "metadata": metadata(Some(&finding.id)),
         "device": host.device(),
         "finding_info": {
-            "uid": alert.id,
-            "title": alert.summary,
-            "desc": alert.explanation(),
-            "attacks": alert.guidance.techniques.iter().map(|t| json!({
+            "uid": finding.id,
+            "title": finding.summary,
+            "desc": finding.explanation(),
+            "attacks": finding.guidance.techniques.iter().map(|t| json!({
                 "technique": { "uid": t.id, "name": t.name },
                 "tactic": { "uid": t.tactic_id, "name": t.tactic },
                 "version": "15.1",
             })).collect::<Vec<_>>(),
             "types": ["Behavioral Anomaly"],
-            "first_seen_time": ms(alert.window_start),
-            "last_seen_time": ms(alert.window_end),
+            "first_seen_time": ms(finding.window_start),
+            "last_seen_time": ms(finding.window_end),
             "analytic": {
                 "name": "monitor behaviour baseline",
                 "type_id": 4,
@@ -197,23 +197,23 @@ pub fn finding(alert: &Alert, host: &Host) -> Value {
         },
         "unmapped": {
             "monitor": {
-                "profile": alert.profile,
-                "parent_profile": alert.parent_profile,
-                "score": alert.score,
-                "threshold": alert.threshold,
-                "false_alarm_rate": alert.false_alarm_rate,
-                "deviations": alert.deviations,
-                "nearest_cluster": alert.nearest_cluster,
-                "novelty": alert.novelty,
-                "guidance": alert.guidance,
-                "syscalls": alert.syscalls,
-                "incomplete": alert.incomplete,
-                "process": alert.process,
+                "profile": finding.profile,
+                "parent_profile": finding.parent_profile,
+                "score": finding.score,
+                "threshold": finding.threshold,
+                "false_alarm_rate": finding.false_alarm_rate,
+                "deviations": finding.deviations,
+                "nearest_cluster": finding.nearest_cluster,
+                "novelty": finding.novelty,
+                "guidance": finding.guidance,
+                "syscalls": finding.syscalls,
+                "incomplete": finding.incomplete,
+                "process": finding.process,
             },
         },
     });
     if let Some(p) = proc {
-        let parent = alert.ancestry.first().map(|a| Process {
+        let parent = finding.ancestry.first().map(|a| Process {
             pid: a.pid,
             comm: a.comm.clone(),
             exe: a.exe.clone(),
@@ -221,12 +221,12 @@ pub fn finding(alert: &Alert, host: &Host) -> Value {
             uid: a.uid,
             ..Default::default()
         });
-        let process = process(p, parent.as_ref(), &alert.ancestry);
+        let process = process(p, parent.as_ref(), &finding.ancestry);
         v["actor"] = json!({ "process": process, "user": user(p.uid, p.user.as_deref()) });
-        v["evidences"] = json!([{ "process": process, "data": { "novelty": alert.novelty } }]);
+        v["evidences"] = json!([{ "process": process, "data": { "novelty": finding.novelty } }]);
     } else {
         v["evidences"] =
-            json!([{ "data": { "novelty": alert.novelty, "profile": alert.profile } }]);
+            json!([{ "data": { "novelty": finding.novelty, "profile": finding.profile } }]);
     }
     v
 }

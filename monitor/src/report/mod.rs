@@ -265,7 +265,7 @@ fn score_distribution(b: &Baseline, threshold: f64, findings: &[LoggedFinding]) 
     let top = values
         .iter()
         .copied()
-        .chain(findings.iter().map(|f| surprise(1.0 - f.alert.score)))
+        .chain(findings.iter().map(|f| surprise(1.0 - f.finding.score)))
         .fold(limit, f64::max)
         + 0.5;
     const BINS: usize = 40;
@@ -296,11 +296,11 @@ fn score_distribution(b: &Baseline, threshold: f64, findings: &[LoggedFinding]) 
     );
     for f in findings {
         plot.dot(
-            surprise(1.0 - f.alert.score),
+            surprise(1.0 - f.finding.score),
             ymax * 0.05,
             5.0,
             PALETTE[3],
-            &f.alert.summary,
+            &f.finding.summary,
         );
     }
     plot.finish(
@@ -317,32 +317,32 @@ fn timeline(findings: &[LoggedFinding], acks: &BTreeMap<String, AckRecord>) -> S
     }
     let t0 = findings
         .iter()
-        .map(|f| f.alert.time.as_secs_f64())
+        .map(|f| f.finding.time.as_secs_f64())
         .fold(f64::INFINITY, f64::min);
     let t1 = findings
         .iter()
-        .map(|f| f.alert.time.as_secs_f64())
+        .map(|f| f.finding.time.as_secs_f64())
         .fold(0.0, f64::max)
         .max(t0 + 60.0);
     let mut plot = Plot::new((t0, t1), (0.5, 4.5));
     for f in findings {
-        let lane = match f.alert.guidance.severity {
+        let lane = match f.finding.guidance.severity {
             Severity::Low => 1.0,
             Severity::Medium => 2.0,
             Severity::High => 3.0,
             Severity::Critical => 4.0,
         };
-        let colour = if acks.contains_key(&f.alert.id) {
+        let colour = if acks.contains_key(&f.finding.id) {
             "#999999"
         } else {
             PALETTE[lane as usize % PALETTE.len()]
         };
         plot.dot(
-            f.alert.time.as_secs_f64(),
+            f.finding.time.as_secs_f64(),
             lane,
             6.0,
             colour,
-            &format!("{} {}", f.alert.id, f.alert.summary),
+            &format!("{} {}", f.finding.id, f.finding.summary),
         );
     }
     plot.finish(
@@ -461,7 +461,10 @@ pub fn render(inputs: &Inputs) -> String {
                 b.space.len()
             ));
             body.push_str(&clusters(b));
-            let threshold = inputs.findings.last().map_or(0.9995, |f| f.alert.threshold);
+            let threshold = inputs
+                .findings
+                .last()
+                .map_or(0.9995, |f| f.finding.threshold);
             body.push_str("<h2>Score distribution</h2>\n");
             body.push_str(&score_distribution(b, threshold, &inputs.findings));
         }
@@ -477,11 +480,11 @@ pub fn render(inputs: &Inputs) -> String {
         for f in inputs.findings.iter().rev().take(50) {
             body.push_str(&format!(
                 "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}{}</td></tr>",
-                f.alert.time,
-                esc(&f.alert.id),
-                f.alert.guidance.severity.name(),
-                esc(&f.alert.summary),
-                if inputs.acks.contains_key(&f.alert.id) {
+                f.finding.time,
+                esc(&f.finding.id),
+                f.finding.guidance.severity.name(),
+                esc(&f.finding.summary),
+                if inputs.acks.contains_key(&f.finding.id) {
                     " <em>(acknowledged)</em>"
                 } else {
                     ""

@@ -1,8 +1,8 @@
 //! The agent's local record of findings, in its state directory:
 //!
 //! - `findings.jsonl`: every finding raised, with its explanation (what
-//!   `monitor alerts` shows, whatever the sinks did with it);
-//! - `alert-windows.jsonl`: the behaviour window behind each finding, so an
+//!   `monitor findings` shows, whatever the sinks did with it);
+//! - `finding-windows.jsonl`: the behaviour window behind each finding, so an
 //!   acknowledgement can teach the model exactly that behaviour;
 //! - `acks.jsonl`: acknowledgements and their withdrawals, append-only, so
 //!   who said what and when is never lost. The acknowledged set is the fold
@@ -22,14 +22,16 @@ use serde::{Deserialize, Serialize};
 use crate::fileio::jsonl::{BadLine, read_lines};
 use crate::{
     event::Timestamp,
-    model::{AckedFinding, Window, alert::Alert, alert::alert_id},
+    model::{AckedFinding, Window, finding::Finding, finding::finding_id},
 };
 
 /// One line of the local finding log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoggedFinding {
-    /// The alert, with its explanation.
-    pub alert: Alert,
+    /// The finding, with its explanation. (`alert` in logs written by earlier
+    /// versions.)
+    #[serde(alias = "alert")]
+    pub finding: Finding,
     /// The host.
     pub host: String,
 }
@@ -88,9 +90,9 @@ pub fn invoking_user() -> String {
 pub fn find<'a>(findings: &'a [LoggedFinding], id: &str) -> Result<&'a LoggedFinding, String> {
     let matching: Vec<&LoggedFinding> = findings
         .iter()
-        .filter(|f| f.alert.id.starts_with(id))
+        .filter(|f| f.finding.id.starts_with(id))
         .collect();
-    let mut ids: Vec<&str> = matching.iter().map(|f| f.alert.id.as_str()).collect();
+    let mut ids: Vec<&str> = matching.iter().map(|f| f.finding.id.as_str()).collect();
     ids.dedup();
     match ids.len() {
         0 => Err(format!("no finding with id {id:?}")),
@@ -117,7 +119,7 @@ pub fn acked_findings(
         let (all, problems) = read_lines::<Window>(windows_path)?;
         bad = problems;
         for w in all {
-            let id = alert_id(&w);
+            let id = finding_id(&w);
             if wanted.contains(id.as_str()) {
                 windows.insert(id, w);
             }
@@ -125,15 +127,15 @@ pub fn acked_findings(
     }
     let mut out = BTreeMap::new();
     for id in acks.keys() {
-        let Some(f) = findings.iter().find(|f| &f.alert.id == id) else {
+        let Some(f) = findings.iter().find(|f| &f.finding.id == id) else {
             continue;
         };
         out.insert(
             id.clone(),
             AckedFinding {
-                profile: f.alert.profile.clone(),
+                profile: f.finding.profile.clone(),
                 facts: f
-                    .alert
+                    .finding
                     .novelty
                     .iter()
                     .map(|n| (n.kind, n.value.clone()))

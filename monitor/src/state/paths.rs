@@ -78,7 +78,7 @@ impl StatePaths {
     pub fn findings(&self) -> PathBuf {
         self.dir.join("findings.jsonl")
     }
-    /// Repeats of open findings (`model::alert::Repeat`), one JSON object a line.
+    /// Repeats of open findings (`model::finding::Repeat`), one JSON object a line.
     pub fn repeats(&self) -> PathBuf {
         self.dir.join("repeats.jsonl")
     }
@@ -94,9 +94,9 @@ impl StatePaths {
     pub fn history(&self) -> PathBuf {
         self.dir.join("history.jsonl")
     }
-    /// Windows of recent alerts, for acknowledgement.
-    pub fn alert_windows(&self) -> PathBuf {
-        self.dir.join("alert-windows.jsonl")
+    /// Windows of recent findings, for acknowledgement.
+    pub fn finding_windows(&self) -> PathBuf {
+        self.dir.join("finding-windows.jsonl")
     }
 }
 
@@ -153,5 +153,11 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), StateError> {
         source,
     })?;
     let _ = std::fs::remove_file(probe);
+    // Earlier versions called the findings' windows alert windows.
+    let old = dir.join("alert-windows.jsonl");
+    let new = dir.join("finding-windows.jsonl");
+    if old.exists() && !new.exists() {
+        let _ = std::fs::rename(old, new);
+    }
     Ok(())
 }

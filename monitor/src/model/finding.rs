@@ -1,6 +1,6 @@
-//! Alerts: a window that crossed the threshold, explained.
+//! Findings: a window that crossed the threshold, explained.
 //!
-//! Everything an analyst needs to decide fast is in the alert itself: what
+//! Everything an analyst needs to decide fast is in the finding itself: what
 //! profile and process, its ancestry, the score and the threshold with the
 //! false-alarm rate behind it, which features deviated (observed against
 //! expected, in counts), the nearest learned behaviour and how far the window
@@ -42,7 +42,7 @@ pub struct NearestCluster {
 }
 
 /// A window that repeated an open finding's behaviour: the same program,
-/// nothing new, within the alert quarantine (`model.alert_quarantine`). It
+/// nothing new, within the finding quarantine (`model.finding_quarantine`). It
 /// is not raised again (one finding per behaviour, not one per window), but
 /// it is kept in the local log, so people and `monitor drill` see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,9 +74,9 @@ impl Repeat {
     }
 }
 
-/// An explained alert.
+/// An explained finding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
+pub struct Finding {
     /// Stable id: the same window always gets the same id.
     pub id: String,
     /// When it was raised (the window's end).
@@ -100,7 +100,7 @@ pub struct Alert {
     pub syscalls: u64,
     /// Calibrated score in [0, 1].
     pub score: f64,
-    /// Alert threshold on the score.
+    /// Finding threshold on the score.
     pub threshold: f64,
     /// False-alarm rate the threshold was calibrated for.
     pub false_alarm_rate: f64,
@@ -121,8 +121,8 @@ pub struct Alert {
     pub incomplete: bool,
 }
 
-/// A stable id for a window's alert.
-pub fn alert_id(w: &Window) -> String {
+/// A stable id for a window's finding.
+pub fn finding_id(w: &Window) -> String {
     // FNV-1a: stable across runs and versions, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -138,8 +138,8 @@ pub fn alert_id(w: &Window) -> String {
     format!("{h:016x}")
 }
 
-impl Alert {
-    /// Builds the alert of a scored window.
+impl Finding {
+    /// Builds the finding of a scored window.
     pub fn new(baseline: &Baseline, w: &Window, scored: &Scored, threshold: f64) -> Self {
         let deviations: Vec<Deviation> = baseline
             .deviations(w, scored, 5)
@@ -157,8 +157,8 @@ impl Alert {
             .sort_by_key(|n| (importance(n.kind), n.value.clone()));
         let scored = &scored;
         let summary = summarize(w, scored, &deviations);
-        Alert {
-            id: alert_id(w),
+        Finding {
+            id: finding_id(w),
             time: w.end,
             profile: w.profile.clone(),
             parent_profile: w.parent_profile.clone(),
@@ -283,7 +283,7 @@ fn command_line(
     printable(&line)
 }
 
-impl Alert {
+impl Finding {
     /// The multi-line explanation for people: what happened, the process
     /// tree, what was observed against the baseline, why it matters and
     /// what to do first.
@@ -371,7 +371,7 @@ impl Alert {
             out.push_str(&format!("  - {step}\n"));
         }
         out.push_str(&format!(
-            "  - if this is expected: `monitor ack {} --reason \"...\"` and this profile stops alerting on it\n",
+            "  - if this is expected: `monitor ack {} --reason \"...\"` and this profile stops raising findings on it\n",
             self.id
         ));
         out

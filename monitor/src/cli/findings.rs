@@ -1,4 +1,4 @@
-//! `monitor alerts` and `monitor ack`: findings for people at a terminal,
+//! `monitor findings` and `monitor ack`: findings for people at a terminal,
 //! from the agent's local finding log (see `crate::findings`).
 
 use std::{
@@ -13,16 +13,16 @@ use anyhow::{Context as _, bail};
 use crate::{
     event::Timestamp,
     fileio::jsonl::{append_line, read_lines},
-    model::alert::printable,
+    model::finding::printable,
     state::{
         findings::{self, AckAction, AckRecord, LoggedFinding, in_force},
         paths::StatePaths,
     },
 };
 
-/// `monitor alerts`.
+/// `monitor findings`.
 #[derive(Debug, clap::Args)]
-pub struct AlertsArgs {
+pub struct FindingsArgs {
     /// Show only this finding (an id or a unique prefix), explained.
     pub id: Option<String>,
     /// Explain every finding listed (process tree, observed vs. baseline,
@@ -52,7 +52,7 @@ pub struct AckArgs {
     /// Why it is benign (kept with the acknowledgement).
     #[arg(long, short = 'r')]
     pub reason: Option<String>,
-    /// Withdraw the acknowledgement of ID instead: the behaviour alerts again.
+    /// Withdraw the acknowledgement of ID instead: the behaviour raises findings again.
     #[arg(long, requires = "id")]
     pub withdraw: bool,
     /// List the acknowledgements in force, and withdrawn ones.
@@ -90,7 +90,7 @@ fn short_time(t: Timestamp) -> String {
 }
 
 fn one_line(f: &LoggedFinding, acks: &BTreeMap<String, AckRecord>) -> String {
-    let a = &f.alert;
+    let a = &f.finding;
     let mut line = format!(
         "{}  {}  {:<8}  {:.4}  {}",
         short_time(a.time),
@@ -115,18 +115,18 @@ fn one_line(f: &LoggedFinding, acks: &BTreeMap<String, AckRecord>) -> String {
 fn print_finding(
     f: &LoggedFinding,
     acks: &BTreeMap<String, AckRecord>,
-    args: &AlertsArgs,
+    args: &FindingsArgs,
 ) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(f)?);
     } else if args.explain || args.id.is_some() {
         println!(
             "finding {} on {} at {}",
-            f.alert.id,
+            f.finding.id,
             printable(&f.host),
-            f.alert.time
+            f.finding.time
         );
-        if let Some(ack) = acks.get(&f.alert.id) {
+        if let Some(ack) = acks.get(&f.finding.id) {
             println!(
                 "acknowledged as benign by {} at {}{}",
                 printable(&ack.by),
@@ -137,15 +137,15 @@ fn print_finding(
                     .unwrap_or_default()
             );
         }
-        println!("{}", f.alert.explanation());
+        println!("{}", f.finding.explanation());
     } else {
         println!("{}", one_line(f, acks));
     }
     Ok(())
 }
 
-/// Runs `monitor alerts`.
-pub fn alerts(args: &AlertsArgs) -> anyhow::Result<()> {
+/// Runs `monitor findings`.
+pub fn findings(args: &FindingsArgs) -> anyhow::Result<()> {
     let paths = StatePaths::new(&args.state_dir);
     if !args.state_dir.is_dir() {
         bail!(
@@ -176,7 +176,7 @@ pub fn alerts(args: &AlertsArgs) -> anyhow::Result<()> {
 
 /// Prints findings appended to the log from now on (polls twice a second;
 /// survives the log being replaced or truncated).
-fn follow(paths: &StatePaths, args: &AlertsArgs) -> anyhow::Result<()> {
+fn follow(paths: &StatePaths, args: &FindingsArgs) -> anyhow::Result<()> {
     let path = paths.findings();
     let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut pending = Vec::new();
@@ -254,7 +254,7 @@ pub fn ack(args: &AckArgs) -> anyhow::Result<()> {
     let all = load_findings(&paths)?;
     let finding = findings::find(&all, id)
         .map_err(|e| anyhow::anyhow!("{e} in {}", paths.findings().display()))?;
-    let id = finding.alert.id.clone();
+    let id = finding.finding.id.clone();
     let active = in_force(&records);
     let action = if args.withdraw {
         if !active.contains_key(&id) {
@@ -278,12 +278,12 @@ pub fn ack(args: &AckArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", paths.acks().display()))?;
     match action {
         AckAction::Ack => println!(
-            "acknowledged {id} ({}): a running agent learns it within seconds, and {} stops alerting on this behaviour",
-            printable(&finding.alert.summary),
-            printable(&finding.alert.profile)
+            "acknowledged {id} ({}): a running agent learns it within seconds, and {} stops raising findings on this behaviour",
+            printable(&finding.finding.summary),
+            printable(&finding.finding.profile)
         ),
         AckAction::Withdraw => {
-            println!("withdrew the acknowledgement of {id}: this behaviour alerts again")
+            println!("withdrew the acknowledgement of {id}: this behaviour raises findings again")
         }
     }
     Ok(())
