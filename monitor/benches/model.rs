@@ -130,8 +130,8 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let rate = scoring_rate(&live_baseline, &live);
     println!(
-        "live windows scored (one core):    {rate:.0} /s ({} profiles, {} features)",
-        live_baseline.profiles.len(),
+        "live windows scored (one core):    {rate:.0} /s ({} programs, {} features)",
+        live_baseline.programs.len(),
         live_baseline.space.len()
     );
     Ok(())

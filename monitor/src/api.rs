@@ -208,10 +208,10 @@ pub fn metrics(s: &Status) -> String {
         one(s.progress.baseline_windows as f64),
     );
     metric(
-        "monitor_profiles",
+        "monitor_programs",
         "gauge",
-        "Behaviour profiles in the baseline.",
-        one(s.progress.profiles as f64),
+        "Behaviour programs in the baseline.",
+        one(s.progress.programs as f64),
     );
     metric(
         "monitor_findings_total",

@@ -23,8 +23,8 @@ pub enum Detection {
     Learned {
         /// Windows the baseline was learned from.
         windows: u64,
-        /// Profiles with their own model.
-        profiles: usize,
+        /// Programs with their own model.
+        programs: usize,
     },
     /// Learning could not finish (too few usable windows); it goes on.
     LearningExtended(String),
@@ -47,7 +47,7 @@ pub struct Detector {
 const RECENT: usize = 256;
 
 impl Detector {
-    /// A detector around an engine; windows without a profile drain close
+    /// A detector around an engine; windows that no drain of syscall counts closes close
     /// after `window_len`.
     pub fn new(engine: Engine, window_len: Duration) -> Self {
         Self {
@@ -107,8 +107,8 @@ impl Detector {
             return Vec::new();
         }
         match self.engine.finish_learning() {
-            Ok(Outcome::Learned { windows, profiles }) => {
-                vec![Detection::Learned { windows, profiles }]
+            Ok(Outcome::Learned { windows, programs }) => {
+                vec![Detection::Learned { windows, programs }]
             }
             Ok(_) => Vec::new(),
             Err(err) => vec![Detection::LearningExtended(err.to_string())],
@@ -156,8 +156,8 @@ impl Detector {
     fn detection(outcome: Result<Outcome, FitError>) -> Option<Detection> {
         match outcome {
             Ok(Outcome::Finding(finding)) => Some(Detection::Finding(finding)),
-            Ok(Outcome::Learned { windows, profiles }) => {
-                Some(Detection::Learned { windows, profiles })
+            Ok(Outcome::Learned { windows, programs }) => {
+                Some(Detection::Learned { windows, programs })
             }
             Ok(Outcome::Repeat(repeat)) => Some(Detection::Repeat(repeat)),
             Ok(Outcome::FitDue) => Some(Detection::FitDue),

@@ -455,7 +455,7 @@ fn shadow_findings(state: &Path) -> Vec<monitor::state::findings::LoggedFinding>
     findings_of(state)
         .into_iter()
         .filter(|f| {
-            f.finding.profile.ends_with("/cat")
+            f.finding.program.ends_with("/cat")
                 && f.finding.novelty.iter().any(|n| n.value == "/etc/shadow")
         })
         .collect()

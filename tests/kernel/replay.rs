@@ -136,7 +136,7 @@ fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not()
     let shell = findings.iter().find(|a| {
         let text = a.to_string();
         text.contains("python")
-            && (a["profile"].as_str().is_some_and(|p| p.ends_with("sh"))
+            && (a["program"].as_str().is_some_and(|p| p.ends_with("sh"))
                 || text.contains("/usr/bin/dash"))
     });
     let Some(shell) = shell else {

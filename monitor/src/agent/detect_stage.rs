@@ -158,9 +158,9 @@ impl DetectStage {
                     fits.running = true;
                 }
                 Detection::FitDue => {}
-                Detection::Learned { windows, profiles } => {
+                Detection::Learned { windows, programs } => {
                     eprintln!(
-                        "monitor: baseline learned from {windows} windows ({profiles} profiles with their own model); detecting"
+                        "monitor: baseline learned from {windows} windows ({programs} programs with their own model); detecting"
                     );
                     self.model_created = Timestamp::now();
                     acks.refresh(&self.paths, &mut self.detector, true);

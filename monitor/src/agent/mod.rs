@@ -295,7 +295,7 @@ fn start_engine(
         Some(file) => {
             tracing::info!(
                 windows = file.baseline.windows,
-                profiles = file.baseline.profiles.len(),
+                programs = file.baseline.programs.len(),
                 learned = %file.created,
                 "resuming from the saved model; detecting"
             );

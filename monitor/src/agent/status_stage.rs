@@ -197,9 +197,9 @@ pub fn rss_bytes() -> u64 {
 fn progress_line(p: &Progress, learn_for: Duration) -> String {
     let fmt = |secs: f64| humantime::format_duration(Duration::from_secs(secs as u64)).to_string();
     let mut line = format!(
-        "learning: {} windows from {} profiles, {} of {}",
+        "learning: {} windows from {} programs, {} of {}",
         p.baseline_windows,
-        p.profiles,
+        p.programs,
         fmt(p.learned_secs),
         fmt(learn_for.as_secs_f64())
     );

@@ -280,7 +280,7 @@ pub fn ack(args: &AckArgs) -> anyhow::Result<()> {
         AckAction::Ack => println!(
             "acknowledged {id} ({}): a running agent learns it within seconds, and {} stops raising findings on this behaviour",
             printable(&finding.finding.summary),
-            printable(&finding.finding.profile)
+            printable(&finding.finding.program)
         ),
         AckAction::Withdraw => {
             println!("withdrew the acknowledgement of {id}: this behaviour raises findings again")

@@ -75,10 +75,10 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
                     kind.describe()
                 );
             }
-            let mut profiles: Vec<_> = b.profiles.iter().collect();
-            profiles.sort_by_key(|(_, p)| std::cmp::Reverse(p.windows));
-            println!("profiles with their own model ({}):", profiles.len());
-            for (name, p) in profiles.iter().take(30) {
+            let mut programs: Vec<_> = b.programs.iter().collect();
+            programs.sort_by_key(|(_, p)| std::cmp::Reverse(p.windows));
+            println!("programs with their own model ({}):", programs.len());
+            for (name, p) in programs.iter().take(30) {
                 println!(
                     "  {:>6} windows  {} clusters  {:>3} syscalls  {}",
                     p.windows,
@@ -87,8 +87,8 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
                     name
                 );
             }
-            if profiles.len() > 30 {
-                println!("  ... and {} more", profiles.len() - 30);
+            if programs.len() > 30 {
+                println!("  ... and {} more", programs.len() - 30);
             }
             println!(
                 "sequence model: {}",

@@ -33,7 +33,7 @@ pub struct ReplayArgs {
     /// of stopping at the first.
     #[arg(long)]
     pub skip_invalid: bool,
-    /// Length of a behaviour window when the stream has no syscall profiles.
+    /// Length of a behaviour window when the stream has no syscall counts.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub window: f64,
 }
@@ -169,9 +169,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
                     )?;
                     out.write_all(b"\n")?;
                 }
-                Detection::Learned { windows, profiles } => {
+                Detection::Learned { windows, programs } => {
                     eprintln!(
-                        "monitor: baseline learned from {windows} windows ({profiles} profiles with their own model); detecting"
+                        "monitor: baseline learned from {windows} windows ({programs} programs with their own model); detecting"
                     );
                 }
                 Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),

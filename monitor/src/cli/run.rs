@@ -174,12 +174,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let p = &s.progress;
     match s.phase {
         crate::model::Phase::Learning => println!(
-            "model      learning: {} windows, {} profiles, {:.0} s learned, {:.0} s left",
-            p.baseline_windows, p.profiles, p.learned_secs, p.remaining_secs
+            "model      learning: {} windows, {} programs, {:.0} s learned, {:.0} s left",
+            p.baseline_windows, p.programs, p.learned_secs, p.remaining_secs
         ),
         crate::model::Phase::Detecting => println!(
-            "model      detecting: baseline of {} windows, {} profiles; {} windows scored",
-            p.baseline_windows, p.profiles, p.windows_seen
+            "model      detecting: baseline of {} windows, {} programs; {} windows scored",
+            p.baseline_windows, p.programs, p.windows_seen
         ),
     }
     println!(

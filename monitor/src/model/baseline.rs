@@ -1,11 +1,11 @@
-//! The learned baseline: clusters of behaviour per profile, nearest
+//! The learned baseline: clusters of behaviour per program, nearest
 //! neighbours, categorical novelty, an optional sequence model, and a
 //! calibration that turns all of it into a score whose threshold is a
 //! false-alarm rate.
 //!
 //! Model (see [`Baseline::fit`]): the feature space (vocabulary, idf) is
-//! learned from the baseline windows; every profile with at least
-//! [`MIN_PROFILE_WINDOWS`] windows gets its own k-means clusters (linfa),
+//! learned from the baseline windows; every program with at least
+//! [`MIN_PROGRAM_WINDOWS`] windows gets its own k-means clusters (linfa),
 //! each with its *spread* (the median distance of its members to the
 //! centroid), plus up to [`EXEMPLARS`] exemplar windows for
 //! nearest-neighbour distance; the rest share one global model. Novelty sets
@@ -17,7 +17,7 @@
 //!   / that cluster's spread) and (distance to the nearest exemplar / the
 //!   exemplars' typical spacing);
 //! - the *sequence statistic*, when the window carries a syscall sequence;
-//! - each *novelty fact* (a program this profile never ran, a peer it never
+//! - each *novelty fact* (a program this program never ran, a peer it never
 //!   contacted...).
 //!
 //! Calibration, by 5-fold cross-validation over the baseline windows: each
@@ -25,7 +25,7 @@
 //! windows the model did not learn from, the distribution of the distance
 //! and sequence statistics (turned into upper-tail p-values, with a Pareto
 //! tail beyond the largest value seen), and how often each kind of novelty
-//! occurs: per profile for the kinds that belong to a profile, with the
+//! occurs: per program for the kinds that belong to a program, with the
 //! host-wide rate as a prior (so a server that never spawned anything in
 //! a thousand windows makes "spawned a shell" rare, while a shell that runs
 //! new programs all day makes it common), and host-wide for the others,
@@ -52,11 +52,11 @@ use super::{
     window::{Facts, Window},
 };
 
-/// Train windows a profile needs for a model of its own.
-pub const MIN_PROFILE_WINDOWS: usize = 12;
+/// Train windows a program needs for a model of its own.
+pub const MIN_PROGRAM_WINDOWS: usize = 12;
 /// Exemplar windows kept per model for nearest-neighbour distance.
 pub const EXEMPLARS: usize = 24;
-/// Largest k per profile model.
+/// Largest k per program model.
 pub const MAX_CLUSTERS: usize = 6;
 /// Largest k of the global model.
 pub const MAX_GLOBAL_CLUSTERS: usize = 12;
@@ -76,10 +76,10 @@ pub enum FitError {
         needed: usize,
     },
     /// linfa failed.
-    #[error("k-means clustering failed for profile {profile}")]
+    #[error("k-means clustering failed for program {program}")]
     Cluster {
-        /// The profile.
-        profile: String,
+        /// The program.
+        program: String,
         /// linfa's error.
         #[source]
         source: linfa_clustering::KMeansError,
@@ -90,8 +90,8 @@ pub enum FitError {
 pub const MIN_WINDOWS: usize = 20;
 /// Strength, in windows, of the host-wide novelty priors.
 pub const PRIOR_WINDOWS: f64 = 1000.0;
-/// Strength, in windows, of the host-wide rate as the prior of a profile's.
-pub const PROFILE_PRIOR_WINDOWS: f64 = 10.0;
+/// Strength, in windows, of the host-wide rate as the prior of a program's.
+pub const PROGRAM_PRIOR_WINDOWS: f64 = 10.0;
 
 /// Clusters and exemplars of one model, stored as plain vectors (f32 is
 /// precise enough and halves the model file).
@@ -133,7 +133,7 @@ impl Nearest {
 
 /// Euclidean distance between a window vector and a stored (f32) point.
 ///
-/// This is the scoring hot loop (every centroid and exemplar of a profile,
+/// This is the scoring hot loop (every centroid and exemplar of a program,
 /// for every window). Eight independent partial sums let the compiler
 /// vectorize it and keep the adds out of one long dependency chain, which
 /// took live scoring in `cargo bench --bench model` from 49k to 92k
@@ -182,7 +182,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 impl Clusters {
     /// k-means on `rows` (each a feature vector), k chosen from the count.
-    fn fit(rows: &Array2<f64>, max_k: usize, profile: &str) -> Result<Self, FitError> {
+    fn fit(rows: &Array2<f64>, max_k: usize, program: &str) -> Result<Self, FitError> {
         let n = rows.nrows();
         let k = (n / 8).clamp(1, max_k).min(n);
         let model = KMeans::params(k)
@@ -191,7 +191,7 @@ impl Clusters {
             .n_runs(3)
             .fit(&DatasetBase::from(rows.clone()))
             .map_err(|source| FitError::Cluster {
-                profile: profile.to_owned(),
+                program: program.to_owned(),
                 source,
             })?;
         let centroids: Vec<Vec<f32>> = model
@@ -285,9 +285,9 @@ fn nearest_centroid(centroids: &[Vec<f32>], x: ArrayView1<'_, f64>) -> (usize, f
         .unwrap_or((0, 0.0))
 }
 
-/// Everything known about one profile (or the global model).
+/// Everything known about one program (or the global model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProfileModel {
+pub struct ProgramModel {
     /// Baseline windows it was learned from (plus drift updates).
     pub windows: u64,
     /// Its clusters.
@@ -298,7 +298,7 @@ pub struct ProfileModel {
     pub facts: Facts,
     /// Parent executables seen.
     pub parents: BTreeSet<String>,
-    /// Windows of this profile scored by cross-validation.
+    /// Windows of this program scored by cross-validation.
     #[serde(default)]
     pub cv_windows: u64,
     /// How many of them showed each kind of novelty.
@@ -306,7 +306,7 @@ pub struct ProfileModel {
     pub novelty_counts: BTreeMap<NoveltyKind, u64>,
 }
 
-impl ProfileModel {
+impl ProgramModel {
     fn new(clusters: Clusters) -> Self {
         Self {
             windows: 0,
@@ -335,7 +335,7 @@ impl ProfileModel {
         self.facts
             .exec_pairs
             .extend(w.facts.exec_pairs.iter().cloned());
-        if let Some(p) = &w.parent_profile {
+        if let Some(p) = &w.parent_program {
             self.parents.insert(p.clone());
         }
     }
@@ -347,20 +347,20 @@ impl ProfileModel {
 pub enum NoveltyKind {
     /// An executable the baseline never saw run.
     NewExecutable,
-    /// This profile started a program it never started.
+    /// This program started a program it never started.
     NewChildProgram,
     /// A program was started by a parent that never started it before
     /// (`parent -> program`, across the host).
     NewParentChild,
-    /// A syscall this profile never made.
+    /// A syscall this program never made.
     NewSyscall,
-    /// A network peer this profile never contacted.
+    /// A network peer this program never contacted.
     NewPeer,
-    /// A port this profile never listened on.
+    /// A port this program never listened on.
     NewListeningPort,
-    /// A sensitive path this profile never touched.
+    /// A sensitive path this program never touched.
     NewSensitivePath,
-    /// An action (ptrace, memfd, setuid, ...) this profile never took.
+    /// An action (ptrace, memfd, setuid, ...) this program never took.
     NewAction,
 }
 
@@ -380,8 +380,8 @@ impl NoveltyKind {
         }
     }
 
-    /// True for kinds judged per profile (the rest are host-wide).
-    pub fn per_profile(self) -> bool {
+    /// True for kinds judged per program (the rest are host-wide).
+    pub fn per_program(self) -> bool {
         !matches!(
             self,
             NoveltyKind::NewExecutable | NoveltyKind::NewParentChild
@@ -529,7 +529,7 @@ pub struct Scored {
     pub distance_p: f64,
     /// Upper-tail p-value of the sequence statistic, when the window has one.
     pub sequence_p: Option<f64>,
-    /// Which model scored it: the profile's own, or the global one.
+    /// Which model scored it: the program's own, or the global one.
     pub scope: Scope,
     /// Nearest cluster and exemplar.
     pub nearest: Nearest,
@@ -547,9 +547,9 @@ pub struct Scored {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// The profile's own model.
-    Profile,
-    /// The global model (the profile had too few baseline windows).
+    /// The program's own model.
+    Program,
+    /// The global model (the program had too few baseline windows).
     Global,
 }
 
@@ -558,10 +558,11 @@ pub enum Scope {
 pub struct Baseline {
     /// Feature space.
     pub space: FeatureSpace,
-    /// Models of profiles with enough windows.
-    pub profiles: BTreeMap<String, ProfileModel>,
+    /// Models of programs with enough windows.
+    #[serde(alias = "profiles")]
+    pub programs: BTreeMap<String, ProgramModel>,
     /// The model of everything.
-    pub global: ProfileModel,
+    pub global: ProgramModel,
     /// Calibration.
     pub calibration: Calibration,
     /// Sequence model, for windows that carry syscall sequences.
@@ -575,12 +576,13 @@ pub struct Baseline {
 }
 
 /// A finding's behaviour acknowledged as benign (`monitor ack`): its novelty
-/// facts stop counting as new for its profile, and its feature vector counts
-/// as learned behaviour of the profile.
+/// facts stop counting as new for its program, and its feature vector counts
+/// as learned behaviour of the program.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Acknowledged {
-    /// The profile.
-    pub profile: String,
+    /// The program.
+    #[serde(alias = "profile")]
+    pub program: String,
     /// The novelty facts that are now known.
     pub facts: BTreeSet<(NoveltyKind, String)>,
     /// The window's feature vector, when the window was kept.
@@ -598,7 +600,7 @@ fn fold_of(w: &Window, i: usize) -> u64 {
     // FNV-1a over the identity: stable across runs and platforms.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in w
-        .profile
+        .program
         .bytes()
         .chain(w.pid.to_le_bytes())
         .chain(w.start.0.to_le_bytes())
@@ -645,7 +647,7 @@ impl Baseline {
             for (w, _) in usable.iter().zip(&folds).filter(|(_, k)| **k == f) {
                 let (_, nearest, novelty, _, _) = model.measure(w);
                 let sequence = model.sequence.as_ref().and_then(|s| s.statistic(w));
-                let entry = profile_counts.entry(w.profile.as_str()).or_default();
+                let entry = profile_counts.entry(w.program.as_str()).or_default();
                 entry.0 += 1;
                 let kinds: BTreeSet<NoveltyKind> = novelty.iter().map(|n| n.kind).collect();
                 for k in kinds {
@@ -682,8 +684,8 @@ impl Baseline {
                 .collect(),
             windows: evidence.len(),
         };
-        for (profile, (windows, counts)) in profile_counts {
-            if let Some(m) = baseline.profiles.get_mut(profile) {
+        for (program, (windows, counts)) in profile_counts {
+            if let Some(m) = baseline.programs.get_mut(program) {
                 m.cv_windows = windows;
                 m.novelty_counts = counts;
             }
@@ -703,28 +705,28 @@ impl Baseline {
         };
         let stride = windows.len().div_ceil(GLOBAL_FIT_ROWS).max(1);
         let sample: Vec<&Window> = windows.iter().step_by(stride).copied().collect();
-        let mut global = ProfileModel::new(Clusters::fit(
+        let mut global = ProgramModel::new(Clusters::fit(
             &rows_of(&sample),
             MAX_GLOBAL_CLUSTERS,
             "(global)",
         )?);
         windows.iter().for_each(|w| global.learn_facts(w));
-        let mut by_profile: BTreeMap<&str, Vec<&Window>> = BTreeMap::new();
+        let mut by_program: BTreeMap<&str, Vec<&Window>> = BTreeMap::new();
         for w in windows {
-            by_profile.entry(w.profile.as_str()).or_default().push(w);
+            by_program.entry(w.program.as_str()).or_default().push(w);
         }
-        let mut profiles = BTreeMap::new();
-        for (profile, ws) in &by_profile {
-            if ws.len() >= MIN_PROFILE_WINDOWS {
-                let mut m = ProfileModel::new(Clusters::fit(&rows_of(ws), MAX_CLUSTERS, profile)?);
+        let mut programs = BTreeMap::new();
+        for (program, ws) in &by_program {
+            if ws.len() >= MIN_PROGRAM_WINDOWS {
+                let mut m = ProgramModel::new(Clusters::fit(&rows_of(ws), MAX_CLUSTERS, program)?);
                 ws.iter().for_each(|w| m.learn_facts(w));
-                profiles.insert((*profile).to_owned(), m);
+                programs.insert((*program).to_owned(), m);
             }
         }
         Ok(Baseline {
             sequence: SequenceModel::fit(windows.iter().copied()),
             space,
-            profiles,
+            programs,
             global,
             calibration: Calibration {
                 distance: Tail::default(),
@@ -737,10 +739,10 @@ impl Baseline {
         })
     }
 
-    /// The model scoring a profile.
-    pub fn model_for(&self, profile: &str) -> (&ProfileModel, Scope) {
-        match self.profiles.get(profile) {
-            Some(m) => (m, Scope::Profile),
+    /// The model scoring a program.
+    pub fn model_for(&self, program: &str) -> (&ProgramModel, Scope) {
+        match self.programs.get(program) {
+            Some(m) => (m, Scope::Program),
             None => (&self.global, Scope::Global),
         }
     }
@@ -748,17 +750,17 @@ impl Baseline {
     /// Vector, nearest cluster, novelty facts and scope of a window.
     fn measure(&self, w: &Window) -> (Array1<f64>, Nearest, Vec<Novelty>, Scope, bool) {
         let x = self.space.vectorize(w);
-        let (model, scope) = self.model_for(&w.profile);
+        let (model, scope) = self.model_for(&w.program);
         let nearest = model.clusters.nearest(x.view());
         let mut novelty = Vec::new();
         let mut push = |kind, value: String| novelty.push(Novelty { kind, value });
-        let known_exe = self.profiles.contains_key(&w.profile)
-            || self.global.facts.executed.contains(&w.profile);
-        if !known_exe && !w.profile.is_empty() && w.sequence.is_empty() {
-            push(NoveltyKind::NewExecutable, w.profile.clone());
+        let known_exe = self.programs.contains_key(&w.program)
+            || self.global.facts.executed.contains(&w.program);
+        if !known_exe && !w.program.is_empty() && w.sequence.is_empty() {
+            push(NoveltyKind::NewExecutable, w.program.clone());
         }
         for exe in &w.facts.executed {
-            if *exe != w.profile && !model.facts.executed.contains(exe) {
+            if *exe != w.program && !model.facts.executed.contains(exe) {
                 push(NoveltyKind::NewChildProgram, exe.clone());
             }
         }
@@ -794,7 +796,7 @@ impl Baseline {
         (x, nearest, novelty, scope, acknowledged)
     }
 
-    /// Takes acknowledged behaviour of the window's profile into account:
+    /// Takes acknowledged behaviour of the window's program into account:
     /// acknowledged facts are not new, and an acknowledged window nearer
     /// than every centroid is the nearest learned behaviour. Returns true if
     /// an acknowledgement changed the evidence.
@@ -812,7 +814,7 @@ impl Baseline {
         let acks: Vec<&Acknowledged> = self
             .acknowledged
             .values()
-            .filter(|a| a.profile == w.profile)
+            .filter(|a| a.program == w.program)
             .collect();
         // Parent-child pairs are host-wide facts: any acknowledgement covers them.
         novelty.retain(|n| {
@@ -821,7 +823,7 @@ impl Baseline {
             !self
                 .acknowledged
                 .values()
-                .filter(|a| scope_host || a.profile == w.profile)
+                .filter(|a| scope_host || a.program == w.program)
                 .any(|a| a.facts.contains(&fact))
         });
         let mut changed = novelty.len() != before;
@@ -840,7 +842,7 @@ impl Baseline {
     pub fn acknowledge(
         &mut self,
         finding_id: &str,
-        profile: &str,
+        program: &str,
         facts: BTreeSet<(NoveltyKind, String)>,
         window: Option<&Window>,
     ) {
@@ -850,7 +852,7 @@ impl Baseline {
         self.acknowledged.insert(
             finding_id.to_owned(),
             Acknowledged {
-                profile: profile.to_owned(),
+                program: program.to_owned(),
                 facts,
                 x,
             },
@@ -862,26 +864,26 @@ impl Baseline {
         self.acknowledged.remove(finding_id).is_some()
     }
 
-    /// How often a normal window of `profile` shows novelty of `kind`.
-    pub fn novelty_rate(&self, kind: NoveltyKind, profile: &str) -> f64 {
+    /// How often a normal window of `program` shows novelty of `kind`.
+    pub fn novelty_rate(&self, kind: NoveltyKind, program: &str) -> f64 {
         let host = self
             .calibration
             .novelty_rates
             .get(&kind)
             .copied()
             .unwrap_or(kind.prior_rate());
-        match self.profiles.get(profile) {
-            Some(m) if kind.per_profile() => {
+        match self.programs.get(program) {
+            Some(m) if kind.per_program() => {
                 let seen = m.novelty_counts.get(&kind).copied().unwrap_or(0) as f64;
-                (seen + PROFILE_PRIOR_WINDOWS * host)
-                    / (m.cv_windows as f64 + PROFILE_PRIOR_WINDOWS)
+                (seen + PROGRAM_PRIOR_WINDOWS * host)
+                    / (m.cv_windows as f64 + PROGRAM_PRIOR_WINDOWS)
             }
             _ => host,
         }
     }
 
     /// The union bound of the module docs: how often a normal window of this
-    /// profile shows evidence at least as strong. Returns it with the
+    /// program shows evidence at least as strong. Returns it with the
     /// distance and sequence p-values.
     fn bound(
         &self,
@@ -899,11 +901,11 @@ impl Baseline {
         let counted = |kind: NoveltyKind| sequence_p.is_none() || kind != NoveltyKind::NewSyscall;
         let mut strongest = sequence_p.unwrap_or(distance_p);
         for n in novelty.iter().filter(|n| counted(n.kind)) {
-            strongest = strongest.min(self.novelty_rate(n.kind, &w.profile));
+            strongest = strongest.min(self.novelty_rate(n.kind, &w.program));
         }
         let mut bound = strongest;
         for kind in NoveltyKind::ALL.into_iter().filter(|k| counted(*k)) {
-            let rate = self.novelty_rate(kind, &w.profile);
+            let rate = self.novelty_rate(kind, &w.program);
             if rate <= strongest {
                 bound += rate;
             }
@@ -935,7 +937,7 @@ impl Baseline {
     pub fn absorb(&mut self, w: &Window, x: &Array1<f64>) {
         self.windows += 1;
         self.global.learn_facts(w);
-        if let Some(m) = self.profiles.get_mut(&w.profile) {
+        if let Some(m) = self.programs.get_mut(&w.program) {
             m.learn_facts(w);
             m.clusters.absorb(x.view());
         } else {
@@ -951,7 +953,7 @@ impl Baseline {
         scored: &Scored,
         top: usize,
     ) -> Vec<(usize, f64, f64, f64)> {
-        let (model, _) = self.model_for(&w.profile);
+        let (model, _) = self.model_for(&w.program);
         let centroid = &model.clusters.centroids[scored.nearest.cluster];
         let mut contributions: Vec<(usize, f64)> = scored
             .x

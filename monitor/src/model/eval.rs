@@ -20,7 +20,7 @@ use std::{
 use super::{baseline::Baseline, window::Window};
 use crate::syscalls::Abi;
 
-/// The profile every trace is given (the dataset has no executables).
+/// The program every trace is given (the dataset has no executables).
 pub const PROFILE: &str = "adfa-ld";
 
 /// Errors reading the dataset.

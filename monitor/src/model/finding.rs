@@ -1,7 +1,7 @@
 //! Findings: a window that crossed the threshold, explained.
 //!
 //! Everything an analyst needs to decide fast is in the finding itself: what
-//! profile and process, its ancestry, the score and the threshold with the
+//! program and process, its ancestry, the score and the threshold with the
 //! false-alarm rate behind it, which features deviated (observed against
 //! expected, in counts), the nearest learned behaviour and how far the window
 //! is from it, and what was new.
@@ -31,7 +31,7 @@ pub struct Deviation {
 /// Where the window sits relative to the baseline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NearestCluster {
-    /// The profile's own model, or the global one.
+    /// The program's own model, or the global one.
     pub scope: Scope,
     /// Cluster index in that model.
     pub cluster: usize,
@@ -81,11 +81,13 @@ pub struct Finding {
     pub id: String,
     /// When it was raised (the window's end).
     pub time: Timestamp,
-    /// The behaviour profile (executable).
-    pub profile: String,
+    /// The behaviour program (executable).
+    #[serde(alias = "profile")]
+    pub program: String,
     /// The parent's executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent_profile: Option<String>,
+    #[serde(alias = "parent_profile")]
+    pub parent_program: Option<String>,
     /// The process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -131,7 +133,7 @@ pub fn finding_id(w: &Window) -> String {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    feed(w.profile.as_bytes());
+    feed(w.program.as_bytes());
     feed(&w.pid.to_le_bytes());
     feed(&w.start.0.to_le_bytes());
     feed(&w.end.0.to_le_bytes());
@@ -160,8 +162,8 @@ impl Finding {
         Finding {
             id: finding_id(w),
             time: w.end,
-            profile: w.profile.clone(),
-            parent_profile: w.parent_profile.clone(),
+            program: w.program.clone(),
+            parent_program: w.parent_program.clone(),
             process: w.context.process.as_deref().cloned(),
             ancestry: w.context.ancestry.to_vec(),
             window_start: w.start,
@@ -229,7 +231,7 @@ fn novelty_lines(novelty: &[Novelty]) -> Vec<String> {
 }
 
 fn summarize(w: &Window, scored: &Scored, deviations: &[Deviation]) -> String {
-    let name = w.profile.rsplit('/').next().unwrap_or(&w.profile);
+    let name = w.program.rsplit('/').next().unwrap_or(&w.program);
     let pid = w.context.process.as_ref().map_or(w.pid, |p| p.pid);
     let mut parts: Vec<String> = novelty_lines(&scored.novelty).into_iter().take(3).collect();
     if parts.is_empty()
@@ -326,7 +328,7 @@ impl Finding {
                     .map(|u| format!(" {}", printable(u)))
                     .unwrap_or_default()
             )),
-            None => out.push_str(&format!("  {} <- profile\n", printable(&self.profile))),
+            None => out.push_str(&format!("  {} <- program\n", printable(&self.program))),
         }
         if !self.novelty.is_empty() {
             out.push_str("\nnever seen in this host's baseline:\n");
@@ -350,7 +352,7 @@ impl Finding {
             "  nearest cluster: #{} of the {} model, distance {:.3} (its members are typically {:.3} away)\n",
             self.nearest_cluster.cluster,
             match self.nearest_cluster.scope {
-                Scope::Profile => "profile's own",
+                Scope::Program => "program's own",
                 Scope::Global => "host-wide",
             },
             self.nearest_cluster.distance,
@@ -371,7 +373,7 @@ impl Finding {
             out.push_str(&format!("  - {step}\n"));
         }
         out.push_str(&format!(
-            "  - if this is expected: `monitor ack {} --reason \"...\"` and this profile stops raising findings on it\n",
+            "  - if this is expected: `monitor ack {} --reason \"...\"` and this program stops raising findings on it\n",
             self.id
         ));
         out

@@ -3,14 +3,14 @@
 //!
 //! - [`window`]: behaviour windows, built from events;
 //! - [`features`]: named feature vectors (ndarray);
-//! - [`baseline`]: per-profile k-means clusters (linfa), nearest neighbours,
+//! - [`baseline`]: per-program k-means clusters (linfa), nearest neighbours,
 //!   categorical novelty, calibration;
 //! - [`sequence`]: an n-gram model for windows with full syscall sequences;
 //! - [`finding`]: explained findings;
 //! - [`persist`]: the versioned model file;
 //! - [`Engine`] (here): the lifecycle — learning with progress, then
 //!   detecting, following drift, never learning from tainted windows or from
-//!   a profile with an open finding.
+//!   a program with an open finding.
 
 pub mod baseline;
 pub mod categories;
@@ -49,9 +49,9 @@ pub struct EngineSettings {
     pub false_alarm_rate: f64,
     /// Keep learning from windows judged normal while detecting.
     pub follow_drift: bool,
-    /// Windows kept per profile while learning (reservoir sampling beyond).
-    pub per_profile_cap: usize,
-    /// After a finding, the profile's windows are not learned from for this long.
+    /// Windows kept per program while learning (reservoir sampling beyond).
+    pub per_program_cap: usize,
+    /// After a finding, the program's windows are not learned from for this long.
     pub finding_quarantine: Duration,
 }
 
@@ -62,7 +62,7 @@ impl Default for EngineSettings {
             min_windows: 200,
             false_alarm_rate: 0.0005,
             follow_drift: true,
-            per_profile_cap: 300,
+            per_program_cap: 300,
             finding_quarantine: Duration::from_secs(3600),
         }
     }
@@ -87,8 +87,9 @@ pub struct Progress {
     pub windows_seen: u64,
     /// Windows in the baseline store (learning) or learned (detecting).
     pub baseline_windows: u64,
-    /// Profiles seen while learning (or modelled, when detecting).
-    pub profiles: usize,
+    /// Programs seen while learning (or modelled, when detecting).
+    #[serde(alias = "profiles")]
+    pub programs: usize,
     /// Time learned so far.
     pub learned_secs: f64,
     /// Estimated time left learning (0 when detecting).
@@ -100,7 +101,7 @@ pub struct Progress {
     pub findings: u64,
     /// Windows not learned from because they overlapped lost events.
     pub tainted: u64,
-    /// Finding-worthy windows folded into an open finding of their profile.
+    /// Finding-worthy windows folded into an open finding of their program.
     pub suppressed: u64,
 }
 
@@ -113,14 +114,14 @@ pub enum Outcome {
     Learned {
         /// Windows it was learned from.
         windows: u64,
-        /// Profiles with their own model.
-        profiles: usize,
+        /// Programs with their own model.
+        programs: usize,
     },
     /// Scored below the threshold.
     Normal(f64),
     /// Scored at or above the threshold.
     Finding(Box<Finding>),
-    /// Scored at or above the threshold, but the profile already has an
+    /// Scored at or above the threshold, but the program already has an
     /// open finding covering every novelty fact of this window: folded into it.
     Repeat(Box<finding::Repeat>),
     /// Learning has what it needs; the fit is due. Only from an engine whose
@@ -166,8 +167,8 @@ impl Xorshift {
 /// A finding acknowledged as benign, as the engine needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AckedFinding {
-    /// The finding's profile.
-    pub profile: String,
+    /// The finding's program.
+    pub program: String,
     /// Its novelty facts.
     pub facts: std::collections::BTreeSet<(baseline::NoveltyKind, String)>,
     /// Its window, when kept.
@@ -179,22 +180,22 @@ pub struct Engine {
     settings: EngineSettings,
     baseline: Option<Baseline>,
     store: BTreeMap<String, Vec<Window>>,
-    seen_per_profile: HashMap<String, u64>,
+    seen_per_program: HashMap<String, u64>,
     first_time: Option<Timestamp>,
     last_time: Timestamp,
     windows_seen: u64,
     findings: u64,
     tainted: u64,
-    /// The latest finding per profile: when (its quarantine runs from
+    /// The latest finding per program: when (its quarantine runs from
     /// there) and its id (what a repeat refers to).
     latest_finding: HashMap<String, (Timestamp, String)>,
-    /// Novelty facts already reported per profile (while quarantined).
+    /// Novelty facts already reported per program (while quarantined).
     reported: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
     suppressed: u64,
     rng: Xorshift,
     /// See [`Engine::fit_elsewhere`].
     fit_elsewhere: bool,
-    /// While a fit runs elsewhere: its size (windows, profiles), and the
+    /// While a fit runs elsewhere: its size (windows, programs), and the
     /// windows closed meanwhile, scored once the baseline is installed.
     fitting: Option<(u64, usize)>,
     held: Vec<Window>,
@@ -209,7 +210,7 @@ impl Engine {
             settings,
             baseline: None,
             store: BTreeMap::new(),
-            seen_per_profile: HashMap::new(),
+            seen_per_program: HashMap::new(),
             first_time: None,
             last_time: Timestamp::default(),
             windows_seen: 0,
@@ -255,7 +256,7 @@ impl Engine {
             Ok(baseline) => {
                 outcomes.push(Ok(Outcome::Learned {
                     windows: baseline.windows,
-                    profiles: baseline.profiles.len(),
+                    programs: baseline.programs.len(),
                 }));
                 self.baseline = Some(baseline);
             }
@@ -317,8 +318,8 @@ impl Engine {
         let learned = self
             .first_time
             .map_or(Duration::ZERO, |first| self.last_time.since(first));
-        let (baseline_windows, profiles) = match (&self.baseline, self.fitting) {
-            (Some(b), _) => (b.windows, b.profiles.len()),
+        let (baseline_windows, programs) = match (&self.baseline, self.fitting) {
+            (Some(b), _) => (b.windows, b.programs.len()),
             (None, Some(fitting)) => fitting,
             (None, None) => (self.stored(), self.store.len()),
         };
@@ -327,7 +328,7 @@ impl Engine {
             phase: self.phase(),
             windows_seen: self.windows_seen,
             baseline_windows,
-            profiles,
+            programs,
             learned_secs: learned.as_secs_f64(),
             remaining_secs: if learning {
                 self.settings
@@ -379,10 +380,10 @@ impl Engine {
         };
         let scored = baseline.score(&w);
         let threshold = 1.0 - self.settings.false_alarm_rate;
-        // The open finding of this profile, if its quarantine still runs.
+        // The open finding of this program, if its quarantine still runs.
         let open = self
             .latest_finding
-            .get(&w.profile)
+            .get(&w.program)
             .filter(|(at, _)| w.end.since(*at) < self.settings.finding_quarantine)
             .map(|(_, id)| id.clone());
         let quarantined = open.is_some();
@@ -392,11 +393,11 @@ impl Engine {
                 .iter()
                 .map(|n| (n.kind, n.value.clone()))
                 .collect();
-            let known = self.reported.entry(w.profile.clone()).or_default();
+            let known = self.reported.entry(w.program.clone()).or_default();
             if let Some(of) = open
                 && facts.is_subset(known)
             {
-                // Nothing new about this profile since its open finding.
+                // Nothing new about this program since its open finding.
                 self.suppressed += 1;
                 return Ok(Outcome::Repeat(Box::new(finding::Repeat::new(
                     of,
@@ -411,7 +412,7 @@ impl Engine {
             self.findings += 1;
             let finding = Finding::new(baseline, &w, &scored, threshold);
             self.latest_finding
-                .insert(w.profile.clone(), (w.end, finding.id.clone()));
+                .insert(w.program.clone(), (w.end, finding.id.clone()));
             return Ok(Outcome::Finding(Box::new(finding)));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
@@ -421,7 +422,7 @@ impl Engine {
     }
 
     /// Brings the acknowledged findings in line with `acks` (finding id to
-    /// its behaviour): new ones are acknowledged and lift their profile's
+    /// its behaviour): new ones are acknowledged and lift their program's
     /// quarantine, withdrawn ones are removed. Returns (added, withdrawn);
     /// nothing happens while learning (the acks apply once it ends).
     pub fn reconcile_acknowledged(
@@ -445,9 +446,9 @@ impl Engine {
             if baseline.acknowledged.contains_key(id) {
                 continue;
             }
-            baseline.acknowledge(id, &ack.profile, ack.facts.clone(), ack.window.as_ref());
-            self.latest_finding.remove(&ack.profile);
-            self.reported.remove(&ack.profile);
+            baseline.acknowledge(id, &ack.program, ack.facts.clone(), ack.window.as_ref());
+            self.latest_finding.remove(&ack.program);
+            self.reported.remove(&ack.program);
             added += 1;
         }
         (added, stale.len())
@@ -472,21 +473,21 @@ impl Engine {
         self.store.clear();
         let outcome = Outcome::Learned {
             windows: baseline.windows,
-            profiles: baseline.profiles.len(),
+            programs: baseline.programs.len(),
         };
         self.baseline = Some(baseline);
         Ok(outcome)
     }
 
-    /// Per-profile reservoir: every window of a profile has the same chance
+    /// Per-program reservoir: every window of a program has the same chance
     /// to be kept, so a chatty process cannot crowd out the rest.
     fn store_window(&mut self, w: Window) {
-        let seen = self.seen_per_profile.entry(w.profile.clone()).or_default();
+        let seen = self.seen_per_program.entry(w.program.clone()).or_default();
         *seen += 1;
         let seen = *seen;
-        let cap = self.settings.per_profile_cap;
+        let cap = self.settings.per_program_cap;
         let slot = self.rng.next() % seen;
-        let kept = self.store.entry(w.profile.clone()).or_default();
+        let kept = self.store.entry(w.program.clone()).or_default();
         if kept.len() < cap {
             kept.push(w);
         } else if (slot as usize) < cap {

@@ -1,22 +1,22 @@
 //! The sequence model, for windows that carry full syscall sequences
-//! (datasets of traces, such as ADFA-LD): a *profile mixture*.
+//! (datasets of traces, such as ADFA-LD): a *mode mixture*.
 //!
-//! 1. **Behaviour profiles.** Each training trace becomes its syscall
+//! 1. **Behaviour modes.** Each training trace becomes its syscall
 //!    *presence* vector (which calls it makes at all, L2-normalised);
-//!    k-means (linfa) groups them into [`PROFILES`] profiles. The *set
+//!    k-means (linfa) groups them into [`MODES`] modes. The *set
 //!    distance* of a trace is one minus its cosine similarity to the nearest
-//!    profile centroid: fragments of compromised processes lack the start-up
+//!    mode centroid: fragments of compromised processes lack the start-up
 //!    calls every normal program makes and use few distinct calls, so they
-//!    sit far from every profile.
+//!    sit far from every mode.
 //! 2. **Category language models.** Syscalls become their semantic category
 //!    (see [`super::categories`]); an interpolated Witten-Bell model of
-//!    order [`ORDER`] is learned over all traces, and one per profile over
-//!    that profile's traces. The surprise of a call under profile `j` is
+//!    order [`ORDER`] is learned over all traces, and one per mode over
+//!    that mode's traces. The surprise of a call under mode `j` is
 //!    `-ln(0.7 P_j + 0.3 P_global)`.
 //! 3. **Best explanation.** A trace is as familiar as its most familiar
-//!    stretch of [`SPAN`] calls under its best profile: a normal program,
+//!    stretch of [`SPAN`] calls under its best mode: a normal program,
 //!    even one never seen, almost always has *some* stretch (start-up,
-//!    library loading) a profile knows well; an attack is unfamiliar
+//!    library loading) a mode knows well; an attack is unfamiliar
 //!    throughout.
 //!
 //! 4. **Unseen transitions.** The share `U` of the trace's distinct
@@ -39,13 +39,13 @@ use super::{categories, window::Window};
 
 /// Order of the category language models.
 pub const ORDER: usize = 6;
-/// Number of behaviour profiles (k-means clusters of presence vectors).
-pub const PROFILES: usize = 8;
+/// Number of behaviour modes (k-means clusters of presence vectors).
+pub const MODES: usize = 8;
 /// Length of the stretch of calls a trace is judged by.
 pub const SPAN: usize = 100;
-/// Weight of the global model in each profile's mixture.
+/// Weight of the global model in each mode's mixture.
 const GLOBAL_WEIGHT: f64 = 0.3;
-/// Added to the set distance so a trace whose call set matches a profile
+/// Added to the set distance so a trace whose call set matches a mode
 /// exactly is still ranked by its sequence.
 const SET_FLOOR: f64 = 0.03;
 /// Digit base of the n-gram codes (categories are 0..13, [`PAD`] is 15).
@@ -204,13 +204,13 @@ impl CategoryLm {
 /// The sequence evidence of one window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SequenceEvidence {
-    /// One minus the cosine similarity of the call set to the nearest profile.
+    /// One minus the cosine similarity of the call set to the nearest mode.
     pub set_distance: f64,
     /// Mean surprise (nats per call) of the most familiar stretch under the
-    /// best profile.
+    /// best mode.
     pub surprise: f64,
-    /// That profile.
-    pub profile: usize,
+    /// That mode.
+    pub mode: usize,
     /// Share of the distinct consecutive call pairs never seen in training.
     pub unseen_pairs: f64,
 }
@@ -229,14 +229,14 @@ impl SequenceEvidence {
 pub struct SequenceModel {
     /// Canonical syscall ids seen in training, sorted: the presence dimensions.
     vocabulary: Vec<u16>,
-    /// Unit-length profile centroids over `vocabulary`.
+    /// Unit-length mode centroids over `vocabulary`.
     centroids: Vec<Vec<f32>>,
-    /// Traces per profile in training.
+    /// Traces per mode in training.
     members: Vec<u32>,
     /// The model of all traces.
     global: CategoryLm,
-    /// One model per profile.
-    profiles: Vec<CategoryLm>,
+    /// One model per mode.
+    modes: Vec<CategoryLm>,
     /// Every consecutive call pair of the training traces (`a << 16 | b`), sorted.
     pairs: Vec<u32>,
 }
@@ -300,7 +300,7 @@ impl SequenceModel {
                 }
             }
         }
-        let k = PROFILES.min(seqs.len());
+        let k = MODES.min(seqs.len());
         let labels: Vec<usize> = match KMeans::params(k)
             .n_runs(KMEANS_RUNS)
             .max_n_iterations(300)
@@ -311,12 +311,12 @@ impl SequenceModel {
                 let labels = linfa::traits::Predict::predict(&model, &presence);
                 labels.to_vec()
             }
-            // Too few distinct traces to cluster: one profile.
+            // Too few distinct traces to cluster: one mode.
             Err(_) => vec![0; seqs.len()],
         };
         let k = labels.iter().max().map_or(1, |m| m + 1);
         let cats: Vec<Vec<u8>> = seqs.iter().map(|s| category_sequence(s)).collect();
-        let (mut centroids, mut members, mut profiles) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut centroids, mut members, mut modes) = (Vec::new(), Vec::new(), Vec::new());
         for j in 0..k {
             let rows: Vec<usize> = (0..seqs.len()).filter(|&i| labels[i] == j).collect();
             if rows.is_empty() {
@@ -329,7 +329,7 @@ impl SequenceModel {
             let norm = mean.dot(&mean).sqrt().max(f64::MIN_POSITIVE);
             centroids.push(mean.iter().map(|v| (v / norm) as f32).collect());
             members.push(rows.len() as u32);
-            profiles.push(CategoryLm::fit(rows.iter().map(|&i| cats[i].as_slice())));
+            modes.push(CategoryLm::fit(rows.iter().map(|&i| cats[i].as_slice())));
         }
         let mut pairs: Vec<u32> = seqs.iter().flat_map(|s| call_pairs(s)).collect();
         pairs.sort_unstable();
@@ -339,7 +339,7 @@ impl SequenceModel {
             centroids,
             members,
             global: CategoryLm::fit(cats.iter().map(Vec::as_slice)),
-            profiles,
+            modes,
             pairs,
         })
     }
@@ -366,8 +366,8 @@ impl SequenceModel {
         self.global.probabilities(&cats, &mut global);
         let mut own = Vec::with_capacity(cats.len());
         let mut nll = Vec::with_capacity(cats.len());
-        let (mut surprise, mut profile) = (f64::INFINITY, 0);
-        for (j, lm) in self.profiles.iter().enumerate() {
+        let (mut surprise, mut mode) = (f64::INFINITY, 0);
+        for (j, lm) in self.modes.iter().enumerate() {
             lm.probabilities(&cats, &mut own);
             nll.clear();
             nll.extend(
@@ -377,7 +377,7 @@ impl SequenceModel {
             );
             let s = best_stretch(&nll);
             if s < surprise {
-                (surprise, profile) = (s, j);
+                (surprise, mode) = (s, j);
             }
         }
         let distinct_pairs = call_pairs(&w.sequence);
@@ -388,7 +388,7 @@ impl SequenceModel {
         Some(SequenceEvidence {
             set_distance: (1.0 - similarity).max(0.0),
             surprise,
-            profile,
+            mode,
             unseen_pairs: unseen as f64 / (distinct_pairs.len() + 1) as f64,
         })
     }
@@ -398,14 +398,14 @@ impl SequenceModel {
         self.measure(w).map(|e| e.statistic())
     }
 
-    /// Traces per profile.
+    /// Traces per mode.
     pub fn members(&self) -> &[u32] {
         &self.members
     }
 
     /// N-grams stored over all language models.
     pub fn ngrams(&self) -> usize {
-        self.global.len() + self.profiles.iter().map(CategoryLm::len).sum::<usize>()
+        self.global.len() + self.modes.iter().map(CategoryLm::len).sum::<usize>()
     }
 }
 

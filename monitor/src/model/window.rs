@@ -4,11 +4,11 @@
 //! are built from [`Event`]s by [`WindowBuilder`]; for datasets of syscall
 //! traces (ADFA-LD) each trace is one window with its full sequence.
 //!
-//! A window belongs to one process and carries its *profile*: the executable
+//! A window belongs to one process and carries its *program*: the executable
 //! it ran when the window closed (the parent's executable is kept as
-//! context). It closes when the kernel's syscall profile for the process is
-//! drained (every profile interval), when the process exits, or, when no
-//! profiles arrive (profiles off, old recordings), when it has been open for
+//! context). It closes when the process's syscall counts are drained from
+//! the kernel (every drain interval), when the process exits, or, when no
+//! counts arrive (counting off, old recordings), when it has been open for
 //! the window length.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -115,10 +115,12 @@ pub struct WindowContext {
 /// One behaviour window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
-    /// The behaviour profile: the executable path.
-    pub profile: String,
+    /// The behaviour program: the executable path.
+    #[serde(alias = "profile")]
+    pub program: String,
     /// The parent's executable, as context.
-    pub parent_profile: Option<String>,
+    #[serde(alias = "parent_profile")]
+    pub parent_program: Option<String>,
     /// Process id.
     pub pid: u32,
     /// Window start.
@@ -151,9 +153,9 @@ impl Window {
 
     /// A window from a syscall trace (datasets), with counts and pairs
     /// derived from the sequence.
-    pub fn from_sequence(profile: &str, sequence: Vec<u16>) -> Self {
+    pub fn from_sequence(program: &str, sequence: Vec<u16>) -> Self {
         let mut w = Window {
-            profile: profile.to_owned(),
+            program: program.to_owned(),
             ..Default::default()
         };
         for &id in &sequence {
@@ -178,13 +180,13 @@ fn is_this_agent(pid: i32) -> bool {
 /// Builds windows from a stream of events.
 pub struct WindowBuilder {
     open: HashMap<u32, Window>,
-    /// Close a window after this long when no profile closes it.
+    /// Close a window after this long when no program closes it.
     max_len: std::time::Duration,
     last_time: Timestamp,
 }
 
 impl WindowBuilder {
-    /// A builder closing idle-profile windows after `max_len`.
+    /// A builder closing idle-program windows after `max_len`.
     pub fn new(max_len: std::time::Duration) -> Self {
         Self {
             open: HashMap::new(),
@@ -239,11 +241,11 @@ impl WindowBuilder {
         let w = self.window(pid, time);
         w.end = w.end.max(time);
         if let Some(exe) = &process.exe {
-            w.profile = exe.to_string_lossy().into_owned();
+            w.program = exe.to_string_lossy().into_owned();
         }
         w.context.process = Some(process.clone());
         if let Some(parent) = &event.parent {
-            w.parent_profile = parent
+            w.parent_program = parent
                 .exe
                 .as_ref()
                 .map(|e| e.to_string_lossy().into_owned());
@@ -353,8 +355,8 @@ impl WindowBuilder {
                 }
             }
             Detail::Exit(_) => {
-                // Without profiles the exit closes the window; with them the
-                // final profile (emitted just before the exit) already did.
+                // Without programs the exit closes the window; with them the
+                // final program (emitted just before the exit) already did.
                 if let Some(mut done) = self.open.remove(&pid) {
                     done.final_window = true;
                     closed.push(done);
@@ -370,7 +372,7 @@ impl WindowBuilder {
     }
 
     /// Closes windows open longer than the window length (streams without
-    /// syscall profiles; with profiles, the profile interval is shorter and
+    /// syscall counts; with counts, the drain interval is shorter and
     /// closes them first).
     fn expire(&mut self, now: Timestamp) -> Vec<Window> {
         let max = self.max_len;

@@ -192,13 +192,13 @@ pub fn finding(finding: &Finding, host: &Host) -> Value {
                 "name": "monitor behaviour baseline",
                 "type_id": 4,
                 "type": "Learning (ML/DL)",
-                "desc": "Per-host baseline: k-means clusters per executable profile, nearest neighbours and categorical novelty, calibrated to a false-alarm rate",
+                "desc": "Per-host baseline: k-means clusters per executable program, nearest neighbours and categorical novelty, calibrated to a false-alarm rate",
             },
         },
         "unmapped": {
             "monitor": {
-                "profile": finding.profile,
-                "parent_profile": finding.parent_profile,
+                "program": finding.program,
+                "parent_program": finding.parent_program,
                 "score": finding.score,
                 "threshold": finding.threshold,
                 "false_alarm_rate": finding.false_alarm_rate,
@@ -226,7 +226,7 @@ pub fn finding(finding: &Finding, host: &Host) -> Value {
         v["evidences"] = json!([{ "process": process, "data": { "novelty": finding.novelty } }]);
     } else {
         v["evidences"] =
-            json!([{ "data": { "novelty": finding.novelty, "profile": finding.profile } }]);
+            json!([{ "data": { "novelty": finding.novelty, "program": finding.program } }]);
     }
     v
 }

@@ -1,5 +1,5 @@
 //! `monitor report`: one self-contained HTML file about an agent (no
-//! scripts, no network at view time): the learning curve, the profiles and
+//! scripts, no network at view time): the learning curve, the programs and
 //! their clusters in a 2-D projection, the score distribution with the
 //! threshold, a findings timeline, drops, and sink health.
 //!
@@ -160,10 +160,10 @@ fn principal_axes(x: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
 
 fn clusters(b: &Baseline) -> String {
     let mut rows: Vec<(String, usize, u64, &Vec<f32>)> = Vec::new();
-    let mut profiles: Vec<(&String, &crate::model::baseline::ProfileModel)> =
-        b.profiles.iter().collect();
-    profiles.sort_by_key(|(_, m)| std::cmp::Reverse(m.windows));
-    for (i, (name, m)) in profiles.iter().enumerate() {
+    let mut programs: Vec<(&String, &crate::model::baseline::ProgramModel)> =
+        b.programs.iter().collect();
+    programs.sort_by_key(|(_, m)| std::cmp::Reverse(m.windows));
+    for (i, (name, m)) in programs.iter().enumerate() {
         for (c, centroid) in m.clusters.centroids.iter().enumerate() {
             rows.push((
                 (*name).clone(),
@@ -229,7 +229,7 @@ fn clusters(b: &Baseline) -> String {
         );
     }
     let mut legend = String::from("<p class=\"legend\">");
-    for (i, (name, m)) in profiles.iter().enumerate().take(14) {
+    for (i, (name, m)) in programs.iter().enumerate().take(14) {
         legend.push_str(&format!(
             "<span style=\"color:{}\">&#9679;</span> {} ({} clusters) &nbsp; ",
             PALETTE[i % (PALETTE.len() - 1)],
@@ -449,15 +449,15 @@ pub fn render(inputs: &Inputs) -> String {
     }
     body.push_str("<h2>Learning curve</h2>\n");
     body.push_str(&learning_curve(&inputs.history));
-    body.push_str("<h2>Profiles and their clusters</h2>\n");
+    body.push_str("<h2>Programs and their clusters</h2>\n");
     match &inputs.model {
         Some(m) => {
             let b = &m.baseline;
             body.push_str(&format!(
-                "<p>Baseline of {} windows learned {}; {} profiles with their own model, the rest share a host-wide one. Each dot is a cluster centroid, sized by its windows, projected on the two leading principal axes of the {} features.</p>\n",
+                "<p>Baseline of {} windows learned {}; {} programs with their own model, the rest share a host-wide one. Each dot is a cluster centroid, sized by its windows, projected on the two leading principal axes of the {} features.</p>\n",
                 b.windows,
                 m.created,
-                b.profiles.len(),
+                b.programs.len(),
                 b.space.len()
             ));
             body.push_str(&clusters(b));

@@ -106,7 +106,7 @@ pub fn find<'a>(findings: &'a [LoggedFinding], id: &str) -> Result<&'a LoggedFin
 }
 
 /// What the engine needs to apply the acknowledgements in force: each
-/// acknowledged finding's profile, novelty facts and (when kept) window.
+/// acknowledged finding's program, novelty facts and (when kept) window.
 pub fn acked_findings(
     findings: &[LoggedFinding],
     acks: &BTreeMap<String, AckRecord>,
@@ -133,7 +133,7 @@ pub fn acked_findings(
         out.insert(
             id.clone(),
             AckedFinding {
-                profile: f.finding.profile.clone(),
+                program: f.finding.program.clone(),
                 facts: f
                     .finding
                     .novelty

@@ -24,8 +24,9 @@ pub struct Point {
     pub windows: u64,
     /// Windows in the baseline (learning: stored so far).
     pub baseline_windows: u64,
-    /// Profiles.
-    pub profiles: usize,
+    /// Programs.
+    #[serde(alias = "profiles")]
+    pub programs: usize,
     /// Events processed.
     pub events: u64,
     /// Lost events, all reasons.
@@ -44,7 +45,7 @@ impl Point {
             phase: s.phase,
             windows: s.progress.windows_seen,
             baseline_windows: s.progress.baseline_windows,
-            profiles: s.progress.profiles,
+            programs: s.progress.programs,
             events: s.events,
             lost: s.lost.values().sum(),
             findings: s.findings,
