@@ -14,14 +14,14 @@ pub const COUNTER_RINGBUF_FULL: u32 = 0;
 pub const COUNTER_USER_FAULT: u32 = 16;
 /// A kernel-memory read failed while building a record: `KERNEL_FAULT + kind`.
 pub const COUNTER_KERNEL_FAULT: u32 = 32;
-/// A new thread could not get a syscall-profile slot (map full): its
+/// A new thread could not get a syscall-counts slot (map full): its
 /// syscalls went uncounted.
-pub const COUNTER_PROFILE_MAP_FULL: u32 = 48;
-/// Syscalls that could not be counted: the thread had no profile slot (then
-/// `COUNTER_PROFILE_MAP_FULL` counts too), or a batch of its calls reached
-/// its profile after the thread had exited or its id had been reused (see
-/// `monitor-ebpf/src/profile.rs`).
-pub const COUNTER_PROFILE_UNCOUNTED: u32 = 49;
+pub const COUNTER_COUNTS_MAP_FULL: u32 = 48;
+/// Syscalls that could not be counted: the thread had no counts slot (then
+/// `COUNTER_COUNTS_MAP_FULL` counts too), or a batch of its calls reached
+/// its counts after the thread had exited or its id had been reused (see
+/// `monitor-ebpf/src/counting.rs`).
+pub const COUNTER_UNCOUNTED_SYSCALLS: u32 = 49;
 /// A syscall's entry arguments could not be stashed for its exit (map full):
 /// that event was lost.
 pub const COUNTER_PENDING_MAP_FULL: u32 = 50;
@@ -42,8 +42,8 @@ pub fn counter_name(index: u32) -> Option<(&'static str, Option<&'static str>)> 
         0..16 => ("ringbuf_full", Some(kind_of(COUNTER_RINGBUF_FULL))),
         16..32 => ("user_read_fault", Some(kind_of(COUNTER_USER_FAULT))),
         32..48 => ("kernel_read_fault", Some(kind_of(COUNTER_KERNEL_FAULT))),
-        COUNTER_PROFILE_MAP_FULL => ("profile_map_full", None),
-        COUNTER_PROFILE_UNCOUNTED => ("profile_uncounted_syscalls", None),
+        COUNTER_COUNTS_MAP_FULL => ("counts_map_full", None),
+        COUNTER_UNCOUNTED_SYSCALLS => ("uncounted_syscalls", None),
         COUNTER_PENDING_MAP_FULL => ("pending_map_full", None),
         COUNTER_PENDING_MISSING => ("pending_missing", None),
         COUNTER_PATH_TRUNCATED => ("path_truncated", None),

@@ -23,14 +23,14 @@
 #![deny(missing_docs)]
 
 pub mod counters;
+pub mod counting;
 pub mod offsets;
-pub mod profile;
 pub mod records;
 pub mod stash;
 
 pub use counters::*;
+pub use counting::*;
 pub use offsets::KernelOffsets;
-pub use profile::*;
 pub use records::*;
 
 /// Version of this ABI. The agent refuses an eBPF object built for another one.
@@ -43,7 +43,7 @@ mod pod {
     //! `aya::Pod` for the records the agent reads out of maps.
     // SAFETY: #[repr(C)] structs of integers and byte arrays whose padding is
     // spelled out as fields: every bit pattern is a valid value.
-    unsafe impl aya::Pod for crate::ThreadProfile {}
+    unsafe impl aya::Pod for crate::ThreadCounts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::InodeKey {}
 }

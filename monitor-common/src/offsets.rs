@@ -125,7 +125,7 @@ pub struct ProbeConfig {
     /// reported (its bpf() calls, its signals), so it cannot feed itself.
     pub agent_pid: u32,
     /// Non-zero: count syscalls per thread (the `sys_enter` program).
-    pub profiles_enabled: u32,
+    pub counts_enabled: u32,
     /// Non-zero: stash security syscalls' arguments at entry (the
     /// `sys_enter` program) for their exit programs.
     pub security_enabled: u32,
@@ -142,7 +142,7 @@ impl ProbeConfig {
         Self {
             abi_version: 0,
             agent_pid: 0,
-            profiles_enabled: 0,
+            counts_enabled: 0,
             security_enabled: 0,
             _pad0: 0,
             exit_has_group_dead: 0,

@@ -34,7 +34,7 @@ pub mod kind {
     pub const MEM_EXEC: u8 = 11;
     /// A signal sent to another process ([`super::KillRecord`]).
     pub const KILL: u8 = 12;
-    /// A thread exited; carries its final syscall profile
+    /// A thread exited; carries its final syscall counts
     /// ([`super::ThreadExitRecord`]).
     pub const THREAD_EXIT: u8 = 13;
     /// Number of kind slots (kinds are `1..COUNT`; 0 is never used).
@@ -254,7 +254,7 @@ pub struct ExitRecord {
 }
 const _: () = assert!(size_of::<ExitRecord>() == 88);
 
-/// A thread exited: its final syscall profile, so the last window of every
+/// A thread exited: its final syscall counts, so the last window of every
 /// thread reaches the agent (the kernel deletes the map entry right after).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -266,14 +266,14 @@ pub struct ThreadExitRecord {
     /// Process id.
     pub pid: u32,
     /// The counters as they stood at exit.
-    pub profile: crate::profile::ThreadProfile,
+    pub counts: crate::counting::ThreadCounts,
 }
 const _: () =
-    assert!(size_of::<ThreadExitRecord>() == 24 + size_of::<crate::profile::ThreadProfile>());
+    assert!(size_of::<ThreadExitRecord>() == 24 + size_of::<crate::counting::ThreadCounts>());
 
 /// Flag bits of a thread exit record's header.
 pub mod thread_exit_flags {
-    /// The thread exited before any of its calls reached a profile entry
+    /// The thread exited before any of its calls reached the counts entry
     /// (most short-lived processes): the record is a
     /// [`super::ThreadCallsRecord`] carrying the calls themselves, which
     /// spares the kernel an entry's creation, copy and deletion.
@@ -282,7 +282,7 @@ pub mod thread_exit_flags {
 
 /// `kind::THREAD_EXIT` with [`thread_exit_flags::CALLS`]: a thread's whole
 /// life of syscalls, as one batch. The agent replays it into an empty
-/// profile with [`crate::profile::ThreadProfile::add_batch`].
+/// counts with [`crate::counting::ThreadCounts::add_batch`].
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ThreadCallsRecord {
@@ -293,10 +293,10 @@ pub struct ThreadCallsRecord {
     /// Process id.
     pub pid: u32,
     /// The calls (`regs` zeroed).
-    pub calls: crate::profile::SyscallBatch,
+    pub calls: crate::counting::SyscallBatch,
 }
 const _: () =
-    assert!(size_of::<ThreadCallsRecord>() == 24 + size_of::<crate::profile::SyscallBatch>());
+    assert!(size_of::<ThreadCallsRecord>() == 24 + size_of::<crate::counting::SyscallBatch>());
 
 /// Operations of a [`NetRecord`].
 pub mod net_op {

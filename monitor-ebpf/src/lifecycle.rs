@@ -7,16 +7,16 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExitRecord, ForkRecord,
-    SyscallBatch, ThreadCallsRecord, ThreadExitRecord, ThreadProfile, exec_flags, kind,
+    SyscallBatch, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
     thread_exit_flags,
 };
 
 use crate::{
+    counting::SYSCALL_COUNTS,
     kernel::{
         EVENTS, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
         fill_task, load, off, read, read_ptr, write_header,
     },
-    profile::PROFILES,
     vfs::{capture_path, set_empty},
 };
 
@@ -211,7 +211,7 @@ fn try_fork(ctx: &BtfTracePointContext) {
 
 /// `sched_process_exit(task[, group_dead])`: every thread; the process exit
 /// is reported once, for the thread that ends the thread group. Each thread
-/// also hands over its final syscall profile.
+/// also hands over its final syscall counts.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if configured() {
@@ -223,7 +223,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 fn try_exit(ctx: &BtfTracePointContext) {
     let task = current_task();
     let (tid, pid) = crate::kernel::current_ids();
-    flush_profile(tid, pid);
+    flush_counts(tid, pid);
     crate::pending::forget(tid);
 
     let group_dead = if config!(exit_has_group_dead) != 0 {
@@ -261,21 +261,21 @@ fn try_exit(ctx: &BtfTracePointContext) {
     entry.submit(crate::kernel::wakeup_flags());
 }
 
-/// Frees the exiting thread's map slot and sends its final profile.
+/// Frees the exiting thread's map slot and sends its final counts.
 #[inline(always)]
-fn flush_profile(tid: u32, pid: u32) {
-    if config!(profiles_enabled) == 0 {
+fn flush_counts(tid: u32, pid: u32) {
+    if config!(counts_enabled) == 0 {
         return;
     }
-    let Some(profile) =
-        crate::profile::end_batch_of_exiting(tid, |calls| send_calls(tid, pid, calls))
+    let Some(counts) =
+        crate::counting::end_batch_of_exiting(tid, |calls| send_calls(tid, pid, calls))
     else {
         return;
     };
     match EVENTS.reserve::<ThreadExitRecord>(0) {
         Some(mut entry) => {
             let rec = entry.as_mut_ptr();
-            // SAFETY: `rec` is the reserved record; `profile` is a map value.
+            // SAFETY: `rec` is the reserved record; `counts` is a map value.
             unsafe {
                 write_header(
                     &raw mut (*rec).header,
@@ -288,29 +288,29 @@ fn flush_profile(tid: u32, pid: u32) {
                 // these 3 KiB compiles to a BPF loop that cost more than
                 // the rest of the exit (seen in `perf` on W2).
                 if bpf_probe_read_kernel(
-                    (&raw mut (*rec).profile).cast(),
-                    core::mem::size_of::<ThreadProfile>() as u32,
-                    profile.cast(),
+                    (&raw mut (*rec).counts).cast(),
+                    core::mem::size_of::<ThreadCounts>() as u32,
+                    counts.cast(),
                 ) != 0
                 {
                     count_kernel_fault(kind::THREAD_EXIT);
-                    (*rec).profile.total = 0;
+                    (*rec).counts.total = 0;
                 }
             }
             // The entry goes before the record is seen: a drain that runs
             // after the agent has read the record cannot find the thread
             // still there and count its calls a second time.
-            let _ = PROFILES.remove(tid);
+            let _ = SYSCALL_COUNTS.remove(tid);
             entry.submit(crate::kernel::wakeup_flags());
         }
         None => {
             count_ringbuf_full(kind::THREAD_EXIT);
-            let _ = PROFILES.remove(tid);
+            let _ = SYSCALL_COUNTS.remove(tid);
         }
     }
 }
 
-/// Sends the whole life of an exiting thread that never had a profile
+/// Sends the whole life of an exiting thread that never had the counts
 /// entry: its one batch.
 #[inline(always)]
 fn send_calls(tid: u32, pid: u32, calls: &SyscallBatch) {

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod counting;
 mod exits;
 mod fds;
 mod files;
@@ -16,7 +17,6 @@ mod lifecycle;
 mod memory;
 mod net;
 mod pending;
-mod profile;
 mod security;
 mod vfs;
 

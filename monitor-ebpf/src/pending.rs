@@ -4,7 +4,7 @@
 //! read user memory there: the kernel has just copied that memory itself, so
 //! its pages are present. The exit tracepoint only carries the return value,
 //! so the `sys_enter` program (which runs on every syscall anyway, for the
-//! profiles) stashes the arguments of watched syscalls per thread here,
+//! counts) stashes the arguments of watched syscalls per thread here,
 //! under the op that `SYSCALL_OPS[syscall number]` names (see
 //! `monitor_common::stash`). The open family is the exception: most opens
 //! report nothing, so their exit reads the arguments back from the saved

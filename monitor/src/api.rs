@@ -1,6 +1,8 @@
 //! The local operations API: Prometheus metrics (`/metrics`), health
-//! (`/healthz`) and the agent's status (`/status`, JSON). Loopback by
-//! default (`api.listen`); read-only; nothing secret is exposed.
+//! (`/healthz`) and the agent's status (`/status`, JSON). Read-only, on two
+//! listeners ([`Exposure`]): TCP (`api.listen`, loopback by default) for
+//! metrics and health without finding details, and a root-only unix socket
+//! for everything. Both are bounded ([`ApiLimits`]).
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +49,9 @@ pub struct Status {
     pub kernel_records: u64,
     /// Lost events by reason (never silent).
     pub lost: BTreeMap<String, u64>,
+    /// Events lost within the last minute, by reason (the health).
+    #[serde(default)]
+    pub lost_last_minute: BTreeMap<String, u64>,
     /// Degraded fields by reason (e.g. user memory not present).
     pub faults: BTreeMap<String, u64>,
     /// Sensor states, by sensor name.
@@ -117,6 +122,17 @@ pub fn health(status: &Status) -> Result<(), String> {
             ));
         }
     }
+    if !status.lost_last_minute.is_empty() {
+        problems.push(format!(
+            "events lost in the last minute: {}",
+            status
+                .lost_last_minute
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
     if let Some(why) = &status.spool.degraded {
         problems.push(format!("spool degraded: {why}"));
     }
@@ -138,8 +154,9 @@ fn escape_label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The status in Prometheus text exposition format.
-pub fn metrics(s: &Status) -> String {
+/// The status in Prometheus text exposition format. `Public` leaves out
+/// what would tell a local user whether their behaviour was flagged.
+pub fn metrics(s: &Status, exposure: Exposure) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -213,18 +230,35 @@ pub fn metrics(s: &Status) -> String {
         "Behaviour programs in the baseline.",
         one(s.progress.programs as f64),
     );
-    metric(
-        "monitor_findings_total",
-        "counter",
-        "Findings raised.",
-        one(s.findings as f64),
-    );
-    metric(
-        "monitor_findings_suppressed_total",
-        "counter",
-        "Finding-worthy windows folded into an open finding.",
-        one(s.progress.suppressed as f64),
-    );
+    if exposure == Exposure::Private {
+        metric(
+            "monitor_findings_total",
+            "counter",
+            "Findings raised.",
+            one(s.findings as f64),
+        );
+        metric(
+            "monitor_findings_suppressed_total",
+            "counter",
+            "Finding-worthy windows folded into an open finding.",
+            one(s.progress.suppressed as f64),
+        );
+    }
+    {
+        use std::sync::atomic::Ordering;
+        metric(
+            "monitor_api_connections_refused_total",
+            "counter",
+            "API connections closed on accept because the most allowed were being served.",
+            one(CONNECTIONS_REFUSED.load(Ordering::Relaxed) as f64),
+        );
+        metric(
+            "monitor_api_accept_errors_total",
+            "counter",
+            "Failed accepts on the API (for example out of file descriptors).",
+            one(ACCEPT_ERRORS.load(Ordering::Relaxed) as f64),
+        );
+    }
     for (name, help, value) in [
         (
             "monitor_channel_depth",
@@ -338,35 +372,134 @@ pub fn metrics(s: &Status) -> String {
     out
 }
 
-/// Serves the API until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Who can reach a listener, and so what it may tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// TCP (`api.listen`, loopback by default): any local user can connect.
+    /// Serves `/metrics` and `/healthz` only, without the finding counters:
+    /// an attacker must not be able to test whether what they did was
+    /// flagged.
+    Public,
+    /// The unix socket in the state directory (0600, in a 0700 directory):
+    /// root only. Serves everything, `/status` included; `monitor status`
+    /// reads it.
+    Private,
+}
+
+/// Limits that keep the API from being used to exhaust the agent.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Connections served at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Time for a client to send its request headers.
+    pub header_timeout: std::time::Duration,
+    /// Longest a connection may live (one request each: no keep-alive).
+    pub connection_timeout: std::time::Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 32,
+            header_timeout: std::time::Duration::from_secs(5),
+            connection_timeout: std::time::Duration::from_secs(15),
+        }
+    }
+}
+
+/// Connections closed because `max_connections` were being served.
+pub static CONNECTIONS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Failed `accept` calls (for example out of file descriptors).
+pub static ACCEPT_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Something that accepts connections: a TCP or a unix listener.
+pub trait Acceptor: Send + 'static {
+    /// The connection type.
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// Serves the API on `listener` until `shutdown`.
+///
+/// Under a flood of connections the agent stays whole: at most
+/// `max_connections` are served at once (the rest are closed on accept,
+/// and counted), a client gets `header_timeout` to send its request and
+/// `connection_timeout` in all, and failed accepts (out of descriptors)
+/// back off up to a second instead of spinning.
+pub async fn serve<A: Acceptor>(
+    listener: A,
+    exposure: Exposure,
+    limits: ApiLimits,
     status: SharedStatus,
     shutdown: CancellationToken,
 ) {
+    use std::sync::atomic::Ordering;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut backoff = std::time::Duration::ZERO;
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
             () = shutdown.cancelled() => return,
         };
-        let Ok((stream, _)) = conn else {
+        let stream = match conn {
+            Ok(stream) => {
+                backoff = std::time::Duration::ZERO;
+                stream
+            }
+            Err(e) => {
+                let n = ACCEPT_ERRORS.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(error = %e, failed_accepts = n + 1, "the API cannot accept connections; backing off");
+                }
+                backoff = (backoff * 2).clamp(
+                    std::time::Duration::from_millis(10),
+                    std::time::Duration::from_secs(1),
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
             continue;
         };
         let status = status.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let status = status.clone();
-                async move { Ok::<_, Infallible>(respond(req.uri().path(), &status)) }
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), exposure, &status)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(false)
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
         });
     }
 }
 
-fn respond(path: &str, status: &SharedStatus) -> Response<Full<Bytes>> {
+fn respond(path: &str, exposure: Exposure, status: &SharedStatus) -> Response<Full<Bytes>> {
     let snapshot = status.lock().expect("status lock").clone();
     let reply = |code: u16, ctype: &str, body: String| {
         Response::builder()
@@ -378,21 +511,26 @@ fn respond(path: &str, status: &SharedStatus) -> Response<Full<Bytes>> {
     let Some(s) = snapshot else {
         return reply(503, "text/plain", "starting\n".into());
     };
-    match path {
-        "/metrics" => reply(200, "text/plain; version=0.0.4", metrics(&s)),
-        "/healthz" => match health(&s) {
+    match (path, exposure) {
+        ("/metrics", _) => reply(200, "text/plain; version=0.0.4", metrics(&s, exposure)),
+        ("/healthz", _) => match health(&s) {
             Ok(()) => reply(200, "text/plain", "ok\n".into()),
             Err(why) => reply(503, "text/plain", format!("unhealthy: {why}\n")),
         },
-        "/status" => reply(
+        ("/status", Exposure::Private) => reply(
             200,
             "application/json",
             serde_json::to_string_pretty(&s).unwrap_or_default(),
         ),
+        ("/status", Exposure::Public) => reply(
+            403,
+            "text/plain",
+            "the status is served to root only: `monitor status` (the unix socket api.sock in the state directory)\n".into(),
+        ),
         _ => reply(
             404,
             "text/plain",
-            "not found: try /metrics, /healthz or /status\n".into(),
+            "not found: try /metrics or /healthz\n".into(),
         ),
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! kernel ring buffer -> source task (decode) -> bounded channel
-//!     -> Capture::next (process table, enrichment, loss and profile ticks)
+//!     -> Capture::next (process table, enrichment, loss and counts ticks)
 //! ```
 //!
 //! Stopping is two-phase: [`Capture::stop_sources`] stops reading new
@@ -31,8 +31,8 @@ use crate::{
         source::{self, SourceStats},
     },
     process::{ProcessTable, SeedStats},
-    profiles::{ProfileSettings, Profiler},
     sensitive::SensitivePaths,
+    syscall_counts::{CountDrainer, CountSettings},
 };
 
 /// The kernel's map of sensitive inodes, the patterns it is filled from,
@@ -73,8 +73,8 @@ impl SensitiveMap {
 pub struct CaptureSettings {
     /// What the kernel side does.
     pub probes: ProbeSettings,
-    /// Syscall profile windows.
-    pub profiles: ProfileSettings,
+    /// Syscall counts.
+    pub counts: CountSettings,
     /// Capacity of the source -> enrichment channel (events).
     pub channel_capacity: usize,
     /// How often loss counters are checked and a `loss` event emitted if they grew.
@@ -90,7 +90,7 @@ impl Default for CaptureSettings {
     fn default() -> Self {
         Self {
             probes: ProbeSettings::default(),
-            profiles: ProfileSettings::default(),
+            counts: CountSettings::default(),
             channel_capacity: 8192,
             loss_interval: Duration::from_secs(1),
             sensitive: SensitivePaths::default(),
@@ -113,15 +113,15 @@ pub enum CaptureError {
     Poll(#[source] std::io::Error),
 }
 
-/// How often held profile windows are checked when no record arrives.
-const PROFILE_RELEASE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often held counts are checked when no record arrives.
+const COUNTS_RELEASE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A running capture; see the module docs.
 pub struct Capture {
     probes: Probes,
     counters: KernelCounters,
     table: ProcessTable,
-    profiler: Option<Profiler>,
+    drainer: Option<CountDrainer>,
     rx: mpsc::Receiver<KernelEvent>,
     source: Option<JoinHandle<std::io::Result<()>>>,
     shutdown: CancellationToken,
@@ -129,7 +129,7 @@ pub struct Capture {
     loss_reported: BTreeMap<String, u64>,
     pending: VecDeque<Event>,
     loss_tick: tokio::time::Interval,
-    profile_tick: tokio::time::Interval,
+    drain_tick: tokio::time::Interval,
     release_tick: tokio::time::Interval,
     seed: SeedStats,
     events_out: u64,
@@ -157,10 +157,10 @@ impl Capture {
         let mut probes = Probes::load(&settings.probes)?;
         let ring = probes.take_events()?;
         let counters = probes.take_counters()?;
-        let profiler = if settings.probes.syscall_profiles {
-            Some(Profiler::new(
-                probes.take_profiles()?,
-                settings.profiles.clone(),
+        let drainer = if settings.probes.syscall_counts {
+            Some(CountDrainer::new(
+                probes.take_counts()?,
+                settings.counts.clone(),
             ))
         } else {
             None
@@ -189,15 +189,15 @@ impl Capture {
         spawn_scheduling_guard(Arc::downgrade(&stats), shutdown.clone());
         let mut loss_tick = tokio::time::interval(settings.loss_interval);
         loss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut profile_tick = tokio::time::interval(settings.profiles.window);
-        profile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut release_tick = tokio::time::interval(PROFILE_RELEASE_CHECK);
+        let mut drain_tick = tokio::time::interval(settings.counts.drain_every);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut release_tick = tokio::time::interval(COUNTS_RELEASE_CHECK);
         release_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             probes,
             counters,
             table,
-            profiler,
+            drainer,
             rx,
             source: Some(source),
             shutdown,
@@ -205,7 +205,7 @@ impl Capture {
             loss_reported: BTreeMap::new(),
             pending: VecDeque::new(),
             loss_tick,
-            profile_tick,
+            drain_tick,
             release_tick,
             seed,
             events_out: 0,
@@ -249,7 +249,7 @@ impl Capture {
     /// The next event, or `None` once stopped and drained.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            self.release_profiles(true);
+            self.release_counts(true);
             if let Some(event) = self.pending.pop_front() {
                 self.events_out += 1;
                 return Some(event);
@@ -267,10 +267,10 @@ impl Capture {
                     self.table.expire(boottime_ns());
                     self.check_loss();
                 }
-                _ = self.profile_tick.tick() => self.drain_profiles(false),
-                // Held profile windows wait for the stream; on a quiet host
+                _ = self.drain_tick.tick() => self.drain_counts(false),
+                // Held counts wait for the stream; on a quiet host
                 // no record arrives to wake us for them.
-                _ = self.release_tick.tick(), if self.holding_profiles() => {}
+                _ = self.release_tick.tick(), if self.holding_counts() => {}
                 _ = self.sensitive_tick.tick() => {
                     if let Some(map) = &mut self.sensitive_map {
                         map.refresh(&self.sensitive);
@@ -280,7 +280,7 @@ impl Capture {
         }
     }
 
-    /// Called when the source has ended: flushes the last profile windows and
+    /// Called when the source has ended: flushes the last counts and
     /// loss report. Returns true if that queued events.
     async fn finish(&mut self) -> bool {
         if let Some(source) = self.source.take() {
@@ -289,8 +289,8 @@ impl Capture {
                 Ok(Err(err)) => tracing::error!(error = %err, "ring-buffer source failed"),
                 Err(err) => tracing::error!(error = %err, "ring-buffer source panicked"),
             }
-            self.drain_profiles(true);
-            self.release_profiles(true);
+            self.drain_counts(true);
+            self.release_counts(true);
             self.check_loss();
             return !self.pending.is_empty();
         }
@@ -298,14 +298,14 @@ impl Capture {
     }
 
     fn accept(&mut self, record: KernelEvent) {
-        if let Some(profiler) = &mut self.profiler {
-            profiler.saw_record(record.ktime_ns);
+        if let Some(drainer) = &mut self.drainer {
+            drainer.saw_record(record.ktime_ns);
         }
-        // Before the record changes the table: windows closed before it
+        // Before the record changes the table: counts closed before it
         // was stamped are enriched with the table as it was then. (Not on
         // the source's word: the record in hand has left the channel, so
         // an empty channel does not mean it was applied.)
-        self.release_profiles(false);
+        self.release_counts(false);
         self.table.apply(&record);
         match record.payload {
             Payload::Event(mut detail) => {
@@ -313,19 +313,19 @@ impl Capture {
                     self.filtered += 1;
                     return;
                 }
-                if let (Detail::Exit(_), Some(task), Some(profiler)) =
-                    (&detail, &record.task, &mut self.profiler)
+                if let (Detail::Exit(_), Some(task), Some(drainer)) =
+                    (&detail, &record.task, &mut self.drainer)
                 {
-                    for window in profiler.process_exited(task.pid, record.ktime_ns) {
-                        self.push_profile(window);
+                    for drained in drainer.process_exited(task.pid, record.ktime_ns) {
+                        self.push_counts(drained);
                     }
                 }
                 let event = self.enrich(record.ktime_ns, record.task.as_ref(), detail);
                 self.pending.push_back(event);
             }
-            Payload::ThreadExit { tid, pid, profile } => {
-                if let Some(profiler) = &mut self.profiler {
-                    profiler.thread_exited(tid, pid, &profile, record.ktime_ns);
+            Payload::ThreadExit { tid, pid, counts } => {
+                if let Some(drainer) = &mut self.drainer {
+                    drainer.thread_exited(tid, pid, &counts, record.ktime_ns);
                 }
             }
         }
@@ -383,25 +383,25 @@ impl Capture {
         event
     }
 
-    fn drain_profiles(&mut self, final_drain: bool) {
-        if let Some(profiler) = &mut self.profiler {
-            profiler.drain(final_drain);
+    fn drain_counts(&mut self, final_drain: bool) {
+        if let Some(drainer) = &mut self.drainer {
+            drainer.drain(final_drain);
         }
     }
 
-    fn holding_profiles(&self) -> bool {
-        self.profiler.as_ref().is_some_and(Profiler::holding)
+    fn holding_counts(&self) -> bool {
+        self.drainer.as_ref().is_some_and(CountDrainer::holding)
     }
 
-    /// Emits the held profile windows that the stream has caught up with
-    /// (see `profiles`), so their processes are known as they were. With
+    /// Emits the held counts that the stream has caught up with
+    /// (see `counts`), so their processes are known as they were. With
     /// `ask_source`, the source's progress counts too: only when no record
     /// is between the channel and the table.
-    fn release_profiles(&mut self, ask_source: bool) {
-        let Some(profiler) = &mut self.profiler else {
+    fn release_counts(&mut self, ask_source: bool) {
+        let Some(drainer) = &mut self.drainer else {
             return;
         };
-        if !profiler.holding() {
+        if !drainer.holding() {
             return;
         }
         // The source publishes its progress after sending what it read; an
@@ -414,16 +414,16 @@ impl Capture {
             let caught_up = self.stats.caught_up_ns.load(Ordering::Acquire);
             self.rx.is_empty().then_some(caught_up)
         };
-        for window in profiler.released(source_caught_up) {
-            self.push_profile(window);
+        for drained in drainer.released(source_caught_up) {
+            self.push_counts(drained);
         }
     }
 
-    fn push_profile(&mut self, window: crate::profiles::ProfileWindow) {
-        let time = self.table.wall_time(window.end_ns);
-        let mut event = Event::new(time, Detail::SyscallProfile(window.detail(&self.table)));
-        event.process = self.table.process(window.pid, None);
-        event.parent = self.table.parent(window.pid);
+    fn push_counts(&mut self, drained: crate::syscall_counts::DrainedCounts) {
+        let time = self.table.wall_time(drained.end_ns);
+        let mut event = Event::new(time, Detail::SyscallCounts(drained.detail(&self.table)));
+        event.process = self.table.process(drained.pid, None);
+        event.parent = self.table.parent(drained.pid);
         self.pending.push_back(event);
     }
 
@@ -439,8 +439,8 @@ impl Capture {
         if decode_errors > 0 {
             totals.insert("decode_error".into(), decode_errors);
         }
-        if let Some(profiler) = &self.profiler {
-            for (k, v) in profiler.loss() {
+        if let Some(drainer) = &self.drainer {
+            for (k, v) in drainer.loss() {
                 if v > 0 {
                     totals.insert(k, v);
                 }

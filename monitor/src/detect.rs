@@ -173,20 +173,20 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::{Detail, Process, ProfileDetail, Timestamp},
+        event::{CountsDetail, Detail, Process, Timestamp},
         model::EngineSettings,
     };
 
-    fn final_profile(pid: u32, at: u64) -> Event {
+    fn final_counts(pid: u32, at: u64) -> Event {
         let mut e = Event::new(
             Timestamp(at),
-            Detail::SyscallProfile(ProfileDetail {
-                window_start: Timestamp(at - 1_000),
-                window_end: Timestamp(at),
+            Detail::SyscallCounts(CountsDetail {
+                since: Timestamp(at - 1_000),
+                until: Timestamp(at),
                 total: 3,
                 counts: BTreeMap::from([("read".into(), 3)]),
                 pairs: BTreeMap::new(),
-                final_window: true,
+                final_counts: true,
             }),
         );
         e.process = Some(
@@ -202,9 +202,9 @@ mod tests {
     #[test]
     fn the_agent_does_not_judge_its_own_windows() {
         let mut d = Detector::learning(EngineSettings::default(), Duration::from_secs(5));
-        d.push_unless_own(&final_profile(42, 10_000), 42);
+        d.push_unless_own(&final_counts(42, 10_000), 42);
         assert_eq!(d.progress().windows_seen, 0, "the agent's own window");
-        d.push_unless_own(&final_profile(43, 20_000), 42);
+        d.push_unless_own(&final_counts(43, 20_000), 42);
         assert_eq!(d.progress().windows_seen, 1, "another process's window");
     }
 }

@@ -8,7 +8,7 @@
 //! - [`event`]: the one event model, and the decoder that turns raw records
 //!   into it at the edge;
 //! - [`process`]: the process table (seeded from `/proc`, ancestry);
-//! - [`profiles`]: syscall profile windows from the in-kernel counters;
+//! - [`counts`]: syscall counts windows from the in-kernel counters;
 //! - [`capture`]: all of the above as one live stream of events;
 //! - [`agent`]: `monitor run`, as stages joined by [`channel`]s;
 //! - [`output`]: JSON Lines and the other sinks.
@@ -29,12 +29,12 @@ pub mod kernel;
 pub mod model;
 pub mod output;
 pub mod process;
-pub mod profiles;
 pub mod report;
 pub mod sched;
 pub mod sensitive;
 pub mod shutdown;
 pub mod state;
+pub mod syscall_counts;
 pub mod syscalls;
 pub mod units;
 

@@ -47,7 +47,7 @@ pub const DEFAULT_WRITE: &[&str] = &[
     "/root",
     "/home/*/.ssh",
     "/home/*/.bashrc",
-    "/home/*/.profile",
+    "/home/*/.counts",
     "/home/*/.bash_profile",
     "/var/spool/cron",
     "/usr/lib/systemd",

@@ -177,7 +177,7 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
             "20s",
             "--min-windows",
             "30",
-            "--profile-window",
+            "--drain-interval",
             "1s",
             "--raw-events",
             "--state-dir",
@@ -381,7 +381,7 @@ fn config_check_names_the_file_line_and_key() {
     let file = dir.join("monitor.toml");
     std::fs::write(
         &file,
-        "[capture]\nsyscall_profiles = true\nring_bufer = \"16MiB\"\n",
+        "[capture]\nsyscall_counts = true\nring_bufer = \"16MiB\"\n",
     )
     .unwrap();
     let out = Command::new(agent())
@@ -480,7 +480,7 @@ fn an_acknowledged_behaviour_stops_raising_findings_until_the_ack_is_withdrawn()
             "20s",
             "--min-windows",
             "30",
-            "--profile-window",
+            "--drain-interval",
             "1s",
             "--state-dir",
             s,
@@ -733,4 +733,251 @@ fn r18_a_refused_process_sensor_stops_the_agent_with_one_line() {
         errors[0]
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `http_get`, retried while the agent closes the connection unserved (all
+/// its API slots busy), for up to `within`.
+fn http_get_served(port: u16, path: &str, within: Duration) -> (u16, String) {
+    let started = Instant::now();
+    loop {
+        let reply = (|| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let code = text.split_whitespace().nth(1)?.parse().ok()?;
+            Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+        })();
+        if let Some(reply) = reply {
+            return reply;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{path}: no answer within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The agent's CPU time so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[11] + f[12]) * 1000 / hz)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn r20_idle_connections_held_by_nobody_neither_starve_nor_blind_the_agent() {
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
+    let Some(_k) =
+        kernel_test("r20_idle_connections_held_by_nobody_neither_starve_nor_blind_the_agent")
+    else {
+        return;
+    };
+    let dir = test_dir("api-flood");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let port = free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let running = Agent::start(
+        &dir,
+        &[
+            "--learn-for",
+            "20s",
+            "--min-windows",
+            "30",
+            "--drain-interval",
+            "1s",
+            "--state-dir",
+            s,
+            "--api-listen",
+            &listen,
+        ],
+    );
+    running.wait_for("the end of learning", Duration::from_secs(90), |a| {
+        a.stderr().contains("; detecting")
+    });
+
+    // As nobody: 2,000 connections opened and held, not a byte sent.
+    let mut flood = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["hold-connections", "65534", &listen, "2000", "40"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held 2000", "the flood opened its connections");
+    let cpu_before = cpu_time(running.id());
+    let measuring = Instant::now();
+    let fds = open_fds(running.id());
+
+    // Meanwhile an attack is still seen and delivered.
+    let attack = Command::new("sh")
+        .args(["-c", "cat /etc/shadow > /dev/null"])
+        .status()
+        .unwrap();
+    assert!(attack.success());
+    running.wait_for(
+        "the shadow read delivered to the sink during the flood",
+        Duration::from_secs(20),
+        |a| {
+            a.records().into_iter().any(|r| {
+                r["class_uid"] == 2004
+                    && r["actor"]["process"]["cmd_line"]
+                        .as_str()
+                        .is_some_and(|c| c.contains("cat /etc/shadow"))
+            })
+        },
+    );
+    // The flood's connections past the cap were closed on accept, and the
+    // ones served time out after 5 s without a request: health answers
+    // again while the flood still holds its sockets.
+    let asked = Instant::now();
+    let (code, health) = http_get_served(port, "/healthz", Duration::from_secs(12));
+    assert_eq!(
+        (code, health.trim()),
+        (200, "ok"),
+        "/healthz during the flood"
+    );
+    eprintln!(
+        "/healthz answered {:.1} s after the finding, during the flood",
+        asked.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu = cpu_time(running.id()).saturating_sub(cpu_before);
+    let measured = measuring.elapsed();
+    eprintln!(
+        "agent during the flood: {} ms of CPU over {:.1} s ({:.2}% of one core; limit 5%), {fds} descriptors open",
+        cpu.as_millis(),
+        measured.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / measured.as_secs_f64()
+    );
+    assert!(
+        cpu.as_secs_f64() < 0.05 * measured.as_secs_f64(),
+        "the agent spent {cpu:?} of CPU in {measured:?} during the flood"
+    );
+    assert!(
+        fds < 400,
+        "the agent holds {fds} descriptors: the flood's connections are not capped"
+    );
+    let _ = flood.kill();
+    let _ = flood.wait();
+
+    // What any local user reaches tells nothing about findings.
+    let (code, _) = http_get_served(port, "/status", Duration::from_secs(12));
+    assert_eq!(code, 403, "/status over TCP");
+    let (_, metrics) = http_get_served(port, "/metrics", Duration::from_secs(12));
+    assert!(
+        !metrics.contains("monitor_findings_total")
+            && metrics.contains("monitor_api_connections_refused_total"),
+        "{metrics}"
+    );
+    // Root gets everything on the socket, which nobody can open.
+    let socket = state.join("api.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket's mode");
+    let status = Command::new(agent())
+        .args(["status", "--json", "--state-dir", s])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["findings"].as_u64().unwrap() >= 1, "{status}");
+    let as_nobody = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["connect-unix-as", "65534", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&as_nobody.stdout).contains("refused"),
+        "nobody reached the socket: {}",
+        String::from_utf8_lossy(&as_nobody.stdout)
+    );
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn r20_a_stop_from_another_process_names_the_sender_and_a_kill_is_reported_as_downtime() {
+    let Some(_k) = kernel_test(
+        "r20_a_stop_from_another_process_names_the_sender_and_a_kill_is_reported_as_downtime",
+    ) else {
+        return;
+    };
+    let dir = test_dir("stop-sender");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let args = ["--state-dir", s, "--api-listen", ""];
+    let started = |a: &Agent| a.stderr().contains("monitor: running on");
+
+    // A SIGTERM from kill(1): reported, with the sender, before the exit.
+    let running = Agent::start(&dir, &args);
+    running.wait_for("the start", Duration::from_secs(30), started);
+    std::thread::sleep(Duration::from_millis(1500)); // a status written
+    let kill = Command::new("/bin/kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    running.wait_for("the stop", Duration::from_secs(10), |a| {
+        a.stderr().contains("monitor: stopped")
+    });
+    let stopped_by = running
+        .records()
+        .into_iter()
+        .find(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("monitor stopped by SIGTERM from pid"))
+        })
+        .unwrap_or_else(|| panic!("no record of who stopped the agent:\n{}", running.stderr()));
+    let text = stopped_by.to_string();
+    assert!(text.contains("kill"), "the sender's executable: {text}");
+    drop(running);
+
+    // Killed: the next start reports the time it was down.
+    let running = Agent::start(&dir, &args);
+    running.wait_for("the start", Duration::from_secs(30), started);
+    assert!(
+        !running
+            .records()
+            .iter()
+            .any(|r| r.to_string().contains("was down from")),
+        "after a clean stop, no downtime"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(running.id() as i32, libc::SIGKILL) };
+    drop(running);
+    let running = Agent::start(&dir, &args);
+    running.wait_for("the start", Duration::from_secs(30), started);
+    running.wait_for("the downtime record", Duration::from_secs(5), |a| {
+        a.records().iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("was down from"))
+        })
+    });
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
 }

@@ -187,7 +187,7 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
             "150s",
             "--min-windows",
             "100",
-            "--profile-window",
+            "--drain-interval",
             "2s",
             "--state-dir",
             state.to_str().unwrap(),
@@ -417,7 +417,7 @@ fn check_report_in_chromium(report: &Path) {
         );
         return;
     };
-    let profile = report.with_file_name("chromium-profile");
+    let chromium_profile = report.with_file_name("chromium-profile");
     let url = format!("file://{}", report.display());
     let common = [
         "--headless",
@@ -431,7 +431,7 @@ fn check_report_in_chromium(report: &Path) {
     ];
     let dom = Command::new(chromium)
         .args(common)
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", chromium_profile.display()))
         .args(["--dump-dom", &url])
         .output()
         .expect("run chromium");
@@ -443,7 +443,7 @@ fn check_report_in_chromium(report: &Path) {
     );
     for part in [
         "Learning curve",
-        "Profiles and their clusters",
+        "Programs and their clusters",
         "Score distribution",
         "Findings timeline",
         "Drops",
@@ -463,7 +463,7 @@ fn check_report_in_chromium(report: &Path) {
     let _ = std::fs::remove_file(&shot);
     let status = Command::new(chromium)
         .args(common)
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", chromium_profile.display()))
         .arg(format!("--screenshot={}", shot.display()))
         .args(["--window-size=900,3000", "--hide-scrollbars", &url])
         .stdout(Stdio::null())
@@ -494,5 +494,5 @@ fn check_report_in_chromium(report: &Path) {
         "report screenshot: {} ({coloured} coloured pixels)",
         shot.display()
     );
-    let _ = std::fs::remove_dir_all(&profile);
+    let _ = std::fs::remove_dir_all(&chromium_profile);
 }

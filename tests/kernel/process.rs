@@ -258,12 +258,12 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
     assert_eq!(reported, dropped, "loss events add up to the counter");
 }
 
-/// Runs the actor with `args` under 200 ms profile windows (so counts must
-/// add up across several) and returns its process's `syscall_profile`
+/// Runs the actor with `args` under 200 ms counts (so counts must
+/// add up across several) and returns its process's `syscall_counts`
 /// windows, up to the final one.
-fn actor_profile_windows(args: &[&str]) -> Vec<monitor::event::ProfileDetail> {
+fn actor_drain_intervals(args: &[&str]) -> Vec<monitor::event::CountsDetail> {
     let mut settings = CaptureSettings::default();
-    settings.profiles.window = Duration::from_millis(200);
+    settings.counts.drain_every = Duration::from_millis(200);
     let mut rec = Recorder::with_settings(settings);
     let child = Command::new(env!("CARGO_BIN_EXE_actor"))
         .args(args)
@@ -276,23 +276,23 @@ fn actor_profile_windows(args: &[&str]) -> Vec<monitor::event::ProfileDetail> {
         exit_of(evs, pid).is_some()
     });
     assert!(child.wait_with_output().unwrap().status.success());
-    profile_windows(&rec.events, pid)
+    drain_intervals(&rec.events, pid)
 }
 
-/// The `syscall_profile` windows of process `pid` among `events`.
-fn profile_windows(events: &[Event], pid: u32) -> Vec<monitor::event::ProfileDetail> {
+/// The `syscall_counts` windows of process `pid` among `events`.
+fn drain_intervals(events: &[Event], pid: u32) -> Vec<monitor::event::CountsDetail> {
     events
         .iter()
         .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
         .filter_map(|e| match &e.detail {
-            Detail::SyscallProfile(p) => Some(p.clone()),
+            Detail::SyscallCounts(p) => Some(p.clone()),
             _ => None,
         })
         .collect()
 }
 
 /// Calls of syscall `name` over all `windows`.
-fn counted(windows: &[monitor::event::ProfileDetail], name: &str) -> u64 {
+fn counted(windows: &[monitor::event::CountsDetail], name: &str) -> u64 {
     windows
         .iter()
         .map(|p| p.counts.get(name).copied().unwrap_or(0))
@@ -300,7 +300,7 @@ fn counted(windows: &[monitor::event::ProfileDetail], name: &str) -> u64 {
 }
 
 /// The count of the pair bucket of (`prev`, `next`) over all `windows`.
-fn pairs(windows: &[monitor::event::ProfileDetail], prev: libc::c_long, next: libc::c_long) -> u64 {
+fn pairs(windows: &[monitor::event::CountsDetail], prev: libc::c_long, next: libc::c_long) -> u64 {
     let bucket = monitor_common::pair_bucket(prev as u32, next as u32) as u16;
     windows
         .iter()
@@ -309,12 +309,12 @@ fn pairs(windows: &[monitor::event::ProfileDetail], prev: libc::c_long, next: li
 }
 
 #[test]
-fn syscall_profiles_count_exactly_what_a_process_did() {
-    let Some(_kernel) = kernel_test("syscall_profiles_count_exactly_what_a_process_did") else {
+fn syscall_counts_are_exactly_what_a_process_did() {
+    let Some(_kernel) = kernel_test("syscall_counts_are_exactly_what_a_process_did") else {
         return;
     };
     const N: u64 = 3_000_000;
-    let windows = actor_profile_windows(&["getppid", &N.to_string()]);
+    let windows = actor_drain_intervals(&["getppid", &N.to_string()]);
     assert!(windows.len() > 1, "the count spans several windows");
     let counted = counted(&windows, "getppid");
     eprintln!(
@@ -323,7 +323,7 @@ fn syscall_profiles_count_exactly_what_a_process_did() {
     );
     // The helper's runtime makes no getppid calls of its own.
     assert_eq!(counted, N, "every call counted once");
-    assert!(windows.iter().all(|w| w.window_start <= w.window_end));
+    assert!(windows.iter().all(|w| w.since <= w.until));
     let total: u64 = windows.iter().map(|p| p.total).sum();
     assert!(total >= N);
     // Consecutive pairs: the loop is one run of getppid, which the kernel
@@ -344,9 +344,9 @@ fn alternating_syscalls_are_counted_exactly_with_their_pairs() {
         return;
     };
     // Every call starts a new run, so the kernel's per-CPU batches fill up
-    // and are added to the profile over and over, under short windows.
+    // and are added to the counts over and over, under short windows.
     const N: u64 = 1_000_000;
-    let windows = actor_profile_windows(&["alternate", &N.to_string()]);
+    let windows = actor_drain_intervals(&["alternate", &N.to_string()]);
     let (getppid, getuid) = (counted(&windows, "getppid"), counted(&windows, "getuid"));
     let forth = pairs(&windows, libc::SYS_getppid, libc::SYS_getuid);
     let back = pairs(&windows, libc::SYS_getuid, libc::SYS_getppid);
@@ -370,15 +370,14 @@ fn alternating_syscalls_are_counted_exactly_with_their_pairs() {
 }
 
 #[test]
-fn short_lived_processes_profiles_are_exact_and_consistent() {
-    let Some(_kernel) = kernel_test("short_lived_processes_profiles_are_exact_and_consistent")
-    else {
+fn short_lived_processes_counts_are_exact_and_consistent() {
+    let Some(_kernel) = kernel_test("short_lived_processes_counts_are_exact_and_consistent") else {
         return;
     };
     // A `/bin/true` forked by a shell with no environment makes about 30
     // calls and usually exits within its first per-CPU batch, which its exit
     // then sends as it is (no map entry); one moved between CPUs takes the
-    // map path. Either way its final profile must hold exactly one execve
+    // map path. Either way its final counts must hold exactly one execve
     // and one exit_group, a total that is the sum of its counts, and one
     // pair fewer than calls (it has one thread). (Spawned from this test,
     // with a locale in its environment, it made 253 calls: too many
@@ -405,14 +404,14 @@ fn short_lived_processes_profiles_are_exact_and_consistent() {
             .filter_map(|e| e.process.as_ref().map(|p| p.pid))
             .collect()
     };
-    // Waits for exits, not final windows (see `actor_profile_windows`).
+    // Waits for exits, not final windows (see `actor_drain_intervals`).
     rec.until(Duration::from_secs(10), "every exit", |evs| {
         let pids = trues(evs);
         pids.len() == RUNS && pids.iter().all(|&pid| exit_of(evs, pid).is_some())
     });
     let mut totals = Vec::new();
     for pid in trues(&rec.events) {
-        let windows = profile_windows(&rec.events, pid);
+        let windows = drain_intervals(&rec.events, pid);
         let total: u64 = windows.iter().map(|w| w.total).sum();
         let summed: u64 = windows.iter().flat_map(|w| w.counts.values()).sum();
         let pairs: u64 = windows.iter().flat_map(|w| w.pairs.values()).sum();
@@ -440,9 +439,8 @@ fn short_lived_processes_profiles_are_exact_and_consistent() {
 }
 
 #[test]
-fn processes_exiting_while_profiles_drain_are_counted_once() {
-    let Some(_kernel) = kernel_test("processes_exiting_while_profiles_drain_are_counted_once")
-    else {
+fn processes_exiting_while_counts_drain_are_counted_once() {
+    let Some(_kernel) = kernel_test("processes_exiting_while_counts_drain_are_counted_once") else {
         return;
     };
     const CHILDREN: usize = 60;
@@ -450,7 +448,7 @@ fn processes_exiting_while_profiles_drain_are_counted_once() {
     let mut settings = CaptureSettings::default();
     // Drains as frequent as this make some fall between a thread's exit and
     // the agent reading its exit record: those must count nothing twice.
-    settings.profiles.window = Duration::from_millis(10);
+    settings.counts.drain_every = Duration::from_millis(10);
     let mut rec = Recorder::with_settings(settings);
     let mut children: Vec<_> = (0..CHILDREN)
         .map(|_| {
@@ -486,7 +484,7 @@ fn processes_exiting_while_profiles_drain_are_counted_once() {
             .iter()
             .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
             .filter_map(|e| match &e.detail {
-                Detail::SyscallProfile(p) => Some((p, e.process.as_ref()?.exe.clone())),
+                Detail::SyscallCounts(p) => Some((p, e.process.as_ref()?.exe.clone())),
                 _ => None,
             })
             .collect();
@@ -504,7 +502,7 @@ fn processes_exiting_while_profiles_drain_are_counted_once() {
         let windows: Vec<_> = windows.into_iter().map(|(p, _)| p).collect();
         drained += windows
             .iter()
-            .filter(|w| !w.final_window && w.counts.contains_key("getppid"))
+            .filter(|w| !w.final_counts && w.counts.contains_key("getppid"))
             .count();
         let counted: u64 = windows
             .iter()
@@ -529,15 +527,15 @@ fn processes_exiting_while_profiles_drain_are_counted_once() {
 }
 
 #[test]
-fn a_full_profile_map_is_counted_and_reported() {
-    let Some(_kernel) = kernel_test("a_full_profile_map_is_counted_and_reported") else {
+fn a_full_counts_map_is_counted_and_reported() {
+    let Some(_kernel) = kernel_test("a_full_counts_map_is_counted_and_reported") else {
         return;
     };
     const N: u64 = 100_000;
     let mut settings = CaptureSettings::default();
     // One slot, taken by whichever thread makes the first syscall.
-    settings.probes.profile_max_threads = 1;
-    settings.profiles.window = Duration::from_millis(200);
+    settings.probes.counts_max_threads = 1;
+    settings.counts.drain_every = Duration::from_millis(200);
     let mut rec = Recorder::with_settings(settings);
     let status = Command::new(env!("CARGO_BIN_EXE_actor"))
         .args(["getppid", &N.to_string()])
@@ -546,17 +544,11 @@ fn a_full_profile_map_is_counted_and_reported() {
     assert!(status.success());
     rec.until(Duration::from_secs(10), "the loss report", |evs| {
         evs.iter().any(|e| match &e.detail {
-            Detail::Loss(loss) => {
-                loss.totals
-                    .get("profile_uncounted_syscalls")
-                    .copied()
-                    .unwrap_or(0)
-                    >= N
-            }
+            Detail::Loss(loss) => loss.totals.get("uncounted_syscalls").copied().unwrap_or(0) >= N,
             _ => false,
         })
     });
     let totals = rec.capture().loss_totals();
-    eprintln!("one-slot profile map, {N} getppid calls by a thread without a slot: {totals:?}");
-    assert!(totals.get("profile_map_full").copied().unwrap_or(0) > 0);
+    eprintln!("one-slot counts map, {N} getppid calls by a thread without a slot: {totals:?}");
+    assert!(totals.get("counts_map_full").copied().unwrap_or(0) > 0);
 }

@@ -62,7 +62,7 @@ fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not()
 
     let recording = dir.join("stream.jsonl");
     let mut recorder = Command::new(agent())
-        .args(["record", "--profile-window", "1", "--output"])
+        .args(["record", "--drain-interval", "1", "--output"])
         .arg(&recording)
         .stderr(Stdio::piped())
         .spawn()

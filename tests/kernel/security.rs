@@ -585,10 +585,10 @@ fn every_sensor_attaches() {
         "sched_switch not attached"
     );
     drop(rec);
-    // With profiles off, sys_enter stays for the security stash, but the
+    // With counts off, sys_enter stays for the security stash, but the
     // switch-out flush has nothing to flush and is not attached.
     let mut settings = CaptureSettings::default();
-    settings.probes.syscall_profiles = false;
+    settings.probes.syscall_counts = false;
     let rec = Recorder::with_settings(settings);
     let hooks: Vec<_> = rec
         .capture()

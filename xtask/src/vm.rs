@@ -653,7 +653,7 @@ fn print_matrix(results: &[(&Kernel, Duration, anyhow::Result<Report>)]) {
     );
     println!(
         "{:<28} {:<19} {:>17} {:>17} {:>17} {:>17}",
-        "kernel", "program", "profiles+security", "profiles", "security", "none"
+        "kernel", "program", "counts+security", "counts", "security", "none"
     );
     for (_, _, outcome) in results {
         let Ok(report) = outcome else { continue };
@@ -679,8 +679,8 @@ fn print_matrix(results: &[(&Kernel, Duration, anyhow::Result<Report>)]) {
                 "{:<28} {:<19} {:>17} {:>17} {:>17} {:>17}",
                 report.release,
                 program,
-                cell("profiles+security"),
-                cell("profiles"),
+                cell("counts+security"),
+                cell("counts"),
                 cell("security"),
                 cell("none")
             );
@@ -746,7 +746,7 @@ else
     ( while :; do ls / >/dev/null; cat /proc/uptime >/dev/null; sleep 0.3; done ) &
     work=$!
     t0=$(now)
-    monitor run --learn-for 20s --min-windows 30 --profile-window 1s --raw-events \
+    monitor run --learn-for 20s --min-windows 30 --drain-interval 1s --raw-events \
         --state-dir /var/lib/monitor --api-listen '' >/tmp/run.jsonl 2>/tmp/run.err &
     agent=$!
     if wait_for /tmp/run.err detecting 240; then

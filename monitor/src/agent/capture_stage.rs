@@ -12,7 +12,14 @@ use std::{collections::BTreeMap, time::Duration};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{capture::Capture, event::Event};
+use crate::{
+    capture::Capture,
+    event::{Detail, Event},
+    output::{
+        ocsf::{self, Host, Lifecycle},
+        spool::Class,
+    },
+};
 
 use super::emit_stage::Emission;
 use crate::channel::Sender;
@@ -48,6 +55,25 @@ impl CaptureSnapshot {
     }
 }
 
+/// A signal the kernel saw sent to the agent, with its sender as the
+/// process table knew it: who stopped the agent, even when the sender has
+/// exited before the agent could look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalToAgent {
+    /// The sender.
+    pub sender_pid: u32,
+    /// Its executable.
+    pub sender_exe: Option<String>,
+    /// Its command line.
+    pub sender_cmdline: Option<String>,
+    /// The signal's name.
+    pub signal: String,
+}
+
+/// The last signals sent to the agent (a few, newest last).
+pub type SignalsToAgent =
+    std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<SignalToAgent>>>;
+
 /// The stage's state.
 pub struct CaptureStage {
     /// The running capture.
@@ -56,6 +82,12 @@ pub struct CaptureStage {
     pub events: Sender<Event>,
     /// Raw events to the emit stage, when `output.raw_events` is on.
     pub raw_events: Option<Sender<Emission>>,
+    /// Loss reports to the emit stage (always).
+    pub health: Sender<Emission>,
+    /// This host, for the loss reports.
+    pub host: Host,
+    /// Signals the kernel saw sent to the agent.
+    pub signals_to_agent: SignalsToAgent,
     /// Counters, for the status (every second and at the end).
     pub snapshot: watch::Sender<CaptureSnapshot>,
     /// Cancelled to stop.
@@ -71,9 +103,19 @@ impl CaptureStage {
             mut capture,
             events,
             raw_events,
+            health,
+            host,
+            signals_to_agent,
             snapshot,
             stop,
         } = self;
+        let out = Downstream {
+            events,
+            raw_events,
+            health,
+            host,
+            signals_to_agent,
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -81,7 +123,7 @@ impl CaptureStage {
                 _ = stop.cancelled() => break,
                 event = capture.next() => {
                     let Some(event) = event else { break };
-                    if pass_on(event, &events, raw_events.as_ref()).await.is_err() {
+                    if out.pass_on(event).await.is_err() {
                         break;
                     }
                 }
@@ -93,7 +135,7 @@ impl CaptureStage {
         capture.stop_sources();
         let drain_until = tokio::time::Instant::now() + DRAIN;
         while let Ok(Some(event)) = tokio::time::timeout_at(drain_until, capture.next()).await {
-            if pass_on(event, &events, raw_events.as_ref()).await.is_err() {
+            if out.pass_on(event).await.is_err() {
                 break;
             }
         }
@@ -102,14 +144,74 @@ impl CaptureStage {
     }
 }
 
-async fn pass_on(
-    event: Event,
-    events: &Sender<Event>,
-    raw_events: Option<&Sender<Emission>>,
-) -> Result<(), crate::channel::Closed> {
-    if let Some(raw) = raw_events {
-        // Dropped when full: counted in the channel's `dropped`.
-        raw.offer(Emission::Activity(Box::new(event.clone())))?;
+/// Where the stage's events go.
+struct Downstream {
+    events: Sender<Event>,
+    raw_events: Option<Sender<Emission>>,
+    health: Sender<Emission>,
+    host: Host,
+    signals_to_agent: SignalsToAgent,
+}
+
+impl Downstream {
+    async fn pass_on(&self, event: Event) -> Result<(), crate::channel::Closed> {
+        let Self {
+            events,
+            raw_events,
+            health,
+            host,
+            signals_to_agent,
+        } = self;
+        if let Detail::Kill(kill) = &event.detail
+            && kill.target_pid == std::process::id() as i32
+            && let Some(sender) = &event.process
+        {
+            let mut seen = signals_to_agent.lock().expect("signals lock");
+            if seen.len() == 8 {
+                seen.pop_front();
+            }
+            seen.push_back(SignalToAgent {
+                sender_pid: sender.pid,
+                sender_exe: sender
+                    .exe
+                    .as_ref()
+                    .map(|e| e.to_string_lossy().into_owned()),
+                sender_cmdline: Some(
+                    sender
+                        .args
+                        .iter()
+                        .map(|a| a.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+                .filter(|c| !c.is_empty()),
+                signal: kill.signal_name.clone(),
+            });
+        }
+        if let Detail::Loss(loss) = &event.detail {
+            // The SOC hears of a blind spot in the stream it watches, within
+            // the loss interval (1 s), not only in the metrics.
+            let lost: Vec<String> = loss
+                .counts
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            health
+                .send(Emission::Record {
+                    class: Class::Findings,
+                    record: ocsf::lifecycle(
+                        Lifecycle::Health,
+                        host,
+                        &format!("monitor sensor degraded: events lost ({})", lost.join(" ")),
+                        serde_json::json!({ "lost": loss.counts, "lost_since_start": loss.totals }),
+                    ),
+                })
+                .await?;
+        }
+        if let Some(raw) = raw_events {
+            // Dropped when full: counted in the channel's `dropped`.
+            raw.offer(Emission::Activity(Box::new(event.clone())))?;
+        }
+        events.send(event).await
     }
-    events.send(event).await
 }

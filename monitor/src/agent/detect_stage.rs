@@ -190,7 +190,7 @@ mod tests {
     use super::*;
     use crate::{
         channel,
-        event::{Detail, FileDetail, Process, ProfileDetail},
+        event::{CountsDetail, Detail, FileDetail, Process},
         model::{Engine, EngineSettings},
     };
 
@@ -215,13 +215,13 @@ mod tests {
         of(
             pid,
             at,
-            Detail::SyscallProfile(ProfileDetail {
-                window_start: Timestamp(at - SECOND / 2),
-                window_end: Timestamp(at),
+            Detail::SyscallCounts(CountsDetail {
+                since: Timestamp(at - SECOND / 2),
+                until: Timestamp(at),
                 total: reads + 10,
                 counts: BTreeMap::from([("read".into(), reads), ("write".into(), 10)]),
                 pairs: BTreeMap::new(),
-                final_window: true,
+                final_counts: true,
             }),
         )
     }

@@ -34,6 +34,7 @@
 mod acks;
 mod capture_stage;
 mod detect_stage;
+mod downtime;
 mod emit_stage;
 mod model_keeper;
 mod status_stage;
@@ -91,10 +92,10 @@ pub enum AgentError {
         reason: String,
     },
     /// The operations API cannot listen.
-    #[error("cannot listen on {addr} (api.listen)")]
+    #[error("cannot serve the API on {addr}")]
     Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
+        /// The address (`api.listen`) or the socket's path.
+        addr: String,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -124,6 +125,7 @@ pub async fn run(
     let paths = StatePaths::new(&settings.state_dir);
     prepare_state_dir(&paths.dir)?;
     let _lock = StateLock::take(&paths.dir)?;
+    raise_open_file_limit();
     let host = Host::current(&settings.host_name);
     let started = Timestamp::now();
 
@@ -132,20 +134,23 @@ pub async fn run(
     let output = Output::start(&settings, &host)?;
     let status: SharedStatus = Arc::new(Mutex::new(None));
     let api_shutdown = CancellationToken::new();
-    if let Some(addr) = settings.api_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| AgentError::Listen { addr, source })?;
-        tracing::info!(%addr, "metrics on /metrics, health on /healthz, status on /status");
-        tokio::spawn(crate::api::serve(
-            listener,
-            status.clone(),
-            api_shutdown.clone(),
-        ));
-    }
+    serve_api(&settings, &paths, &status, &api_shutdown).await?;
     // Capture last: everything downstream is ready for its events.
     let capture = Capture::start(&settings.capture).map_err(AgentError::Capture)?;
     let sensors = announce(&capture, &output, &host, phase);
+    if let Some(down) = downtime::since_last_run(&paths) {
+        tracing::warn!("{}", down.describe());
+        spool_append(
+            &output.spool,
+            Class::Findings,
+            &ocsf::lifecycle(
+                Lifecycle::Health,
+                &host,
+                &down.describe(),
+                serde_json::json!({ "down_from": down.from, "down_until": down.until }),
+            ),
+        );
+    }
 
     // The stages and their channels.
     let (events_tx, events_rx, events_gauge) = channel::bounded(EVENTS_CAPACITY);
@@ -155,6 +160,7 @@ pub async fn run(
     let (models_tx, models_rx) = watch::channel(None);
     let emitted = Arc::new(Mutex::new(EmitStats::default()));
     let stop_capture = CancellationToken::new();
+    let signals_to_agent = capture_stage::SignalsToAgent::default();
     let stop_status = CancellationToken::new();
 
     let emit = tokio::spawn(
@@ -173,7 +179,10 @@ pub async fn run(
     ));
     let detect = tokio::spawn(
         DetectStage {
-            detector: Detector::new(engine.fit_elsewhere(), settings.capture.profiles.window * 2),
+            detector: Detector::new(
+                engine.fit_elsewhere(),
+                settings.capture.counts.drain_every * 2,
+            ),
             own_pid: std::process::id(),
             paths: paths.clone(),
             model_created,
@@ -209,6 +218,9 @@ pub async fn run(
             capture,
             events: events_tx,
             raw_events: settings.raw.output.raw_events.then(|| emit_tx.clone()),
+            health: emit_tx.clone(),
+            host: host.clone(),
+            signals_to_agent: signals_to_agent.clone(),
             snapshot: capture_tx,
             stop: stop_capture.clone(),
         }
@@ -218,11 +230,14 @@ pub async fn run(
     drop(emit_tx);
 
     // Run until a signal, or until capture ends by itself.
-    let (reason, ended) = tokio::select! {
-        sig = signals.recv() => (sig, None),
-        ended = &mut capture_stage => ("end of events", Some(ended)),
+    let (signal, ended) = tokio::select! {
+        sig = signals.recv() => (Some(sig), None),
+        ended = &mut capture_stage => (None, Some(ended)),
     };
-    tracing::info!(signal = reason, "stopping");
+    let reason = signal
+        .as_ref()
+        .map_or_else(|| "end of events".to_owned(), |s| s.describe());
+    tracing::info!(signal = %reason, "stopping");
     let stopping = Instant::now();
     let elapsed = || stopping.elapsed().as_millis() as u64;
     stop_capture.cancel();
@@ -232,6 +247,9 @@ pub async fn run(
     }
     .map_err(|_| AgentError::StagePanicked("capture"))?;
     tracing::debug!(elapsed_ms = elapsed(), "capture drained");
+    if let Some(signal) = signal.as_ref().filter(|s| !s.is_expected()) {
+        report_stop_signal(signal, &signals_to_agent, &output.spool, &host);
+    }
     let phase = detect
         .await
         .map_err(|_| AgentError::StagePanicked("detect"))?;
@@ -258,6 +276,7 @@ pub async fn run(
     );
     let spool = output.stop().await;
     api_shutdown.cancel();
+    downtime::stopped_cleanly(&paths, &reason);
     tracing::debug!(elapsed_ms = elapsed(), "sinks drained");
     eprintln!(
         "monitor: stopped; {} events, {findings} findings; lost events: {}",
@@ -282,6 +301,128 @@ pub async fn run(
         return Err(AgentError::SpoolDegraded(why));
     }
     Ok(())
+}
+
+/// Whoever stops the agent blinds it: the SOC hears of it, with the sender
+/// as the kernel saw it (its exec and command line, from the process table;
+/// `/proc` as a fallback), before the agent exits.
+fn report_stop_signal(
+    signal: &crate::shutdown::StopSignal,
+    seen: &capture_stage::SignalsToAgent,
+    spool: &Spool,
+    host: &Host,
+) {
+    let kernel_saw = seen
+        .lock()
+        .expect("signals lock")
+        .iter()
+        .rev()
+        .find(|s| s.sender_pid as i32 == signal.sender_pid)
+        .cloned();
+    let exe = kernel_saw
+        .as_ref()
+        .and_then(|s| s.sender_exe.clone())
+        .or_else(|| signal.sender_exe.clone());
+    let line = format!(
+        "monitor stopped by {} from pid {} ({}, uid {})",
+        signal.name,
+        signal.sender_pid,
+        exe.as_deref().unwrap_or("exe unknown"),
+        signal.sender_uid
+    );
+    tracing::warn!("{line}");
+    spool_append(
+        spool,
+        Class::Findings,
+        &ocsf::lifecycle(
+            Lifecycle::Health,
+            host,
+            &line,
+            serde_json::json!({
+                "stopped_by": {
+                    "signal": signal.name, "pid": signal.sender_pid, "uid": signal.sender_uid,
+                    "exe": exe, "cmd_line": kernel_saw.and_then(|s| s.sender_cmdline),
+                }
+            }),
+        ),
+    );
+}
+
+/// The API: metrics and health on TCP (`api.listen`, if set), everything
+/// on the root-only unix socket in the state directory.
+async fn serve_api(
+    settings: &Settings,
+    paths: &StatePaths,
+    status: &SharedStatus,
+    shutdown: &CancellationToken,
+) -> Result<(), AgentError> {
+    use crate::api::{ApiLimits, Exposure};
+    if let Some(addr) = settings.api_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(%addr, "metrics on /metrics, health on /healthz");
+        tokio::spawn(crate::api::serve(
+            listener,
+            Exposure::Public,
+            ApiLimits::default(),
+            status.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // The state lock is held: a socket left here is a dead agent's.
+    let socket = paths.api_socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        tokio::net::UnixListener::bind(&socket).map_err(|source| AgentError::Listen {
+            addr: socket.display().to_string(),
+            source,
+        })?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| AgentError::Listen {
+                addr: socket.display().to_string(),
+                source,
+            },
+        )?;
+    }
+    tokio::spawn(crate::api::serve(
+        listener,
+        Exposure::Private,
+        ApiLimits::default(),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit: the agent's
+/// descriptors (maps, links, the spool, sinks, the API) must not run out
+/// because a local user holds connections open.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if before < limit.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the open-file limit"
+            );
+        }
+    }
 }
 
 /// The engine: resumed from the saved model, or learning. Returns it and

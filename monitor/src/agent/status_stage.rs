@@ -78,11 +78,13 @@ impl StatusStage {
         let mut heartbeat_tick = every(self.heartbeat);
         let mut last_events = (0u64, Instant::now());
         let mut last_health: Option<String> = None;
+        let mut losses = LossWindow::default();
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = status_tick.tick() => {
-                    let s = self.gather(&mut last_events);
+                    let mut s = self.gather(&mut last_events);
+                    s.lost_last_minute = losses.update(&s.lost);
                     self.report_health_change(&s, &mut last_health).await;
                     let _ = crate::fileio::atomic::write_atomically(
                         &self.paths.status(),
@@ -136,6 +138,7 @@ impl StatusStage {
             events_per_sec: rate,
             kernel_records: c.kernel_records,
             lost: c.lost,
+            lost_last_minute: BTreeMap::new(),
             faults: c.faults,
             sensors: self.sensors.clone(),
             sinks: self.sinks.lock().expect("health lock").clone(),
@@ -183,6 +186,41 @@ impl StatusStage {
             })
             .await;
         *last = problem;
+    }
+}
+
+/// Loss totals over the last minute, for the health: a sensor that lost
+/// events recently is degraded, and `/healthz` says so until a minute
+/// passes without loss.
+#[derive(Default)]
+struct LossWindow {
+    samples: std::collections::VecDeque<(Instant, BTreeMap<String, u64>)>,
+}
+
+impl LossWindow {
+    const SPAN: Duration = Duration::from_secs(60);
+
+    /// Adds the totals now; returns what grew within the last minute (only
+    /// the losses that leave behaviour windows incomplete).
+    fn update(&mut self, totals: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        let now = Instant::now();
+        self.samples.push_back((now, totals.clone()));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > Self::SPAN)
+        {
+            self.samples.pop_front();
+        }
+        let oldest = &self.samples.front().expect("just pushed").1;
+        totals
+            .iter()
+            .filter(|(k, _)| crate::kernel::counters::taints_open_windows(k))
+            .filter_map(|(k, v)| {
+                let grew = v.saturating_sub(oldest.get(k).copied().unwrap_or(0));
+                (grew > 0).then(|| (k.clone(), grew))
+            })
+            .collect()
     }
 }
 

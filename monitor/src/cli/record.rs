@@ -18,12 +18,17 @@ pub struct RecordArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short, value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Do not count syscalls per process (no `syscall_profile` events).
-    #[arg(long)]
-    pub no_syscall_profiles: bool,
-    /// Length of a syscall profile window.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub profile_window: f64,
+    /// Do not count syscalls per process (no `syscall_counts` events).
+    #[arg(long, alias = "no-syscall-profiles")]
+    pub no_syscall_counts: bool,
+    /// How often the syscall counts are drained from the kernel, seconds.
+    #[arg(
+        long,
+        alias = "profile-window",
+        value_name = "SECS",
+        default_value_t = 5.0
+    )]
+    pub drain_interval: f64,
 }
 
 /// Runs the command; returns when stopped and flushed.
@@ -40,8 +45,8 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut writer = JsonLines::new(out);
 
     let mut settings = CaptureSettings::default();
-    settings.probes.syscall_profiles = !args.no_syscall_profiles;
-    settings.profiles.window = positive_secs(args.profile_window, "--profile-window")?;
+    settings.probes.syscall_counts = !args.no_syscall_counts;
+    settings.counts.drain_every = positive_secs(args.drain_interval, "--drain-interval")?;
     let mut capture = Capture::start(&settings).context("cannot start capture")?;
     let sensors: Vec<&str> = capture
         .probes()
@@ -98,7 +103,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
                 capture.stop_sources();
             }
             sig = signals.recv(), if !stopping => {
-                tracing::info!(signal = sig, "stopping");
+                tracing::info!(signal = %sig.describe(), "stopping");
                 stopping = true;
                 stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 capture.stop_sources();

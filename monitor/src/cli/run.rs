@@ -31,9 +31,9 @@ pub struct RunArgs {
     /// Also export raw activity as OCSF (output.raw_events).
     #[arg(long)]
     pub raw_events: bool,
-    /// Syscall profile interval (capture.profile_window), e.g. 5s.
-    #[arg(long, value_name = "DURATION")]
-    pub profile_window: Option<String>,
+    /// How often the syscall counts are drained (capture.drain_interval), e.g. 5s.
+    #[arg(long, alias = "profile-window", value_name = "DURATION")]
+    pub drain_interval: Option<String>,
 }
 
 /// Loads the file (or defaults) and applies the flags.
@@ -65,8 +65,8 @@ pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     if args.raw_events {
         raw.output.raw_events = true;
     }
-    if let Some(v) = &args.profile_window {
-        raw.capture.profile_window = dur(v, "--profile-window")?;
+    if let Some(v) = &args.drain_interval {
+        raw.capture.drain_interval = dur(v, "--drain-interval")?;
     }
     Ok(Settings::from_raw(raw, &path)?)
 }
@@ -136,17 +136,38 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Shows the state of a running agent (from the status file it refreshes
-/// every second).
+/// Asks a running agent for its status on its root-only socket.
+fn status_from_socket(socket: &Path) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    stream
+        .write_all(b"GET /status HTTP/1.0\r\nHost: monitor\r\n\r\n")
+        .ok()?;
+    let mut reply = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut reply).ok()?;
+    let reply = String::from_utf8(reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// Shows the state of a running agent: asked on its socket, or read from
+/// the status file it refreshes every second (a stopped agent's last).
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let path = crate::state::paths::StatePaths::new(&args.state_dir).status();
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no status at {} (is the agent running with --state-dir {}?)",
-            path.display(),
-            args.state_dir.display()
-        )
-    })?;
+    let paths = crate::state::paths::StatePaths::new(&args.state_dir);
+    let path = paths.status();
+    let text = match status_from_socket(&paths.api_socket()) {
+        Some(text) => text,
+        None => std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no status at {} (is the agent running with --state-dir {}?)",
+                path.display(),
+                args.state_dir.display()
+            )
+        })?,
+    };
     let s: crate::api::Status = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a status file", path.display()))?;
     if args.json {

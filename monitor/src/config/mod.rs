@@ -18,8 +18,8 @@ use crate::{
     kernel::ProbeSettings,
     model::EngineSettings,
     output::sink_config::{SinkConfig, validate_sink},
-    profiles::ProfileSettings,
     sensitive::SensitivePaths,
+    syscall_counts::CountSettings,
     units::{de_duration, de_size},
 };
 
@@ -89,13 +89,15 @@ impl Default for AgentSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureSection {
-    /// Count syscalls per process.
-    pub syscall_profiles: bool,
+    /// Count syscalls per process. (`syscall_profiles` in earlier versions.)
+    #[serde(alias = "syscall_profiles")]
+    pub syscall_counts: bool,
     /// Stream security events.
     pub security_events: bool,
-    /// Profile drain interval.
-    #[serde(deserialize_with = "de_duration")]
-    pub profile_window: Duration,
+    /// How often the syscall counts are drained. (`profile_window` in
+    /// earlier versions.)
+    #[serde(deserialize_with = "de_duration", alias = "profile_window")]
+    pub drain_interval: Duration,
     /// Ring buffer bytes.
     #[serde(deserialize_with = "de_size")]
     pub ring_buffer: u64,
@@ -108,9 +110,9 @@ pub struct CaptureSection {
 impl Default for CaptureSection {
     fn default() -> Self {
         Self {
-            syscall_profiles: true,
+            syscall_counts: true,
             security_events: true,
-            profile_window: Duration::from_secs(5),
+            drain_interval: Duration::from_secs(5),
             ring_buffer: 16 << 20,
             sensitive_read: crate::sensitive::DEFAULT_READ
                 .iter()
@@ -409,9 +411,9 @@ impl Settings {
                 format!("must be a power of two between 64KiB and 1GiB, got {ring} bytes"),
             ));
         }
-        if c.profile_window < Duration::from_millis(100) {
+        if c.drain_interval < Duration::from_millis(100) {
             return Err(bad(
-                "capture.profile_window",
+                "capture.drain_interval",
                 "must be at least 100ms".into(),
             ));
         }
@@ -450,14 +452,14 @@ impl Settings {
         };
         let capture = CaptureSettings {
             probes: ProbeSettings {
-                syscall_profiles: c.syscall_profiles,
+                syscall_counts: c.syscall_counts,
                 security_events: c.security_events,
                 ringbuf_bytes: ring as u32,
                 verifier_log_dir: raw.agent.state_dir.clone(),
                 ..ProbeSettings::default()
             },
-            profiles: ProfileSettings {
-                window: c.profile_window,
+            counts: CountSettings {
+                drain_every: c.drain_interval,
             },
             sensitive,
             ..CaptureSettings::default()

@@ -410,7 +410,7 @@ fn run_one(
         std::thread::sleep(Duration::from_millis(50));
     }
     // Then wait for the finding (windows close at process exit or at the
-    // next profile drain).
+    // next counts drain).
     let wait_until = Instant::now() + settings.timeout;
     while outcome.error.is_none() && Instant::now() < wait_until {
         offset = new_records(&log, offset, &mut seen);

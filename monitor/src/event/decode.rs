@@ -10,7 +10,7 @@ use std::mem::{offset_of, size_of};
 
 use monitor_common::{
     BATCH_ENTRIES, BATCH_FLUSH, ExecRecord, ExitRecord, ForkRecord, RecordHeader, SYSCALL_SLOTS,
-    SyscallBatch, TaskInfo, ThreadCallsRecord, ThreadExitRecord, ThreadProfile, exec_flags, kind,
+    SyscallBatch, TaskInfo, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
     thread_exit_flags,
 };
 
@@ -61,7 +61,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             payload = Payload::ThreadExit {
                 tid: rec.tid,
                 pid: rec.pid,
-                profile: replay_calls(&rec.calls, rec.pid)?,
+                counts: replay_calls(&rec.calls, rec.pid)?,
             };
         }
         kind::THREAD_EXIT => {
@@ -71,7 +71,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             payload = Payload::ThreadExit {
                 tid: rec.tid,
                 pid: rec.pid,
-                profile: Box::new(rec.profile),
+                counts: Box::new(rec.counts),
             };
         }
         other => return crate::event::decode_security::decode(bytes, header, other),
@@ -83,10 +83,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     })
 }
 
-/// The profile of a thread whose whole life is one batch of calls. It was
+/// The counts of a thread whose whole life is one batch of calls. It was
 /// never in the kernel's map, so no drain has a snapshot of it: its birth
 /// time is 0, which no map entry has.
-fn replay_calls(calls: &SyscallBatch, pid: u32) -> Result<Box<ThreadProfile>, DecodeError> {
+fn replay_calls(calls: &SyscallBatch, pid: u32) -> Result<Box<ThreadCounts>, DecodeError> {
     const KIND: &str = "thread_exit";
     let bad = |field, value: u64, rule: String| DecodeError::BadValue {
         kind: KIND,
@@ -119,9 +119,9 @@ fn replay_calls(calls: &SyscallBatch, pid: u32) -> Result<Box<ThreadProfile>, De
             format!("it must be the sum of the entries' repeats ({sum}), at most {BATCH_FLUSH}");
         return Err(bad("calls.calls", calls.calls.into(), rule));
     }
-    let mut profile = Box::new(ThreadProfile::empty(pid, 0));
-    profile.add_batch(calls);
-    Ok(profile)
+    let mut counts = Box::new(ThreadCounts::empty(pid, 0));
+    counts.add_batch(calls);
+    Ok(counts)
 }
 
 fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
@@ -353,20 +353,20 @@ mod tests {
     }
 
     #[test]
-    fn replays_a_calls_only_thread_exit_into_a_profile() {
+    fn replays_a_calls_only_thread_exit_into_empty_counts() {
         let ev = decode(&calls_record(2, 4, [110, 3], [3, 1])).unwrap();
-        let Payload::ThreadExit { tid, pid, profile } = ev.payload else {
+        let Payload::ThreadExit { tid, pid, counts } = ev.payload else {
             panic!()
         };
-        assert_eq!((tid, pid, profile.pid, profile.born_ns), (51, 50, 50, 0));
+        assert_eq!((tid, pid, counts.pid, counts.born_ns), (51, 50, 50, 0));
         assert_eq!(
-            (profile.counts[110], profile.counts[3], profile.total),
+            (counts.counts[110], counts.counts[3], counts.total),
             (3, 1, 4)
         );
-        let pairs = |a, b| profile.pairs[monitor_common::pair_bucket(a, b)];
+        let pairs = |a, b| counts.pairs[monitor_common::pair_bucket(a, b)];
         assert_eq!((pairs(110, 110), pairs(110, 3)), (2, 1));
-        assert_eq!(profile.pairs.iter().sum::<u32>(), 3);
-        assert_eq!(profile.last, 3);
+        assert_eq!(counts.pairs.iter().sum::<u32>(), 3);
+        assert_eq!(counts.last, 3);
     }
 
     #[test]

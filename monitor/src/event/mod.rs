@@ -172,8 +172,9 @@ pub enum Detail {
     MemExec(MemExecDetail),
     /// Signal sent to another process.
     Kill(KillDetail),
-    /// Syscall counts of one process over one window.
-    SyscallProfile(ProfileDetail),
+    /// Syscall counts of one process between two drains.
+    #[serde(alias = "syscall_profile")]
+    SyscallCounts(CountsDetail),
     /// Events the agent could not deliver or see, by reason. Never silent.
     Loss(LossDetail),
 }
@@ -199,7 +200,7 @@ impl Detail {
             Detail::MemfdCreate(_) => "memfd_create",
             Detail::MemExec(_) => "mem_exec",
             Detail::Kill(_) => "kill",
-            Detail::SyscallProfile(_) => "syscall_profile",
+            Detail::SyscallCounts(_) => "syscall_counts",
             Detail::Loss(_) => "loss",
         }
     }
@@ -433,14 +434,16 @@ pub struct KillDetail {
     pub result: i32,
 }
 
-/// A syscall profile window.
+/// Syscall counts of one process between two drains.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProfileDetail {
-    /// Window start.
-    pub window_start: Timestamp,
-    /// Window end.
-    pub window_end: Timestamp,
-    /// Total syscalls in the window.
+pub struct CountsDetail {
+    /// Counted since (the previous drain, or the thread's start).
+    #[serde(alias = "window_start")]
+    pub since: Timestamp,
+    /// Counted until (this drain).
+    #[serde(alias = "window_end")]
+    pub until: Timestamp,
+    /// Total syscalls counted.
     pub total: u64,
     /// Count by canonical syscall name (names from the syscall table are
     /// borrowed, not allocated per event).
@@ -452,9 +455,9 @@ pub struct ProfileDetail {
         with = "numeric_keys"
     )]
     pub pairs: BTreeMap<u16, u64>,
-    /// The process exited during this window (this is its last).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub final_window: bool,
+    /// The process exited since the previous drain: these are its last counts.
+    #[serde(default, skip_serializing_if = "is_false", alias = "final_window")]
+    pub final_counts: bool,
 }
 
 /// Loss report.
@@ -510,7 +513,7 @@ mod tests {
                 exit_code: Some(3),
                 ..Default::default()
             }),
-            Detail::SyscallProfile(ProfileDetail {
+            Detail::SyscallCounts(CountsDetail {
                 counts,
                 pairs,
                 ..Default::default()

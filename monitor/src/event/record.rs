@@ -1,11 +1,11 @@
 //! What every record decoder shares: the error, the decoded record, the
 //! task facts every record carries, bounds-checked reads of the raw bytes
-//! and path decoding. `decode` (process lifecycle, profiles) and
+//! and path decoding. `decode` (process lifecycle, counts) and
 //! `decode_security` (the security sensors) both build on it.
 
 use std::mem::{offset_of, size_of};
 
-use monitor_common::{KernelPath, PATH_AREA, TaskInfo, ThreadProfile, path_flags};
+use monitor_common::{KernelPath, PATH_AREA, TaskInfo, ThreadCounts, path_flags};
 
 use super::{ByteString, Detail};
 
@@ -117,14 +117,14 @@ pub struct KernelEvent {
 pub enum Payload {
     /// An event for the stream.
     Event(Detail),
-    /// A thread's final syscall profile (internal: feeds profile windows).
+    /// A thread's final syscall counts (internal: feeds counts).
     ThreadExit {
         /// Thread id.
         tid: u32,
         /// Process id.
         pid: u32,
         /// Final counters.
-        profile: Box<ThreadProfile>,
+        counts: Box<ThreadCounts>,
     },
 }
 

@@ -1,7 +1,7 @@
 //! Process context shared between events and serialized once.
 //!
 //! The process table gives the same context to many events: a process's
-//! fork, exec, exit and profile events carry the same `process`; every
+//! fork, exec, exit and counts events carry the same `process`; every
 //! child of one parent carries the same `parent` and, on exec, the same
 //! `ancestry`. Cloning and serializing these anew for each event was most
 //! of the agent's CPU under a fork+exec storm. A [`Shared`] value is

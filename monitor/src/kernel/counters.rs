@@ -16,7 +16,7 @@ impl KernelCounters {
         Self { map }
     }
 
-    /// Non-zero counters by name (`ringbuf_full.exec`, `profile_map_full`...).
+    /// Non-zero counters by name (`ringbuf_full.exec`, `counts_map_full`...).
     pub fn read(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         for index in 0..COUNTER_SLOTS {
@@ -42,18 +42,19 @@ impl KernelCounters {
 /// Counters that mean an event was lost (the rest mean degraded fields).
 pub fn is_loss(name: &str) -> bool {
     name.starts_with("ringbuf_full")
-        || name.starts_with("profile_")
+        || name.starts_with("counts_")
+        || name == "uncounted_syscalls"
         || name.starts_with("pending_")
         || name.starts_with("userspace_")
         || name.starts_with("decode_error")
 }
 
 /// Whether a loss counter means the behaviour windows open now may miss
-/// something. `profile_uncounted_syscalls` alone are a thread's last calls
-/// that reached its profile after the thread had exited (or after its id
+/// something. `uncounted_syscalls` alone are a thread's last calls
+/// that reached its counts after the thread had exited (or after its id
 /// was reused): that thread's window is already closed, and the windows open
-/// now lost nothing. (A thread that never got a profile slot is reported by
-/// `profile_map_full` as well, which does taint.)
+/// now lost nothing. (A thread that never got the counts slot is reported by
+/// `counts_map_full` as well, which does taint.)
 pub fn taints_open_windows(name: &str) -> bool {
-    name != "profile_uncounted_syscalls"
+    name != "uncounted_syscalls"
 }

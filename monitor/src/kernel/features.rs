@@ -28,8 +28,8 @@ impl std::fmt::Display for Feature {
     }
 }
 
-const ALL: &[Sensor] = &[Sensor::Process, Sensor::SyscallProfile, Sensor::Security];
-const ENTRY: &[Sensor] = &[Sensor::SyscallProfile, Sensor::Security];
+const ALL: &[Sensor] = &[Sensor::Process, Sensor::SyscallCounts, Sensor::Security];
+const ENTRY: &[Sensor] = &[Sensor::SyscallCounts, Sensor::Security];
 
 /// Every helper whose absence refuses a program, oldest first. BTF
 /// tracepoints (5.5) and BTF itself are checked apart: without them nothing
@@ -103,7 +103,7 @@ mod tests {
         assert!(btf.has_enumerator("bpf_func_id", "BPF_FUNC_map_lookup_elem"));
         assert!(!btf.has_enumerator("bpf_func_id", "BPF_FUNC_no_such_helper"));
         assert!(!btf.has_enumerator("no_such_enum", "BPF_FUNC_map_lookup_elem"));
-        for sensor in [Sensor::Process, Sensor::SyscallProfile, Sensor::Security] {
+        for sensor in [Sensor::Process, Sensor::SyscallCounts, Sensor::Security] {
             assert_eq!(missing(&btf, sensor), vec![], "{sensor:?}");
         }
     }

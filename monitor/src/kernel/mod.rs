@@ -1,7 +1,7 @@
 //! Loading and attaching the eBPF programs, and access to their maps.
 //!
 //! A *sensor* is a named set of programs that serve one concern (process
-//! lifecycle, syscall profiles, network...). Settings choose which sensors
+//! lifecycle, syscall counts, network...). Settings choose which sensors
 //! run; each program's hooks are listed once, in [`programs`].
 
 pub mod btf;
@@ -16,7 +16,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use monitor_common::{ABI_VERSION, KernelOffsets, ProbeConfig, ThreadProfile};
+use monitor_common::{ABI_VERSION, KernelOffsets, ProbeConfig, ThreadCounts};
 
 use self::counters::KernelCounters;
 
@@ -48,7 +48,7 @@ pub enum Sensor {
     Process,
     /// Per-thread syscall counts (the `sys_enter` hook, which also stashes
     /// the security syscalls' arguments).
-    SyscallProfile,
+    SyscallCounts,
     /// Security-relevant syscalls, reported at exit: network, files,
     /// credentials, ptrace, module and BPF loads, memfd, executable memory,
     /// signals.
@@ -60,7 +60,7 @@ impl Sensor {
     pub fn name(self) -> &'static str {
         match self {
             Sensor::Process => "process",
-            Sensor::SyscallProfile => "syscall_profile",
+            Sensor::SyscallCounts => "syscall_counts",
             Sensor::Security => "security",
         }
     }
@@ -77,9 +77,9 @@ pub struct ProgramSpec {
     pub hook: Hook,
     /// The sensor it belongs to.
     pub sensor: Sensor,
-    /// Attached only when syscall profiles are on, even though its sensor
+    /// Attached only when syscall counts are on, even though its sensor
     /// also runs for the security events (which share `sys_enter`).
-    pub profiles_only: bool,
+    pub counts_only: bool,
 }
 
 const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
@@ -87,7 +87,7 @@ const fn btf(name: &'static str, sensor: Sensor) -> ProgramSpec {
         name,
         hook: Hook::BtfTracepoint(name),
         sensor,
-        profiles_only: false,
+        counts_only: false,
     }
 }
 
@@ -104,12 +104,12 @@ pub fn programs() -> &'static [ProgramSpec] {
             btf("sched_process_fork", Sensor::Process),
             btf("sched_process_exit", Sensor::Process),
             // Before `sys_enter`: a thread leaving a CPU takes its batch of
-            // counted calls along (see `monitor-ebpf/src/profile.rs`).
+            // counted calls along (see `monitor-ebpf/src/counting.rs`).
             ProgramSpec {
-                profiles_only: true,
-                ..btf("sched_switch", Sensor::SyscallProfile)
+                counts_only: true,
+                ..btf("sched_switch", Sensor::SyscallCounts)
             },
-            btf("sys_enter", Sensor::SyscallProfile),
+            btf("sys_enter", Sensor::SyscallCounts),
         ];
         let mut names: Vec<(&str, &'static str)> = monitor_common::stash::BY_NAME
             .iter()
@@ -123,7 +123,7 @@ pub fn programs() -> &'static [ProgramSpec] {
                 name: program,
                 hook: Hook::Tracepoint("syscalls", tracepoint),
                 sensor: Sensor::Security,
-                profiles_only: false,
+                counts_only: false,
             });
         }
         specs
@@ -236,13 +236,13 @@ pub struct Refusal {
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
     /// Count syscalls per thread.
-    pub syscall_profiles: bool,
+    pub syscall_counts: bool,
     /// Stream security-relevant events (network, files, credentials...).
     pub security_events: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ringbuf_bytes: u32,
-    /// Most threads with a syscall profile at once.
-    pub profile_max_threads: u32,
+    /// Most threads with a syscall counts at once.
+    pub counts_max_threads: u32,
     /// Where the full verifier log of a refused program is written.
     pub verifier_log_dir: std::path::PathBuf,
 }
@@ -250,10 +250,10 @@ pub struct ProbeSettings {
 impl Default for ProbeSettings {
     fn default() -> Self {
         Self {
-            syscall_profiles: true,
+            syscall_counts: true,
             security_events: true,
             ringbuf_bytes: 16 << 20,
-            profile_max_threads: 16384,
+            counts_max_threads: 16384,
             verifier_log_dir: "/run/monitor".into(),
         }
     }
@@ -362,7 +362,7 @@ impl Probes {
         let aya_btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
 
         let mut sensors = std::collections::BTreeMap::new();
-        for sensor in [Sensor::Process, Sensor::SyscallProfile, Sensor::Security] {
+        for sensor in [Sensor::Process, Sensor::SyscallCounts, Sensor::Security] {
             let state = if !sensor_enabled(sensor, settings) {
                 SensorState::Disabled
             } else {
@@ -384,7 +384,7 @@ impl Probes {
         let mut planned = Vec::new();
         for spec in programs() {
             if sensors.get(&spec.sensor) != Some(&SensorState::Attached)
-                || (spec.profiles_only && !settings.syscall_profiles)
+                || (spec.counts_only && !settings.syscall_counts)
             {
                 continue;
             }
@@ -436,11 +436,11 @@ impl Probes {
         detach_in_parallel(dropped.into_iter().map(|(_, l)| l).collect());
         let attached: Vec<ProgramSpec> = links.iter().map(|(spec, _)| *spec).collect();
         let links: Vec<Link> = links.into_iter().map(|(_, link)| link).collect();
-        if !settings.syscall_profiles
-            && sensors.get(&Sensor::SyscallProfile) == Some(&SensorState::Attached)
+        if !settings.syscall_counts
+            && sensors.get(&Sensor::SyscallCounts) == Some(&SensorState::Attached)
         {
             // Attached for the security stash, but not counting.
-            sensors.insert(Sensor::SyscallProfile, SensorState::Disabled);
+            sensors.insert(Sensor::SyscallCounts, SensorState::Disabled);
         }
         for (sensor, state) in &sensors {
             if let SensorState::Unavailable(why) = state {
@@ -542,15 +542,15 @@ impl Probes {
             .map_err(|e| ProbeError::Map("COUNTERS", e))
     }
 
-    /// Takes the per-thread profile map (once).
-    pub fn take_profiles(&mut self) -> Result<BpfHashMap<MapData, u32, ThreadProfile>, ProbeError> {
-        let map = self.ebpf.take_map("PROFILES").ok_or(ProbeError::Map(
-            "PROFILES",
+    /// Takes the per-thread counts map (once).
+    pub fn take_counts(&mut self) -> Result<BpfHashMap<MapData, u32, ThreadCounts>, ProbeError> {
+        let map = self.ebpf.take_map("SYSCALL_COUNTS").ok_or(ProbeError::Map(
+            "SYSCALL_COUNTS",
             aya::maps::MapError::InvalidName {
-                name: "PROFILES".into(),
+                name: "SYSCALL_COUNTS".into(),
             },
         ))?;
-        BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("PROFILES", e))
+        BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("SYSCALL_COUNTS", e))
     }
 }
 
@@ -559,8 +559,8 @@ impl Probes {
 pub const FLOOR_PROGRAM: ProgramSpec = ProgramSpec {
     name: "sys_enter_empty",
     hook: Hook::BtfTracepoint("sys_enter"),
-    sensor: Sensor::SyscallProfile,
-    profiles_only: false,
+    sensor: Sensor::SyscallCounts,
+    counts_only: false,
 };
 
 /// The benchmark floor: only an empty program on `sys_enter` (see
@@ -613,22 +613,22 @@ fn sensor_enabled(sensor: Sensor, settings: &ProbeSettings) -> bool {
     match sensor {
         Sensor::Process => true,
         // The sys_enter program also stashes the security syscalls' arguments.
-        Sensor::SyscallProfile => settings.syscall_profiles || settings.security_events,
+        Sensor::SyscallCounts => settings.syscall_counts || settings.security_events,
         Sensor::Security => settings.security_events,
     }
 }
 
 /// The security sensor stashes its arguments in the `sys_enter` program of
-/// the syscall-profile sensor: without that program it sees nothing.
+/// the syscall-counts sensor: without that program it sees nothing.
 fn settle_dependencies(sensors: &mut std::collections::BTreeMap<Sensor, SensorState>) {
     let entry_down = matches!(
-        sensors.get(&Sensor::SyscallProfile),
+        sensors.get(&Sensor::SyscallCounts),
         Some(SensorState::Unavailable(_))
     );
     if entry_down && sensors.get(&Sensor::Security) == Some(&SensorState::Attached) {
         sensors.insert(
             Sensor::Security,
-            SensorState::Unavailable(Unavailable::Needs(Sensor::SyscallProfile)),
+            SensorState::Unavailable(Unavailable::Needs(Sensor::SyscallCounts)),
         );
     }
 }
@@ -658,7 +658,7 @@ pub(crate) fn open_object(
     let config = ProbeConfig {
         abi_version: ABI_VERSION,
         agent_pid: std::process::id(),
-        profiles_enabled: u32::from(settings.syscall_profiles),
+        counts_enabled: u32::from(settings.syscall_counts),
         security_enabled: u32::from(settings.security_events),
         _pad0: 0,
         exit_has_group_dead: u32::from(exit_tracepoint_has_group_dead()),
@@ -667,7 +667,7 @@ pub(crate) fn open_object(
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", settings.ringbuf_bytes)
-        .map_max_entries("PROFILES", settings.profile_max_threads)
+        .map_max_entries("SYSCALL_COUNTS", settings.counts_max_threads)
         // Errors and statistics only. The default adds the per-branch
         // trace, which for a refused program runs to gigabytes: aya then
         // verifies it again with a log ten times larger, up to ten times.

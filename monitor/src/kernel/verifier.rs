@@ -22,8 +22,8 @@ pub const BUDGET: u32 = 100_000;
 /// One combination of the switches that change load-time constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Switches {
-    /// `capture.syscall_profiles`.
-    pub syscall_profiles: bool,
+    /// `capture.syscall_counts`.
+    pub syscall_counts: bool,
     /// `capture.security_events`.
     pub security_events: bool,
 }
@@ -37,18 +37,18 @@ impl Switches {
         Switches::new(false, false),
     ];
 
-    const fn new(syscall_profiles: bool, security_events: bool) -> Self {
+    const fn new(syscall_counts: bool, security_events: bool) -> Self {
         Self {
-            syscall_profiles,
+            syscall_counts,
             security_events,
         }
     }
 
-    /// A short label: `profiles+security`, `profiles`, `security`, `none`.
+    /// A short label: `counts+security`, `counts`, `security`, `none`.
     pub fn label(&self) -> &'static str {
-        match (self.syscall_profiles, self.security_events) {
-            (true, true) => "profiles+security",
-            (true, false) => "profiles",
+        match (self.syscall_counts, self.security_events) {
+            (true, true) => "counts+security",
+            (true, false) => "counts",
             (false, true) => "security",
             (false, false) => "none",
         }
@@ -130,7 +130,7 @@ impl LogSummary {
 /// reports what each cost. Nothing is attached.
 pub fn measure(switches: Switches) -> Result<Vec<ProgramCost>, ProbeError> {
     let settings = ProbeSettings {
-        syscall_profiles: switches.syscall_profiles,
+        syscall_counts: switches.syscall_counts,
         security_events: switches.security_events,
         ..ProbeSettings::default()
     };

@@ -635,7 +635,7 @@ impl Baseline {
             .map(|(i, w)| fold_of(w, i))
             .collect();
         let mut evidence = Vec::with_capacity(usable.len());
-        let mut profile_counts: BTreeMap<&str, (u64, BTreeMap<NoveltyKind, u64>)> = BTreeMap::new();
+        let mut program_counts: BTreeMap<&str, (u64, BTreeMap<NoveltyKind, u64>)> = BTreeMap::new();
         for f in 0..FOLDS {
             let train: Vec<&Window> = usable
                 .iter()
@@ -647,7 +647,7 @@ impl Baseline {
             for (w, _) in usable.iter().zip(&folds).filter(|(_, k)| **k == f) {
                 let (_, nearest, novelty, _, _) = model.measure(w);
                 let sequence = model.sequence.as_ref().and_then(|s| s.statistic(w));
-                let entry = profile_counts.entry(w.program.as_str()).or_default();
+                let entry = program_counts.entry(w.program.as_str()).or_default();
                 entry.0 += 1;
                 let kinds: BTreeSet<NoveltyKind> = novelty.iter().map(|n| n.kind).collect();
                 for k in kinds {
@@ -684,7 +684,7 @@ impl Baseline {
                 .collect(),
             windows: evidence.len(),
         };
-        for (program, (windows, counts)) in profile_counts {
+        for (program, (windows, counts)) in program_counts {
             if let Some(m) = baseline.programs.get_mut(program) {
                 m.cv_windows = windows;
                 m.novelty_counts = counts;

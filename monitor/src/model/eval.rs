@@ -21,7 +21,7 @@ use super::{baseline::Baseline, window::Window};
 use crate::syscalls::Abi;
 
 /// The program every trace is given (the dataset has no executables).
-pub const PROFILE: &str = "adfa-ld";
+pub const PROGRAM: &str = "adfa-ld";
 
 /// Errors reading the dataset.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +198,7 @@ impl Dataset {
 
 /// The window of a trace.
 pub fn window(t: &Trace) -> Window {
-    let mut w = Window::from_sequence(PROFILE, t.sequence.clone());
+    let mut w = Window::from_sequence(PROGRAM, t.sequence.clone());
     w.pid = t.path.len() as u32;
     w
 }

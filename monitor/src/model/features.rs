@@ -2,7 +2,7 @@
 //! explanations can speak in them.
 //!
 //! Three groups, weighted so that each can matter:
-//! - **syscall frequency profile**: for each syscall seen in the baseline,
+//! - **syscall frequency counts**: for each syscall seen in the baseline,
 //!   `sqrt(share) * idf`, where `share` is its fraction of the window's
 //!   syscalls and `idf = ln((N+1)/(df+1)) + 1` over the N baseline windows
 //!   (rare calls weigh more); one extra dimension holds calls the baseline

@@ -340,16 +340,16 @@ impl WindowBuilder {
                 w.activity.fileless += 1;
                 w.facts.actions.insert(format!("exec_memory:{}", m.syscall));
             }
-            Detail::SyscallProfile(p) => {
+            Detail::SyscallCounts(p) => {
                 for (name, &count) in &p.counts {
                     *w.syscalls.entry(canonical_id(name)).or_default() += count;
                 }
                 for (&bucket, &count) in &p.pairs {
                     *w.pairs.entry(bucket).or_default() += count;
                 }
-                w.start = w.start.min(p.window_start);
-                w.end = w.end.max(p.window_end);
-                w.final_window = p.final_window;
+                w.start = w.start.min(p.since);
+                w.end = w.end.max(p.until);
+                w.final_window = p.final_counts;
                 if let Some(done) = self.open.remove(&pid) {
                     closed.push(done);
                 }
@@ -444,7 +444,7 @@ mod tests {
         builder.push(&fork);
         assert_eq!(builder.open.len(), 1);
 
-        builder.push(&loss("profile_uncounted_syscalls"));
+        builder.push(&loss("uncounted_syscalls"));
         assert!(!builder.open[&7].tainted, "an exited thread's late repeats");
 
         builder.push(&loss("ringbuf_full.exec"));

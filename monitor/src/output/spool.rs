@@ -146,6 +146,11 @@ struct ClassState {
     segments: BTreeMap<u64, u64>,
     /// The segment being appended to.
     writer: Option<(u64, File)>,
+    /// The number the next segment gets. Never reused: a sink's cursor
+    /// may still name a collected segment, and a new segment under that
+    /// number would be read from the cursor's offset, mid-record (or
+    /// skipped whole).
+    next_segment: u64,
 }
 
 struct MemoryRecord {
@@ -257,6 +262,15 @@ impl Spool {
             };
             cursors.insert(sink.clone(), cursor);
         }
+        for (class, state) in &mut classes {
+            let named_by_cursor = cursors
+                .values()
+                .filter_map(|c| c.get(class).map(|p| p.segment))
+                .max()
+                .unwrap_or(0);
+            let present = state.segments.last_key_value().map_or(0, |(n, _)| *n);
+            state.next_segment = present.max(named_by_cursor) + 1;
+        }
         let spool = Arc::new(Self {
             dir: dir.to_owned(),
             settings,
@@ -349,7 +363,8 @@ impl Spool {
             (None, _) => true,
         };
         if need_new {
-            let next = state.segments.last_key_value().map_or(1, |(n, _)| n + 1);
+            let next = state.next_segment.max(1);
+            state.next_segment = next + 1;
             let path = cdir.join(seg_name(next));
             let file = OpenOptions::new()
                 .create(true)
@@ -706,6 +721,41 @@ mod tests {
             .block_on(spool.next_batch("b", 10, Duration::ZERO))
             .unwrap();
         assert_eq!(b.len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_appended_after_every_segment_was_collected_and_reopened_is_delivered() {
+        let dir = tempdir("renumber");
+        let sinks = vec!["s".to_owned()];
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        spool
+            .append(Class::Findings, b"a record long enough to move the cursor")
+            .unwrap();
+        let batch = rt()
+            .block_on(spool.next_batch("s", 10, Duration::ZERO))
+            .unwrap();
+        spool.ack("s", &batch).unwrap();
+        drop(spool);
+        // The delivered segment is collected once no writer holds it.
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        spool.append(Class::Activity, b"x").unwrap();
+        let batch = rt()
+            .block_on(spool.next_batch("s", 10, Duration::ZERO))
+            .unwrap();
+        spool.ack("s", &batch).unwrap();
+        drop(spool);
+        // A new findings segment must not reuse the collected one's number:
+        // the cursor still names it, at an offset past this short record.
+        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+        spool.append(Class::Findings, b"f").unwrap();
+        let batch = rt()
+            .block_on(spool.next_batch("s", 10, Duration::ZERO))
+            .expect("the spool reads");
+        assert_eq!(
+            batch.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+            vec![b"f".to_vec()]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

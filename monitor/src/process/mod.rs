@@ -4,7 +4,7 @@
 //! parent, an executable, arguments and a user; kept current by fork, exec
 //! and exit events; and able to give any process's ancestry. Exited processes
 //! linger for a grace period so that late events (a child's first event, a
-//! final syscall profile) still resolve, then are removed.
+//! final syscall counts) still resolve, then are removed.
 //!
 //! Lineage follows images, not only pids (as Tetragon does): when a process
 //! execs again without forking (`sh -c 'exec echo hi'`), the image it

@@ -90,6 +90,10 @@ impl StatePaths {
     pub fn status(&self) -> PathBuf {
         self.dir.join("status.json")
     }
+    /// The root-only API socket (`/status`, full `/metrics`).
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
     /// The history the report draws (`crate::state::history`).
     pub fn history(&self) -> PathBuf {
         self.dir.join("history.jsonl")

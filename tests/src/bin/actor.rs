@@ -27,6 +27,18 @@ fn main() {
         Some("connect6") => {
             let _ = TcpStream::connect(("::1", arg(1).parse::<u16>().unwrap()));
         }
+        Some("connect-unix-as") => {
+            // As uid ARG1, connect to the unix socket ARG2; say whether refused.
+            // SAFETY: plain syscalls.
+            unsafe {
+                assert_eq!(libc::setgid(arg(1).parse().unwrap()), 0, "setgid failed");
+                assert_eq!(libc::setuid(arg(1).parse().unwrap()), 0, "setuid failed");
+            }
+            match UnixStream::connect(arg(2)) {
+                Ok(_) => println!("connected"),
+                Err(e) => println!("refused: {e}"),
+            }
+        }
         Some("connect-unix") => {
             let _ = UnixStream::connect(arg(1));
         }
@@ -71,6 +83,37 @@ fn main() {
         Some("unlink-relative") => {
             std::env::set_current_dir(arg(1)).unwrap();
             std::fs::remove_file(arg(2)).unwrap();
+        }
+        Some("hold-connections") => {
+            // As uid ARG1: open ARG3 connections to ARG2 and hold them for
+            // ARG4 seconds without sending a byte; print how many opened.
+            let uid: u32 = arg(1).parse().unwrap();
+            // SAFETY: plain syscalls; the soft limit is raised to the hard one.
+            unsafe {
+                assert_eq!(libc::setgid(uid), 0, "setgid failed");
+                assert_eq!(libc::setuid(uid), 0, "setuid failed");
+                let mut l = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                l.rlim_cur = l.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            }
+            let addr: std::net::SocketAddr = arg(2).parse().unwrap();
+            let want: usize = arg(3).parse().unwrap();
+            let mut held = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while held.len() < want && std::time::Instant::now() < deadline {
+                if let Ok(s) =
+                    TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500))
+                {
+                    held.push(s);
+                }
+            }
+            println!("held {}", held.len());
+            std::io::stdout().flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(arg(4).parse().unwrap()));
         }
         Some("setuid") => {
             // SAFETY: plain syscalls.

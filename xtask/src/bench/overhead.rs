@@ -14,7 +14,7 @@
 //!
 //! Configurations: none; an empty BPF program on every syscall (the floor
 //! for hooking every syscall); the agent with everything on; the agent with
-//! syscall profiles off; bpftrace counting per (pid, syscall).
+//! syscall counts off; bpftrace counting per (pid, syscall).
 //!
 //! Before the timed rounds, a counting pass (`cost`) adds up the agent's
 //! own CPU and its programs' run time over one run of each workload: the
@@ -89,7 +89,7 @@ enum Config {
     None,
     EmptyHook,
     AgentFull,
-    AgentNoProfiles,
+    AgentNoCounts,
     Bpftrace,
 }
 
@@ -98,7 +98,7 @@ impl Config {
         Config::None,
         Config::EmptyHook,
         Config::AgentFull,
-        Config::AgentNoProfiles,
+        Config::AgentNoCounts,
         Config::Bpftrace,
     ];
 
@@ -107,7 +107,7 @@ impl Config {
             Config::None => "none",
             Config::EmptyHook => "empty hook",
             Config::AgentFull => "agent (all on)",
-            Config::AgentNoProfiles => "agent (profiles off)",
+            Config::AgentNoCounts => "agent (counts off)",
             Config::Bpftrace => "bpftrace",
         }
     }
@@ -182,7 +182,7 @@ struct AgentRun {
     w2_execs: u64,
     w2_exec_drops: u64,
     w3_openat: u64,
-    w3_profile_drops: u64,
+    w3_counts_drops: u64,
 }
 
 struct Bench {
@@ -420,12 +420,12 @@ impl Bench {
                 c.arg("bench-floor");
                 (c, "ready")
             }
-            Config::AgentFull | Config::AgentNoProfiles => {
+            Config::AgentFull | Config::AgentNoCounts => {
                 let out = self.dir.join(format!("agent-{round}-{config:?}.jsonl"));
                 let mut c = Command::new(&self.agent);
                 c.args(["record", "--output"]).arg(&out);
-                if config == Config::AgentNoProfiles {
-                    c.arg("--no-syscall-profiles");
+                if config == Config::AgentNoCounts {
+                    c.arg("--no-syscall-counts");
                 }
                 running.output = Some(out);
                 (c, "ready")
@@ -542,14 +542,14 @@ impl Bench {
                 {
                     run.w2_execs += 1;
                 }
-                Some("syscall_profile") if v["process"]["pid"] == w3_pid => {
+                Some("syscall_counts") if v["process"]["pid"] == w3_pid => {
                     run.w3_openat += v["counts"]["openat"].as_u64().unwrap_or(0);
                 }
                 Some("loss") => {
                     run.w2_exec_drops = run.w2_exec_drops.max(total("ringbuf_full.exec"));
-                    run.w3_profile_drops = run
-                        .w3_profile_drops
-                        .max(total("ringbuf_full.thread_exit") + total("profile_map_full"));
+                    run.w3_counts_drops = run
+                        .w3_counts_drops
+                        .max(total("ringbuf_full.thread_exit") + total("counts_map_full"));
                 }
                 _ => {}
             }
@@ -888,7 +888,7 @@ fn render(
     out.push_str(&render_floors(times));
     out.push_str(&render_accounting(accounting));
     out.push_str("\n| agent | W2 execs captured + dropped / expected | W3 openat counted + dropped / expected | agent CPU s per round | agent peak RSS |\n|---|---|---|---|---|\n");
-    for c in [Config::AgentFull, Config::AgentNoProfiles] {
+    for c in [Config::AgentFull, Config::AgentNoCounts] {
         let runs = agents.get(&c).cloned().unwrap_or_default();
         let sum = |f: fn(&AgentRun) -> u64| runs.iter().map(f).sum::<u64>();
         let n = runs.len() as u64;
@@ -898,11 +898,11 @@ fn render(
             format!(
                 "{} + {} / {}",
                 sum(|r| r.w3_openat),
-                sum(|r| r.w3_profile_drops),
+                sum(|r| r.w3_counts_drops),
                 W3_OPENS * n
             )
         } else {
-            "profiles off".to_owned()
+            "counts off".to_owned()
         };
         out.push_str(&format!(
             "| {} | {} + {} / {} | {} | {:.2} | {:.1} MiB |\n",

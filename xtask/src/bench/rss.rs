@@ -4,7 +4,7 @@
 //! Method: start `monitor run` (built-in defaults, a private state
 //! directory, a short learning period), fork 1,000 children that each open
 //! and read a file every two seconds (so every one of them has syscall
-//! profiles and windows, not just a process-table entry), let the agent
+//! counts and windows, not just a process-table entry), let the agent
 //! learn and switch to detection, then sample its resident memory every five
 //! seconds for a minute. Reports the tracked-process count the agent itself
 //! publishes in `status.json`, the steady-state RSS (median of the samples),

@@ -1,15 +1,15 @@
-//! Syscall profile windows from the kernel's per-thread counters.
+//! Syscall counts drained from the kernel's per-thread counters.
 //!
-//! The kernel only ever increments (see `monitor_common::profile`). Every
-//! window the agent reads each thread's counters, subtracts the snapshot it
+//! The kernel only ever increments (see `monitor_common::counting`). Every
+//! drain interval the agent reads each thread's counters, subtracts the snapshot it
 //! took last time (wrapping), adds the difference to the thread's process,
-//! and emits one `syscall_profile` event per process that made syscalls. A
-//! thread's final counters arrive with its exit record, so its last window is
-//! never lost; a process's final window is emitted as soon as it exits.
+//! and emits one `syscall_counts` event per process that made syscalls. A
+//! thread's final counters arrive with its exit record, so its last counts are
+//! never lost; a process's final counts are emitted as soon as it exits.
 //!
 //! The map is read directly, but the process table follows the ring, which
-//! is behind it: a window closed now may hold the calls of a process whose
-//! exec record is still on its way. So a window is held until the stream
+//! is behind it: counts closed now may hold the calls of a process whose
+//! exec record is still on its way. So they are held until the stream
 //! reaches the end of the drain that closed it, and is enriched then, before
 //! any later record changes the table: its process is the image that made
 //! the calls.
@@ -20,30 +20,30 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use monitor_common::{PAIR_BUCKETS, SYSCALL_SLOTS, ThreadProfile};
+use monitor_common::{PAIR_BUCKETS, SYSCALL_SLOTS, ThreadCounts};
 
 use crate::{
-    event::{ProfileDetail, time::boottime_ns},
+    event::{CountsDetail, time::boottime_ns},
     process::ProcessTable,
     syscalls::Abi,
 };
 
-/// Profile window settings.
+/// Counts settings.
 #[derive(Debug, Clone)]
-pub struct ProfileSettings {
-    /// Window length.
-    pub window: Duration,
+pub struct CountSettings {
+    /// How often the counts are drained.
+    pub drain_every: Duration,
 }
 
-impl Default for ProfileSettings {
+impl Default for CountSettings {
     fn default() -> Self {
         Self {
-            window: Duration::from_secs(5),
+            drain_every: Duration::from_secs(5),
         }
     }
 }
 
-/// One thread: its id and when its profile was created. Thread ids are
+/// One thread: its id and when its counts was created. Thread ids are
 /// reused, so the id alone can name an exited thread and its successor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ThreadKey {
@@ -52,10 +52,10 @@ struct ThreadKey {
 }
 
 impl ThreadKey {
-    fn of(tid: u32, profile: &ThreadProfile) -> Self {
+    fn of(tid: u32, counts: &ThreadCounts) -> Self {
         Self {
             tid,
-            born_ns: profile.born_ns,
+            born_ns: counts.born_ns,
         }
     }
 }
@@ -63,7 +63,7 @@ impl ThreadKey {
 /// What a drain found for a thread id.
 #[derive(Debug, Clone, Copy)]
 enum Found {
-    /// This thread's profile.
+    /// This thread's counts.
     Thread(u64),
     /// An entry that could not be read: whichever thread it is, it lives.
     Unreadable,
@@ -80,32 +80,32 @@ struct Snapshot {
     pairs: Box<[u32; PAIR_BUCKETS]>,
 }
 
-/// A process's counts accumulated since its last window.
+/// A process's counts accumulated since the previous drain.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProfileWindow {
+pub struct DrainedCounts {
     /// Process id.
     pub pid: u32,
-    /// Window start, boot-time ns.
+    /// Counted since, boot-time ns.
     pub start_ns: u64,
-    /// Window end, boot-time ns.
+    /// Counted until, boot-time ns.
     pub end_ns: u64,
-    /// Syscalls in the window.
+    /// Syscalls counted.
     pub total: u64,
     /// Count per syscall number.
     pub counts: BTreeMap<u16, u64>,
     /// Count per pair bucket.
     pub pairs: BTreeMap<u16, u64>,
-    /// The process exited: this is its last window.
-    pub final_window: bool,
+    /// The process exited: these are its last counts.
+    pub final_counts: bool,
 }
 
-impl ProfileWindow {
+impl DrainedCounts {
     /// The event detail, with canonical syscall names and wall-clock times.
-    pub fn detail(&self, table: &ProcessTable) -> ProfileDetail {
+    pub fn detail(&self, table: &ProcessTable) -> CountsDetail {
         let abi = Abi::X86_64;
-        ProfileDetail {
-            window_start: table.wall_time(self.start_ns),
-            window_end: table.wall_time(self.end_ns),
+        CountsDetail {
+            since: table.wall_time(self.start_ns),
+            until: table.wall_time(self.end_ns),
             total: self.total,
             counts: self
                 .counts
@@ -113,26 +113,26 @@ impl ProfileWindow {
                 .map(|(&nr, &n)| (abi.name(u32::from(nr)), n))
                 .collect(),
             pairs: self.pairs.clone(),
-            final_window: self.final_window,
+            final_counts: self.final_counts,
         }
     }
 }
 
-/// The open window of `pid`, stretched to cover `since..now`.
-fn open_window(
-    open: &mut HashMap<u32, ProfileWindow>,
+/// The open counts of `pid`, stretched to cover `since..now`.
+fn open_counts(
+    open: &mut HashMap<u32, DrainedCounts>,
     pid: u32,
     since: u64,
     now: u64,
-) -> &mut ProfileWindow {
-    let window = open.entry(pid).or_insert_with(|| ProfileWindow {
+) -> &mut DrainedCounts {
+    let drained = open.entry(pid).or_insert_with(|| DrainedCounts {
         pid,
         start_ns: since,
         ..Default::default()
     });
-    window.start_ns = window.start_ns.min(since);
-    window.end_ns = window.end_ns.max(now);
-    window
+    drained.start_ns = drained.start_ns.min(since);
+    drained.end_ns = drained.end_ns.max(now);
+    drained
 }
 
 /// Adds the counters' growth since `before` (zero when `None`) to `into`,
@@ -171,18 +171,18 @@ fn accumulate(
     }
 }
 
-/// Adds the growth of `profile` since `before` (all of it when `None`) to
-/// the open window of `pid`, stretched over `since..now`, and moves `before`
-/// up to `profile` as read at `now`.
+/// Adds the growth of `counts` since `before` (all of it when `None`) to
+/// the open counts of `pid`, stretched over `since..now`, and moves `before`
+/// up to `counts` as read at `now`.
 fn add_growth(
-    open: &mut HashMap<u32, ProfileWindow>,
+    open: &mut HashMap<u32, DrainedCounts>,
     pid: u32,
     since: u64,
     now: u64,
-    profile: &ThreadProfile,
+    counts: &ThreadCounts,
     before: Option<&mut Snapshot>,
 ) {
-    let window = open_window(open, pid, since, now);
+    let drained = open_counts(open, pid, since, now);
     let (counts_before, pairs_before) = match before {
         Some(snapshot) => {
             snapshot.taken_ns = now;
@@ -194,26 +194,26 @@ fn add_growth(
         None => (None, None),
     };
     accumulate(
-        &mut window.counts,
-        &mut window.total,
-        &profile.counts,
+        &mut drained.counts,
+        &mut drained.total,
+        &counts.counts,
         counts_before,
     );
     let mut pairs_total = 0;
     accumulate(
-        &mut window.pairs,
+        &mut drained.pairs,
         &mut pairs_total,
-        &profile.pairs,
+        &counts.pairs,
         pairs_before,
     );
 }
 
-/// The profile arithmetic, apart from the map: per-thread snapshots of
-/// the kernel's counters, and per-process windows of their growth.
+/// The counts arithmetic, apart from the map: per-thread snapshots of
+/// the kernel's counters, and per-process counts of their growth.
 ///
 /// A thread's map entry and its exit record race with the drain. The kernel
 /// deletes the entry, then submits the exit record, which reaches
-/// [`ProfileBook::thread_exited`] some time later, through the ring and
+/// [`CountsBook::thread_exited`] some time later, through the ring and
 /// the channel. A drain in between no longer finds the thread, yet its
 /// snapshot is still needed: without it the exit record's counters would
 /// all be counted again. So a thread missing from a drain keeps its
@@ -221,12 +221,12 @@ fn add_growth(
 /// record stamped well after that drain shows that the ring has moved past
 /// the exit (its record was then lost, and the kernel counted it).
 #[derive(Default)]
-struct ProfileBook {
+struct CountsBook {
     snapshots: HashMap<ThreadKey, Snapshot>,
-    open: HashMap<u32, ProfileWindow>,
-    /// Closed windows waiting for the stream to catch up with the drain
+    open: HashMap<u32, DrainedCounts>,
+    /// Closed counts waiting for the stream to catch up with the drain
     /// that closed them, with the time that drain finished reading.
-    held: VecDeque<(u64, ProfileWindow)>,
+    held: VecDeque<(u64, DrainedCounts)>,
     last_drain_ns: u64,
     /// The latest ring record's time (boot ns).
     latest_record_ns: u64,
@@ -238,7 +238,7 @@ struct ProfileBook {
 /// a program preempted between the two on a preemptible kernel.
 const DEPARTURE_MARGIN_NS: u64 = 250_000_000;
 
-impl ProfileBook {
+impl CountsBook {
     fn new(now_ns: u64) -> Self {
         Self {
             last_drain_ns: now_ns,
@@ -246,12 +246,12 @@ impl ProfileBook {
         }
     }
 
-    /// Adds `profile` (a thread's counters now) to its process's window.
-    fn add(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, now_ns: u64) {
+    /// Adds `counts` (a thread's counters now) to its process's open counts.
+    fn add(&mut self, tid: u32, pid: u32, counts: &ThreadCounts, now_ns: u64) {
         let last_drain = self.last_drain_ns;
         let snapshot = self
             .snapshots
-            .entry(ThreadKey::of(tid, profile))
+            .entry(ThreadKey::of(tid, counts))
             .or_insert_with(|| Snapshot {
                 taken_ns: last_drain.min(now_ns),
                 departed_ns: None,
@@ -260,7 +260,7 @@ impl ProfileBook {
             });
         snapshot.departed_ns = None;
         let since = snapshot.taken_ns;
-        add_growth(&mut self.open, pid, since, now_ns, profile, Some(snapshot));
+        add_growth(&mut self.open, pid, since, now_ns, counts, Some(snapshot));
     }
 
     /// A ring record stamped `ktime_ns` was read.
@@ -269,10 +269,10 @@ impl ProfileBook {
     }
 
     /// A thread exited with these final counters.
-    fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
+    fn thread_exited(&mut self, tid: u32, pid: u32, counts: &ThreadCounts, ktime_ns: u64) {
         // A thread never drained (most short-lived processes) has no
         // snapshot: everything since it started counts.
-        let mut snapshot = self.snapshots.remove(&ThreadKey::of(tid, profile));
+        let mut snapshot = self.snapshots.remove(&ThreadKey::of(tid, counts));
         let since = snapshot
             .as_ref()
             .map_or(self.last_drain_ns.min(ktime_ns), |s| s.taken_ns);
@@ -281,15 +281,15 @@ impl ProfileBook {
             pid,
             since,
             ktime_ns,
-            profile,
+            counts,
             snapshot.as_mut(),
         );
     }
 
-    /// The process exited: its held windows, which the stream has caught
+    /// The process exited: its held counts, which the stream has caught
     /// up with (its exit is the last of its records), then its final one,
-    /// if it made any syscall since the last window.
-    fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Vec<ProfileWindow> {
+    /// if it made any syscall since the last drain.
+    fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Vec<DrainedCounts> {
         let mut out = Vec::new();
         if self.held.iter().any(|(_, w)| w.pid == pid) {
             let (mine, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held)
@@ -298,32 +298,32 @@ impl ProfileBook {
             self.held = others;
             out.extend(mine.into_iter().map(|(_, w)| w));
         }
-        if let Some(mut window) = self.open.remove(&pid) {
-            window.end_ns = window.end_ns.max(ktime_ns);
-            window.final_window = true;
-            if window.total > 0 {
-                out.push(window);
+        if let Some(mut drained) = self.open.remove(&pid) {
+            drained.end_ns = drained.end_ns.max(ktime_ns);
+            drained.final_counts = true;
+            if drained.total > 0 {
+                out.push(drained);
             }
         }
         out
     }
 
-    /// Holds the windows closed by a drain that finished reading at
+    /// Holds the counts closed by a drain that finished reading at
     /// `read_end`.
-    fn hold(&mut self, read_end: u64, windows: Vec<ProfileWindow>) {
-        self.held.extend(windows.into_iter().map(|w| (read_end, w)));
+    fn hold(&mut self, read_end: u64, drained: Vec<DrainedCounts>) {
+        self.held.extend(drained.into_iter().map(|w| (read_end, w)));
     }
 
-    /// Whether windows wait for the stream to catch up.
+    /// Whether counts wait for the stream to catch up.
     fn holding(&self) -> bool {
         !self.held.is_empty()
     }
 
-    /// The held windows the stream has reached: every record stamped
+    /// The held counts the stream has reached: every record stamped
     /// before their drain ended has been read, either because a later one
     /// has (the caller asks before applying that one), or because the
     /// source says so (`source_caught_up`).
-    fn released(&mut self, source_caught_up: Option<u64>) -> Vec<ProfileWindow> {
+    fn released(&mut self, source_caught_up: Option<u64>) -> Vec<DrainedCounts> {
         let reached = self.latest_record_ns.max(source_caught_up.unwrap_or(0));
         let mut out = Vec::new();
         while self
@@ -331,7 +331,7 @@ impl ProfileBook {
             .front()
             .is_some_and(|&(read_end, _)| read_end < reached)
         {
-            out.extend(self.held.pop_front().map(|(_, window)| window));
+            out.extend(self.held.pop_front().map(|(_, drained)| drained));
         }
         out
     }
@@ -339,14 +339,14 @@ impl ProfileBook {
     /// Ends a drain that started at `now` and found the thread ids in
     /// `found` by `read_end`: marks the other threads departed (including a
     /// thread whose id now names a newer thread), forgets those whose exit
-    /// record the ring has moved past, and closes the open windows.
+    /// record the ring has moved past, and closes the open counts.
     fn close(
         &mut self,
         now: u64,
         read_end: u64,
         found: &HashMap<u32, Found>,
         final_drain: bool,
-    ) -> Vec<ProfileWindow> {
+    ) -> Vec<DrainedCounts> {
         let latest = self.latest_record_ns;
         self.snapshots.retain(|key, snapshot| {
             match found.get(&key.tid) {
@@ -358,12 +358,12 @@ impl ProfileBook {
             latest <= departed.saturating_add(DEPARTURE_MARGIN_NS)
         });
         self.last_drain_ns = now;
-        let mut out: Vec<ProfileWindow> = self
+        let mut out: Vec<DrainedCounts> = self
             .open
             .drain()
             .map(|(_, mut w)| {
                 w.end_ns = now;
-                w.final_window = final_drain;
+                w.final_counts = final_drain;
                 w
             })
             .filter(|w| w.total > 0)
@@ -373,67 +373,67 @@ impl ProfileBook {
     }
 }
 
-/// Drains the `PROFILES` map into windows.
-pub struct Profiler {
-    map: BpfHashMap<MapData, u32, ThreadProfile>,
-    settings: ProfileSettings,
-    book: ProfileBook,
+/// Drains the `SYSCALL_COUNTS` map into per-process counts.
+pub struct CountDrainer {
+    map: BpfHashMap<MapData, u32, ThreadCounts>,
+    settings: CountSettings,
+    book: CountsBook,
     read_errors: u64,
 }
 
-impl Profiler {
+impl CountDrainer {
     /// Wraps the map.
-    pub fn new(map: BpfHashMap<MapData, u32, ThreadProfile>, settings: ProfileSettings) -> Self {
+    pub fn new(map: BpfHashMap<MapData, u32, ThreadCounts>, settings: CountSettings) -> Self {
         Self {
             map,
             settings,
-            book: ProfileBook::new(boottime_ns()),
+            book: CountsBook::new(boottime_ns()),
             read_errors: 0,
         }
     }
 
-    /// The window length.
-    pub fn window(&self) -> Duration {
-        self.settings.window
+    /// The drain interval.
+    pub fn drain_every(&self) -> Duration {
+        self.settings.drain_every
     }
 
     /// Loss counters of the userspace side.
     pub fn loss(&self) -> Vec<(String, u64)> {
-        vec![("profile_read_error".into(), self.read_errors)]
+        vec![("counts_read_error".into(), self.read_errors)]
     }
 
-    /// A ring record stamped `ktime_ns` was read: how the profiler knows
+    /// A ring record stamped `ktime_ns` was read: how the drainer knows
     /// the ring has moved past a departed thread's exit.
     pub fn saw_record(&mut self, ktime_ns: u64) {
         self.book.saw_record(ktime_ns);
     }
 
     /// A thread exited with these final counters.
-    pub fn thread_exited(&mut self, tid: u32, pid: u32, profile: &ThreadProfile, ktime_ns: u64) {
-        self.book.thread_exited(tid, pid, profile, ktime_ns);
+    pub fn thread_exited(&mut self, tid: u32, pid: u32, counts: &ThreadCounts, ktime_ns: u64) {
+        self.book.thread_exited(tid, pid, counts, ktime_ns);
     }
 
-    /// The process exited: its held windows, then its final one, if it
-    /// made any syscall since the last window.
-    pub fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Vec<ProfileWindow> {
+    /// The process exited: its held counts, then its final one, if it
+    /// made any syscall since the last drain.
+    pub fn process_exited(&mut self, pid: u32, ktime_ns: u64) -> Vec<DrainedCounts> {
         self.book.process_exited(pid, ktime_ns)
     }
 
-    /// Whether closed windows wait for the stream to catch up.
+    /// Whether closed counts wait for the stream to catch up.
     pub fn holding(&self) -> bool {
         self.book.holding()
     }
 
-    /// The held windows the stream has caught up with. `source_caught_up`
+    /// The held counts the stream has caught up with. `source_caught_up`
     /// is a time (boot ns) before which the source has read every record,
     /// and every record it read has been accepted, when that is known.
-    pub fn released(&mut self, source_caught_up: Option<u64>) -> Vec<ProfileWindow> {
+    pub fn released(&mut self, source_caught_up: Option<u64>) -> Vec<DrainedCounts> {
         self.book.released(source_caught_up)
     }
 
-    /// Reads every live thread's counters and closes the open windows,
-    /// which are held until [`Profiler::released`]. With `final_drain`, the
-    /// windows are marked final (the agent is stopping).
+    /// Reads every live thread's counters and closes the open counts,
+    /// which are held until [`CountDrainer::released`]. With `final_drain`, the
+    /// counts are marked final (the agent is stopping).
     pub fn drain(&mut self, final_drain: bool) {
         let now = boottime_ns();
         let mut found = HashMap::new();
@@ -455,21 +455,21 @@ impl Profiler {
             }
             // A thread may exit between listing and reading: not an error.
             match self.map.get(&tid, 0) {
-                Ok(profile) => {
-                    found.insert(tid, Found::Thread(profile.born_ns));
-                    self.book.add(tid, profile.pid, &profile, now);
+                Ok(counts) => {
+                    found.insert(tid, Found::Thread(counts.born_ns));
+                    self.book.add(tid, counts.pid, &counts, now);
                 }
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(err) => {
                     found.insert(tid, Found::Unreadable);
                     self.read_errors += 1;
-                    tracing::debug!(tid, error = %err, "cannot read a syscall profile");
+                    tracing::debug!(tid, error = %err, "cannot read a syscall counts");
                 }
             }
         }
         let read_end = boottime_ns();
-        let windows = self.book.close(now, read_end, &found, final_drain);
-        self.book.hold(read_end, windows);
+        let drained = self.book.close(now, read_end, &found, final_drain);
+        self.book.hold(read_end, drained);
     }
 }
 
@@ -481,13 +481,13 @@ mod tests {
 
     /// A thread of process `pid`, born at 1 ns, that has made `n` getppid
     /// calls.
-    fn profile(pid: u32, n: u32) -> ThreadProfile {
+    fn counts(pid: u32, n: u32) -> ThreadCounts {
         born(1, pid, n)
     }
 
     /// The same, born at `born_ns`.
-    fn born(born_ns: u64, pid: u32, n: u32) -> ThreadProfile {
-        let mut p = ThreadProfile {
+    fn born(born_ns: u64, pid: u32, n: u32) -> ThreadCounts {
+        let mut p = ThreadCounts {
             pid,
             last: GETPPID as u32,
             total: u64::from(n),
@@ -499,8 +499,8 @@ mod tests {
         p
     }
 
-    fn getppid_calls(windows: &[ProfileWindow]) -> u64 {
-        windows
+    fn getppid_calls(drained: &[DrainedCounts]) -> u64 {
+        drained
             .iter()
             .map(|w| w.counts.get(&(GETPPID as u16)).copied().unwrap_or(0))
             .sum()
@@ -557,11 +557,7 @@ mod tests {
     }
 
     /// One drain: the threads in `live` are in the map.
-    fn drain(
-        book: &mut ProfileBook,
-        now: u64,
-        live: &[(u32, ThreadProfile)],
-    ) -> Vec<ProfileWindow> {
+    fn drain(book: &mut CountsBook, now: u64, live: &[(u32, ThreadCounts)]) -> Vec<DrainedCounts> {
         let mut found = HashMap::new();
         for (tid, p) in live {
             found.insert(*tid, Found::Thread(p.born_ns));
@@ -571,24 +567,24 @@ mod tests {
     }
 
     /// A drain at 1,000 ns that finishes reading at 1,001 and holds its
-    /// windows, as `Profiler::drain` does.
-    fn held_drain(book: &mut ProfileBook, live: &[(u32, ThreadProfile)]) {
-        let windows = drain(book, 1_000, live);
-        book.hold(1_001, windows);
+    /// counts, as `CountDrainer::drain` does.
+    fn held_drain(book: &mut CountsBook, live: &[(u32, ThreadCounts)]) {
+        let drained = drain(book, 1_000, live);
+        book.hold(1_001, drained);
     }
 
     #[test]
     fn a_drain_between_a_threads_exit_and_its_record_counts_nothing_twice() {
-        let mut book = ProfileBook::new(0);
-        let first = drain(&mut book, 1_000, &[(7, profile(7, 100))]);
+        let mut book = CountsBook::new(0);
+        let first = drain(&mut book, 1_000, &[(7, counts(7, 100))]);
         assert_eq!(getppid_calls(&first), 100);
         // The thread exits (its entry is gone) and a drain runs before the
         // agent reads the exit record.
         let between = drain(&mut book, 2_000, &[]);
         assert!(between.is_empty());
-        book.thread_exited(7, 7, &profile(7, 150), 1_500);
+        book.thread_exited(7, 7, &counts(7, 150), 1_500);
         let last = book.process_exited(7, 1_500);
-        assert!(last.len() == 1 && last[0].final_window);
+        assert!(last.len() == 1 && last[0].final_counts);
         assert_eq!(
             getppid_calls(&last),
             50,
@@ -599,8 +595,8 @@ mod tests {
 
     #[test]
     fn a_departed_thread_is_forgotten_once_the_ring_moves_past_its_exit() {
-        let mut book = ProfileBook::new(0);
-        drain(&mut book, 1_000, &[(7, profile(7, 100))]);
+        let mut book = CountsBook::new(0);
+        drain(&mut book, 1_000, &[(7, counts(7, 100))]);
         drain(&mut book, 2_000, &[]);
         // Records up to the margin may still precede the exit record.
         book.saw_record(2_001 + DEPARTURE_MARGIN_NS);
@@ -618,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_reused_thread_id_is_a_new_thread_and_the_old_ones_record_still_counts_once() {
-        let mut book = ProfileBook::new(0);
+        let mut book = CountsBook::new(0);
         let old = |n| born(1, 7, n);
         let new = |n| born(50, 7, n);
         let mut counted = getppid_calls(&drain(&mut book, 1_000, &[(7, old(100))]));
@@ -638,8 +634,8 @@ mod tests {
 
     #[test]
     fn windows_wait_until_a_later_record_is_read() {
-        let mut book = ProfileBook::new(0);
-        held_drain(&mut book, &[(7, profile(7, 100)), (8, profile(8, 5))]);
+        let mut book = CountsBook::new(0);
+        held_drain(&mut book, &[(7, counts(7, 100)), (8, counts(8, 5))]);
         book.saw_record(1_001);
         assert!(
             book.released(None).is_empty(),
@@ -655,8 +651,8 @@ mod tests {
 
     #[test]
     fn windows_wait_until_the_source_has_read_past_their_drain() {
-        let mut book = ProfileBook::new(0);
-        held_drain(&mut book, &[(7, profile(7, 100))]);
+        let mut book = CountsBook::new(0);
+        held_drain(&mut book, &[(7, counts(7, 100))]);
         assert!(
             book.released(Some(1_001)).is_empty(),
             "the source is not past it"
@@ -666,20 +662,23 @@ mod tests {
 
     #[test]
     fn an_exit_releases_its_processs_held_windows_before_its_final_one() {
-        let mut book = ProfileBook::new(0);
-        held_drain(&mut book, &[(7, profile(7, 100)), (8, profile(8, 5))]);
-        book.thread_exited(7, 7, &profile(7, 130), 1_100);
+        let mut book = CountsBook::new(0);
+        held_drain(&mut book, &[(7, counts(7, 100)), (8, counts(8, 5))]);
+        book.thread_exited(7, 7, &counts(7, 130), 1_100);
         let out = book.process_exited(7, 1_100);
-        let shape: Vec<_> = out.iter().map(|w| (w.pid, w.final_window)).collect();
+        let shape: Vec<_> = out.iter().map(|w| (w.pid, w.final_counts)).collect();
         assert_eq!(shape, [(7, false), (7, true)]);
         assert_eq!(getppid_calls(&out), 130);
-        assert!(book.holding(), "the other process's window still waits");
+        assert!(
+            book.holding(),
+            "the other process's open counts still waits"
+        );
     }
 
     #[test]
     fn a_thread_never_drained_counts_everything_at_exit() {
-        let mut book = ProfileBook::new(0);
-        book.thread_exited(9, 9, &profile(9, 42), 500);
+        let mut book = CountsBook::new(0);
+        book.thread_exited(9, 9, &counts(9, 42), 500);
         let last = book.process_exited(9, 500);
         assert_eq!((getppid_calls(&last), last[0].start_ns), (42, 0));
     }

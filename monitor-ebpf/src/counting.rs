@@ -1,12 +1,12 @@
 //! Per-thread syscall counting on `raw_syscalls:sys_enter`.
 //!
 //! The hot path of the whole agent: it runs on every syscall of every
-//! thread. A hash lookup of the thread's [`PROFILES`] entry on every call
+//! thread. A hash lookup of the thread's [`SYSCALL_COUNTS`] entry on every call
 //! was most of its cost, so each CPU keeps the recent calls of the thread it
 //! is running in a per-CPU slot ([`BATCHES`]): up to [`BATCH_ENTRIES`]
 //! distinct consecutive syscalls, each with its repeats. A call is an
 //! increment or an append there, with no helper call and no hash lookup. The
-//! batch is added to the thread's profile in one lookup when the thread
+//! batch is added to the thread's counts in one lookup when the thread
 //! leaves the CPU (`sched_switch`), when it holds [`BATCH_FLUSH`] calls or
 //! [`BATCH_ENTRIES`] entries, and when the thread exits. A batch therefore
 //! never outlives its thread's turn on the CPU: calls cannot be stranded on
@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    BATCH_ENTRIES, BATCH_FLUSH, COUNTER_PROFILE_MAP_FULL, COUNTER_PROFILE_UNCOUNTED, SYSCALL_SLOTS,
-    SyscallBatch, ThreadProfile,
+    BATCH_ENTRIES, BATCH_FLUSH, COUNTER_COUNTS_MAP_FULL, COUNTER_UNCOUNTED_SYSCALLS, SYSCALL_SLOTS,
+    SyscallBatch, ThreadCounts,
 };
 
 use crate::kernel::{config, configured, count, count_by, current_ids, load, off};
@@ -33,13 +33,13 @@ use crate::kernel::{config, configured, count, count_by, current_ids, load, off}
 /// preallocated: memory follows the number of live threads. The agent may
 /// resize it at load time.
 #[map]
-pub static PROFILES: HashMap<u32, ThreadProfile> =
+pub static SYSCALL_COUNTS: HashMap<u32, ThreadCounts> =
     HashMap::with_max_entries(16384, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// One all-zero profile, never written: the source for inserts (a profile
+/// One all-zero counts, never written: the source for inserts (the counts
 /// does not fit on the 512-byte stack).
 #[map]
-static ZERO_PROFILE: Array<ThreadProfile> = Array::with_max_entries(1, 0);
+static ZERO_COUNTS: Array<ThreadCounts> = Array::with_max_entries(1, 0);
 
 /// One [`SyscallBatch`] per CPU.
 #[map]
@@ -54,7 +54,7 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     }
     let regs: usize = ctx.arg(0);
     let id: i64 = ctx.arg(1);
-    if config!(profiles_enabled) != 0 {
+    if config!(counts_enabled) != 0 {
         count_syscall(regs as u64, id);
     }
     if config!(security_enabled) != 0 {
@@ -102,7 +102,7 @@ fn count_syscall(regs: u64, id: i64) {
 }
 
 /// The slow path: a full batch, or the first call of a thread on this CPU
-/// since another thread's. Adds what the slot holds to its thread's profile
+/// since another thread's. Adds what the slot holds to its thread's counts
 /// and starts a new batch with this call.
 #[inline(always)]
 fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u16) {
@@ -125,46 +125,46 @@ fn start_batch(batch: *mut SyscallBatch, regs: u64, nr: u16) {
     b.repeats[0] = 1;
 }
 
-/// Adds the batch to its thread's profile and empties it. `current` says
+/// Adds the batch to its thread's counts and empties it. `current` says
 /// the batch is the running (or just switched-out) thread's, which alone may
 /// create its entry.
 #[inline(always)]
 fn flush(b: &mut SyscallBatch, current: bool) {
-    let profile = match PROFILES.get_ptr_mut(b.tid) {
-        Some(profile) => Some(profile),
+    let counts = match SYSCALL_COUNTS.get_ptr_mut(b.tid) {
+        Some(counts) => Some(counts),
         None if current => insert(b.tid, b.pid),
         None => None,
     };
-    add_batch(profile, b);
+    add_batch(counts, b);
     b.len = 0;
     b.calls = 0;
 }
 
-/// Adds a batch's calls to `profile` (see `ThreadProfile::add_batch`).
+/// Adds a batch's calls to `counts` (see `ThreadCounts::add_batch`).
 #[inline(always)]
-fn add_batch(profile: Option<*mut ThreadProfile>, b: &SyscallBatch) {
-    let Some(profile) = profile else {
-        count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(b.calls));
+fn add_batch(counts: Option<*mut ThreadCounts>, b: &SyscallBatch) {
+    let Some(counts) = counts else {
+        count_by(COUNTER_UNCOUNTED_SYSCALLS, u64::from(b.calls));
         return;
     };
     // SAFETY: a map value of the batch's thread, written only on the CPU
     // the thread runs on (its batches never outlive its turn on a CPU).
-    let p = unsafe { &mut *profile };
+    let p = unsafe { &mut *counts };
     if p.pid != b.pid {
         // The thread id was reused by another process.
-        count_by(COUNTER_PROFILE_UNCOUNTED, u64::from(b.calls));
+        count_by(COUNTER_UNCOUNTED_SYSCALLS, u64::from(b.calls));
         return;
     }
     p.add_batch(b);
 }
 
 /// `sched_switch(preempt, prev, next, prev_state)`: the thread leaving the
-/// CPU takes its batch along into its profile, so no calls wait on a CPU it
+/// CPU takes its batch along into its counts, so no calls wait on a CPU it
 /// may never come back to (and may exit elsewhere). Most switches find the
 /// slot empty: a check and no lookup.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    if !configured() || config!(profiles_enabled) == 0 {
+    if !configured() || config!(counts_enabled) == 0 {
         return 0;
     }
     let Some(batch) = BATCHES.get_ptr_mut(0) else {
@@ -182,7 +182,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Adds the batch of `prev`, the thread leaving the CPU, to its profile.
+/// Adds the batch of `prev`, the thread leaving the CPU, to its counts.
 #[inline(always)]
 fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
     // SAFETY: `prev` is the tracepoint's BTF-typed task argument.
@@ -200,8 +200,8 @@ fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
 
 /// Ends this CPU's batch if it is the exiting current thread's (a later
 /// thread given the same stack must not continue it). Called by
-/// `sched_process_exit` before the final profile is sent. A thread with a
-/// profile entry gets its batch added to it; a thread without one made no
+/// `sched_process_exit` before the final counts is sent. A thread with a
+/// counts entry gets its batch added to it; a thread without one made no
 /// call anywhere else (every batch it left on a CPU would have created
 /// the entry), so the batch is its whole life, and `send_alone` sends it as
 /// it is: no entry is created, copied and deleted for a thread about to end.
@@ -210,22 +210,22 @@ fn flush_switched_out(b: &mut SyscallBatch, prev: usize) {
 pub fn end_batch_of_exiting(
     tid: u32,
     send_alone: impl FnOnce(&SyscallBatch),
-) -> Option<*mut ThreadProfile> {
+) -> Option<*mut ThreadCounts> {
     let batch = BATCHES.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, see `count_syscall`.
     unsafe {
         let b = &mut *batch;
         if b.regs != bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 {
-            return PROFILES.get_ptr_mut(tid);
+            return SYSCALL_COUNTS.get_ptr_mut(tid);
         }
         b.regs = 0;
         if b.len == 0 {
-            return PROFILES.get_ptr_mut(tid);
+            return SYSCALL_COUNTS.get_ptr_mut(tid);
         }
         let own = b.tid == tid;
-        let entry = PROFILES.get_ptr_mut(b.tid);
+        let entry = SYSCALL_COUNTS.get_ptr_mut(b.tid);
         match entry {
-            Some(profile) => add_batch(Some(profile), b),
+            Some(counts) => add_batch(Some(counts), b),
             None if own => send_alone(b),
             None => add_batch(None, b),
         }
@@ -234,31 +234,31 @@ pub fn end_batch_of_exiting(
         if own {
             entry
         } else {
-            PROFILES.get_ptr_mut(tid)
+            SYSCALL_COUNTS.get_ptr_mut(tid)
         }
     }
 }
 
 #[cold]
-fn insert(tid: u32, pid: u32) -> Option<*mut ThreadProfile> {
-    let zero = ZERO_PROFILE.get(0)?;
-    if PROFILES
+fn insert(tid: u32, pid: u32) -> Option<*mut ThreadCounts> {
+    let zero = ZERO_COUNTS.get(0)?;
+    if SYSCALL_COUNTS
         .insert(tid, zero, aya_ebpf::bindings::BPF_NOEXIST.into())
         .is_err()
     {
         // Either the map is full, or another program on this thread inserted
         // first (impossible: only this thread's own flushes insert).
-        count(COUNTER_PROFILE_MAP_FULL);
+        count(COUNTER_COUNTS_MAP_FULL);
         return None;
     }
-    let profile = PROFILES.get_ptr_mut(tid)?;
+    let counts = SYSCALL_COUNTS.get_ptr_mut(tid)?;
     // SAFETY: the entry just inserted for this thread; only it writes it.
     unsafe {
-        (*profile).pid = pid;
-        (*profile).last = u32::MAX;
-        (*profile).born_ns = bpf_ktime_get_boot_ns();
+        (*counts).pid = pid;
+        (*counts).last = u32::MAX;
+        (*counts).born_ns = bpf_ktime_get_boot_ns();
     }
-    Some(profile)
+    Some(counts)
 }
 
 /// An empty program on every syscall: the floor cost of hooking `sys_enter`,

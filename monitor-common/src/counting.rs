@@ -1,7 +1,7 @@
-//! Per-thread syscall profiles, aggregated in the kernel.
+//! Per-thread syscall counts, aggregated in the kernel.
 //!
 //! The `sys_enter` program counts every syscall of every thread into a
-//! [`ThreadProfile`] keyed by thread id. Keying by thread (not process) means
+//! [`ThreadCounts`] keyed by thread id. Keying by thread (not process) means
 //! only one CPU ever writes an entry at a time, so plain increments are exact
 //! without atomics. Counters only grow; the agent keeps the last snapshot of
 //! each entry and takes differences (wrapping), so draining never races with
@@ -12,10 +12,10 @@ pub const SYSCALL_SLOTS: usize = 512;
 /// Hash buckets of consecutive syscall pairs.
 pub const PAIR_BUCKETS: usize = 256;
 
-/// Value of the `PROFILES` map (key: thread id).
+/// Value of the `SYSCALL_COUNTS` map (key: thread id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ThreadProfile {
+pub struct ThreadCounts {
     /// Process id of the thread.
     pub pid: u32,
     /// Previous syscall number of this thread (for pairs); `u32::MAX` at start.
@@ -32,7 +32,7 @@ pub struct ThreadProfile {
     pub pairs: [u32; PAIR_BUCKETS],
 }
 const _: () =
-    assert!(core::mem::size_of::<ThreadProfile>() == 24 + 4 * (SYSCALL_SLOTS + PAIR_BUCKETS));
+    assert!(core::mem::size_of::<ThreadCounts>() == 24 + 4 * (SYSCALL_SLOTS + PAIR_BUCKETS));
 
 /// Bucket of the consecutive pair (`prev`, `next`) of syscall numbers.
 ///
@@ -44,8 +44,8 @@ pub const fn pair_bucket(prev: u32, next: u32) -> usize {
     (packed.wrapping_mul(2_654_435_761) >> 24) as usize % PAIR_BUCKETS
 }
 
-impl ThreadProfile {
-    /// A profile with no calls yet, of a thread of process `pid`.
+impl ThreadCounts {
+    /// The counts with no calls yet, of a thread of process `pid`.
     pub const fn empty(pid: u32, born_ns: u64) -> Self {
         Self {
             pid,
@@ -58,7 +58,7 @@ impl ThreadProfile {
     }
 
     /// Adds a batch's calls, and the consecutive pairs they make with this
-    /// profile's last syscall and among themselves. The kernel adds batches
+    /// counts's last syscall and among themselves. The kernel adds batches
     /// to live threads' entries with it, and the agent replays the batch of
     /// a thread that exited before it had an entry: one definition, so the
     /// two cannot count differently.
@@ -93,12 +93,12 @@ impl ThreadProfile {
 /// (`/bin/true` makes about 40 calls), which then never need a map entry.
 pub const BATCH_ENTRIES: usize = 64;
 
-/// Calls after which a batch is added to the thread's profile even though
+/// Calls after which a batch is added to the thread's counts even though
 /// the thread goes on: a window's counts lag by at most this many calls of
 /// a running thread.
 pub const BATCH_FLUSH: u32 = 256;
 
-/// Calls a thread made on one CPU that are not yet in its [`ThreadProfile`],
+/// Calls a thread made on one CPU that are not yet in its [`ThreadCounts`],
 /// in order: entry `i` is `repeats[i]` consecutive calls of `nr[i]`. Each
 /// CPU keeps one, for the thread it is running.
 #[repr(C)]
