@@ -280,6 +280,28 @@ impl Capture {
         }
     }
 
+    /// The next events: waits for one, then takes what is ready without
+    /// waiting (events already enriched, records already in the channel),
+    /// up to `max`. Handing a batch to the next stage costs one wake-up
+    /// instead of one per event. `None` once stopped and drained.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<Event>> {
+        let first = self.next().await?;
+        let mut batch = vec![first];
+        while batch.len() < max {
+            self.release_counts(true);
+            if let Some(event) = self.pending.pop_front() {
+                self.events_out += 1;
+                batch.push(event);
+                continue;
+            }
+            match self.rx.try_recv() {
+                Ok(record) => self.accept(record),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
     /// Called when the source has ended: flushes the last counts and
     /// loss report. Returns true if that queued events.
     async fn finish(&mut self) -> bool {

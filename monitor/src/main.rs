@@ -11,8 +11,17 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, Command::Run(_) | Command::Record(_)) {
         monitor::sched::start_as_batch();
     }
+    // `run` on one worker: its stages hand events to each other through
+    // channels, and on one thread a hand-off is a queue push, not a
+    // cross-thread wake-up (measured: bench/compare-agents.sh). The slow
+    // work (the fit, the model save) runs on blocking threads.
+    let workers = if matches!(cli.command, Command::Run(_)) {
+        1
+    } else {
+        2
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

@@ -29,6 +29,31 @@ impl Agent {
         Self::spawn(dir, cmd)
     }
 
+    /// `monitor run` on state directory `state`, API on `api_listen` (""
+    /// for none), after it has learned this host for 20 s (30 windows at
+    /// least, counts drained every second).
+    pub(crate) fn learned(dir: &Path, state: &str, api_listen: &str) -> Self {
+        let running = Self::start(
+            dir,
+            &[
+                "--learn-for",
+                "20s",
+                "--min-windows",
+                "30",
+                "--drain-interval",
+                "1s",
+                "--state-dir",
+                state,
+                "--api-listen",
+                api_listen,
+            ],
+        );
+        running.wait_for("the end of learning", Duration::from_secs(90), |a| {
+            a.stderr().contains("; detecting")
+        });
+        running
+    }
+
     /// The agent as `cmd` sets it up (subcommand, arguments, pre-exec
     /// steps), with its stdout and stderr in files under `dir`.
     pub(crate) fn spawn(dir: &Path, mut cmd: Command) -> Self {
@@ -473,24 +498,7 @@ fn an_acknowledged_behaviour_stops_raising_findings_until_the_ack_is_withdrawn()
     let dir = test_dir("ack");
     let state = dir.join("state");
     let s = state.to_str().unwrap();
-    let running = Agent::start(
-        &dir,
-        &[
-            "--learn-for",
-            "20s",
-            "--min-windows",
-            "30",
-            "--drain-interval",
-            "1s",
-            "--state-dir",
-            s,
-            "--api-listen",
-            "",
-        ],
-    );
-    running.wait_for("the end of learning", Duration::from_secs(90), |a| {
-        a.stderr().contains("; detecting")
-    });
+    let running = Agent::learned(&dir, s, "");
     let read_shadow = || {
         let ok = Command::new("sh")
             .args(["-c", "cat /etc/shadow > /dev/null"])
@@ -797,24 +805,7 @@ fn r20_idle_connections_held_by_nobody_neither_starve_nor_blind_the_agent() {
     let s = state.to_str().unwrap();
     let port = free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
-    let running = Agent::start(
-        &dir,
-        &[
-            "--learn-for",
-            "20s",
-            "--min-windows",
-            "30",
-            "--drain-interval",
-            "1s",
-            "--state-dir",
-            s,
-            "--api-listen",
-            &listen,
-        ],
-    );
-    running.wait_for("the end of learning", Duration::from_secs(90), |a| {
-        a.stderr().contains("; detecting")
-    });
+    let running = Agent::learned(&dir, s, &listen);
 
     // As nobody: 2,000 connections opened and held, not a byte sent.
     let mut flood = Command::new(env!("CARGO_BIN_EXE_actor"))
@@ -980,4 +971,79 @@ fn r20_a_stop_from_another_process_names_the_sender_and_a_kill_is_reported_as_do
     });
     let (status, _, stderr) = running.stop();
     assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn r20_a_decoy_finding_as_nobody_hides_neither_its_repeats_nor_another_users_act() {
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
+    let Some(_k) = kernel_test(
+        "r20_a_decoy_finding_as_nobody_hides_neither_its_repeats_nor_another_users_act",
+    ) else {
+        return;
+    };
+    let dir = test_dir("decoy");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let running = Agent::learned(&dir, s, "");
+    let read_shadow_as = |uid: u32| {
+        let _ = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "cat",
+                "/etc/shadow",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+    };
+    let by = |uid: u32| {
+        let state = state.clone();
+        move || -> Vec<monitor::state::findings::LoggedFinding> {
+            shadow_findings(&state)
+                .into_iter()
+                .filter(|f| f.finding.process.as_ref().is_some_and(|p| p.uid == uid))
+                .collect()
+        }
+    };
+    // The decoy: nobody tries /etc/shadow (refused) and gets a finding.
+    read_shadow_as(65534);
+    let decoys = by(65534);
+    running.wait_for("the decoy's finding", Duration::from_secs(20), |_| {
+        !decoys().is_empty()
+    });
+    let decoy = decoys()[0].finding.id.clone();
+    // Again as nobody: not a new finding, but an update of it in the sink.
+    read_shadow_as(65534);
+    running.wait_for(
+        "the repeat delivered as an update of the decoy finding",
+        Duration::from_secs(20),
+        |a| {
+            a.records().iter().any(|r| {
+                r["class_uid"] == 2004
+                    && r["activity_id"] == 2
+                    && r["finding_info"]["uid"] == decoy.as_str()
+                    && r["count"].as_u64().is_some_and(|c| c >= 2)
+            })
+        },
+    );
+    assert_eq!(decoys().len(), 1, "the repeat raised no new finding");
+    // The real act, by root, within the decoy's quarantine: its own finding.
+    read_shadow_as(0);
+    let real = by(0);
+    running.wait_for(
+        "a finding for root's read despite the open decoy finding",
+        Duration::from_secs(20),
+        |_| !real().is_empty(),
+    );
+    assert_ne!(real()[0].finding.id, decoy);
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+    // The updates validate against the schema like the findings (the
+    // validator fails the test on any invalid record).
+    let validated = validate_ocsf(&dir.join("stdout.jsonl"));
+    eprintln!("{validated}");
 }

@@ -24,6 +24,9 @@ use crate::{
 use super::emit_stage::Emission;
 use crate::channel::Sender;
 
+/// Events handed on at once, at most.
+pub const BATCH: usize = 256;
+
 /// How long the stage keeps draining what the kernel already wrote, once
 /// told to stop.
 const DRAIN: Duration = Duration::from_millis(300);
@@ -78,8 +81,8 @@ pub type SignalsToAgent =
 pub struct CaptureStage {
     /// The running capture.
     pub capture: Capture,
-    /// Events to the detect stage.
-    pub events: Sender<Event>,
+    /// Events to the detect stage, in batches (up to [`BATCH`]).
+    pub events: Sender<Vec<Event>>,
     /// Raw events to the emit stage, when `output.raw_events` is on.
     pub raw_events: Option<Sender<Emission>>,
     /// Loss reports to the emit stage (always).
@@ -121,9 +124,9 @@ impl CaptureStage {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                event = capture.next() => {
-                    let Some(event) = event else { break };
-                    if out.pass_on(event).await.is_err() {
+                batch = capture.next_batch(BATCH) => {
+                    let Some(batch) = batch else { break };
+                    if out.pass_on(batch).await.is_err() {
                         break;
                     }
                 }
@@ -134,8 +137,10 @@ impl CaptureStage {
         }
         capture.stop_sources();
         let drain_until = tokio::time::Instant::now() + DRAIN;
-        while let Ok(Some(event)) = tokio::time::timeout_at(drain_until, capture.next()).await {
-            if out.pass_on(event).await.is_err() {
+        while let Ok(Some(batch)) =
+            tokio::time::timeout_at(drain_until, capture.next_batch(BATCH)).await
+        {
+            if out.pass_on(batch).await.is_err() {
                 break;
             }
         }
@@ -146,7 +151,7 @@ impl CaptureStage {
 
 /// Where the stage's events go.
 struct Downstream {
-    events: Sender<Event>,
+    events: Sender<Vec<Event>>,
     raw_events: Option<Sender<Emission>>,
     health: Sender<Emission>,
     host: Host,
@@ -154,19 +159,20 @@ struct Downstream {
 }
 
 impl Downstream {
-    async fn pass_on(&self, event: Event) -> Result<(), crate::channel::Closed> {
-        let Self {
-            events,
-            raw_events,
-            health,
-            host,
-            signals_to_agent,
-        } = self;
+    async fn pass_on(&self, batch: Vec<Event>) -> Result<(), crate::channel::Closed> {
+        for event in &batch {
+            self.look_at(event).await?;
+        }
+        self.events.send(batch).await
+    }
+
+    /// What the stage does with an event besides handing it on.
+    async fn look_at(&self, event: &Event) -> Result<(), crate::channel::Closed> {
         if let Detail::Kill(kill) = &event.detail
             && kill.target_pid == std::process::id() as i32
             && let Some(sender) = &event.process
         {
-            let mut seen = signals_to_agent.lock().expect("signals lock");
+            let mut seen = self.signals_to_agent.lock().expect("signals lock");
             if seen.len() == 8 {
                 seen.pop_front();
             }
@@ -196,22 +202,22 @@ impl Downstream {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            health
+            self.health
                 .send(Emission::Record {
                     class: Class::Findings,
                     record: ocsf::lifecycle(
                         Lifecycle::Health,
-                        host,
+                        &self.host,
                         &format!("monitor sensor degraded: events lost ({})", lost.join(" ")),
                         serde_json::json!({ "lost": loss.counts, "lost_since_start": loss.totals }),
                     ),
                 })
                 .await?;
         }
-        if let Some(raw) = raw_events {
+        if let Some(raw) = &self.raw_events {
             // Dropped when full: counted in the channel's `dropped`.
             raw.offer(Emission::Activity(Box::new(event.clone())))?;
         }
-        events.send(event).await
+        Ok(())
     }
 }

@@ -60,7 +60,7 @@ struct Fits {
 impl DetectStage {
     /// Runs until the event channel ends (capture stopped), then publishes
     /// the last model snapshot. Returns the phase it ended in.
-    pub async fn run(mut self, mut events: Receiver<Event>) -> Phase {
+    pub async fn run(mut self, mut events: Receiver<Vec<Event>>) -> Phase {
         let mut acks = AckWatch::default();
         acks.refresh(&self.paths, &mut self.detector, true);
         let mut ack_tick = every(Duration::from_secs(1));
@@ -72,10 +72,17 @@ impl DetectStage {
         };
         loop {
             tokio::select! {
-                event = events.recv() => {
-                    let Some(event) = event else { break };
-                    let detections = self.detector.push_unless_own(&event, self.own_pid);
-                    if self.handle(detections, &mut fits, &mut acks).await.is_err() {
+                batch = events.recv() => {
+                    let Some(batch) = batch else { break };
+                    let mut closed = false;
+                    for event in &batch {
+                        let detections = self.detector.push_unless_own(event, self.own_pid);
+                        if self.handle(detections, &mut fits, &mut acks).await.is_err() {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if closed {
                         break;
                     }
                 }
@@ -240,7 +247,7 @@ mod tests {
     }
 
     struct Driven {
-        events: channel::Sender<Event>,
+        events: channel::Sender<Vec<Event>>,
         emitted: channel::Receiver<Emission>,
         models: watch::Receiver<Option<Arc<ModelSnapshot>>>,
         stage: tokio::task::JoinHandle<Phase>,
@@ -296,27 +303,44 @@ mod tests {
         }
     }
 
+    impl Driven {
+        /// 60 processes with alike counts, one window each: enough to learn.
+        async fn teach(&self) {
+            for i in 0..60u64 {
+                self.events
+                    .send(vec![counts(100 + i as u32, (i + 1) * SECOND, 20 + i % 7)])
+                    .await
+                    .unwrap();
+            }
+        }
+
+        /// The next emission, within `within`.
+        async fn next_emission(&mut self, within: Duration) -> Emission {
+            tokio::time::timeout(within, self.emitted.recv())
+                .await
+                .expect("an emission")
+                .expect("the stage is running")
+        }
+    }
+
     #[tokio::test]
     async fn learns_off_the_event_path_then_raises_a_finding_and_hands_over_the_model() {
         let mut d = drive();
-        for i in 0..60u64 {
-            d.events
-                .send(counts(100 + i as u32, (i + 1) * SECOND, 20 + i % 7))
-                .await
-                .unwrap();
-        }
+        d.teach().await;
         // The fit runs on a blocking thread; the model comes to the keeper.
         tokio::time::timeout(Duration::from_secs(30), d.models.changed())
             .await
             .expect("a model snapshot after learning")
             .unwrap();
         assert!(d.models.borrow().is_some());
-        d.events.send(shadow_read(500, 70 * SECOND)).await.unwrap();
-        d.events.send(counts(500, 71 * SECOND, 22)).await.unwrap();
-        let emission = tokio::time::timeout(Duration::from_secs(10), d.emitted.recv())
+        d.events
+            .send(vec![
+                shadow_read(500, 70 * SECOND),
+                counts(500, 71 * SECOND, 22),
+            ])
             .await
-            .expect("an emission")
-            .expect("the stage is running");
+            .unwrap();
+        let emission = d.next_emission(Duration::from_secs(10)).await;
         let Emission::Finding { finding, window } = emission else {
             panic!("expected a finding, got {emission:?}")
         };
@@ -334,20 +358,17 @@ mod tests {
     #[tokio::test]
     async fn a_window_closed_right_after_learning_is_scored_whether_or_not_the_fit_is_done() {
         let mut d = drive();
-        for i in 0..60u64 {
-            d.events
-                .send(counts(100 + i as u32, (i + 1) * SECOND, 20 + i % 7))
-                .await
-                .unwrap();
-        }
+        d.teach().await;
         // Sent at once after the window that made the fit due: the fit is
         // most likely still running when this window closes.
-        d.events.send(shadow_read(500, 62 * SECOND)).await.unwrap();
-        d.events.send(counts(500, 63 * SECOND, 22)).await.unwrap();
-        let emission = tokio::time::timeout(Duration::from_secs(30), d.emitted.recv())
+        d.events
+            .send(vec![
+                shadow_read(500, 62 * SECOND),
+                counts(500, 63 * SECOND, 22),
+            ])
             .await
-            .expect("an emission")
-            .expect("the stage is running");
+            .unwrap();
+        let emission = d.next_emission(Duration::from_secs(30)).await;
         assert!(
             matches!(emission, Emission::Finding { .. }),
             "the held window is scored: {emission:?}"

@@ -3,10 +3,19 @@
 //! are kept for `monitor ack`; repeats go to their log; activity and
 //! lifecycle records go to the spool.
 //!
+//! A repeat (a window that showed nothing its program's open finding did
+//! not) also reaches the sinks, as an *Update* of that finding (same uid,
+//! a count, first and last seen), at most once a minute per finding: the
+//! SIEM sees that the behaviour goes on, whoever runs it.
+//!
 //! It ends when every sender is gone and the channel is empty, so nothing
-//! sent before a stop is lost.
+//! sent before a stop is lost (pending updates are sent then too).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use crate::{
     event::Event,
@@ -16,7 +25,7 @@ use crate::{
         finding::{Finding, Repeat},
     },
     output::{
-        ocsf::{self, Host},
+        ocsf::{self, Host, RepeatTally},
         spool::{Class, Spool},
     },
     state::{findings::LoggedFinding, paths::StatePaths},
@@ -57,6 +66,83 @@ pub struct EmitStats {
     pub last_finding: Option<String>,
 }
 
+/// Updates of one finding go out at most this often.
+const UPDATE_EVERY: Duration = Duration::from_secs(60);
+/// Findings whose repeats are tallied (the most recent).
+const TALLIED: usize = 1024;
+
+/// A recent finding and its repeats.
+struct Open {
+    finding: Box<Finding>,
+    tally: Option<RepeatTally>,
+    /// Repeats already in an update sent, and when it was sent.
+    sent: u64,
+    sent_at: Option<Instant>,
+}
+
+/// Recent findings by id, oldest first out.
+#[derive(Default)]
+struct OpenFindings {
+    by_id: HashMap<String, Open>,
+    order: VecDeque<String>,
+}
+
+impl OpenFindings {
+    fn insert(&mut self, finding: &Finding) {
+        if self.order.len() == TALLIED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_id.remove(&oldest);
+        }
+        self.order.push_back(finding.id.clone());
+        self.by_id.insert(
+            finding.id.clone(),
+            Open {
+                finding: Box::new(finding.clone()),
+                tally: None,
+                sent: 0,
+                sent_at: None,
+            },
+        );
+    }
+
+    /// Counts a repeat; returns the update to send now, if one is due.
+    fn repeat(&mut self, repeat: &Repeat, now: Instant) -> Option<(Box<Finding>, RepeatTally)> {
+        let open = self.by_id.get_mut(&repeat.repeat_of)?;
+        let tally = open.tally.get_or_insert(RepeatTally {
+            repeats: 0,
+            first: repeat.time,
+            last: repeat.time,
+            last_process: None,
+        });
+        tally.repeats += 1;
+        tally.last = tally.last.max(repeat.time);
+        tally.last_process = repeat.process.clone();
+        Self::due(open, now, false)
+    }
+
+    /// Updates whose minute has passed (or all pending ones, at the end).
+    fn due_updates(&mut self, now: Instant, all: bool) -> Vec<(Box<Finding>, RepeatTally)> {
+        self.by_id
+            .values_mut()
+            .filter_map(|open| Self::due(open, now, all))
+            .collect()
+    }
+
+    fn due(open: &mut Open, now: Instant, all: bool) -> Option<(Box<Finding>, RepeatTally)> {
+        let tally = open.tally.as_ref()?;
+        let waited = open
+            .sent_at
+            .is_none_or(|at| now.duration_since(at) >= UPDATE_EVERY);
+        if tally.repeats == open.sent || !(waited || all) {
+            return None;
+        }
+        open.sent = tally.repeats;
+        open.sent_at = Some(now);
+        Some((open.finding.clone(), tally.clone()))
+    }
+}
+
 /// The stage's state.
 pub struct EmitStage {
     /// Where records go.
@@ -72,14 +158,39 @@ pub struct EmitStage {
 impl EmitStage {
     /// Runs until the channel ends.
     pub async fn run(self, mut input: Receiver<Emission>) {
-        while let Some(emission) = input.recv().await {
-            self.emit(emission);
+        let mut open = OpenFindings::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                emission = input.recv() => match emission {
+                    Some(emission) => self.emit(emission, &mut open),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    for (finding, tally) in open.due_updates(Instant::now(), false) {
+                        self.send_update(&finding, &tally);
+                    }
+                }
+            }
+        }
+        for (finding, tally) in open.due_updates(Instant::now(), true) {
+            self.send_update(&finding, &tally);
         }
     }
 
-    fn emit(&self, emission: Emission) {
+    fn send_update(&self, finding: &Finding, tally: &RepeatTally) {
+        spool_append(
+            &self.spool,
+            Class::Findings,
+            &ocsf::finding_update(finding, tally, &self.host),
+        );
+    }
+
+    fn emit(&self, emission: Emission, open: &mut OpenFindings) {
         match emission {
             Emission::Finding { finding, window } => {
+                open.insert(&finding);
                 {
                     let mut stats = self.stats.lock().expect("emit stats lock");
                     stats.findings += 1;
@@ -106,6 +217,9 @@ impl EmitStage {
             Emission::Repeat(repeat) => {
                 if let Err(e) = append_line(&self.paths.repeats(), &repeat) {
                     tracing::warn!(error = %e, path = %self.paths.repeats().display(), "cannot log a repeated finding");
+                }
+                if let Some((finding, tally)) = open.repeat(&repeat, Instant::now()) {
+                    self.send_update(&finding, &tally);
                 }
             }
             Emission::Activity(event) => {
@@ -181,5 +295,56 @@ mod tests {
             Some(logged.finding.summary.as_str())
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn repeats_reach_the_sinks_as_updates_of_their_finding_at_most_once_a_minute() {
+        let logged: LoggedFinding =
+            serde_json::from_str(include_str!("../../benches/fixtures/logged-finding.json"))
+                .unwrap();
+        let mut open = OpenFindings::default();
+        open.insert(&logged.finding);
+        let repeat = |at: u64| Repeat {
+            repeat_of: logged.finding.id.clone(),
+            time: crate::event::Timestamp(at),
+            score: 1.0,
+            process: None,
+            ancestry: Vec::new(),
+        };
+        let t0 = Instant::now();
+        let (_, first) = open
+            .repeat(&repeat(10), t0)
+            .expect("the first repeat is sent at once");
+        assert_eq!(first.repeats, 1);
+        assert!(
+            open.repeat(&repeat(20), t0).is_none(),
+            "within the minute: held"
+        );
+        assert!(open.repeat(&repeat(30), t0).is_none());
+        assert!(
+            open.due_updates(t0 + Duration::from_secs(30), false)
+                .is_empty()
+        );
+        let due = open.due_updates(t0 + UPDATE_EVERY, false);
+        assert_eq!(due.len(), 1, "a minute later, the held repeats go out");
+        assert_eq!(
+            (due[0].1.repeats, due[0].1.first.0, due[0].1.last.0),
+            (3, 10, 30)
+        );
+        assert!(
+            open.due_updates(t0 + UPDATE_EVERY * 3, true).is_empty(),
+            "nothing new"
+        );
+        let update = ocsf::finding_update(&due[0].0, &due[0].1, &Host::current("h"));
+        assert_eq!(update["finding_info"]["uid"], logged.finding.id.as_str());
+        assert_eq!(
+            (update["activity_id"].as_u64(), update["count"].as_u64()),
+            (Some(2), Some(4))
+        );
+        let unknown = Repeat {
+            repeat_of: "not-a-finding".into(),
+            ..repeat(40)
+        };
+        assert!(open.repeat(&unknown, t0).is_none(), "a finding not tallied");
     }
 }

@@ -112,8 +112,9 @@ pub enum AgentError {
     SpoolDegraded(String),
 }
 
-/// Capacity of the capture → detect channel (events).
-const EVENTS_CAPACITY: usize = 8192;
+/// Capacity of the capture → detect channel, in batches of up to
+/// `capture_stage::BATCH` events (a batch is what the capture had ready).
+const EVENTS_CAPACITY: usize = 1024;
 /// Capacity of the channel into the emit stage.
 const EMISSIONS_CAPACITY: usize = 4096;
 

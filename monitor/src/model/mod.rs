@@ -175,6 +175,29 @@ pub struct AckedFinding {
     pub window: Option<Window>,
 }
 
+/// What an open finding quarantines: one program run by one user. A window
+/// of the same program by another user is judged on its own, so a decoy
+/// finding raised as one user cannot hide what another user does with the
+/// program.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct QuarantineKey {
+    program: String,
+    /// The real uid of the window's process (`u32::MAX` when unknown).
+    uid: u32,
+}
+
+impl QuarantineKey {
+    fn of(w: &Window) -> Self {
+        Self {
+            program: w.program.clone(),
+            uid: w.context.process.as_ref().map_or(u32::MAX, |p| p.uid),
+        }
+    }
+}
+
+/// Open findings kept at most (the oldest, past their quarantine, go first).
+const MAX_OPEN_FINDINGS: usize = 4096;
+
 /// The lifecycle around a [`Baseline`].
 pub struct Engine {
     settings: EngineSettings,
@@ -188,9 +211,10 @@ pub struct Engine {
     tainted: u64,
     /// The latest finding per program: when (its quarantine runs from
     /// there) and its id (what a repeat refers to).
-    latest_finding: HashMap<String, (Timestamp, String)>,
-    /// Novelty facts already reported per program (while quarantined).
-    reported: HashMap<String, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
+    latest_finding: HashMap<QuarantineKey, (Timestamp, String)>,
+    /// Novelty facts already reported per program and user (while
+    /// quarantined).
+    reported: HashMap<QuarantineKey, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
     suppressed: u64,
     rng: Xorshift,
     /// See [`Engine::fit_elsewhere`].
@@ -380,10 +404,12 @@ impl Engine {
         };
         let scored = baseline.score(&w);
         let threshold = 1.0 - self.settings.false_alarm_rate;
-        // The open finding of this program, if its quarantine still runs.
+        // The open finding of this program and user, if its quarantine
+        // still runs.
+        let key = QuarantineKey::of(&w);
         let open = self
             .latest_finding
-            .get(&w.program)
+            .get(&key)
             .filter(|(at, _)| w.end.since(*at) < self.settings.finding_quarantine)
             .map(|(_, id)| id.clone());
         let quarantined = open.is_some();
@@ -393,7 +419,7 @@ impl Engine {
                 .iter()
                 .map(|n| (n.kind, n.value.clone()))
                 .collect();
-            let known = self.reported.entry(w.program.clone()).or_default();
+            let known = self.reported.entry(key.clone()).or_default();
             if let Some(of) = open
                 && facts.is_subset(known)
             {
@@ -411,8 +437,8 @@ impl Engine {
             known.extend(facts);
             self.findings += 1;
             let finding = Finding::new(baseline, &w, &scored, threshold);
-            self.latest_finding
-                .insert(w.program.clone(), (w.end, finding.id.clone()));
+            self.latest_finding.insert(key, (w.end, finding.id.clone()));
+            self.forget_closed_findings(w.end);
             return Ok(Outcome::Finding(Box::new(finding)));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
@@ -447,11 +473,24 @@ impl Engine {
                 continue;
             }
             baseline.acknowledge(id, &ack.program, ack.facts.clone(), ack.window.as_ref());
-            self.latest_finding.remove(&ack.program);
-            self.reported.remove(&ack.program);
+            self.latest_finding.retain(|k, _| k.program != ack.program);
+            self.reported.retain(|k, _| k.program != ack.program);
             added += 1;
         }
         (added, stale.len())
+    }
+
+    /// Keeps the open findings bounded: past `MAX_OPEN_FINDINGS`, those
+    /// whose quarantine has ended are forgotten.
+    fn forget_closed_findings(&mut self, now: Timestamp) {
+        if self.latest_finding.len() <= MAX_OPEN_FINDINGS {
+            return;
+        }
+        let quarantine = self.settings.finding_quarantine;
+        self.latest_finding
+            .retain(|_, (at, _)| now.since(*at) < quarantine);
+        let open = &self.latest_finding;
+        self.reported.retain(|k, _| open.contains_key(k));
     }
 
     fn learning_done(&self) -> bool {
@@ -527,16 +566,26 @@ mod tests {
         w
     }
 
-    #[test]
-    fn a_repeat_within_the_quarantine_names_the_open_finding() {
-        let mut engine = Engine::new(EngineSettings {
+    fn settings() -> EngineSettings {
+        EngineSettings {
             learn_for: Duration::from_secs(30),
             min_windows: 40,
             ..EngineSettings::default()
-        });
+        }
+    }
+
+    /// An engine that learned 60 normal windows.
+    fn learned_engine() -> Engine {
+        let mut engine = Engine::new(settings());
         for i in 0..60 {
             engine.observe(normal(i)).unwrap();
         }
+        engine
+    }
+
+    #[test]
+    fn a_repeat_within_the_quarantine_names_the_open_finding() {
+        let mut engine = learned_engine();
         assert!(engine.baseline().is_some(), "learned");
         let Outcome::Finding(finding) = engine.observe(shadow_reader(61)).unwrap() else {
             panic!("a first read of /etc/shadow findings")
@@ -552,13 +601,36 @@ mod tests {
     }
 
     #[test]
+    fn a_decoy_finding_as_one_user_does_not_quarantine_the_program_for_another() {
+        let mut engine = learned_engine();
+        let as_user = |i: u64, uid: u32| {
+            let mut w = shadow_reader(i);
+            w.context.process = Some(
+                crate::event::Process {
+                    pid: 100 + i as u32,
+                    uid,
+                    ..Default::default()
+                }
+                .into(),
+            );
+            w
+        };
+        let Outcome::Finding(decoy) = engine.observe(as_user(61, 65534)).unwrap() else {
+            panic!("the decoy raises a finding")
+        };
+        assert!(
+            matches!(engine.observe(as_user(62, 65534)).unwrap(), Outcome::Repeat(r) if r.repeat_of == decoy.id),
+            "the same user again: a repeat"
+        );
+        let Outcome::Finding(real) = engine.observe(as_user(63, 0)).unwrap() else {
+            panic!("another user doing the same is a finding of its own")
+        };
+        assert_ne!(real.id, decoy.id);
+    }
+
+    #[test]
     fn a_fit_elsewhere_holds_the_windows_closed_meanwhile_and_scores_them_after() {
-        let mut engine = Engine::new(EngineSettings {
-            learn_for: Duration::from_secs(30),
-            min_windows: 40,
-            ..EngineSettings::default()
-        })
-        .fit_elsewhere();
+        let mut engine = Engine::new(settings()).fit_elsewhere();
         let mut due = None;
         for i in 0..60 {
             if engine.observe(normal(i)).unwrap() == Outcome::FitDue {
@@ -598,12 +670,7 @@ mod tests {
 
     #[test]
     fn a_failed_fit_elsewhere_loses_nothing_learned_and_is_tried_again_later() {
-        let mut engine = Engine::new(EngineSettings {
-            learn_for: Duration::from_secs(30),
-            min_windows: 40,
-            ..EngineSettings::default()
-        })
-        .fit_elsewhere();
+        let mut engine = Engine::new(settings()).fit_elsewhere();
         for i in 0..45 {
             engine.observe(normal(i)).unwrap();
         }

@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    event::{Ancestor, Detail, Event, Process},
+    event::{Ancestor, Detail, Event, Process, Timestamp},
     model::finding::Finding,
 };
 
@@ -345,6 +345,57 @@ pub enum Lifecycle {
     Heartbeat,
     /// A problem (sink down, spool full, events lost).
     Health,
+}
+
+/// Repeats of an open finding, for its update record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepeatTally {
+    /// Windows that repeated it so far.
+    pub repeats: u64,
+    /// The first and the latest repeat.
+    pub first: Timestamp,
+    /// The latest repeat.
+    pub last: Timestamp,
+    /// The latest repeat's process.
+    pub last_process: Option<Process>,
+}
+
+/// A Detection Finding *Update*: the finding seen again. Same
+/// `finding_info.uid` as the finding, so a SIEM folds it into it; `count`
+/// is the number of windows that showed it, the finding's included.
+pub fn finding_update(finding: &Finding, tally: &RepeatTally, host: &Host) -> Value {
+    let mut v = self::finding(finding, host);
+    v["activity_id"] = json!(2);
+    v["activity_name"] = json!("Update");
+    v["type_uid"] = json!(200402);
+    v["type_name"] = json!("Detection Finding: Update");
+    v["status_id"] = json!(2);
+    v["status"] = json!("In Progress");
+    v["time"] = json!(ms(tally.last));
+    v["end_time"] = json!(ms(tally.last));
+    v["count"] = json!(tally.repeats + 1);
+    v["finding_info"]["last_seen_time"] = json!(ms(tally.last));
+    let by = tally.last_process.as_ref().map_or_else(String::new, |p| {
+        format!(
+            " (latest: {} pid {} uid {})",
+            p.exe.as_ref().map_or_else(
+                || p.comm.to_string_lossy().into_owned(),
+                |e| e.to_string_lossy().into_owned()
+            ),
+            p.pid,
+            p.uid
+        )
+    });
+    v["message"] = json!(format!(
+        "seen again {} time{} since it was raised{by}: {}",
+        tally.repeats,
+        if tally.repeats == 1 { "" } else { "s" },
+        finding.summary
+    ));
+    v["unmapped"]["monitor"]["repeats"] = json!({
+        "count": tally.repeats, "first": tally.first, "last": tally.last,
+    });
+    v
 }
 
 /// An Application Lifecycle record about the agent.

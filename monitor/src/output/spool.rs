@@ -728,34 +728,22 @@ mod tests {
     fn a_record_appended_after_every_segment_was_collected_and_reopened_is_delivered() {
         let dir = tempdir("renumber");
         let sinks = vec!["s".to_owned()];
-        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
-        spool
-            .append(Class::Findings, b"a record long enough to move the cursor")
-            .unwrap();
-        let batch = rt()
-            .block_on(spool.next_batch("s", 10, Duration::ZERO))
-            .unwrap();
-        spool.ack("s", &batch).unwrap();
-        drop(spool);
+        // Opens the spool, appends, and delivers everything to the sink.
+        let session = |class: Class, payload: &[u8]| {
+            let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+            spool.append(class, payload).unwrap();
+            let batch = rt()
+                .block_on(spool.next_batch("s", 10, Duration::ZERO))
+                .expect("the spool reads");
+            spool.ack("s", &batch).unwrap();
+            batch.into_iter().map(|r| r.payload).collect::<Vec<_>>()
+        };
+        session(Class::Findings, b"a record long enough to move the cursor");
         // The delivered segment is collected once no writer holds it.
-        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
-        spool.append(Class::Activity, b"x").unwrap();
-        let batch = rt()
-            .block_on(spool.next_batch("s", 10, Duration::ZERO))
-            .unwrap();
-        spool.ack("s", &batch).unwrap();
-        drop(spool);
+        session(Class::Activity, b"x");
         // A new findings segment must not reuse the collected one's number:
         // the cursor still names it, at an offset past this short record.
-        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
-        spool.append(Class::Findings, b"f").unwrap();
-        let batch = rt()
-            .block_on(spool.next_batch("s", 10, Duration::ZERO))
-            .expect("the spool reads");
-        assert_eq!(
-            batch.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
-            vec![b"f".to_vec()]
-        );
+        assert_eq!(session(Class::Findings, b"f"), vec![b"f".to_vec()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
