@@ -231,8 +231,14 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
     );
     let (code, health) = http_get(port, "/healthz");
     assert_eq!((code, health.trim()), (200, "ok"));
-    let (code, status) = http_get(port, "/status");
-    assert_eq!(code, 200);
+    // The status is root's: on the unix socket, which `monitor status` asks.
+    let (code, _) = http_get(port, "/status");
+    assert_eq!(code, 403, "/status over TCP");
+    let status_json = Command::new(agent())
+        .args(["status", "--json", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status_json.stdout);
     assert!(status.contains("\"phase\": \"detecting\""), "{status}");
     let status_cli = Command::new(agent())
         .args(["status", "--state-dir", state.to_str().unwrap()])
