@@ -125,12 +125,7 @@ pub fn health(status: &Status) -> Result<(), String> {
     if !status.lost_last_minute.is_empty() {
         problems.push(format!(
             "events lost in the last minute: {}",
-            status
-                .lost_last_minute
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            crate::kernel::counters::counts_line(&status.lost_last_minute)
         ));
     }
     if let Some(why) = &status.spool.degraded {

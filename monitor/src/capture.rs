@@ -249,9 +249,7 @@ impl Capture {
     /// The next event, or `None` once stopped and drained.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            self.release_counts(true);
-            if let Some(event) = self.pending.pop_front() {
-                self.events_out += 1;
+            if let Some(event) = self.ready_event() {
                 return Some(event);
             }
             tokio::select! {
@@ -280,6 +278,14 @@ impl Capture {
         }
     }
 
+    /// An event finished and ready to hand on, if there is one.
+    fn ready_event(&mut self) -> Option<Event> {
+        self.release_counts(true);
+        let event = self.pending.pop_front()?;
+        self.events_out += 1;
+        Some(event)
+    }
+
     /// The next events: waits for one, then takes what is ready without
     /// waiting (events already enriched, records already in the channel),
     /// up to `max`. Handing a batch to the next stage costs one wake-up
@@ -288,9 +294,7 @@ impl Capture {
         let first = self.next().await?;
         let mut batch = vec![first];
         while batch.len() < max {
-            self.release_counts(true);
-            if let Some(event) = self.pending.pop_front() {
-                self.events_out += 1;
+            if let Some(event) = self.ready_event() {
                 batch.push(event);
                 continue;
             }

@@ -119,8 +119,7 @@ impl CaptureStage {
             host,
             signals_to_agent,
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = super::every(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -197,18 +196,16 @@ impl Downstream {
         if let Detail::Loss(loss) = &event.detail {
             // The SOC hears of a blind spot in the stream it watches, within
             // the loss interval (1 s), not only in the metrics.
-            let lost: Vec<String> = loss
-                .counts
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
             self.health
                 .send(Emission::Record {
                     class: Class::Findings,
                     record: ocsf::lifecycle(
                         Lifecycle::Health,
                         &self.host,
-                        &format!("monitor sensor degraded: events lost ({})", lost.join(" ")),
+                        &format!(
+                            "monitor sensor degraded: events lost ({})",
+                            crate::kernel::counters::counts_line(&loss.counts)
+                        ),
                         serde_json::json!({ "lost": loss.counts, "lost_since_start": loss.totals }),
                     ),
                 })

@@ -314,6 +314,14 @@ mod tests {
             }
         }
 
+        /// Process `pid` reads /etc/shadow at `at`, and its window closes.
+        async fn shadow_read_by(&self, pid: u32, at: u64) {
+            self.events
+                .send(vec![shadow_read(pid, at), counts(pid, at + SECOND, 22)])
+                .await
+                .unwrap();
+        }
+
         /// The next emission, within `within`.
         async fn next_emission(&mut self, within: Duration) -> Emission {
             tokio::time::timeout(within, self.emitted.recv())
@@ -333,13 +341,7 @@ mod tests {
             .expect("a model snapshot after learning")
             .unwrap();
         assert!(d.models.borrow().is_some());
-        d.events
-            .send(vec![
-                shadow_read(500, 70 * SECOND),
-                counts(500, 71 * SECOND, 22),
-            ])
-            .await
-            .unwrap();
+        d.shadow_read_by(500, 70 * SECOND).await;
         let emission = d.next_emission(Duration::from_secs(10)).await;
         let Emission::Finding { finding, window } = emission else {
             panic!("expected a finding, got {emission:?}")
@@ -361,13 +363,7 @@ mod tests {
         d.teach().await;
         // Sent at once after the window that made the fit due: the fit is
         // most likely still running when this window closes.
-        d.events
-            .send(vec![
-                shadow_read(500, 62 * SECOND),
-                counts(500, 63 * SECOND, 22),
-            ])
-            .await
-            .unwrap();
+        d.shadow_read_by(500, 62 * SECOND).await;
         let emission = d.next_emission(Duration::from_secs(30)).await;
         assert!(
             matches!(emission, Emission::Finding { .. }),

@@ -159,8 +159,7 @@ impl EmitStage {
     /// Runs until the channel ends.
     pub async fn run(self, mut input: Receiver<Emission>) {
         let mut open = OpenFindings::default();
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = super::every(Duration::from_secs(5));
         loop {
             tokio::select! {
                 emission = input.recv() => match emission {

@@ -282,16 +282,7 @@ pub async fn run(
     eprintln!(
         "monitor: stopped; {} events, {findings} findings; lost events: {}",
         totals.events,
-        if totals.lost.is_empty() {
-            "none".to_owned()
-        } else {
-            totals
-                .lost
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
+        crate::kernel::counters::counts_line(&totals.lost)
     );
     if phase == Phase::Learning {
         eprintln!("monitor: learning was not finished; it starts over on the next run");
@@ -325,11 +316,12 @@ fn report_stop_signal(
         .and_then(|s| s.sender_exe.clone())
         .or_else(|| signal.sender_exe.clone());
     let line = format!(
-        "monitor stopped by {} from pid {} ({}, uid {})",
-        signal.name,
-        signal.sender_pid,
-        exe.as_deref().unwrap_or("exe unknown"),
-        signal.sender_uid
+        "monitor stopped by {}",
+        crate::shutdown::StopSignal {
+            sender_exe: exe.clone(),
+            ..signal.clone()
+        }
+        .describe()
     );
     tracing::warn!("{line}");
     spool_append(

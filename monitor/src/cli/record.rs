@@ -6,6 +6,7 @@ use anyhow::Context as _;
 
 use crate::{
     capture::{Capture, CaptureSettings},
+    kernel::counters::counts_line,
     output::jsonl::JsonLines,
 };
 
@@ -125,15 +126,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         writer.written(),
         capture.records_in()
     );
-    if loss.is_empty() {
-        eprintln!("monitor: dropped events: none");
-    } else {
-        let list: Vec<String> = loss.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        eprintln!("monitor: dropped events: {}", list.join(" "));
-    }
+    eprintln!("monitor: dropped events: {}", counts_line(&loss));
     if !faults.is_empty() {
-        let list: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        eprintln!("monitor: degraded fields: {}", list.join(" "));
+        eprintln!("monitor: degraded fields: {}", counts_line(&faults));
     }
     Ok(())
 }

@@ -209,15 +209,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     );
     println!(
         "lost       {}",
-        if s.lost.is_empty() {
-            "none".into()
-        } else {
-            s.lost
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
+        crate::kernel::counters::counts_line(&s.lost)
     );
     println!(
         "findings   {} raised{}",

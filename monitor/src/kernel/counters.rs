@@ -39,6 +39,19 @@ impl KernelCounters {
     }
 }
 
+/// Counters on one line, `name=count` separated by spaces (`none` when
+/// there are none), for messages and logs.
+pub fn counts_line(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".to_owned();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Counters that mean an event was lost (the rest mean degraded fields).
 pub fn is_loss(name: &str) -> bool {
     name.starts_with("ringbuf_full")

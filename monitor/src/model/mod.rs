@@ -261,9 +261,11 @@ impl Engine {
     /// Takes the windows learned so far for a fit elsewhere. Until
     /// [`Engine::install_fit`], closed windows are held, not scored.
     pub fn take_training(&mut self) -> Training {
-        let store = std::mem::take(&mut self.store);
-        self.fitting = Some((store.values().map(|v| v.len() as u64).sum(), store.len()));
-        Training { store }
+        let training = Training {
+            store: std::mem::take(&mut self.store),
+        };
+        self.fitting = Some((training.windows(), training.store.len()));
+        training
     }
 
     /// Installs the result of a fit elsewhere and observes the windows held
@@ -292,12 +294,7 @@ impl Engine {
             }
         }
         for w in std::mem::take(&mut self.held) {
-            // Already counted when they closed.
-            self.windows_seen -= 1;
-            if w.tainted {
-                self.tainted -= 1;
-            }
-            outcomes.push(self.observe(w));
+            outcomes.push(self.judge(w));
         }
         outcomes
     }
@@ -376,13 +373,18 @@ impl Engine {
     }
 
     /// Observes one closed window.
-    pub fn observe(&mut self, mut w: Window) -> Result<Outcome, FitError> {
+    pub fn observe(&mut self, w: Window) -> Result<Outcome, FitError> {
         self.windows_seen += 1;
         self.first_time.get_or_insert(w.start);
         self.last_time = self.last_time.max(w.end);
         if w.tainted {
             self.tainted += 1;
         }
+        self.judge(w)
+    }
+
+    /// Learns from or scores a window already counted by `observe`.
+    fn judge(&mut self, mut w: Window) -> Result<Outcome, FitError> {
         let Some(baseline) = &mut self.baseline else {
             if self.fitting.is_some() {
                 self.held.push(w);

@@ -363,7 +363,7 @@ impl Spool {
             (None, _) => true,
         };
         if need_new {
-            let next = state.next_segment.max(1);
+            let next = state.next_segment;
             state.next_segment = next + 1;
             let path = cdir.join(seg_name(next));
             let file = OpenOptions::new()
