@@ -71,6 +71,9 @@ pub struct Status {
     pub processes: usize,
     /// Resident memory of the agent, bytes.
     pub rss_bytes: u64,
+    /// Rotations of the logs in the state directory.
+    #[serde(default)]
+    pub log_rotations: u64,
 }
 
 /// A sensor's state as the status, the metrics and the heartbeat report it.
@@ -295,6 +298,33 @@ pub fn metrics(s: &Status, exposure: Exposure) -> String {
                 .collect(),
         );
     }
+    let b = &s.progress.bounds;
+    metric(
+        "monitor_learning_store_bytes",
+        "gauge",
+        "Estimated memory of the windows kept for learning (model.learning_memory bounds it).",
+        one(b.learning_bytes as f64),
+    );
+    metric(
+        "monitor_bounded_total",
+        "counter",
+        "What the agent's memory bounds gave up, by bound: learning windows evicted or refused, open findings forgotten early, drift facts not learned.",
+        [
+            ("learning_evicted", b.learning_evicted),
+            ("learning_refused", b.learning_refused),
+            ("open_findings_evicted", b.open_findings_evicted),
+            ("drift_facts_refused", b.drift_facts_refused),
+        ]
+        .into_iter()
+        .map(|(bound, v)| (format!("{{bound=\"{bound}\"}}"), v as f64))
+        .collect(),
+    );
+    metric(
+        "monitor_log_rotations_total",
+        "counter",
+        "Rotations of the logs in the state directory (agent.log_max_size).",
+        one(s.log_rotations as f64),
+    );
     metric(
         "monitor_processes_tracked",
         "gauge",

@@ -477,11 +477,17 @@ impl Capture {
 
     /// Fault counters (degraded fields, not lost events).
     pub fn fault_totals(&self) -> BTreeMap<String, u64> {
-        self.counters
+        let mut faults: BTreeMap<String, u64> = self
+            .counters
             .read()
             .into_iter()
             .filter(|(k, _)| !is_loss(k))
-            .collect()
+            .collect();
+        let early = self.table.expired_early();
+        if early > 0 {
+            faults.insert("exited_process_forgotten_early".into(), early);
+        }
+        faults
     }
 
     /// Queues a `loss` event if any loss counter grew since the last one.

@@ -604,9 +604,91 @@ fn an_acknowledged_behaviour_stops_raising_findings_until_the_ack_is_withdrawn()
     ] {
         assert!(text.contains(part), "explanation lacks {part:?}:\n{text}");
     }
+
+    // Issue 20, item 5: a restart with a 1 GiB finding log takes under 5 s,
+    // and an acknowledgement in force holds without that log being read.
+    let second = shadow_findings(&state)[1].finding.id.clone();
+    let ack = Command::new(agent())
+        .args(["ack", &second, "--state-dir", s])
+        .output()
+        .unwrap();
+    assert!(
+        ack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ack.stderr)
+    );
+    running.wait_for("the second ack applied", Duration::from_secs(10), |a| {
+        a.stderr()
+            .contains("acknowledgements: 1 applied, 0 withdrawn; 1 in force")
+    });
+    let (status, _, _) = running.stop();
+    assert!(status.success());
+    let log = state.join("findings.jsonl");
+    grow_to(&log, 1 << 30);
+    let started = Instant::now();
+    let running = Agent::start(
+        &dir,
+        &[
+            "--state-dir",
+            s,
+            "--api-listen",
+            "",
+            "--drain-interval",
+            "1s",
+        ],
+    );
+    running.wait_for("the restart", Duration::from_secs(60), |a| {
+        let e = a.stderr();
+        e.contains("monitor: running on") && e.contains("0 withdrawn; 1 in force")
+    });
+    let took = started.elapsed();
+    eprintln!(
+        "restart with a {:.2} GiB finding log: running with its acknowledgement in force after {:.2} s",
+        std::fs::metadata(&log).unwrap().len() as f64 / f64::from(1 << 30),
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(5), "the restart took {took:?}");
+    read_shadow();
+    std::thread::sleep(Duration::from_secs(6));
+    // As `shadow_findings` tells them, in what went to the sink (the
+    // finding log is the 1 GiB one).
+    let raised: Vec<serde_json::Value> = running
+        .records()
+        .into_iter()
+        .filter(|r| {
+            let m = &r["unmapped"]["monitor"];
+            r["class_uid"] == 2004
+                && m["program"].as_str().is_some_and(|p| p.ends_with("/cat"))
+                && m["novelty"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|n| n["value"] == "/etc/shadow"))
+        })
+        .collect();
+    assert!(
+        raised.is_empty(),
+        "the acknowledged read was raised after the restart: {raised:?}"
+    );
     let (status, _, _) = running.stop();
     assert!(status.success());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Appends copies of the first line of the JSON Lines file `path` until it
+/// holds `size` bytes.
+fn grow_to(path: &Path, size: u64) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().next().expect("a first line");
+    let mut block = String::new();
+    while block.len() < 1 << 20 {
+        block.push_str(line);
+        block.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    let mut len = f.metadata().unwrap().len();
+    while len < size {
+        f.write_all(block.as_bytes()).unwrap();
+        len += block.len() as u64;
+    }
 }
 
 /// Issue 18: a sensor the kernel refuses is reported unavailable, with the
@@ -1052,4 +1134,145 @@ fn r20_a_decoy_finding_as_nobody_hides_neither_its_repeats_nor_another_users_act
     // validator fails the test on any invalid record).
     let validated = validate_ocsf(&dir.join("stdout.jsonl"));
     eprintln!("{validated}");
+}
+
+/// The agent's peak resident memory (VmHWM), bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/PID/status")
+        * 1024
+}
+
+/// `monitor status --json` of the agent on `state`.
+fn status_of(state: &str) -> serde_json::Value {
+    let out = Command::new(agent())
+        .args(["status", "--json", "--state-dir", state])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Issue 20, item 5: during learning, nobody runs 20,000 distinct
+/// executables (hard links with long paths, so 20,000 programs). The agent
+/// stays under 96 MiB resident, loses no event, and says what its bounds
+/// gave up.
+#[test]
+fn r20_twenty_thousand_programs_run_by_nobody_while_learning_keep_the_agent_bounded() {
+    const PROGRAMS: usize = 20_000;
+    const RSS_LIMIT: u64 = 96 << 20;
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
+    let Some(_k) = kernel_test(
+        "r20_twenty_thousand_programs_run_by_nobody_while_learning_keep_the_agent_bounded",
+    ) else {
+        return;
+    };
+    let dir = test_dir("many-programs");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    // 200-character directory, 170-character names: 400-byte paths.
+    let links = dir.join("links").join("d".repeat(200));
+    std::fs::create_dir_all(&links).unwrap();
+    let base = dir.join("links").join("true");
+    std::fs::copy("/bin/true", &base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for i in 0..PROGRAMS {
+        std::fs::hard_link(
+            &base,
+            links.join(format!("prog-{i:05}-{}", "x".repeat(158))),
+        )
+        .unwrap();
+    }
+    Command::new("chown")
+        .args(["-R", "65534:65534", dir.join("links").to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let running = Agent::start(
+        &dir,
+        &[
+            "--learn-for",
+            "30m",
+            "--drain-interval",
+            "1s",
+            "--state-dir",
+            s,
+            "--api-listen",
+            "",
+        ],
+    );
+    running.wait_for("the start", Duration::from_secs(30), |a| {
+        a.stderr().contains("monitor: running on")
+    });
+    let flood = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["exec-each-as", "65534", links.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let ran = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        ran,
+        format!("ran {PROGRAMS} of {PROGRAMS}"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flood = flood.elapsed();
+    running.wait_for("every window counted", Duration::from_secs(30), |_| {
+        status_of(s)["progress"]["windows_seen"]
+            .as_u64()
+            .unwrap_or(0)
+            >= PROGRAMS as u64
+    });
+    let status = status_of(s);
+    let peak = peak_rss(running.id());
+    let p = &status["progress"];
+    eprintln!(
+        "{PROGRAMS} programs run by nobody in {:.1} s; agent peak RSS {:.1} MiB (limit {} MiB); \
+         learning: {} windows seen, {} kept from {} programs ({:.1} MiB estimated); bounds: {}; lost: {}; channels: {}",
+        flood.as_secs_f64(),
+        peak as f64 / 1048576.0,
+        RSS_LIMIT >> 20,
+        p["windows_seen"],
+        p["baseline_windows"],
+        p["programs"],
+        p["bounds"]["learning_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        p["bounds"],
+        status["lost"],
+        status["channels"],
+    );
+    assert_eq!(
+        status["phase"], "learning",
+        "still learning: the flood hit the learning store"
+    );
+    assert!(peak < RSS_LIMIT, "peak RSS {peak} bytes");
+    assert_eq!(status["lost"], serde_json::json!({}), "no event lost");
+    for (name, channel) in status["channels"].as_object().unwrap() {
+        assert_eq!(channel["dropped"], 0, "channel {name} dropped items");
+    }
+    let refused = p["bounds"]["learning_refused"].as_u64().unwrap();
+    assert!(
+        refused > 0,
+        "the bound was reached and counted: {}",
+        p["bounds"]
+    );
+    assert!(p["programs"].as_u64().unwrap() <= 4096);
+    let metrics = Command::new(agent())
+        .args(["status", "--state-dir", s])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(text.contains(&format!("refused {refused}")), "{text}");
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

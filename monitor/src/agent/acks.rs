@@ -24,11 +24,13 @@ impl AckWatch {
         }
         let result = (|| -> std::io::Result<_> {
             let (records, bad_acks) = read_lines(&paths.acks())?;
-            let (logged, bad_findings) = read_lines(&paths.findings())?;
             let active = crate::state::findings::in_force(&records);
-            let (acked, bad_windows) =
-                crate::state::findings::acked_findings(&logged, &active, &paths.finding_windows())?;
-            for b in bad_acks.iter().chain(&bad_findings).chain(&bad_windows) {
+            let (acked, bad_logs) = crate::state::findings::acked_findings(
+                &active,
+                &paths.findings(),
+                &paths.finding_windows(),
+            )?;
+            for b in bad_acks.iter().chain(&bad_logs) {
                 tracing::warn!("{b}");
             }
             Ok(acked)
@@ -36,7 +38,9 @@ impl AckWatch {
         match result {
             Ok(acked) => {
                 let (added, withdrawn) = detector.engine_mut().reconcile_acknowledged(&acked);
-                if added + withdrawn > 0 {
+                // At start (forced), say what is in force even if the saved
+                // model already had it.
+                if added + withdrawn > 0 || (force && !acked.is_empty()) {
                     eprintln!(
                         "monitor: acknowledgements: {added} applied, {withdrawn} withdrawn; {} in force",
                         acked.len()

@@ -19,7 +19,7 @@ use std::{
 
 use crate::{
     event::Event,
-    fileio::jsonl::append_line,
+    fileio::rotate::Rotation,
     model::{
         Window,
         finding::{Finding, Repeat},
@@ -64,6 +64,8 @@ pub struct EmitStats {
     pub findings: u64,
     /// The last finding's one-line summary.
     pub last_finding: Option<String>,
+    /// Rotations of the logs in the state directory.
+    pub log_rotations: u64,
 }
 
 /// Updates of one finding go out at most this often.
@@ -153,6 +155,8 @@ pub struct EmitStage {
     pub host: Host,
     /// Read by the status.
     pub stats: Arc<Mutex<EmitStats>>,
+    /// How the logs are rotated.
+    pub logs: Rotation,
 }
 
 impl EmitStage {
@@ -204,19 +208,25 @@ impl EmitStage {
                     finding: *finding,
                     host: self.host.name.clone(),
                 };
-                if let Err(e) = append_line(&self.paths.findings(), &logged) {
-                    tracing::error!(error = %e, path = %self.paths.findings().display(), "cannot write the local finding log");
-                }
-                if let Some(w) = window
-                    && let Err(e) = append_line(&self.paths.finding_windows(), &w)
-                {
-                    tracing::warn!(error = %e, path = %self.paths.finding_windows().display(), "cannot keep a finding's window; `monitor ack` will not teach it");
+                self.log(
+                    &self.paths.findings(),
+                    &logged,
+                    "cannot write the local finding log",
+                );
+                if let Some(w) = window {
+                    self.log(
+                        &self.paths.finding_windows(),
+                        &w,
+                        "cannot keep a finding's window; `monitor ack` will not teach it",
+                    );
                 }
             }
             Emission::Repeat(repeat) => {
-                if let Err(e) = append_line(&self.paths.repeats(), &repeat) {
-                    tracing::warn!(error = %e, path = %self.paths.repeats().display(), "cannot log a repeated finding");
-                }
+                self.log(
+                    &self.paths.repeats(),
+                    &repeat,
+                    "cannot log a repeated finding",
+                );
                 if let Some((finding, tally)) = open.repeat(&repeat, Instant::now()) {
                     self.send_update(&finding, &tally);
                 }
@@ -227,6 +237,21 @@ impl EmitStage {
                 }
             }
             Emission::Record { class, record } => spool_append(&self.spool, class, &record),
+        }
+    }
+}
+
+impl EmitStage {
+    /// Appends a line to a rotated log; a failure is logged with `what`.
+    fn log<T: serde::Serialize>(&self, path: &std::path::Path, value: &T, what: &str) {
+        match self.logs.append_line(path, value) {
+            Ok(rotated) => {
+                if rotated {
+                    self.stats.lock().expect("emit stats lock").log_rotations += 1;
+                    tracing::info!(path = %path.display(), "rotated");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, path = %path.display(), "{what}"),
         }
     }
 }
@@ -268,6 +293,7 @@ mod tests {
                 paths: paths.clone(),
                 host: Host::current("test-host"),
                 stats: stats.clone(),
+                logs: Rotation::default(),
             }
             .run(rx),
         );

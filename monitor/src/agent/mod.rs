@@ -170,6 +170,10 @@ pub async fn run(
             paths: paths.clone(),
             host: host.clone(),
             stats: emitted.clone(),
+            logs: crate::fileio::rotate::Rotation {
+                max_bytes: settings.raw.agent.log_max_size,
+                keep: settings.raw.agent.log_keep,
+            },
         }
         .run(emit_rx),
     );

@@ -103,6 +103,7 @@ impl StatusStage {
                     if p.phase == Phase::Learning {
                         eprintln!("monitor: {}", progress_line(&p, self.learn_for));
                     }
+                    release_free_memory();
                 }
                 _ = heartbeat_tick.tick() => {
                     let p = self.progress.borrow().clone();
@@ -152,6 +153,7 @@ impl StatusStage {
             last_finding: emitted.last_finding,
             processes: c.processes,
             rss_bytes: rss_bytes(),
+            log_rotations: emitted.log_rotations,
         }
     }
 
@@ -222,6 +224,14 @@ impl LossWindow {
             })
             .collect()
     }
+}
+
+/// Gives memory the allocator holds free back to the system. After a burst
+/// (a flood of short processes, a fit) glibc keeps the freed pages; without
+/// this the agent's resident size stays at its peak for good.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Resident memory of this process, bytes.

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     event::Timestamp,
-    fileio::jsonl::{append_line, read_lines},
+    fileio::jsonl::{append_line, read_lines, read_log},
     model::finding::printable,
     state::{
         findings::{self, AckAction, AckRecord, LoggedFinding, in_force},
@@ -65,7 +65,7 @@ pub struct AckArgs {
 
 fn load_findings(paths: &StatePaths) -> anyhow::Result<Vec<LoggedFinding>> {
     let path = paths.findings();
-    let (items, bad) = read_lines::<LoggedFinding>(&path)
+    let (items, bad) = read_log::<LoggedFinding>(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     for b in bad {
         eprintln!("monitor: warning: {b}");
@@ -267,12 +267,25 @@ pub fn ack(args: &AckArgs) -> anyhow::Result<()> {
         }
         AckAction::Ack
     };
+    let behaviour = match action {
+        AckAction::Ack => {
+            let windows = paths.finding_windows();
+            let (behaviour, bad) = findings::behaviour_of(&finding.finding, &windows)
+                .with_context(|| format!("cannot read {}", windows.display()))?;
+            for b in bad {
+                eprintln!("monitor: warning: {b}");
+            }
+            Some(behaviour)
+        }
+        AckAction::Withdraw => None,
+    };
     let record = AckRecord {
         id: id.clone(),
         action,
         reason: args.reason.clone(),
         by: findings::invoking_user(),
         time: Timestamp::now(),
+        behaviour,
     };
     append_line(&paths.acks(), &record)
         .with_context(|| format!("cannot write {}", paths.acks().display()))?;

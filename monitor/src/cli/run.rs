@@ -247,9 +247,19 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             println!("sensor     {sensor}: {report}");
         }
     }
+    let b = &p.bounds;
     println!(
-        "memory     {:.1} MiB resident",
-        s.rss_bytes as f64 / 1048576.0
+        "memory     {:.1} MiB resident; learning store {:.1} MiB",
+        s.rss_bytes as f64 / 1048576.0,
+        b.learning_bytes as f64 / 1048576.0
+    );
+    println!(
+        "bounds     learning windows evicted {}, refused {}; open findings forgotten early {}; drift facts refused {}; log rotations {}",
+        b.learning_evicted,
+        b.learning_refused,
+        b.open_findings_evicted,
+        b.drift_facts_refused,
+        s.log_rotations
     );
     Ok(())
 }

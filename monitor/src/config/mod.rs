@@ -74,13 +74,21 @@ pub struct AgentSection {
     pub state_dir: PathBuf,
     /// Host name for findings.
     pub host_name: String,
+    /// Size at which each log in the state directory is rotated.
+    #[serde(deserialize_with = "de_size")]
+    pub log_max_size: u64,
+    /// Rotated files kept per log.
+    pub log_keep: usize,
 }
 
 impl Default for AgentSection {
     fn default() -> Self {
+        let logs = crate::fileio::rotate::Rotation::default();
         Self {
             state_dir: PathBuf::from("/var/lib/monitor"),
             host_name: String::new(),
+            log_max_size: logs.max_bytes,
+            log_keep: logs.keep,
         }
     }
 }
@@ -154,6 +162,11 @@ pub struct ModelSection {
     /// Save interval.
     #[serde(deserialize_with = "de_duration")]
     pub save_every: Duration,
+    /// Memory for the windows kept while learning.
+    #[serde(deserialize_with = "de_size")]
+    pub learning_memory: u64,
+    /// Programs learned at most.
+    pub max_programs: usize,
 }
 
 impl Default for ModelSection {
@@ -166,6 +179,8 @@ impl Default for ModelSection {
             follow_drift: e.follow_drift,
             on_bad_model: OnBadModel::Relearn,
             save_every: Duration::from_secs(300),
+            learning_memory: e.store.bytes as u64,
+            max_programs: e.store.programs,
         }
     }
 }
@@ -403,6 +418,34 @@ impl Settings {
                 ),
             ));
         }
+        if !(1 << 20..=4 << 30).contains(&m.learning_memory) {
+            return Err(bad(
+                "model.learning_memory",
+                format!(
+                    "must be between 1MiB and 4GiB, got {} bytes",
+                    m.learning_memory
+                ),
+            ));
+        }
+        if !(16..=1 << 20).contains(&m.max_programs) {
+            return Err(bad(
+                "model.max_programs",
+                format!("must be between 16 and 1048576, got {}", m.max_programs),
+            ));
+        }
+        let a = &raw.agent;
+        if a.log_max_size < 64 << 10 {
+            return Err(bad(
+                "agent.log_max_size",
+                format!("must be at least 64KiB, got {} bytes", a.log_max_size),
+            ));
+        }
+        if !(1..=100).contains(&a.log_keep) {
+            return Err(bad(
+                "agent.log_keep",
+                format!("must be between 1 and 100, got {}", a.log_keep),
+            ));
+        }
         let c = &raw.capture;
         let ring = c.ring_buffer;
         if !ring.is_power_of_two() || !(64 * 1024..=1 << 30).contains(&ring) {
@@ -469,6 +512,11 @@ impl Settings {
             min_windows: m.min_windows,
             false_alarm_rate: m.false_alarm_rate,
             follow_drift: m.follow_drift,
+            store: crate::model::StoreLimits {
+                bytes: m.learning_memory as usize,
+                programs: m.max_programs,
+                ..crate::model::StoreLimits::default()
+            },
             ..EngineSettings::default()
         };
         Ok(Self {

@@ -272,8 +272,10 @@ fn new_records<T: serde::de::DeserializeOwned>(path: &Path, offset: u64, out: &m
         return offset;
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len <= offset || file.seek(std::io::SeekFrom::Start(offset)).is_err() {
-        return offset.min(len);
+    // Shorter than where we were: the agent rotated it, read the new one whole.
+    let offset = if len < offset { 0 } else { offset };
+    if len == offset || file.seek(std::io::SeekFrom::Start(offset)).is_err() {
+        return offset;
     }
     let mut chunk = Vec::new();
     if file.take(len - offset).read_to_end(&mut chunk).is_err() {

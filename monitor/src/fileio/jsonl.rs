@@ -13,12 +13,19 @@ use serde::Serialize;
 
 /// Appends one JSON line to a 0600 file.
 pub fn append_line<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    append_bytes(
+        path,
+        serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Appends `line` and a newline to a 0600 file, in one write.
+pub(crate) fn append_bytes(path: &Path, mut line: Vec<u8>) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
-    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     line.push(b'\n');
     f.write_all(&line)
 }
@@ -44,6 +51,20 @@ impl std::fmt::Display for BadLine {
             self.error
         )
     }
+}
+
+/// Reads a rotated log ([`super::rotate`]): its rotated files oldest
+/// first, then the live one.
+pub fn read_log<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> std::io::Result<(Vec<T>, Vec<BadLine>)> {
+    let (mut items, mut bad) = (Vec::new(), Vec::new());
+    for file in super::rotate::generations(path) {
+        let (more, problems) = read_lines(&file)?;
+        items.extend(more);
+        bad.extend(problems);
+    }
+    Ok((items, bad))
 }
 
 /// Reads a JSON Lines file; a missing file is empty.

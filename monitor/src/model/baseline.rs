@@ -339,6 +339,47 @@ impl ProgramModel {
             self.parents.insert(p.clone());
         }
     }
+
+    /// [`ProgramModel::learn_facts`] with each set capped at `cap`; returns
+    /// the facts refused.
+    pub fn learn_drift_facts(&mut self, w: &Window, cap: usize) -> u64 {
+        self.windows += 1;
+        self.syscalls.extend(w.syscalls.keys().copied());
+        let (mine, new) = (&mut self.facts, &w.facts);
+        extend_capped(&mut mine.executed, &new.executed, cap)
+            + extend_capped(&mut mine.peers, &new.peers, cap)
+            + extend_capped(&mut mine.listening, &new.listening, cap)
+            + extend_capped(&mut mine.sensitive_paths, &new.sensitive_paths, cap)
+            + extend_capped(&mut mine.actions, &new.actions, cap)
+            + extend_capped(&mut mine.exec_pairs, &new.exec_pairs, cap)
+            + extend_capped(&mut self.parents, &w.parent_program, cap)
+    }
+}
+
+/// Facts a program's model learns by drift, per set (executed, peers, ...).
+pub const DRIFT_FACTS_PER_SET: usize = 1024;
+/// The same for the host-wide model.
+pub const DRIFT_FACTS_PER_SET_GLOBAL: usize = 16_384;
+
+/// Inserts `items` into `set` while it holds fewer than `cap`; returns how
+/// many new ones did not fit.
+fn extend_capped<'a>(
+    set: &mut BTreeSet<String>,
+    items: impl IntoIterator<Item = &'a String>,
+    cap: usize,
+) -> u64 {
+    let mut refused = 0;
+    for item in items {
+        if set.contains(item) {
+            continue;
+        }
+        if set.len() < cap {
+            set.insert(item.clone());
+        } else {
+            refused += 1;
+        }
+    }
+    refused
 }
 
 /// A kind of categorical novelty.
@@ -933,16 +974,20 @@ impl Baseline {
     }
 
     /// Learns from a window judged normal (drift): its facts, and a step of
-    /// its nearest centroid toward it.
-    pub fn absorb(&mut self, w: &Window, x: &Array1<f64>) {
+    /// its nearest centroid toward it. Each fact set grows only up to its
+    /// cap ([`DRIFT_FACTS_PER_SET`], [`DRIFT_FACTS_PER_SET_GLOBAL`]): a
+    /// program that contacts a new peer every minute must not grow the
+    /// model without end. Returns the facts refused for that.
+    pub fn absorb(&mut self, w: &Window, x: &Array1<f64>) -> u64 {
         self.windows += 1;
-        self.global.learn_facts(w);
+        let mut refused = self.global.learn_drift_facts(w, DRIFT_FACTS_PER_SET_GLOBAL);
         if let Some(m) = self.programs.get_mut(&w.program) {
-            m.learn_facts(w);
+            refused += m.learn_drift_facts(w, DRIFT_FACTS_PER_SET);
             m.clusters.absorb(x.view());
         } else {
             self.global.clusters.absorb(x.view());
         }
+        refused
     }
 
     /// The features of `x` that differ most from its nearest centroid: index,

@@ -20,6 +20,7 @@ pub mod finding;
 pub mod guidance;
 pub mod persist;
 pub mod sequence;
+pub mod store;
 pub mod window;
 
 use std::{
@@ -32,9 +33,11 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     baseline::{Baseline, FitError, Scored},
     finding::Finding,
+    store::StoreLimits,
     window::{Window, WindowBuilder},
 };
 use crate::event::Timestamp;
+use store::LearningStore;
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +52,8 @@ pub struct EngineSettings {
     pub false_alarm_rate: f64,
     /// Keep learning from windows judged normal while detecting.
     pub follow_drift: bool,
-    /// Windows kept per program while learning (reservoir sampling beyond).
-    pub per_program_cap: usize,
+    /// How the windows kept while learning are bounded.
+    pub store: StoreLimits,
     /// After a finding, the program's windows are not learned from for this long.
     pub finding_quarantine: Duration,
 }
@@ -62,7 +65,7 @@ impl Default for EngineSettings {
             min_windows: 200,
             false_alarm_rate: 0.0005,
             follow_drift: true,
-            per_program_cap: 300,
+            store: StoreLimits::default(),
             finding_quarantine: Duration::from_secs(3600),
         }
     }
@@ -103,6 +106,27 @@ pub struct Progress {
     pub tainted: u64,
     /// Finding-worthy windows folded into an open finding of their program.
     pub suppressed: u64,
+    /// What the memory bounds gave up.
+    #[serde(default)]
+    pub bounds: Bounds,
+}
+
+/// What the engine's memory bounds gave up (each bound is a defence: the
+/// people the agent watches choose how many programs, facts and findings
+/// there are). Totals since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bounds {
+    /// Estimated bytes of the windows kept for learning.
+    pub learning_bytes: u64,
+    /// Windows dropped from the learning store to stay within its budget.
+    pub learning_evicted: u64,
+    /// Windows refused by the learning store (program cap, or only fair
+    /// shares left).
+    pub learning_refused: u64,
+    /// Open findings forgotten before their quarantine ended.
+    pub open_findings_evicted: u64,
+    /// Facts not learned by drift because their set was full.
+    pub drift_facts_refused: u64,
 }
 
 /// What observing a window produced.
@@ -135,37 +159,24 @@ pub enum Outcome {
 /// event path (the fit is seconds of CPU on a busy host).
 #[derive(Debug)]
 pub struct Training {
-    store: BTreeMap<String, Vec<Window>>,
+    store: LearningStore,
 }
 
 impl Training {
     /// Fits the baseline.
     pub fn fit(&self) -> Result<Baseline, FitError> {
-        Baseline::fit(self.store.values().flatten())
+        Baseline::fit(self.store.iter())
     }
 
     /// Windows in it.
     pub fn windows(&self) -> u64 {
-        self.store.values().map(|v| v.len() as u64).sum()
+        self.store.windows()
     }
 }
 
-/// Deterministic xorshift for reservoir sampling (no rand dependency in the
-/// hot path, reproducible replays).
-#[derive(Debug, Clone)]
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// A finding acknowledged as benign, as the engine needs it.
-#[derive(Debug, Clone, PartialEq)]
+/// A finding acknowledged as benign, as the engine needs it (kept in the
+/// acknowledgement itself, so it outlives the rotation of the finding log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AckedFinding {
     /// The finding's program.
     pub program: String,
@@ -202,8 +213,7 @@ const MAX_OPEN_FINDINGS: usize = 4096;
 pub struct Engine {
     settings: EngineSettings,
     baseline: Option<Baseline>,
-    store: BTreeMap<String, Vec<Window>>,
-    seen_per_program: HashMap<String, u64>,
+    store: LearningStore,
     first_time: Option<Timestamp>,
     last_time: Timestamp,
     windows_seen: u64,
@@ -216,7 +226,8 @@ pub struct Engine {
     /// quarantined).
     reported: HashMap<QuarantineKey, std::collections::BTreeSet<(baseline::NoveltyKind, String)>>,
     suppressed: u64,
-    rng: Xorshift,
+    open_findings_evicted: u64,
+    drift_facts_refused: u64,
     /// See [`Engine::fit_elsewhere`].
     fit_elsewhere: bool,
     /// While a fit runs elsewhere: its size (windows, programs), and the
@@ -231,10 +242,9 @@ impl Engine {
     /// A learning engine.
     pub fn new(settings: EngineSettings) -> Self {
         Self {
-            settings,
             baseline: None,
-            store: BTreeMap::new(),
-            seen_per_program: HashMap::new(),
+            store: LearningStore::new(settings.store),
+            settings,
             first_time: None,
             last_time: Timestamp::default(),
             windows_seen: 0,
@@ -243,7 +253,8 @@ impl Engine {
             latest_finding: HashMap::new(),
             reported: HashMap::new(),
             suppressed: 0,
-            rng: Xorshift(0x9e37_79b9_7f4a_7c15),
+            open_findings_evicted: 0,
+            drift_facts_refused: 0,
             fit_elsewhere: false,
             fitting: None,
             held: Vec::new(),
@@ -261,10 +272,11 @@ impl Engine {
     /// Takes the windows learned so far for a fit elsewhere. Until
     /// [`Engine::install_fit`], closed windows are held, not scored.
     pub fn take_training(&mut self) -> Training {
+        let emptied = self.store.emptied();
         let training = Training {
-            store: std::mem::take(&mut self.store),
+            store: std::mem::replace(&mut self.store, emptied),
         };
-        self.fitting = Some((training.windows(), training.store.len()));
+        self.fitting = Some((training.windows(), training.store.programs()));
         training
     }
 
@@ -331,7 +343,7 @@ impl Engine {
     }
 
     fn stored(&self) -> u64 {
-        self.store.values().map(|v| v.len() as u64).sum()
+        self.store.windows()
     }
 
     /// Progress now.
@@ -342,7 +354,7 @@ impl Engine {
         let (baseline_windows, programs) = match (&self.baseline, self.fitting) {
             (Some(b), _) => (b.windows, b.programs.len()),
             (None, Some(fitting)) => fitting,
-            (None, None) => (self.stored(), self.store.len()),
+            (None, None) => (self.stored(), self.store.programs()),
         };
         let learning = self.baseline.is_none();
         Progress {
@@ -369,6 +381,13 @@ impl Engine {
             findings: self.findings,
             tainted: self.tainted,
             suppressed: self.suppressed,
+            bounds: Bounds {
+                learning_bytes: self.store.bytes() as u64,
+                learning_evicted: self.store.drops().evicted,
+                learning_refused: self.store.drops().refused,
+                open_findings_evicted: self.open_findings_evicted,
+                drift_facts_refused: self.drift_facts_refused,
+            },
         }
     }
 
@@ -394,7 +413,7 @@ impl Engine {
                 // The context (process, ancestry) is for findings; the baseline
                 // does not need it, and it is most of a window's memory.
                 w.context = Default::default();
-                self.store_window(w);
+                self.store.offer(w);
             }
             if self.learning_done() {
                 if self.fit_elsewhere {
@@ -444,7 +463,7 @@ impl Engine {
             return Ok(Outcome::Finding(Box::new(finding)));
         }
         if self.settings.follow_drift && !w.tainted && !quarantined && !scored.acknowledged {
-            baseline.absorb(&w, &scored.x);
+            self.drift_facts_refused += baseline.absorb(&w, &scored.x);
         }
         Ok(Outcome::Normal(scored.score))
     }
@@ -483,7 +502,8 @@ impl Engine {
     }
 
     /// Keeps the open findings bounded: past `MAX_OPEN_FINDINGS`, those
-    /// whose quarantine has ended are forgotten.
+    /// whose quarantine has ended are forgotten, then (a flood of findings
+    /// within the hour) the oldest, down to nine tenths of the cap.
     fn forget_closed_findings(&mut self, now: Timestamp) {
         if self.latest_finding.len() <= MAX_OPEN_FINDINGS {
             return;
@@ -491,6 +511,16 @@ impl Engine {
         let quarantine = self.settings.finding_quarantine;
         self.latest_finding
             .retain(|_, (at, _)| now.since(*at) < quarantine);
+        if self.latest_finding.len() > MAX_OPEN_FINDINGS {
+            let mut times: Vec<Timestamp> =
+                self.latest_finding.values().map(|(at, _)| *at).collect();
+            let excess = times.len() - MAX_OPEN_FINDINGS * 9 / 10;
+            let (_, cut, _) = times.select_nth_unstable(excess - 1);
+            let cut = *cut;
+            let before = self.latest_finding.len();
+            self.latest_finding.retain(|_, (at, _)| *at > cut);
+            self.open_findings_evicted += (before - self.latest_finding.len()) as u64;
+        }
         let open = &self.latest_finding;
         self.reported.retain(|k, _| open.contains_key(k));
     }
@@ -510,30 +540,14 @@ impl Engine {
     pub fn finish_learning(&mut self) -> Result<Outcome, FitError> {
         // The store is kept until the fit succeeds: a failed fit (too few
         // usable windows) must not lose what was learned so far.
-        let baseline = Baseline::fit(self.store.values().flatten())?;
-        self.store.clear();
+        let baseline = Baseline::fit(self.store.iter())?;
+        self.store = self.store.emptied();
         let outcome = Outcome::Learned {
             windows: baseline.windows,
             programs: baseline.programs.len(),
         };
         self.baseline = Some(baseline);
         Ok(outcome)
-    }
-
-    /// Per-program reservoir: every window of a program has the same chance
-    /// to be kept, so a chatty process cannot crowd out the rest.
-    fn store_window(&mut self, w: Window) {
-        let seen = self.seen_per_program.entry(w.program.clone()).or_default();
-        *seen += 1;
-        let seen = *seen;
-        let cap = self.settings.per_program_cap;
-        let slot = self.rng.next() % seen;
-        let kept = self.store.entry(w.program.clone()).or_default();
-        if kept.len() < cap {
-            kept.push(w);
-        } else if (slot as usize) < cap {
-            kept[slot as usize] = w;
-        }
     }
 }
 
@@ -628,6 +642,53 @@ mod tests {
             panic!("another user doing the same is a finding of its own")
         };
         assert_ne!(real.id, decoy.id);
+    }
+
+    #[test]
+    fn a_flood_of_findings_within_the_quarantine_keeps_the_open_findings_bounded_and_counted() {
+        let mut engine = learned_engine();
+        let mut raised = 0;
+        for i in 0..(MAX_OPEN_FINDINGS as u64 + 600) {
+            let mut w = shadow_reader(61 + i);
+            w.program = format!("/tmp/flood/p{i}");
+            // A millisecond apart: all within the hour's quarantine.
+            w.start = Timestamp(61_000_000_000 + i * 1_000_000);
+            w.end = w.start;
+            if matches!(engine.observe(w).unwrap(), Outcome::Finding(_)) {
+                raised += 1;
+            }
+        }
+        assert!(raised > MAX_OPEN_FINDINGS, "{raised}");
+        assert!(engine.latest_finding.len() <= MAX_OPEN_FINDINGS);
+        assert!(engine.reported.len() <= MAX_OPEN_FINDINGS);
+        let evicted = engine.progress().bounds.open_findings_evicted;
+        assert!(evicted > 0 && evicted as usize <= raised, "{evicted}");
+        // The newest are kept: the last one still quarantines its program.
+        let mut again = shadow_reader(70);
+        again.program = format!("/tmp/flood/p{}", MAX_OPEN_FINDINGS + 599);
+        assert!(matches!(engine.observe(again).unwrap(), Outcome::Repeat(_)));
+    }
+
+    #[test]
+    fn drift_learns_new_facts_only_up_to_the_cap_of_each_set_and_counts_the_rest() {
+        let mut engine = learned_engine();
+        let baseline = engine.baseline.as_mut().unwrap();
+        let x = baseline.space.vectorize(&normal(0));
+        let mut refused = 0;
+        for i in 0..(baseline::DRIFT_FACTS_PER_SET + 50) {
+            let mut w = normal(i as u64);
+            w.facts
+                .peers
+                .insert(format!("10.0.{}.{}:443", i / 256, i % 256));
+            refused += baseline.absorb(&w, &x);
+        }
+        let peers = &baseline.programs[SERVER].facts.peers;
+        assert_eq!(peers.len(), baseline::DRIFT_FACTS_PER_SET);
+        assert_eq!(
+            refused, 50,
+            "the program's set is full; the global one is not"
+        );
+        assert!(baseline.global.facts.peers.len() > baseline::DRIFT_FACTS_PER_SET);
     }
 
     #[test]

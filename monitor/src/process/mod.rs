@@ -33,6 +33,11 @@ use self::users::UserNames;
 pub const MAX_ANCESTRY: usize = 64;
 /// How long an exited process stays resolvable.
 pub const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// Exited processes kept in their grace period at most: a flood of short
+/// processes (thousands a second) shortens the grace instead of growing the
+/// table. Events carry their task's own facts, so a late event of a process
+/// forgotten early loses only its arguments and ancestry.
+pub const MAX_EXITED: usize = 2048;
 /// Most replaced images remembered per process.
 pub const MAX_PREVIOUS_IMAGES: usize = 8;
 /// Argument bytes kept for each ancestor beyond the nearest. The nearest is
@@ -258,6 +263,8 @@ pub struct ProcessTable {
     contexts: HashMap<u32, Shared<Process>>,
     /// The last ancestry given out, by its first pid, likewise.
     chains: HashMap<u32, Shared<Vec<Ancestor>>>,
+    /// Exited processes forgotten before their grace ended ([`MAX_EXITED`]).
+    expired_early: u64,
 }
 
 impl ProcessTable {
@@ -282,7 +289,14 @@ impl ProcessTable {
             clock: BootClock::new(),
             contexts: HashMap::new(),
             chains: HashMap::new(),
+            expired_early: 0,
         }
+    }
+
+    /// Exited processes forgotten before their grace period ended, because
+    /// more than [`MAX_EXITED`] were waiting.
+    pub fn expired_early(&self) -> u64 {
+        self.expired_early
     }
 
     /// Number of processes known (live or in their exit grace period).
@@ -471,10 +485,12 @@ impl ProcessTable {
     pub fn expire(&mut self, now_boot_ns: u64) {
         let grace = EXIT_GRACE.as_nanos() as u64;
         while let Some(&(at, pid, start)) = self.exited.front() {
-            if now_boot_ns.saturating_sub(at) < grace {
+            let early = self.exited.len() > MAX_EXITED;
+            if now_boot_ns.saturating_sub(at) < grace && !early {
                 break;
             }
             self.exited.pop_front();
+            self.expired_early += u64::from(early);
             // Only if the pid was not reused by a new process since.
             if self
                 .procs

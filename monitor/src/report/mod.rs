@@ -15,7 +15,7 @@ use ndarray::{Array1, Array2, Axis};
 use self::svg::{PALETTE, Plot, esc};
 use crate::{
     api::Status,
-    fileio::jsonl::read_lines,
+    fileio::jsonl::{read_lines, read_log},
     model::{baseline::Baseline, guidance::Severity, persist},
     state::findings::{AckRecord, LoggedFinding, in_force},
     state::history,
@@ -71,7 +71,7 @@ impl Inputs {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         let (findings, _) =
-            read_lines::<LoggedFinding>(&paths.findings()).map_err(read(paths.findings()))?;
+            read_log::<LoggedFinding>(&paths.findings()).map_err(read(paths.findings()))?;
         let (acks, _) = read_lines::<AckRecord>(&paths.acks()).map_err(read(paths.acks()))?;
         Ok(Self {
             model,

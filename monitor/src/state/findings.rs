@@ -19,7 +19,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::fileio::jsonl::{BadLine, read_lines};
+#[cfg(test)]
+use crate::fileio::jsonl::read_lines;
+use crate::fileio::jsonl::{BadLine, read_log};
 use crate::{
     event::Timestamp,
     model::{AckedFinding, Window, finding::Finding, finding::finding_id},
@@ -60,6 +62,12 @@ pub struct AckRecord {
     pub by: String,
     /// When.
     pub time: Timestamp,
+    /// The acknowledged behaviour (program, novelty facts, window), copied
+    /// from the finding when acknowledged, so the acknowledgement survives
+    /// the rotation of the finding log (absent in records of earlier
+    /// versions, which are looked up in the logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behaviour: Option<AckedFinding>,
 }
 
 /// The acknowledgements in force: the last record of each id, if an ack.
@@ -105,44 +113,67 @@ pub fn find<'a>(findings: &'a [LoggedFinding], id: &str) -> Result<&'a LoggedFin
     }
 }
 
+/// The behaviour a finding showed, as an acknowledgement keeps it: its
+/// program and novelty facts, and its window when one was kept
+/// (`windows_path` is the rotated log of kept windows).
+pub fn behaviour_of(
+    finding: &Finding,
+    windows_path: &Path,
+) -> std::io::Result<(AckedFinding, Vec<BadLine>)> {
+    let (windows, bad) = read_log::<Window>(windows_path)?;
+    let window = windows.into_iter().find(|w| finding_id(w) == finding.id);
+    Ok((acked(finding, window), bad))
+}
+
+fn acked(finding: &Finding, window: Option<Window>) -> AckedFinding {
+    AckedFinding {
+        program: finding.program.clone(),
+        facts: finding
+            .novelty
+            .iter()
+            .map(|n| (n.kind, n.value.clone()))
+            .collect(),
+        window,
+    }
+}
+
 /// What the engine needs to apply the acknowledgements in force: each
-/// acknowledged finding's program, novelty facts and (when kept) window.
+/// acknowledged finding's behaviour. Acknowledgements carry it; only those
+/// written by earlier versions are looked up in the finding and window
+/// logs (so a large finding log is read only for them).
 pub fn acked_findings(
-    findings: &[LoggedFinding],
     acks: &BTreeMap<String, AckRecord>,
+    findings_path: &Path,
     windows_path: &Path,
 ) -> std::io::Result<(BTreeMap<String, AckedFinding>, Vec<BadLine>)> {
-    let wanted: BTreeSet<&str> = acks.keys().map(String::as_str).collect();
-    let mut windows: HashMap<String, Window> = HashMap::new();
-    let mut bad = Vec::new();
-    if !wanted.is_empty() {
-        let (all, problems) = read_lines::<Window>(windows_path)?;
-        bad = problems;
-        for w in all {
-            let id = finding_id(&w);
-            if wanted.contains(id.as_str()) {
-                windows.insert(id, w);
+    let mut out = BTreeMap::new();
+    let mut legacy: BTreeSet<&str> = BTreeSet::new();
+    for (id, record) in acks {
+        match &record.behaviour {
+            Some(b) => {
+                out.insert(id.clone(), b.clone());
+            }
+            None => {
+                legacy.insert(id.as_str());
             }
         }
     }
-    let mut out = BTreeMap::new();
-    for id in acks.keys() {
-        let Some(f) = findings.iter().find(|f| &f.finding.id == id) else {
-            continue;
-        };
-        out.insert(
-            id.clone(),
-            AckedFinding {
-                program: f.finding.program.clone(),
-                facts: f
-                    .finding
-                    .novelty
-                    .iter()
-                    .map(|n| (n.kind, n.value.clone()))
-                    .collect(),
-                window: windows.remove(id),
-            },
-        );
+    if legacy.is_empty() {
+        return Ok((out, Vec::new()));
+    }
+    let (logged, mut bad) = read_log::<LoggedFinding>(findings_path)?;
+    let (windows, bad_windows) = read_log::<Window>(windows_path)?;
+    bad.extend(bad_windows);
+    let mut windows: HashMap<String, Window> = windows
+        .into_iter()
+        .map(|w| (finding_id(&w), w))
+        .filter(|(id, _)| legacy.contains(id.as_str()))
+        .collect();
+    for f in logged {
+        if legacy.contains(f.finding.id.as_str()) {
+            let window = windows.remove(&f.finding.id);
+            out.insert(f.finding.id.clone(), acked(&f.finding, window));
+        }
     }
     Ok((out, bad))
 }
@@ -158,6 +189,7 @@ mod tests {
             reason: None,
             by: "t".into(),
             time: Timestamp(0),
+            behaviour: None,
         }
     }
 
@@ -173,6 +205,36 @@ mod tests {
         ];
         let ids: Vec<String> = in_force(&log).into_keys().collect();
         assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn an_acknowledgement_carries_its_behaviour_and_needs_no_finding_log() {
+        let dir = std::env::temp_dir().join(format!("monitor-acked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut with = record("new", AckAction::Ack);
+        with.behaviour = Some(AckedFinding {
+            program: "/usr/bin/cat".into(),
+            facts: Default::default(),
+            window: None,
+        });
+        let acks = in_force(&[with, record("old", AckAction::Ack)]);
+        // No finding log at all (rotated away): the new record stands alone.
+        let missing = dir.join("findings.jsonl");
+        let (acked, bad) = acked_findings(&acks, &missing, &dir.join("w.jsonl")).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(acked.keys().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(acked["new"].program, "/usr/bin/cat");
+        // A record of an earlier version is looked up in the rotated logs.
+        let logged: LoggedFinding =
+            serde_json::from_str(include_str!("../../benches/fixtures/logged-finding.json"))
+                .unwrap();
+        let old_id = logged.finding.id.clone();
+        crate::fileio::jsonl::append_line(&crate::fileio::rotate::generation(&missing, 1), &logged)
+            .unwrap();
+        let acks = in_force(&[record(&old_id, AckAction::Ack)]);
+        let (acked, _) = acked_findings(&acks, &missing, &dir.join("w.jsonl")).unwrap();
+        assert_eq!(acked[&old_id].program, logged.finding.program);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

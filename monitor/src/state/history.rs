@@ -1,14 +1,14 @@
 //! `history.jsonl` in the state directory: one small point every few
 //! seconds (phase, windows, events, losses, findings, sink deliveries), so
 //! the report can draw the learning curve, drops and sink health over time.
-//! It rotates once at [`MAX_BYTES`] (`history.1.jsonl` keeps the previous
+//! It rotates once at [`MAX_BYTES`] (`history.jsonl.1` keeps the previous
 //! part).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{api::Status, event::Timestamp, model::Phase};
+use crate::{api::Status, event::Timestamp, fileio::rotate::Rotation, model::Phase};
 
 /// Size at which the history rotates.
 pub const MAX_BYTES: u64 = 4 << 20;
@@ -58,21 +58,19 @@ impl Point {
     }
 }
 
+const ROTATION: Rotation = Rotation {
+    max_bytes: MAX_BYTES,
+    keep: 1,
+};
+
 /// Appends a point, rotating the file when it is full.
 pub fn append(path: &Path, point: &Point) -> std::io::Result<()> {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() >= MAX_BYTES) {
-        std::fs::rename(path, path.with_extension("1.jsonl"))?;
-    }
-    crate::fileio::jsonl::append_line(path, point)
+    ROTATION.append_line(path, point).map(|_| ())
 }
 
 /// Every point, the rotated part first.
 pub fn read(path: &Path) -> Vec<Point> {
-    let mut points = Vec::new();
-    for p in [path.with_extension("1.jsonl"), path.to_owned()] {
-        if let Ok((mut items, _)) = crate::fileio::jsonl::read_lines::<Point>(&p) {
-            points.append(&mut items);
-        }
-    }
-    points
+    crate::fileio::jsonl::read_log::<Point>(path)
+        .map(|(points, _)| points)
+        .unwrap_or_default()
 }
