@@ -59,6 +59,35 @@ impl SensitiveMap {
             }
         }
         self.loaded = wanted;
+        self.forget_verdicts();
+    }
+
+    /// Puts the map back to what the agent loaded, if someone changed it;
+    /// says what was changed.
+    fn verify(&mut self) -> Option<String> {
+        let now: std::collections::HashSet<monitor_common::InodeKey> =
+            self.map.keys().filter_map(Result::ok).collect();
+        let removed: Vec<_> = self.loaded.difference(&now).copied().collect();
+        let added: Vec<_> = now.difference(&self.loaded).copied().collect();
+        if removed.is_empty() && added.is_empty() {
+            return None;
+        }
+        for key in &removed {
+            let _ = self.map.insert(key, 1, 0);
+        }
+        for key in &added {
+            let _ = self.map.remove(key);
+        }
+        self.forget_verdicts();
+        Some(format!(
+            "map SENSITIVE (the files whose reads the kernel flags) was changed, {} of its {} entries removed and {} added, put back",
+            removed.len(),
+            self.loaded.len(),
+            added.len()
+        ))
+    }
+
+    fn forget_verdicts(&mut self) {
         // Cached directory verdicts were derived from the old set. (One being
         // inserted by a racing open lives out its one-second life.)
         let stale: Vec<[u64; 2]> = self.verdicts.keys().filter_map(Result::ok).collect();
@@ -137,6 +166,7 @@ pub struct Capture {
     sensitive_map: Option<SensitiveMap>,
     sensitive_tick: tokio::time::Interval,
     filtered: u64,
+    integrity_violations: u64,
 }
 
 /// Lets the agent yield the CPU while its source keeps up (see `sched`).
@@ -213,6 +243,7 @@ impl Capture {
             sensitive_map,
             sensitive_tick,
             filtered: 0,
+            integrity_violations: 0,
         })
     }
 
@@ -483,11 +514,28 @@ impl Capture {
             .into_iter()
             .filter(|(k, _)| !is_loss(k))
             .collect();
+        if self.integrity_violations > 0 {
+            faults.insert("sensor_tampered".into(), self.integrity_violations);
+        }
         let early = self.table.expired_early();
         if early > 0 {
             faults.insert("exited_process_forgotten_early".into(), early);
         }
         faults
+    }
+
+    /// Checks that the sensor is still what the agent set up (hooks
+    /// attached, maps as filled), putting back what it can. Returns one
+    /// line per difference (see `kernel::integrity`); each is counted.
+    pub fn check_integrity(&mut self) -> Vec<String> {
+        let mut problems = self.probes.check_integrity();
+        if let Some(map) = &mut self.sensitive_map
+            && let Some(problem) = map.verify()
+        {
+            problems.push(problem);
+        }
+        self.integrity_violations += problems.len() as u64;
+        problems
     }
 
     /// Queues a `loss` event if any loss counter grew since the last one.

@@ -25,6 +25,7 @@ pub mod drill;
 pub mod error;
 pub mod event;
 pub mod fileio;
+pub mod hash;
 pub mod kernel;
 pub mod model;
 pub mod output;

@@ -1276,3 +1276,92 @@ fn r20_twenty_thousand_programs_run_by_nobody_while_learning_keep_the_agent_boun
     assert!(status.success(), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The agent's eBPF map named `name`, opened by id from its open file
+/// descriptors (the way bpftool finds a process's maps).
+fn agent_map(agent_pid: u32, name: &str) -> aya::maps::Map {
+    for fd in std::fs::read_dir(format!("/proc/{agent_pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(map) = aya::maps::MapData::from_id(id)
+            && map.info().is_ok_and(|i| i.name_as_str() == Some(name))
+        {
+            return aya::maps::Map::from_map_data(map).unwrap();
+        }
+    }
+    panic!("the agent (pid {agent_pid}) holds no map named {name}")
+}
+
+/// Issue 20, item 7: root changes the agent's maps behind its back (through
+/// `bpf()` from another process, as bpftool would) and one of its hooks is
+/// detached. Within the check interval the agent puts the maps back and
+/// raises a finding naming each change.
+#[test]
+fn r20_a_sensor_tampered_with_by_root_is_put_back_and_reported() {
+    let Some(_k) = kernel_test("r20_a_sensor_tampered_with_by_root_is_put_back_and_reported")
+    else {
+        return;
+    };
+    let dir = test_dir("tamper");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let mut cmd = Command::new(agent());
+    cmd.args(["run", "--state-dir", s, "--api-listen", ""])
+        .env("MONITOR_FAULT_DETACH", "sys_exit_net");
+    let running = Agent::spawn(&dir, cmd);
+    running.wait_for("the start", Duration::from_secs(30), |a| {
+        a.stderr().contains("monitor: running on")
+    });
+    let openat = 257u32;
+    let mut ops: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(agent_map(running.id(), "SYSCALL_OPS")).unwrap();
+    let op = ops.get(&openat, 0).unwrap();
+    assert_ne!(op, 0, "openat is captured");
+    ops.set(openat, 0, 0).unwrap();
+    let mut sensitive: aya::maps::HashMap<_, monitor_common::InodeKey, u8> =
+        aya::maps::HashMap::try_from(agent_map(running.id(), "SENSITIVE")).unwrap();
+    let keys: Vec<_> = sensitive.keys().map(Result::unwrap).collect();
+    assert!(!keys.is_empty(), "the sensitive files are loaded");
+    for k in &keys {
+        sensitive.remove(k).unwrap();
+    }
+    let tampering = |a: &Agent| -> String {
+        a.records()
+            .iter()
+            .filter(|r| {
+                r["class_uid"] == 2004 && r["finding_info"]["types"][0] == "Sensor Tampering"
+            })
+            .map(|r| r["message"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    running.wait_for(
+        "findings naming every change",
+        Duration::from_secs(30),
+        |a| {
+            let t = tampering(a);
+            t.contains("SYSCALL_OPS")
+                && t.contains("SENSITIVE")
+                && t.contains("program sys_exit_net")
+        },
+    );
+    eprintln!("{}", tampering(&running));
+    assert_eq!(ops.get(&openat, 0).unwrap(), op, "SYSCALL_OPS put back");
+    assert_eq!(sensitive.keys().count(), keys.len(), "SENSITIVE put back");
+    running.wait_for("the count in the status", Duration::from_secs(10), |_| {
+        status_of(s)["faults"]["sensor_tampered"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+    });
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+    eprintln!("{}", validate_ocsf(&dir.join("stdout.jsonl")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

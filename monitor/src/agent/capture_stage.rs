@@ -24,6 +24,9 @@ use crate::{
 use super::emit_stage::Emission;
 use crate::channel::Sender;
 
+/// How often the sensor's hooks and maps are checked (`kernel::integrity`).
+const INTEGRITY_EVERY: Duration = Duration::from_secs(10);
+
 /// Events handed on at once, at most.
 pub const BATCH: usize = 256;
 
@@ -120,6 +123,7 @@ impl CaptureStage {
             signals_to_agent,
         };
         let mut tick = super::every(Duration::from_secs(1));
+        let mut integrity_tick = super::every(INTEGRITY_EVERY);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -131,6 +135,12 @@ impl CaptureStage {
                 }
                 _ = tick.tick() => {
                     snapshot.send_replace(CaptureSnapshot::of(&capture));
+                }
+                _ = integrity_tick.tick() => {
+                    let problems = capture.check_integrity();
+                    if !problems.is_empty() && out.report_tampering(&problems).await.is_err() {
+                        break;
+                    }
                 }
             }
         }
@@ -163,6 +173,20 @@ impl Downstream {
             self.look_at(event).await?;
         }
         self.events.send(batch).await
+    }
+
+    /// The sensor was changed behind the agent's back: a finding, now.
+    async fn report_tampering(&self, problems: &[String]) -> Result<(), crate::channel::Closed> {
+        for p in problems {
+            tracing::error!("sensor tampered with: {p}");
+            eprintln!("monitor: SENSOR TAMPERED WITH: {p}");
+        }
+        self.health
+            .send(Emission::Record {
+                class: Class::Findings,
+                record: ocsf::tamper_finding(&self.host, problems),
+            })
+            .await
     }
 
     /// What the stage does with an event besides handing it on.

@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod counters;
 pub mod features;
+pub mod integrity;
 pub mod mounts;
 pub mod source;
 pub mod verifier;
@@ -347,6 +348,8 @@ pub struct Probes {
     sensors: std::collections::BTreeMap<Sensor, SensorState>,
     settings: ProbeSettings,
     offsets: KernelOffsets,
+    /// What was set up, for [`Probes::check_integrity`].
+    expected: integrity::Expected,
 }
 
 impl Probes {
@@ -447,8 +450,11 @@ impl Probes {
                 tracing::warn!(sensor = sensor.name(), "sensor unavailable: {why}");
             }
         }
+        let names: Vec<&'static str> = attached.iter().map(|spec| spec.name).collect();
+        let expected = integrity::Expected::snapshot(&mut ebpf, &names);
         tracing::info!(
             programs = attached.len(),
+            hooks_checked = expected.programs_checked(),
             took_ms = started.elapsed().as_millis() as u64,
             "eBPF programs loaded and attached"
         );
@@ -459,7 +465,25 @@ impl Probes {
             sensors,
             settings: settings.clone(),
             offsets,
+            expected,
         })
+    }
+
+    /// Checks that every hook is still attached and the maps the agent
+    /// filled still hold what it put there (putting back what differs).
+    /// Returns one line per difference; see [`integrity`].
+    pub fn check_integrity(&mut self) -> Vec<String> {
+        if let Some(program) = fault_detach() {
+            // The tests detach a hook for real, as an attacker would.
+            let keep: Vec<bool> = self.attached.iter().map(|s| s.name != program).collect();
+            let mut flags = keep.iter();
+            let (kept, gone): (Vec<Link>, Vec<Link>) = std::mem::take(&mut self.links)
+                .into_iter()
+                .partition(|_| *flags.next().unwrap_or(&true));
+            self.links = kept;
+            detach_in_parallel(gone);
+        }
+        self.expected.check(&mut self.ebpf)
     }
 
     /// Programs attached, in order.
@@ -849,6 +873,15 @@ fn attach_all(
 }
 
 /// True if the tests asked for `program` to be refused: the variable
+/// `MONITOR_FAULT_DETACH` names a program whose hooks the first integrity
+/// check detaches, for real (a test fault injection, like
+/// `MONITOR_FAULT_REFUSE`): the check must then see them gone.
+fn fault_detach() -> Option<String> {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let program = std::env::var("MONITOR_FAULT_DETACH").ok()?;
+    (!DONE.swap(true, std::sync::atomic::Ordering::Relaxed)).then_some(program)
+}
+
 /// `MONITOR_FAULT_REFUSE` names programs, comma-separated. Lets the tests
 /// drive the paths of a refused program (sensor unavailable, one-line
 /// refusal) on a kernel that refuses nothing.

@@ -638,19 +638,13 @@ const GLOBAL_FIT_ROWS: usize = 4000;
 
 /// Deterministic fold of a window.
 fn fold_of(w: &Window, i: usize) -> u64 {
-    // FNV-1a over the identity: stable across runs and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in w
-        .program
-        .bytes()
-        .chain(w.pid.to_le_bytes())
-        .chain(w.start.0.to_le_bytes())
-        .chain((i as u64).to_le_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h % FOLDS
+    crate::hash::Fnv1a::default()
+        .write(w.program.as_bytes())
+        .write(&w.pid.to_le_bytes())
+        .write(&w.start.0.to_le_bytes())
+        .write(&(i as u64).to_le_bytes())
+        .finish()
+        % FOLDS
 }
 
 /// The evidence measured for one window.

@@ -125,18 +125,12 @@ pub struct Finding {
 
 /// A stable id for a window's finding.
 pub fn finding_id(w: &Window) -> String {
-    // FNV-1a: stable across runs and versions, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(w.program.as_bytes());
-    feed(&w.pid.to_le_bytes());
-    feed(&w.start.0.to_le_bytes());
-    feed(&w.end.0.to_le_bytes());
+    let h = crate::hash::Fnv1a::default()
+        .write(w.program.as_bytes())
+        .write(&w.pid.to_le_bytes())
+        .write(&w.start.0.to_le_bytes())
+        .write(&w.end.0.to_le_bytes())
+        .finish();
     format!("{h:016x}")
 }
 

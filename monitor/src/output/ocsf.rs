@@ -231,6 +231,63 @@ pub fn finding(finding: &Finding, host: &Host) -> Value {
     v
 }
 
+/// A Detection Finding about the sensor itself: its hooks or maps were
+/// changed by someone else (T1562.001, Impair Defenses: Disable or Modify
+/// Tools). `problems` are what the integrity check found, one per line.
+pub fn tamper_finding(host: &Host, problems: &[String]) -> Value {
+    let now = crate::event::Timestamp::now();
+    let title = format!(
+        "monitor's kernel sensor was tampered with: {}",
+        problems.join("; ")
+    );
+    let id = format!(
+        "{:016x}",
+        crate::hash::Fnv1a::default()
+            .write(title.as_bytes())
+            .write(&now.0.to_le_bytes())
+            .finish()
+    );
+    json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": 1,
+        "activity_name": "Create",
+        "type_uid": 200401,
+        "type_name": "Detection Finding: Create",
+        "time": ms(now),
+        "severity_id": 5,
+        "severity": OCSF_SEVERITY[5],
+        "status_id": 1,
+        "status": "New",
+        "is_alert": true,
+        "message": title,
+        "metadata": metadata(Some(&id)),
+        "device": host.device(),
+        "finding_info": {
+            "uid": id,
+            "title": title,
+            "desc": format!(
+                "{title}\n\nwhy it matters:\n  - only root can change a loaded eBPF program's maps or links; someone with root is blinding the agent while it looks alive\n\nnext steps:\n  - find who holds root on this host now (logins, sudo, services running as root) and what ran `bpf()` recently\n  - treat the host as compromised until explained"
+            ),
+            "attacks": [{
+                "technique": { "uid": "T1562.001", "name": "Impair Defenses: Disable or Modify Tools" },
+                "tactic": { "uid": "TA0005", "name": "Defense Evasion" },
+                "version": "15.1",
+            }],
+            "types": ["Sensor Tampering"],
+            "analytic": {
+                "name": "monitor sensor integrity check",
+                "type_id": 1,
+                "type": "Rule",
+                "desc": "The agent's hooks must stay attached and its maps must hold what it put there",
+            },
+        },
+        "unmapped": { "monitor": { "integrity": problems } },
+    })
+}
+
 /// An OCSF activity record for a raw event, if its kind has one.
 pub fn activity(event: &Event, host: &Host) -> Option<Value> {
     let process_obj = event

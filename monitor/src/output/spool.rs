@@ -667,11 +667,9 @@ fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
             }
         })
         .collect();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sink.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::hash::Fnv1a::default()
+        .write(sink.as_bytes())
+        .finish();
     dir.join("cursors")
         .join(format!("{}-{h:016x}.json", &safe[..safe.len().min(40)]))
 }
