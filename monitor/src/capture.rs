@@ -167,6 +167,7 @@ pub struct Capture {
     sensitive_tick: tokio::time::Interval,
     filtered: u64,
     integrity_violations: u64,
+    identifier: crate::process::exe_identity::Identifier,
 }
 
 /// Lets the agent yield the CPU while its source keeps up (see `sched`).
@@ -244,6 +245,7 @@ impl Capture {
             sensitive_tick,
             filtered: 0,
             integrity_violations: 0,
+            identifier: Default::default(),
         })
     }
 
@@ -369,6 +371,9 @@ impl Capture {
                 if !self.keep(&mut detail) {
                     self.filtered += 1;
                     return;
+                }
+                if let (Detail::Exec(exec), Some(task)) = (&mut detail, &record.task) {
+                    exec.identity = Some(self.identifier.identify(task.pid, exec));
                 }
                 if let (Detail::Exit(_), Some(task), Some(drainer)) =
                     (&detail, &record.task, &mut self.drainer)
@@ -514,6 +519,9 @@ impl Capture {
             .into_iter()
             .filter(|(k, _)| !is_loss(k))
             .collect();
+        if self.identifier.not_hashed > 0 {
+            faults.insert("executable_not_hashed".into(), self.identifier.not_hashed);
+        }
         if self.integrity_violations > 0 {
             faults.insert("sensor_tampered".into(), self.integrity_violations);
         }

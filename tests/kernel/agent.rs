@@ -1365,3 +1365,125 @@ fn r20_a_sensor_tampered_with_by_root_is_put_back_and_reported() {
     eprintln!("{}", validate_ocsf(&dir.join("stdout.jsonl")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `script` with `sh -c` as nobody; returns its exit status.
+fn sh_as_nobody(script: &str) -> std::process::ExitStatus {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+/// Issue 20, item 3: a program is judged by what its file is, not by its
+/// name. As nobody, inside `unshare -Urm`, a copy of `sleep` bind-mounted
+/// over `/usr/sbin` runs as `/usr/sbin/nologin`, a program the baseline
+/// knows; then a copy of `sleep` runs from `/tmp` under a new name.
+#[test]
+fn r20_a_look_alike_or_a_renamed_copy_is_told_by_its_file_not_its_name() {
+    use monitor::model::baseline::NoveltyKind;
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
+    let Some(_k) =
+        kernel_test("r20_a_look_alike_or_a_renamed_copy_is_told_by_its_file_not_its_name")
+    else {
+        return;
+    };
+    let dir = test_dir("identity");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    // What the baseline learns: the real nologin and sleep.
+    let teach = std::thread::spawn(|| {
+        let until = Instant::now() + Duration::from_secs(16);
+        while Instant::now() < until {
+            let _ = Command::new("/usr/sbin/nologin")
+                .stdout(Stdio::null())
+                .status();
+            let _ = Command::new("/usr/bin/sleep").arg("0.2").status();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let running = Agent::learned(&dir, s, "");
+    teach.join().unwrap();
+    let with_novelty = |program: &str, kind: NoveltyKind| {
+        findings_of(&state).into_iter().find(|f| {
+            f.finding.program == program && f.finding.novelty.iter().any(|n| n.kind == kind)
+        })
+    };
+
+    // The look-alike: another file at a known program's name.
+    let fake = dir.join("fake-sbin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy("/usr/bin/sleep", fake.join("nologin")).unwrap();
+    Command::new("chown")
+        .args(["-R", "65534:65534", fake.to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ran = sh_as_nobody(&format!(
+        "unshare -Urm sh -c 'mount --bind {} /usr/sbin && exec /usr/sbin/nologin 2'",
+        fake.display()
+    ));
+    assert!(ran.success(), "the look-alike ran: {ran}");
+    running.wait_for(
+        "a finding on the look-alike",
+        Duration::from_secs(20),
+        |_| with_novelty("/usr/sbin/nologin", NoveltyKind::ReplacedImage).is_some(),
+    );
+    let f = with_novelty("/usr/sbin/nologin", NoveltyKind::ReplacedImage).unwrap();
+    let text = f.finding.explanation();
+    eprintln!("look-alike: {}", f.finding.summary);
+    assert!(text.contains("not the one the baseline knows"), "{text}");
+    assert!(text.contains("T1036.005"), "{text}");
+
+    // The renamed copy, from a directory anyone can write to.
+    let copy = format!("/tmp/kworker-{}", std::process::id());
+    let ran = sh_as_nobody(&format!("cp /usr/bin/sleep {copy} && {copy} 2"));
+    assert!(ran.success(), "the copy ran: {ran}");
+    running.wait_for("a finding on the copy", Duration::from_secs(20), |_| {
+        with_novelty(&copy, NoveltyKind::CopiedImage).is_some()
+    });
+    let f = with_novelty(&copy, NoveltyKind::CopiedImage).unwrap();
+    eprintln!("copy: {}", f.finding.summary);
+    let copied = f
+        .finding
+        .novelty
+        .iter()
+        .find(|n| n.kind == NoveltyKind::CopiedImage)
+        .unwrap();
+    assert!(
+        copied.value.contains("/usr/bin/sleep"),
+        "names the binary it copies: {}",
+        copied.value
+    );
+    let process = f.finding.process.as_ref().expect("the copy's process");
+    assert_eq!(
+        process
+            .exe
+            .as_ref()
+            .map(|e| e.to_string_lossy().into_owned()),
+        Some(copy.clone())
+    );
+    assert_eq!(process.uid, 65534);
+    assert!(
+        f.finding
+            .novelty
+            .iter()
+            .any(|n| n.value == "exec_world_writable_dir"),
+        "{:?}",
+        f.finding.novelty
+    );
+    let _ = std::fs::remove_file(&copy);
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
+    eprintln!("{}", validate_ocsf(&dir.join("stdout.jsonl")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -164,6 +164,8 @@ fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
         file_uid: read_at::<u32>(bytes, offset_of!(ExecRecord, exe_uid)),
         file_mode: mode & 0o7777,
         inode: read_at::<u64>(bytes, offset_of!(ExecRecord, exe_ino)),
+        dev: read_at::<u32>(bytes, offset_of!(ExecRecord, exe_dev)),
+        identity: None,
         old_tid: (old_tid != task.pid && old_tid != 0).then_some(old_tid),
     })
 }

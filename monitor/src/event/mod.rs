@@ -242,6 +242,13 @@ pub struct ExecDetail {
     pub file_mode: u32,
     /// Inode of the executed file.
     pub inode: u64,
+    /// Device of the executed file (kernel encoding: major << 20 | minor).
+    #[serde(default)]
+    pub dev: u32,
+    /// What the executed file is, as the agent identified it (contents
+    /// hash, location); absent when it could not be identified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::process::exe_identity::ExeIdentity>,
     /// Thread that called exec, when not the main thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_tid: Option<u32>,

@@ -335,6 +335,7 @@ impl ProgramModel {
         self.facts
             .exec_pairs
             .extend(w.facts.exec_pairs.iter().cloned());
+        self.facts.images.extend(w.facts.images.iter().cloned());
         if let Some(p) = &w.parent_program {
             self.parents.insert(p.clone());
         }
@@ -352,6 +353,7 @@ impl ProgramModel {
             + extend_capped(&mut mine.sensitive_paths, &new.sensitive_paths, cap)
             + extend_capped(&mut mine.actions, &new.actions, cap)
             + extend_capped(&mut mine.exec_pairs, &new.exec_pairs, cap)
+            + extend_capped(&mut mine.images, &new.images, cap)
             + extend_capped(&mut self.parents, &w.parent_program, cap)
     }
 }
@@ -403,6 +405,13 @@ pub enum NoveltyKind {
     NewSensitivePath,
     /// An action (ptrace, memfd, setuid, ...) this program never took.
     NewAction,
+    /// A known program ran from a file the baseline never saw it run from
+    /// (other contents, another inode: a bind mount over its directory, a
+    /// replaced binary).
+    ReplacedImage,
+    /// A new program whose file has the contents of a known program: a
+    /// copy under a new name or in a new place.
+    CopiedImage,
 }
 
 impl NoveltyKind {
@@ -418,6 +427,9 @@ impl NoveltyKind {
             NoveltyKind::NewListeningPort
             | NoveltyKind::NewSensitivePath
             | NoveltyKind::NewAction => 1e-4,
+            // Package updates replace binaries; copies of utilities are rare.
+            NoveltyKind::ReplacedImage => 1e-4,
+            NoveltyKind::CopiedImage => 3e-5,
         }
     }
 
@@ -425,12 +437,15 @@ impl NoveltyKind {
     pub fn per_program(self) -> bool {
         !matches!(
             self,
-            NoveltyKind::NewExecutable | NoveltyKind::NewParentChild
+            NoveltyKind::NewExecutable
+                | NoveltyKind::NewParentChild
+                | NoveltyKind::ReplacedImage
+                | NoveltyKind::CopiedImage
         )
     }
 
     /// Every kind.
-    pub const ALL: [NoveltyKind; 8] = [
+    pub const ALL: [NoveltyKind; 10] = [
         NoveltyKind::NewExecutable,
         NoveltyKind::NewChildProgram,
         NoveltyKind::NewParentChild,
@@ -439,6 +454,8 @@ impl NoveltyKind {
         NoveltyKind::NewListeningPort,
         NoveltyKind::NewSensitivePath,
         NoveltyKind::NewAction,
+        NoveltyKind::ReplacedImage,
+        NoveltyKind::CopiedImage,
     ];
 
     /// What it means, for people.
@@ -452,6 +469,10 @@ impl NoveltyKind {
             NoveltyKind::NewListeningPort => "listened on a port it never used before",
             NoveltyKind::NewSensitivePath => "touched a sensitive file it never touched before",
             NoveltyKind::NewAction => "took an action it never took before",
+            NoveltyKind::ReplacedImage => {
+                "ran from a file that is not the one the baseline knows for this program"
+            }
+            NoveltyKind::CopiedImage => "is a copy of a known program under another name or place",
         }
     }
 }
@@ -774,6 +795,86 @@ impl Baseline {
         })
     }
 
+    /// What the window's file is, against what the baseline knows: a known
+    /// program from a file it never ran from, or a new program that is a
+    /// copy of a known one. (Image facts are host-wide: the model of a
+    /// program learned from few windows is the global one.)
+    fn image_novelty(&self, w: &Window, known_exe: bool) -> Vec<(NoveltyKind, String)> {
+        let prefix = super::window::image_fact(&w.program, "");
+        let own: Vec<&str> = w
+            .facts
+            .images
+            .iter()
+            .filter_map(|f| f.strip_prefix(prefix.as_str()))
+            .collect();
+        if own.is_empty() {
+            return Vec::new();
+        }
+        let known = &self.global.facts.images;
+        let learned_for_program = known
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|f| f.starts_with(prefix.as_str()));
+        let describe = |ids: &[&str]| {
+            ids.iter()
+                .map(|id| {
+                    id.replace("sha256:", "sha256 ")
+                        .replace("inode:", "device:inode ")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = Vec::new();
+        if learned_for_program
+            && !own
+                .iter()
+                .any(|id| known.contains(&format!("{prefix}{id}")))
+        {
+            let learned: Vec<&str> = known
+                .range(prefix.clone()..)
+                .take_while(|f| f.starts_with(prefix.as_str()))
+                .filter_map(|f| f.strip_prefix(prefix.as_str()))
+                .filter(|id| id.starts_with("sha256:"))
+                .take(3)
+                .collect();
+            out.push((
+                NoveltyKind::ReplacedImage,
+                format!(
+                    "{} ran from {}; the baseline knows it as {}",
+                    w.program,
+                    describe(&own),
+                    if learned.is_empty() {
+                        "other files".to_owned()
+                    } else {
+                        describe(&learned)
+                    }
+                ),
+            ));
+        }
+        if !known_exe && let Some(sha) = own.iter().find(|id| id.starts_with("sha256:")) {
+            let suffix = format!("\0{sha}");
+            let originals: Vec<&str> = known
+                .iter()
+                .filter(|f| f.ends_with(&suffix))
+                .filter_map(|f| f.split('\0').next())
+                .filter(|p| *p != w.program)
+                .take(3)
+                .collect();
+            if !originals.is_empty() {
+                out.push((
+                    NoveltyKind::CopiedImage,
+                    format!(
+                        "{} is a copy of {} (same contents, {})",
+                        w.program,
+                        originals.join(", "),
+                        describe(&[sha])
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// The model scoring a program.
     pub fn model_for(&self, program: &str) -> (&ProgramModel, Scope) {
         match self.programs.get(program) {
@@ -825,6 +926,9 @@ impl Baseline {
         }
         for action in w.facts.actions.difference(&model.facts.actions) {
             push(NoveltyKind::NewAction, action.clone());
+        }
+        for (kind, value) in self.image_novelty(w, known_exe) {
+            push(kind, value);
         }
         let (mut nearest, mut novelty) = (nearest, novelty);
         let acknowledged = self.apply_acknowledged(w, x.view(), &mut nearest, &mut novelty);

@@ -193,6 +193,7 @@ fn importance(kind: super::baseline::NoveltyKind) -> u8 {
         NewExecutable => 5,
         NewParentChild => 6,
         NewSyscall => 7,
+        ReplacedImage | CopiedImage => 0,
     }
 }
 

@@ -340,6 +340,35 @@ const RULES: &[Rule] = &[
         severity: Severity::Medium,
     },
     Rule {
+        matches: |n| n.kind == NoveltyKind::ReplacedImage,
+        technique: (
+            "T1036.005",
+            "Masquerading: Match Legitimate Name or Location",
+            "Defense Evasion",
+        ),
+        why: "a program the host knows ran from a different file: a bind mount over its directory, a replaced binary, or a look-alike in another mount namespace",
+        next: "compare the file's hash with the package's (`dpkg -V`, `rpm -V`); check the process's mount namespace and who created it",
+        severity: Severity::High,
+    },
+    Rule {
+        matches: |n| n.kind == NoveltyKind::CopiedImage,
+        technique: (
+            "T1036.003",
+            "Masquerading: Rename System Utilities",
+            "Defense Evasion",
+        ),
+        why: "a known program was copied and run under another name or from another place: renamed utilities slip past rules that watch names",
+        next: "find who created the copy (its owner and time) and what the process did",
+        severity: Severity::High,
+    },
+    Rule {
+        matches: |n| action_is(n, &["exec_world_writable_dir", "exec_memory_backed"]),
+        technique: ("T1105", "Ingress Tool Transfer", "Command and Control"),
+        why: "a program ran from a place anyone can write to, or from memory (/tmp, /dev/shm): downloaded tools are run from there",
+        next: "find where the file came from (its owner, its creation time, the process that wrote it)",
+        severity: Severity::High,
+    },
+    Rule {
         matches: |n| n.kind == NoveltyKind::NewExecutable,
         technique: ("T1204", "User Execution", "Execution"),
         why: "a program never seen on this host ran",

@@ -207,7 +207,8 @@ pub fn heap_bytes(w: &Window) -> usize {
         + strings(&facts.listening)
         + strings(&facts.sensitive_paths)
         + strings(&facts.actions)
-        + strings(&facts.exec_pairs);
+        + strings(&facts.exec_pairs)
+        + strings(&facts.images);
     sum * 3 / 2
 }
 

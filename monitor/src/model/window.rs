@@ -100,6 +100,17 @@ pub struct Facts {
     /// started the program, and the program).
     #[serde(default)]
     pub exec_pairs: BTreeSet<String>,
+    /// What the program's file is: `program\0sha256:HEX` and
+    /// `program\0inode:DEV:INO` for each exec of this window's process
+    /// (see [`image_fact`]).
+    #[serde(default)]
+    pub images: BTreeSet<String>,
+}
+
+/// The image fact of `program` with identity `id` (`sha256:...` or
+/// `inode:DEV:INO`).
+pub fn image_fact(program: &str, id: &str) -> String {
+    format!("{program}\0{id}")
 }
 
 /// What the window is about, for explanations.
@@ -259,6 +270,28 @@ impl WindowBuilder {
                 if exec.fileless {
                     w.activity.fileless += 1;
                     w.facts.actions.insert("fileless_exec".into());
+                }
+                if exec.inode != 0 && !exec.fileless {
+                    w.facts.images.insert(image_fact(
+                        &program,
+                        &format!("inode:{}:{}", exec.dev, exec.inode),
+                    ));
+                }
+                if let Some(id) = &exec.identity {
+                    if let Some(sha) = &id.sha256 {
+                        w.facts
+                            .images
+                            .insert(image_fact(&program, &format!("sha256:{sha}")));
+                    }
+                    for (flag, action) in [
+                        (id.world_writable_dir, "exec_world_writable_dir"),
+                        (id.memory_backed, "exec_memory_backed"),
+                        (id.mount_ns.is_some(), "exec_other_mount_ns"),
+                    ] {
+                        if flag {
+                            w.facts.actions.insert(action.into());
+                        }
+                    }
                 }
                 let parent = event.parent.as_ref();
                 let parent_exe = parent

@@ -11,6 +11,7 @@
 //! replaced becomes the parent of the new one, so the chain reads
 //! `bash -> sh -c 'exec echo hi' -> echo hi` instead of losing the `sh`.
 
+pub mod exe_identity;
 pub mod procfs;
 pub mod users;
 
