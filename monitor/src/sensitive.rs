@@ -117,17 +117,20 @@ impl Pattern {
         })
     }
 
-    /// True if the pattern is a component-wise prefix of `path`.
+    /// True if the pattern is a component-wise prefix of `path`, taken
+    /// lexically normalised (see [`normalised`]): `/etc/./shadow`,
+    /// `//etc//shadow` and `/tmp/../etc/shadow` all match `/etc/shadow`.
     pub fn matches(&self, path: &[u8]) -> bool {
-        let mut parts = path.split(|&b| b == b'/').filter(|p| !p.is_empty());
+        let parts = normalised(path);
+        let mut parts = parts.iter();
         self.components.iter().all(|c| match (c, parts.next()) {
             (Component::Any, Some(_)) => true,
-            (Component::Literal(l), Some(p)) => l.as_slice() == p,
+            (Component::Literal(l), Some(p)) => l.as_slice() == *p,
             (_, None) => false,
         })
     }
 
-    /// The existing paths the pattern names (expanding `*` through the
+    /// The existing paths the pattern names the pattern names (expanding `*` through the
     /// filesystem).
     pub fn expand(&self) -> Vec<PathBuf> {
         let mut current = vec![PathBuf::from("/")];
@@ -225,9 +228,45 @@ pub fn kernel_dev(dev: u64) -> u32 {
     (major << 20) | minor
 }
 
+/// The components of an absolute path with `.` and empty components
+/// dropped and `..` taking the previous one away (lexically, as the kernel
+/// would if no component were a symlink: the names the watched processes
+/// pass are matched as written, so `..` must not hide a sensitive path).
+pub fn normalised(path: &[u8]) -> Vec<&[u8]> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dots_and_doubled_slashes_do_not_hide_a_sensitive_path() {
+        let paths = SensitivePaths::default();
+        for evasive in [
+            "/etc/./shadow",
+            "//etc//shadow",
+            "/tmp/../etc/shadow",
+            "/etc/ssh/../shadow",
+            "/../../etc/cron.d/job",
+            "/root/./.ssh/../.ssh/authorized_keys",
+        ] {
+            assert!(paths.write_matches(evasive.as_bytes()), "{evasive}");
+        }
+        assert!(paths.read_matches(b"/etc/./shadow"));
+        assert!(!paths.write_matches(b"/etc/../tmp/x"));
+        assert!(!paths.read_matches(b"/etc/shadow/../passwd"));
+    }
 
     #[test]
     fn prefix_matching_by_component() {

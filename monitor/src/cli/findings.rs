@@ -12,7 +12,10 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     event::Timestamp,
-    fileio::jsonl::{append_line, read_lines, read_log},
+    fileio::{
+        jsonl::{append_line, read_lines},
+        rotate::read_log,
+    },
     model::finding::printable,
     state::{
         findings::{self, AckAction, AckRecord, LoggedFinding, in_force},

@@ -248,10 +248,27 @@ pub struct ExecDetail {
     /// What the executed file is, as the agent identified it (contents
     /// hash, location); absent when it could not be identified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<crate::process::exe_identity::ExeIdentity>,
+    pub identity: Option<ExeIdentity>,
     /// Thread that called exec, when not the main thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_tid: Option<u32>,
+}
+
+/// What an executed file is (see `process::exe_identity`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExeIdentity {
+    /// SHA-256 of its contents (hex), when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// It is in a directory anyone can write to (`/tmp`, `/dev/shm`, ...).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub world_writable_dir: bool,
+    /// It is on a memory-backed file system (tmpfs, ramfs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_backed: bool,
+    /// The process's mount namespace (its inode), when not the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_ns: Option<u64>,
 }
 
 /// Fork details.

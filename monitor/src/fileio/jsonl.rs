@@ -53,20 +53,6 @@ impl std::fmt::Display for BadLine {
     }
 }
 
-/// Reads a rotated log ([`super::rotate`]): its rotated files oldest
-/// first, then the live one.
-pub fn read_log<T: serde::de::DeserializeOwned>(
-    path: &Path,
-) -> std::io::Result<(Vec<T>, Vec<BadLine>)> {
-    let (mut items, mut bad) = (Vec::new(), Vec::new());
-    for file in super::rotate::generations(path) {
-        let (more, problems) = read_lines(&file)?;
-        items.extend(more);
-        bad.extend(problems);
-    }
-    Ok((items, bad))
-}
-
 /// Reads a JSON Lines file; a missing file is empty.
 pub fn read_lines<T: serde::de::DeserializeOwned>(
     path: &Path,

@@ -44,6 +44,19 @@ pub fn generations(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Reads a rotated log: its rotated files oldest first, then the live one.
+pub fn read_log<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> std::io::Result<(Vec<T>, Vec<super::jsonl::BadLine>)> {
+    let (mut items, mut bad) = (Vec::new(), Vec::new());
+    for file in generations(path) {
+        let (more, problems) = super::jsonl::read_lines(&file)?;
+        items.extend(more);
+        bad.extend(problems);
+    }
+    Ok((items, bad))
+}
+
 impl Rotation {
     /// Rotates `path` if it is at or past the size limit: `name.{keep-1}`
     /// becomes `name.{keep}` (the oldest is dropped), ..., `name` becomes

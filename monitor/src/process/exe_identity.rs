@@ -21,9 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
-use crate::event::ExecDetail;
+use crate::event::{ExeIdentity, ExecDetail};
 
 /// Files larger than this are not hashed.
 pub const MAX_HASHED: u64 = 64 << 20;
@@ -31,23 +29,6 @@ pub const MAX_HASHED: u64 = 64 << 20;
 pub const HASH_BUDGET: u64 = 64 << 20;
 /// Hashes cached at most (the cache is emptied when full).
 const CACHED: usize = 8192;
-
-/// What an executed file is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExeIdentity {
-    /// SHA-256 of its contents (hex), when it was read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// It is in a directory anyone can write to (`/tmp`, `/dev/shm`, ...).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub world_writable_dir: bool,
-    /// It is on a memory-backed file system (tmpfs, ramfs).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub memory_backed: bool,
-    /// The process's mount namespace (its inode), when not the agent's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount_ns: Option<u64>,
-}
 
 /// Identifies executed files; see the module docs.
 pub struct Identifier {

@@ -15,7 +15,7 @@ use ndarray::{Array1, Array2, Axis};
 use self::svg::{PALETTE, Plot, esc};
 use crate::{
     api::Status,
-    fileio::jsonl::{read_lines, read_log},
+    fileio::{jsonl::read_lines, rotate::read_log},
     model::{baseline::Baseline, guidance::Severity, persist},
     state::findings::{AckRecord, LoggedFinding, in_force},
     state::history,

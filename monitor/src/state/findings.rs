@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 use crate::fileio::jsonl::read_lines;
-use crate::fileio::jsonl::{BadLine, read_log};
+use crate::fileio::{jsonl::BadLine, rotate::read_log};
 use crate::{
     event::Timestamp,
     model::{AckedFinding, Window, finding::Finding, finding::finding_id},

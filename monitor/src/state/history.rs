@@ -70,7 +70,7 @@ pub fn append(path: &Path, point: &Point) -> std::io::Result<()> {
 
 /// Every point, the rotated part first.
 pub fn read(path: &Path) -> Vec<Point> {
-    crate::fileio::jsonl::read_log::<Point>(path)
+    crate::fileio::rotate::read_log::<Point>(path)
         .map(|(points, _)| points)
         .unwrap_or_default()
 }
