@@ -427,9 +427,13 @@ impl NoveltyKind {
             NoveltyKind::NewListeningPort
             | NoveltyKind::NewSensitivePath
             | NoveltyKind::NewAction => 1e-4,
-            // Package updates replace binaries; copies of utilities are rare.
-            NoveltyKind::ReplacedImage => 1e-4,
-            NoveltyKind::CopiedImage => 3e-5,
+            // Rare by nature, and kept small on purpose: every kind at
+            // least as rare as a window's strongest evidence adds its rate
+            // to the union bound, so a larger prior here would quiet every
+            // other finding. (A package update replaces binaries: their
+            // first runs are findings, to acknowledge.)
+            NoveltyKind::ReplacedImage => 1e-5,
+            NoveltyKind::CopiedImage => 1e-6,
         }
     }
 
