@@ -30,6 +30,9 @@ pub const COUNTER_PENDING_MAP_FULL: u32 = 50;
 pub const COUNTER_PENDING_MISSING: u32 = 51;
 /// Paths truncated at the capture bounds (not loss: the record says so).
 pub const COUNTER_PATH_TRUNCATED: u32 = 52;
+/// File records a process was over its budget for (`FILE_BUDGET`): not
+/// written, counted per process in the map.
+pub const COUNTER_RATE_LIMITED: u32 = 53;
 /// Number of counter slots.
 pub const COUNTER_SLOTS: u32 = 64;
 
@@ -47,6 +50,7 @@ pub fn counter_name(index: u32) -> Option<(&'static str, Option<&'static str>)> 
         COUNTER_PENDING_MAP_FULL => ("pending_map_full", None),
         COUNTER_PENDING_MISSING => ("pending_missing", None),
         COUNTER_PATH_TRUNCATED => ("path_truncated", None),
+        COUNTER_RATE_LIMITED => ("rate_limited", Some("file")),
         _ => return None,
     })
 }

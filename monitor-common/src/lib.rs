@@ -46,4 +46,6 @@ mod pod {
     unsafe impl aya::Pod for crate::ThreadCounts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::InodeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::FileBudget {}
 }

@@ -37,8 +37,10 @@ pub mod kind {
     /// A thread exited; carries its final syscall counts
     /// ([`super::ThreadExitRecord`]).
     pub const THREAD_EXIT: u8 = 13;
+    /// A watched syscall reported as called ([`super::SyscallRecord`]).
+    pub const SYSCALL: u8 = 14;
     /// Number of kind slots (kinds are `1..COUNT`; 0 is never used).
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Stable lower-case name of a kind, for counters and messages.
     pub const fn name(kind: u8) -> &'static str {
@@ -56,6 +58,7 @@ pub mod kind {
             MEM_EXEC => "mem_exec",
             KILL => "kill",
             THREAD_EXIT => "thread_exit",
+            SYSCALL => "syscall",
             _ => "unknown",
         }
     }
@@ -371,6 +374,11 @@ pub mod file_op {
     pub const UNLINK: u8 = 2;
     /// rename/renameat/renameat2.
     pub const RENAME: u8 = 3;
+    /// link/linkat: `path` the existing file, `path2` the new name.
+    pub const LINK: u8 = 4;
+    /// symlink/symlinkat: `path` the link made, `path2` the target as
+    /// given (any text).
+    pub const SYMLINK: u8 = 5;
 }
 
 /// Flag bits of a file record's header.
@@ -615,6 +623,53 @@ pub struct KillRecord {
     pub syscall: u32,
 }
 const _: () = assert!(size_of::<KillRecord>() == 96);
+
+/// File records a process may write per second (`FILE_BUDGET`), after a
+/// burst of [`FILE_BURST`]: one process writing files as fast as it can
+/// must not fill the ring buffer that every other process's events share.
+/// Records of sensitive opens are not limited.
+pub const FILE_RATE: u64 = 500;
+/// The burst a process may write before [`FILE_RATE`] applies.
+pub const FILE_BURST: u64 = 256;
+
+/// A process's budget of file records (value of the `FILE_BUDGET` map,
+/// keyed by process id): a token bucket kept as the time its next record
+/// is due (GCRA), and what it was refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileBudget {
+    /// Boot-clock time at which the budget is back to empty use.
+    pub due_ns: u64,
+    /// File records not written because the budget was spent.
+    pub suppressed: u64,
+}
+const _: () = assert!(size_of::<FileBudget>() == 16);
+
+/// Bytes of path a [`SyscallRecord`] carries.
+pub const SYSCALL_TEXT_MAX: usize = 256;
+
+/// A watched syscall reported as called: process_vm_*, pidfd_*,
+/// rt_*sigqueueinfo, the mount family, unshare, setns, io_uring_setup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallRecord {
+    /// `kind::SYSCALL`, `file_flags::USER_FAULT` if `text` was unreadable.
+    pub header: RecordHeader,
+    /// Who.
+    pub task: TaskInfo,
+    /// Which syscall (a plain op of [`crate::stash`]).
+    pub op: u32,
+    /// Bytes of `text` in use.
+    pub text_len: u32,
+    /// Return value.
+    pub ret: i64,
+    /// The first four arguments, as passed.
+    pub args: [u64; 4],
+    /// The path a mount (its target), umount2 or pivot_root (the new root)
+    /// names, cut at [`SYSCALL_TEXT_MAX`].
+    pub text: [u8; SYSCALL_TEXT_MAX],
+}
+const _: () = assert!(size_of::<SyscallRecord>() == 384);
 
 /// Key of the `SENSITIVE` map: a directory or file the agent marked as a
 /// sensitive location, by device and inode (resolved from configured paths).

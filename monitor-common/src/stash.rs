@@ -34,6 +34,14 @@ pub const RENAME: u32 = 22;
 pub const RENAMEAT: u32 = 23;
 /// renameat2(olddfd, old, newdfd, new, flags)
 pub const RENAMEAT2: u32 = 24;
+/// link(old, new)
+pub const LINK: u32 = 25;
+/// linkat(olddfd, old, newdfd, new, flags)
+pub const LINKAT: u32 = 26;
+/// symlink(target, linkpath)
+pub const SYMLINK: u32 = 27;
+/// symlinkat(target, newdfd, linkpath)
+pub const SYMLINKAT: u32 = 28;
 /// Credential syscalls: `CRED + cred_op::*` (31..=39).
 pub const CRED: u32 = 30;
 /// ptrace(request, pid, addr, data)
@@ -57,6 +65,57 @@ pub const MMAP: u32 = 70;
 /// mprotect(start, len, prot): checked at entry, not stashed.
 pub const MPROTECT: u32 = 71;
 
+// Syscalls reported as called (`SyscallRecord`: op, first arguments,
+// result, one path for the mount family). Read back at exit, not stashed.
+/// process_vm_readv(pid, ...)
+pub const PROCESS_VM_READV: u32 = 80;
+/// process_vm_writev(pid, ...)
+pub const PROCESS_VM_WRITEV: u32 = 81;
+/// pidfd_send_signal(pidfd, sig, info, flags)
+pub const PIDFD_SEND_SIGNAL: u32 = 82;
+/// pidfd_getfd(pidfd, targetfd, flags)
+pub const PIDFD_GETFD: u32 = 83;
+/// rt_sigqueueinfo(tgid, sig, info)
+pub const RT_SIGQUEUEINFO: u32 = 84;
+/// rt_tgsigqueueinfo(tgid, tid, sig, info)
+pub const RT_TGSIGQUEUEINFO: u32 = 85;
+/// mount(source, target, type, flags, data)
+pub const MOUNT: u32 = 86;
+/// umount2(target, flags)
+pub const UMOUNT2: u32 = 87;
+/// unshare(flags)
+pub const UNSHARE: u32 = 88;
+/// setns(fd, nstype)
+pub const SETNS: u32 = 89;
+/// pivot_root(new_root, put_old)
+pub const PIVOT_ROOT: u32 = 90;
+/// io_uring_setup(entries, params)
+pub const IO_URING_SETUP: u32 = 91;
+
+/// True for the ops reported as called (see [`PROCESS_VM_READV`]).
+pub const fn is_plain(op: u32) -> bool {
+    op >= PROCESS_VM_READV && op <= IO_URING_SETUP
+}
+
+/// The syscall name of a plain op.
+pub const fn plain_name(op: u32) -> &'static str {
+    match op {
+        PROCESS_VM_READV => "process_vm_readv",
+        PROCESS_VM_WRITEV => "process_vm_writev",
+        PIDFD_SEND_SIGNAL => "pidfd_send_signal",
+        PIDFD_GETFD => "pidfd_getfd",
+        RT_SIGQUEUEINFO => "rt_sigqueueinfo",
+        RT_TGSIGQUEUEINFO => "rt_tgsigqueueinfo",
+        MOUNT => "mount",
+        UMOUNT2 => "umount2",
+        UNSHARE => "unshare",
+        SETNS => "setns",
+        PIVOT_ROOT => "pivot_root",
+        IO_URING_SETUP => "io_uring_setup",
+        _ => "unknown",
+    }
+}
+
 /// The exit program that reports `op` (see `monitor-ebpf/src/exits.rs`), or
 /// `None` for ops reported at entry. One program per family keeps each
 /// program's verification small: one program for all of them cost 51,401
@@ -65,7 +124,9 @@ pub const fn exit_program(op: u32) -> Option<&'static str> {
     match op {
         CONNECT | BIND | LISTEN | ACCEPT => Some("sys_exit_net"),
         OPENAT | OPEN | CREAT | OPENAT2 => Some("sys_exit_open"),
-        UNLINK | UNLINKAT | RENAME | RENAMEAT | RENAMEAT2 => Some("sys_exit_names"),
+        UNLINK | UNLINKAT | RENAME | RENAMEAT | RENAMEAT2 | LINK | LINKAT | SYMLINK | SYMLINKAT => {
+            Some("sys_exit_names")
+        }
         NONE | MMAP | MPROTECT => None,
         _ => Some("sys_exit_other"),
     }
@@ -87,6 +148,22 @@ pub const BY_NAME: &[(&str, u32)] = &[
     ("rename", RENAME),
     ("renameat", RENAMEAT),
     ("renameat2", RENAMEAT2),
+    ("link", LINK),
+    ("linkat", LINKAT),
+    ("symlink", SYMLINK),
+    ("symlinkat", SYMLINKAT),
+    ("process_vm_readv", PROCESS_VM_READV),
+    ("process_vm_writev", PROCESS_VM_WRITEV),
+    ("pidfd_send_signal", PIDFD_SEND_SIGNAL),
+    ("pidfd_getfd", PIDFD_GETFD),
+    ("rt_sigqueueinfo", RT_SIGQUEUEINFO),
+    ("rt_tgsigqueueinfo", RT_TGSIGQUEUEINFO),
+    ("mount", MOUNT),
+    ("umount2", UMOUNT2),
+    ("unshare", UNSHARE),
+    ("setns", SETNS),
+    ("pivot_root", PIVOT_ROOT),
+    ("io_uring_setup", IO_URING_SETUP),
     ("setuid", CRED + crate::cred_op::SETUID as u32),
     ("setreuid", CRED + crate::cred_op::SETREUID as u32),
     ("setresuid", CRED + crate::cred_op::SETRESUID as u32),

@@ -99,13 +99,25 @@ fn try_exit(ctx: &TracePointContext, family: Family) {
         Family::Names => {
             if matches!(
                 op,
-                op::UNLINK | op::UNLINKAT | op::RENAME | op::RENAMEAT | op::RENAMEAT2
+                op::UNLINK
+                    | op::UNLINKAT
+                    | op::RENAME
+                    | op::RENAMEAT
+                    | op::RENAMEAT2
+                    | op::LINK
+                    | op::LINKAT
+                    | op::SYMLINK
+                    | op::SYMLINKAT
             ) && let Some(p) = take(op)
             {
                 files::on_names_exit(&p, ret);
             }
         }
         Family::Other => {
+            if op::is_plain(op) {
+                security::on_plain_exit(op, ret);
+                return;
+            }
             let Some(p) = take(op) else {
                 return;
             };

@@ -10,19 +10,63 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use monitor_common::{
-    COUNTER_USER_FAULT, FileRecord, InodeKey, KernelPath, file_flags, file_op, kind, path_flags,
-    stash,
+    COUNTER_RATE_LIMITED, COUNTER_USER_FAULT, FILE_BURST, FILE_RATE, FileBudget, FileRecord,
+    InodeKey, KernelPath, file_flags, file_op, kind, path_flags, stash,
 };
 
 use crate::{
     fds::{cwd_path, file_of_fd},
     kernel::{
-        EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
-        write_header,
+        EVENTS, count, count_ringbuf_full, current_ids, current_task, fill_task, off, read,
+        read_ptr, write_header,
     },
     pending::{Pending, args_at_exit},
     vfs::{capture_path, capture_user_string, set_empty},
 };
+
+/// Process id -> its budget of file records (see `FileBudget`). Read by
+/// the agent to say which process was limited and by how much.
+#[map]
+pub static FILE_BUDGET: LruHashMap<u32, FileBudget> = LruHashMap::with_max_entries(8192, 0);
+
+/// True if the current process may write one more file record now; if not,
+/// the refusal is counted (per process in `FILE_BUDGET`, in total in the
+/// counters). A token bucket kept as the time the next record is due
+/// (GCRA): one map lookup, no timer.
+#[inline(always)]
+fn file_budget_allows() -> bool {
+    const INTERVAL_NS: u64 = 1_000_000_000 / FILE_RATE;
+    const BURST_NS: u64 = INTERVAL_NS * FILE_BURST;
+    let pid = current_ids().1;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    match FILE_BUDGET.get_ptr_mut(&pid) {
+        Some(budget) => {
+            // SAFETY: a value of the map, for this call's duration.
+            let budget = unsafe { &mut *budget };
+            let due = if budget.due_ns > now {
+                budget.due_ns
+            } else {
+                now
+            };
+            if due - now >= BURST_NS {
+                budget.suppressed += 1;
+                count(COUNTER_RATE_LIMITED);
+                return false;
+            }
+            budget.due_ns = due + INTERVAL_NS;
+            true
+        }
+        None => {
+            let fresh = FileBudget {
+                due_ns: now + INTERVAL_NS,
+                suppressed: 0,
+            };
+            let _ = FILE_BUDGET.insert(&pid, &fresh, 0);
+            true
+        }
+    }
+}
 
 /// Sensitive locations (directories or files) by device and inode, filled
 /// and refreshed by the agent from its configured paths.
@@ -140,9 +184,12 @@ pub fn on_open_exit(op: u32, ret: i64) {
         if sensitive {
             hflags |= file_flags::SENSITIVE;
         }
+        if !sensitive && !file_budget_allows() {
+            return;
+        }
         let (_, _, flags, mode) = open_args(&args_at_exit(op));
         emit_open(hflags, flags, mode, ret, ino, OpenPath::Kernel(file));
-    } else if ret == -EACCES || ret == -EPERM {
+    } else if (ret == -EACCES || ret == -EPERM) && file_budget_allows() {
         let (dfd, filename, flags, mode) = open_args(&args_at_exit(op));
         // Refused: the file was not opened, so its name is all there is.
         let hflags = if flags & 0o3 != 0 {
@@ -335,7 +382,8 @@ extern "C" fn sensitive_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// Exit of unlink, unlinkat, rename, renameat and renameat2.
+/// Exit of unlink, unlinkat, rename, renameat, renameat2, link, linkat,
+/// symlink and symlinkat.
 #[inline(never)]
 pub fn on_names_exit(p: &Pending, ret: i64) {
     emit_names(p, ret);
@@ -354,6 +402,17 @@ fn name_args(p: &Pending) -> (u8, i64, u64, u64, u32) {
         ),
         stash::RENAME => (file_op::RENAME, AT_FDCWD, p.args[0], p.args[1], 0),
         stash::RENAMEAT => (file_op::RENAME, p.args[0] as i64, p.args[1], p.args[3], 0),
+        stash::LINK => (file_op::LINK, AT_FDCWD, p.args[0], p.args[1], 0),
+        stash::LINKAT => (
+            file_op::LINK,
+            p.args[0] as i64,
+            p.args[1],
+            p.args[3],
+            p.args[4] as u32,
+        ),
+        // The link made is the path; the target is any text.
+        stash::SYMLINK => (file_op::SYMLINK, AT_FDCWD, p.args[1], p.args[0], 0),
+        stash::SYMLINKAT => (file_op::SYMLINK, p.args[1] as i64, p.args[2], p.args[0], 0),
         _ => (
             file_op::RENAME,
             p.args[0] as i64,
@@ -365,8 +424,8 @@ fn name_args(p: &Pending) -> (u8, i64, u64, u64, u32) {
 }
 
 fn emit_names(p: &Pending, ret: i64) {
-    if ret < 0 {
-        return; // nothing changed on disk
+    if ret < 0 || !file_budget_allows() {
+        return; // nothing changed on disk, or over budget (counted)
     }
     let (op, dfd, name, name2, flags) = name_args(p);
     let Some(mut entry) = EVENTS.reserve::<FileRecord>(0) else {
@@ -389,11 +448,14 @@ fn emit_names(p: &Pending, ret: i64) {
         (*rec).mode = 0;
         (*rec).ino = 0;
         let mut hflags = user_name(&raw mut (*rec).path, &raw mut (*rec).base, name, dfd);
-        if op == file_op::RENAME {
+        if op != file_op::UNLINK {
             if !capture_user_string(&raw mut (*rec).path2, name2 as usize) {
                 count(COUNTER_USER_FAULT + u32::from(kind::FILE));
                 hflags |= file_flags::USER_FAULT;
-            } else if (*rec).base.flags & path_flags::ABSENT != 0 && (*rec).path2.data[0] != b'/' {
+            } else if op != file_op::SYMLINK
+                && (*rec).base.flags & path_flags::ABSENT != 0
+                && (*rec).path2.data[0] != b'/'
+            {
                 // The new name is relative although the old one was not.
                 capture_dir(&raw mut (*rec).base, AT_FDCWD);
             }

@@ -138,8 +138,8 @@ pub fn packed_creds() -> [u64; 5] {
 /// Called by `sys_enter` for a watched syscall (`op` from [`op_of_nr`]).
 #[inline(always)]
 pub fn on_enter(regs: usize, op: u32) {
-    if is_open(op) {
-        return; // opens: read back at exit, see `args_at_exit`
+    if is_open(op) || op::is_plain(op) {
+        return; // read back at exit, see `args_at_exit`
     }
     if (op == op::MMAP || op == op::MPROTECT) && !crate::memory::may_exec_memory(regs) {
         // Most mappings are not executable (a dynamic loader makes a dozen

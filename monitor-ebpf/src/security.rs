@@ -4,7 +4,8 @@
 use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use monitor_common::{
     BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
-    MemfdRecord, ModuleRecord, PtraceRecord, cred_op, file_flags, kind, path_flags, stash,
+    MemfdRecord, ModuleRecord, PtraceRecord, SYSCALL_TEXT_MAX, SyscallRecord, cred_op, file_flags,
+    kind, path_flags, stash,
 };
 
 use crate::{
@@ -209,6 +210,58 @@ pub fn on_kill_exit(p: &Pending, ret: i64) {
         (*rec).signal = sig;
         (*rec).ret = ret as i32;
         (*rec).syscall = syscall;
+    }
+    entry.submit(crate::kernel::wakeup_flags());
+}
+
+// ---- syscalls reported as called -------------------------------------------
+
+/// Exit of process_vm_*, pidfd_*, rt_*sigqueueinfo, the mount family,
+/// unshare, setns and io_uring_setup: the call, its first arguments (read
+/// back from the saved registers) and its result. Signals queued to the
+/// caller itself are not reported.
+#[inline(never)]
+pub fn on_plain_exit(op: u32, ret: i64) {
+    let p = crate::pending::args_at_exit(op);
+    let pid = crate::kernel::current_ids().1;
+    if matches!(op, stash::RT_SIGQUEUEINFO | stash::RT_TGSIGQUEUEINFO) && p.args[0] as u32 == pid {
+        return;
+    }
+    let text = match op {
+        stash::MOUNT => p.args[1],
+        stash::UMOUNT2 | stash::PIVOT_ROOT => p.args[0],
+        _ => 0,
+    };
+    let Some(mut entry) = EVENTS.reserve::<SyscallRecord>(0) else {
+        count_ringbuf_full(kind::SYSCALL);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(
+            &raw mut (*rec).header,
+            kind::SYSCALL,
+            core::mem::size_of::<SyscallRecord>(),
+        );
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).op = op;
+        (*rec).ret = ret;
+        (*rec).args = [p.args[0], p.args[1], p.args[2], p.args[3]];
+        (*rec).text_len = 0;
+        if text != 0 {
+            let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+                (*rec).text.as_mut_ptr().cast(),
+                SYSCALL_TEXT_MAX as u32,
+                text as *const _,
+            );
+            if n > 0 {
+                (*rec).text_len = (n - 1) as u32;
+            } else {
+                (*rec).header.flags = file_flags::USER_FAULT;
+                count(COUNTER_USER_FAULT + u32::from(kind::SYSCALL));
+            }
+        }
     }
     entry.submit(crate::kernel::wakeup_flags());
 }

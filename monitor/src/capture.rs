@@ -168,6 +168,10 @@ pub struct Capture {
     filtered: u64,
     integrity_violations: u64,
     identifier: crate::process::exe_identity::Identifier,
+    /// The kernel's per-process budgets of file records, and what of their
+    /// refusals was reported already.
+    file_budget: Option<aya::maps::HashMap<aya::maps::MapData, u32, monitor_common::FileBudget>>,
+    budget_seen: std::collections::HashMap<u32, u64>,
 }
 
 /// Lets the agent yield the CPU while its source keeps up (see `sched`).
@@ -193,6 +197,11 @@ impl Capture {
                 probes.take_counts()?,
                 settings.counts.clone(),
             ))
+        } else {
+            None
+        };
+        let file_budget = if settings.probes.security_events {
+            Some(probes.take_file_budget()?)
         } else {
             None
         };
@@ -246,6 +255,8 @@ impl Capture {
             filtered: 0,
             integrity_violations: 0,
             identifier: Default::default(),
+            file_budget,
+            budget_seen: Default::default(),
         })
     }
 
@@ -416,7 +427,12 @@ impl Capture {
                 }
                 true
             }
-            Detail::FileUnlink(f) | Detail::FileRename(f) => {
+            Detail::FileSymlink(f) => {
+                // The link made is what lands in a sensitive place.
+                f.sensitive = self.sensitive.write_matches(f.path.as_bytes());
+                f.sensitive
+            }
+            Detail::FileUnlink(f) | Detail::FileRename(f) | Detail::FileLink(f) => {
                 f.sensitive = self.sensitive.write_matches(f.path.as_bytes())
                     || f.new_path
                         .as_ref()
@@ -559,12 +575,61 @@ impl Capture {
         if counts.is_empty() {
             return;
         }
-        tracing::warn!(?counts, "events lost");
+        let by_process = if counts.contains_key("rate_limited.file") {
+            self.rate_limited_by_process()
+        } else {
+            BTreeMap::new()
+        };
+        let top_process = by_process
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(pid, n)| self.describe_process(*pid, *n));
+        tracing::warn!(?counts, top = ?top_process, "events lost");
         self.loss_reported = totals.clone();
         let time = crate::event::Timestamp::now();
         self.pending.push_back(Event::new(
             time,
-            Detail::Loss(LossDetail { counts, totals }),
+            Detail::Loss(LossDetail {
+                counts,
+                totals,
+                by_process,
+                top_process,
+            }),
         ));
+    }
+
+    /// File records refused per process since the last report, from the
+    /// kernel's `FILE_BUDGET` map.
+    fn rate_limited_by_process(&mut self) -> BTreeMap<u32, u64> {
+        let Some(budgets) = &self.file_budget else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        let mut now = std::collections::HashMap::new();
+        for (pid, budget) in budgets.iter().filter_map(Result::ok) {
+            if budget.suppressed == 0 {
+                continue;
+            }
+            let before = self.budget_seen.get(&pid).copied().unwrap_or(0);
+            if budget.suppressed > before {
+                out.insert(pid, budget.suppressed - before);
+            }
+            now.insert(pid, budget.suppressed);
+        }
+        // Entries the kernel evicted are forgotten here too.
+        self.budget_seen = now;
+        out
+    }
+
+    /// `pid 42 (/usr/bin/x, uid 65534): 1234 file events`, from the table.
+    fn describe_process(&self, pid: u32, lost: u64) -> String {
+        let who = self.table.get(pid).map(|p| {
+            let exe = p.exe.as_ref().map_or_else(
+                || p.comm.to_string_lossy().into_owned(),
+                |e| e.to_string_lossy().into_owned(),
+            );
+            format!(" ({exe}, uid {})", p.uid)
+        });
+        format!("pid {pid}{}: {lost} file events", who.unwrap_or_default())
     }
 }

@@ -84,6 +84,17 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The stdout records whose line contains one of `needles` (a cheap
+    /// filter before parsing, for long outputs).
+    pub(crate) fn records_containing(&self, needles: &[&str]) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     fn records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.stdout)
             .unwrap_or_default()
@@ -1485,5 +1496,151 @@ fn r20_a_look_alike_or_a_renamed_copy_is_told_by_its_file_not_its_name() {
     let (status, _, stderr) = running.stop();
     assert!(status.success(), "{stderr}");
     eprintln!("{}", validate_ocsf(&dir.join("stdout.jsonl")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 20, item 2: during learning, two processes of nobody write-open
+/// files as fast as they can for 30 s. Meanwhile a new binary's exec and
+/// another process's connect reach the sink (or their loss does, within
+/// 10 s), the flooders are limited in the kernel and named in a "sensor
+/// degraded" record, and learning still ends on time.
+#[test]
+fn r20_a_file_flood_by_nobody_neither_hides_an_exec_and_a_connect_nor_stalls_learning() {
+    const LEARN: u64 = 45;
+    // Learns this host: no other test may start programs meanwhile.
+    let _host = monitor_tests::host_alone();
+    let Some(_k) = kernel_test(
+        "r20_a_file_flood_by_nobody_neither_hides_an_exec_and_a_connect_nor_stalls_learning",
+    ) else {
+        return;
+    };
+    let dir = test_dir("file-flood");
+    let state = dir.join("state");
+    let s = state.to_str().unwrap();
+    let flood_dir = dir.join("flood");
+    std::fs::create_dir_all(&flood_dir).unwrap();
+    Command::new("chown")
+        .args(["65534:65534", flood_dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = Instant::now();
+    let running = Agent::start(
+        &dir,
+        &[
+            "--learn-for",
+            &format!("{LEARN}s"),
+            "--min-windows",
+            "30",
+            "--drain-interval",
+            "1s",
+            "--state-dir",
+            s,
+            "--api-listen",
+            "",
+            "--raw-events",
+        ],
+    );
+    running.wait_for("the start", Duration::from_secs(30), |a| {
+        a.stderr().contains("monitor: running on")
+    });
+    let flooders: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_actor"))
+                .args(["open-flood", flood_dir.to_str().unwrap(), "30"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+
+    // A new binary, and a connect by another process, mid-flood.
+    let probe = dir.join("flood-probe-exe");
+    std::fs::copy("/bin/true", &probe).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acted = Instant::now();
+    let mut exec = Command::new(&probe).spawn().unwrap();
+    let exec_pid = exec.id();
+    let mut connect = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["connect", &port.to_string()])
+        .spawn()
+        .unwrap();
+    let connect_pid = connect.id();
+    let by_pid = |r: &serde_json::Value, pid: u32| r["actor"]["process"]["pid"] == pid;
+    let lost = |r: &serde_json::Value, kind: &str| {
+        r["message"].as_str().is_some_and(|m| {
+            m.starts_with("monitor sensor degraded") && m.contains(&format!("ringbuf_full.{kind}"))
+        })
+    };
+    let probe_path = probe.to_str().unwrap().to_owned();
+    running.wait_for(
+        "the exec and the connect, or their loss, in the sink",
+        Duration::from_secs(10),
+        |a| {
+            let records = a.records_containing(&[
+                &format!("\"pid\":{exec_pid}"),
+                &format!("\"pid\":{connect_pid}"),
+                "sensor degraded",
+            ]);
+            let exec = records.iter().any(|r| {
+                (r["class_uid"] == 1007
+                    && r["process"]["pid"] == exec_pid
+                    && r["process"]["file"]["path"] == probe_path.as_str())
+                    || lost(r, "exec")
+            });
+            let connected = records
+                .iter()
+                .any(|r| (r["class_uid"] == 4001 && by_pid(r, connect_pid)) || lost(r, "net"));
+            exec && connected
+        },
+    );
+    eprintln!(
+        "the exec and the connect reached the sink {:.1} s after they happened",
+        acted.elapsed().as_secs_f64()
+    );
+    let _ = (exec.wait(), connect.wait());
+    let opened: Vec<String> = flooders
+        .into_iter()
+        .map(|c| {
+            String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout)
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    running.wait_for(
+        "the end of learning",
+        Duration::from_secs(LEARN + 30),
+        |a| a.stderr().contains("; detecting"),
+    );
+    let learned_after = started.elapsed();
+    let degraded: Vec<String> = running
+        .records_containing(&["sensor degraded"])
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .filter(|m| m.starts_with("monitor sensor degraded"))
+        .map(str::to_owned)
+        .collect();
+    eprintln!(
+        "flooders: {opened:?}; learning ended {:.0} s after start (learn_for {LEARN} s); degraded records: {}; first: {:?}",
+        learned_after.as_secs_f64(),
+        degraded.len(),
+        degraded.first()
+    );
+    assert!(
+        degraded
+            .iter()
+            .any(|m| m.contains("rate_limited.file") && m.contains("uid 65534")),
+        "the flooders were limited and named: {degraded:?}"
+    );
+    assert!(
+        learned_after < Duration::from_secs(LEARN + 20),
+        "learning ended {learned_after:?} after start"
+    );
+    let (status, _, stderr) = running.stop();
+    assert!(status.success(), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -613,3 +613,139 @@ fn every_sensor_attaches() {
         assert!(exits.contains(&wanted), "{wanted} not attached: {exits:?}");
     }
 }
+
+/// Issue 20, item 6: syscalls that reach into other processes, change
+/// mounts and namespaces, or bypass the syscall sensors are reported, one
+/// by one, with their arguments and results (each made by the actor).
+#[test]
+fn r20_syscalls_the_sensors_did_not_watch_are_reported() {
+    let Some(_k) = kernel_test("r20_syscalls_the_sensors_did_not_watch_are_reported") else {
+        return;
+    };
+    let mut rec = Recorder::start();
+    let dir = monitor_tests::test_dir("watched-syscalls");
+    let mountpoint = dir.join("mnt");
+    std::fs::create_dir_all(&mountpoint).unwrap();
+    let mp = mountpoint.to_str().unwrap().to_owned();
+    let cases: Vec<(&str, Option<String>, bool)> = vec![
+        ("process_vm_readv", None, false),
+        ("process_vm_writev", None, false),
+        ("pidfd_getfd", None, false),
+        ("pidfd_send_signal", Some("child".into()), false),
+        ("rt_sigqueueinfo", Some("child".into()), false),
+        ("rt_tgsigqueueinfo", Some("child".into()), false),
+        ("unshare", None, false),
+        ("mount", Some(mp.clone()), true),
+        ("umount2", Some(mp.clone()), true),
+        ("setns", None, false),
+        ("pivot_root", Some(mp.clone()), true),
+        ("io_uring_setup", None, false),
+    ];
+    let mut seen = Vec::new();
+    for (name, target, names_path) in cases {
+        let mut child = None;
+        let target = match target.as_deref() {
+            Some("child") => {
+                let c = sleeper();
+                let pid = c.id().to_string();
+                child = Some(c);
+                Some(pid)
+            }
+            other => other.map(str::to_owned),
+        };
+        let mut args = vec!["syscall", name];
+        if let Some(t) = &target {
+            args.push(t);
+        }
+        let (pid, out) = act_pid(&args);
+        // (mount and umount2 first make the actor's mounts private: the
+        // call asked for is the one naming the test's mount point.)
+        let wanted = |e: &Event| {
+            e.process.as_ref().is_some_and(|p| p.pid == pid)
+                && matches!(&e.detail, Detail::Syscall(s) if s.syscall == name
+                    && (!names_path || s.path.as_ref().is_some_and(|p| p.to_string_lossy() == mp)))
+        };
+        rec.until(WAIT, name, |evs| evs.iter().any(wanted));
+        let e = rec.events.iter().find(|e| wanted(e)).unwrap();
+        let Detail::Syscall(s) = &e.detail else {
+            unreachable!()
+        };
+        assert_eq!(
+            out.trim(),
+            format!("{name} returned {}", s.result),
+            "the result the kernel saw is the one the call returned"
+        );
+        if names_path {
+            assert_eq!(
+                s.path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                Some(mp.clone())
+            );
+        }
+        if let Some(t) = target.as_deref().filter(|_| child.is_some()) {
+            let target_pid: u64 = t.parse().unwrap();
+            assert!(
+                s.args.contains(&target_pid) || name == "pidfd_send_signal",
+                "{name}: {:?}",
+                s.args
+            );
+        }
+        seen.push(format!("{name}={}", s.result));
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    eprintln!("reported: {}", seen.join(" "));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 20, item 6: hard and symbolic links made into sensitive places are
+/// reported as sensitive, with where they land.
+#[test]
+fn r20_links_into_sensitive_places_are_reported() {
+    let Some(_k) = kernel_test("r20_links_into_sensitive_places_are_reported") else {
+        return;
+    };
+    let mut rec = Recorder::start();
+    let source =
+        std::path::PathBuf::from(format!("/etc/monitor-test-source-{}", std::process::id()));
+    std::fs::write(&source, b"x").unwrap();
+    let hard = format!("/etc/monitor-test-hardlink-{}", std::process::id());
+    let soft = format!("/etc/cron.d/monitor-test-symlink-{}", std::process::id());
+    for (name, arg, kind, landed) in [
+        (
+            "link",
+            format!("{} {hard}", source.display()),
+            "file_link",
+            hard.clone(),
+        ),
+        (
+            "symlink",
+            format!("/tmp/anything {soft}"),
+            "file_symlink",
+            soft.clone(),
+        ),
+    ] {
+        let (pid, out) = act_pid(&["syscall", name, &arg]);
+        assert_eq!(out.trim(), format!("{name} returned 0"));
+        let e = wait_kind(&mut rec, pid, kind);
+        let (Detail::FileLink(f) | Detail::FileSymlink(f)) = &e.detail else {
+            unreachable!()
+        };
+        assert!(f.sensitive, "{name} into a sensitive place: {f:?}");
+        let where_ = match kind {
+            "file_link" => f.new_path.as_ref().unwrap(),
+            _ => &f.path,
+        };
+        assert_eq!(where_.to_string_lossy(), landed, "{f:?}");
+        if kind == "file_symlink" {
+            assert_eq!(
+                f.new_path.as_ref().unwrap().to_string_lossy(),
+                "/tmp/anything"
+            );
+        }
+    }
+    for p in [source.to_str().unwrap(), &hard, &soft] {
+        let _ = std::fs::remove_file(p);
+    }
+}

@@ -227,10 +227,17 @@ impl Downstream {
                         Lifecycle::Health,
                         &self.host,
                         &format!(
-                            "monitor sensor degraded: events lost ({})",
-                            crate::kernel::counters::counts_line(&loss.counts)
+                            "monitor sensor degraded: events lost ({}){}",
+                            crate::kernel::counters::counts_line(&loss.counts),
+                            loss.top_process
+                                .as_ref()
+                                .map(|p| format!("; most by {p}"))
+                                .unwrap_or_default()
                         ),
-                        serde_json::json!({ "lost": loss.counts, "lost_since_start": loss.totals }),
+                        serde_json::json!({
+                            "lost": loss.counts, "lost_since_start": loss.totals,
+                            "by_process": loss.by_process, "top_process": loss.top_process,
+                        }),
                     ),
                 })
                 .await?;

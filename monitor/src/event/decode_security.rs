@@ -8,13 +8,14 @@ use std::{
 
 use monitor_common::{
     BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX, MemExecRecord,
-    MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, TaskInfo, UNIX_PATH_MAX,
-    cred_op, file_flags, file_op, kind, mem_op, net_flags, net_op,
+    MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, SYSCALL_TEXT_MAX,
+    SyscallRecord, TaskInfo, UNIX_PATH_MAX, cred_op, file_flags, file_op, kind, mem_op, net_flags,
+    net_op, stash,
 };
 
 use super::{
     BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
-    ModuleDetail, NetDetail, PtraceDetail,
+    ModuleDetail, NetDetail, PtraceDetail, SyscallDetail,
     record::{
         DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, check_len, decode_path, read_at,
         until_nul,
@@ -107,6 +108,33 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
                 target_pid: r.target,
                 signal: r.signal,
                 signal_name: signal_name(r.signal),
+                result: r.ret,
+            })
+        }
+        kind::SYSCALL => {
+            check_len::<SyscallRecord>(bytes, name)?;
+            let r: SyscallRecord = read_at(bytes, 0);
+            let len = r.text_len as usize;
+            if len > SYSCALL_TEXT_MAX {
+                return Err(DecodeError::BadLength {
+                    kind: name,
+                    field: "text_len",
+                    claimed: len,
+                    max: SYSCALL_TEXT_MAX,
+                });
+            }
+            if !stash::is_plain(r.op) {
+                return Err(DecodeError::BadValue {
+                    kind: name,
+                    field: "op",
+                    value: u64::from(r.op),
+                    rule: "a syscall op between 80 and 91".into(),
+                });
+            }
+            Detail::Syscall(SyscallDetail {
+                syscall: stash::plain_name(r.op).to_owned(),
+                args: r.args.to_vec(),
+                path: (len > 0).then(|| ByteString::from(&r.text[..len])),
                 result: r.ret,
             })
         }
@@ -246,7 +274,13 @@ fn file(bytes: &[u8], hflags: u16) -> Result<Detail, DecodeError> {
     }
     let detail = FileDetail {
         path: resolve(&path, &base),
-        new_path: (op == file_op::RENAME && !path2.absent).then(|| resolve(&path2, &base)),
+        new_path: match op {
+            _ if path2.absent => None,
+            file_op::RENAME | file_op::LINK => Some(resolve(&path2, &base)),
+            // A symlink's target is text, resolved only when followed.
+            file_op::SYMLINK => Some(path2.path.clone()),
+            _ => None,
+        },
         flags: if op == file_op::OPEN {
             open_flag_names(open_flags)
         } else {
@@ -260,6 +294,8 @@ fn file(bytes: &[u8], hflags: u16) -> Result<Detail, DecodeError> {
     Ok(match op {
         file_op::OPEN => Detail::FileOpen(detail),
         file_op::UNLINK => Detail::FileUnlink(detail),
+        file_op::LINK => Detail::FileLink(detail),
+        file_op::SYMLINK => Detail::FileSymlink(detail),
         _ => Detail::FileRename(detail),
     })
 }

@@ -158,6 +158,13 @@ pub enum Detail {
     FileUnlink(FileDetail),
     /// File renamed.
     FileRename(FileDetail),
+    /// Hard link made (`path` the existing file, `new_path` the new name).
+    FileLink(FileDetail),
+    /// Symbolic link made (`path` the link, `new_path` its target as given).
+    FileSymlink(FileDetail),
+    /// A watched syscall, as called (process memory access, pidfd,
+    /// queued signals, mounts and namespaces, io_uring).
+    Syscall(SyscallDetail),
     /// setuid/setgid family or capset.
     CredChange(CredDetail),
     /// ptrace of another process.
@@ -193,6 +200,9 @@ impl Detail {
             Detail::FileOpen(_) => "file_open",
             Detail::FileUnlink(_) => "file_unlink",
             Detail::FileRename(_) => "file_rename",
+            Detail::FileLink(_) => "file_link",
+            Detail::FileSymlink(_) => "file_symlink",
+            Detail::Syscall(_) => "syscall",
             Detail::CredChange(_) => "cred_change",
             Detail::Ptrace(_) => "ptrace",
             Detail::ModuleLoad(_) => "module_load",
@@ -269,6 +279,64 @@ pub struct ExeIdentity {
     /// The process's mount namespace (its inode), when not the agent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_ns: Option<u64>,
+}
+
+/// A watched syscall, as called.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyscallDetail {
+    /// The syscall (`process_vm_writev`, `mount`, `unshare`, ...).
+    pub syscall: String,
+    /// Its first four arguments, as passed.
+    pub args: Vec<u64>,
+    /// The path it names (mount target, umount2 target, pivot_root's new
+    /// root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<ByteString>,
+    /// Return value.
+    pub result: i64,
+}
+
+impl SyscallDetail {
+    /// The process it acts on, for the calls that name one by pid.
+    pub fn target_pid(&self) -> Option<u32> {
+        match self.syscall.as_str() {
+            "process_vm_readv" | "process_vm_writev" | "rt_sigqueueinfo" | "rt_tgsigqueueinfo" => {
+                self.args.first().map(|&a| a as u32)
+            }
+            _ => None,
+        }
+    }
+
+    /// The action fact a window learns from it: the syscall, and for
+    /// namespaces the kinds asked for.
+    pub fn action(&self) -> String {
+        let ns = |flags: u64| -> String {
+            const NS: [(u64, &str); 7] = [
+                (0x0002_0000, "mnt"),
+                (0x0400_0000, "uts"),
+                (0x0800_0000, "ipc"),
+                (0x1000_0000, "user"),
+                (0x2000_0000, "pid"),
+                (0x4000_0000, "net"),
+                (0x0200_0000, "cgroup"),
+            ];
+            let names: Vec<&str> = NS
+                .iter()
+                .filter(|(bit, _)| flags & bit != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", names.join("+"))
+            }
+        };
+        match self.syscall.as_str() {
+            "unshare" => format!("unshare{}", ns(self.args.first().copied().unwrap_or(0))),
+            "setns" => format!("setns{}", ns(self.args.get(1).copied().unwrap_or(0))),
+            other => other.to_owned(),
+        }
+    }
 }
 
 /// Fork details.
@@ -492,6 +560,13 @@ pub struct LossDetail {
     pub counts: BTreeMap<String, u64>,
     /// Totals since the agent started.
     pub totals: BTreeMap<String, u64>,
+    /// Records refused per process (`rate_limited.file`, by process id):
+    /// only these processes' windows miss something.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_process: BTreeMap<u32, u64>,
+    /// The process that lost the most, described for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_process: Option<String>,
 }
 
 /// Maps with integer keys, written as JSON objects (string keys) and read

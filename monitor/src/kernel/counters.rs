@@ -60,6 +60,7 @@ pub fn is_loss(name: &str) -> bool {
         || name.starts_with("pending_")
         || name.starts_with("userspace_")
         || name.starts_with("decode_error")
+        || name.starts_with("rate_limited")
 }
 
 /// Whether a loss counter means the behaviour windows open now may miss
@@ -67,7 +68,8 @@ pub fn is_loss(name: &str) -> bool {
 /// that reached its counts after the thread had exited (or after its id
 /// was reused): that thread's window is already closed, and the windows open
 /// now lost nothing. (A thread that never got the counts slot is reported by
-/// `counts_map_full` as well, which does taint.)
+/// `counts_map_full` as well, which does taint.) `rate_limited.file` names
+/// its processes (`LossDetail::by_process`): only their windows are tainted.
 pub fn taints_open_windows(name: &str) -> bool {
-    name != "uncounted_syscalls"
+    name != "uncounted_syscalls" && !name.starts_with("rate_limited")
 }

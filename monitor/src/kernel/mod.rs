@@ -118,6 +118,9 @@ pub fn programs() -> &'static [ProgramSpec] {
             .collect();
         names.dedup();
         for (name, program) in names {
+            // The tracepoint is named after the kernel's SYSCALL_DEFINE,
+            // which for umount2 is `umount`.
+            let name = if name == "umount2" { "umount" } else { name };
             // Leaked once: hooks are named by `&'static str` everywhere.
             let tracepoint: &'static str = Box::leak(format!("sys_exit_{name}").into_boxed_str());
             specs.push(ProgramSpec {
@@ -515,6 +518,20 @@ impl Probes {
             },
         ))?;
         BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("SENSITIVE", e))
+    }
+
+    /// Takes the per-process budgets of file records (once): the agent
+    /// reads which process was over its budget, and by how much.
+    pub fn take_file_budget(
+        &mut self,
+    ) -> Result<BpfHashMap<MapData, u32, monitor_common::FileBudget>, ProbeError> {
+        let map = self.ebpf.take_map("FILE_BUDGET").ok_or(ProbeError::Map(
+            "FILE_BUDGET",
+            aya::maps::MapError::InvalidName {
+                name: "FILE_BUDGET".into(),
+            },
+        ))?;
+        BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("FILE_BUDGET", e))
     }
 
     /// Takes the kernel's cache of directory verdicts (once): the agent

@@ -340,6 +340,57 @@ const RULES: &[Rule] = &[
         severity: Severity::Medium,
     },
     Rule {
+        matches: |n| action_is(n, &["process_vm_writev", "pidfd_getfd"]),
+        technique: ("T1055", "Process Injection", "Defense Evasion"),
+        why: "a process wrote into another process's memory or took one of its file descriptors: code injection and handle theft look like this",
+        next: "identify the target process (the action's pid) and what it runs; stop both if it is not a debugger or a supervisor",
+        severity: Severity::High,
+    },
+    Rule {
+        matches: |n| action_is(n, &["process_vm_readv"]),
+        technique: ("T1003", "OS Credential Dumping", "Credential Access"),
+        why: "a process read another process's memory: secrets and keys live there",
+        next: "identify the target process; if it holds credentials (sshd, a browser, an agent), rotate them",
+        severity: Severity::High,
+    },
+    Rule {
+        matches: |n| action_is(n, &["mount", "umount2", "pivot_root", "setns", "unshare"]),
+        technique: ("T1611", "Escape to Host", "Privilege Escalation"),
+        why: "a process changed its mounts or namespaces, which it never did: container escapes and hiding files under a mount look like this",
+        next: "check the process's namespaces (`ls -l /proc/PID/ns`) and mounts (`/proc/PID/mountinfo`) against its container",
+        severity: Severity::Medium,
+    },
+    Rule {
+        matches: |n| action_is(n, &["io_uring_setup"]),
+        technique: ("T1562", "Impair Defenses", "Defense Evasion"),
+        why: "io_uring performs file and network operations without the syscalls sensors watch; rootkits use it to stay unseen",
+        next: "check why this program needs io_uring; if it never used it, inspect its files and connections (`ss`, `lsof`)",
+        severity: Severity::Medium,
+    },
+    Rule {
+        matches: |n| {
+            action_is(
+                n,
+                &["rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal"],
+            )
+        },
+        technique: ("T1489", "Service Stop", "Impact"),
+        why: "a process queued a signal to another, which it never did",
+        next: "check which process received it and whether it was a service or a security tool",
+        severity: Severity::Medium,
+    },
+    Rule {
+        matches: |n| action_is(n, &["file_link", "file_symlink"]),
+        technique: (
+            "T1222",
+            "File and Directory Permissions Modification",
+            "Defense Evasion",
+        ),
+        why: "a link was made into a sensitive place: a hard link keeps a sensitive file readable under another name, a symlink can redirect what a privileged program writes",
+        next: "look at the link (`ls -li`) and what it points to; remove it if no one expects it",
+        severity: Severity::High,
+    },
+    Rule {
         matches: |n| n.kind == NoveltyKind::ReplacedImage,
         technique: (
             "T1036.005",

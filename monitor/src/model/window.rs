@@ -235,6 +235,13 @@ impl WindowBuilder {
                     w.tainted = true;
                 }
             }
+            // Records refused to a process over its budget: only its
+            // window misses something, and the rest still teach.
+            for pid in loss.by_process.keys() {
+                if let Some(w) = self.open.get_mut(pid) {
+                    w.tainted = true;
+                }
+            }
             return closed;
         }
         let Some(process) = &event.process else {
@@ -337,6 +344,31 @@ impl WindowBuilder {
                     w.facts
                         .sensitive_paths
                         .insert(f.path.to_string_lossy().into_owned());
+                }
+            }
+            Detail::FileLink(f) | Detail::FileSymlink(f) => {
+                // A link into a sensitive place: the place it lands is the
+                // fact (a hard link's new name, a symlink itself).
+                w.activity.file_changes += 1;
+                if f.sensitive {
+                    w.activity.sensitive += 1;
+                    let landed = match &event.detail {
+                        Detail::FileLink(_) => f.new_path.as_ref().unwrap_or(&f.path),
+                        _ => &f.path,
+                    };
+                    w.facts
+                        .sensitive_paths
+                        .insert(landed.to_string_lossy().into_owned());
+                    w.facts.actions.insert(event.detail.kind().to_owned());
+                }
+            }
+            Detail::Syscall(s) => {
+                w.activity.tampering += 1;
+                w.facts.actions.insert(s.action());
+                if s.target_pid().is_some_and(|p| is_this_agent(p as i32)) {
+                    w.facts
+                        .actions
+                        .insert(format!("{}_of_the_agent", s.syscall));
                 }
             }
             Detail::CredChange(c) => {
@@ -458,6 +490,7 @@ mod tests {
             Detail::Loss(LossDetail {
                 counts: [(counter.to_owned(), 3)].into(),
                 totals: [(counter.to_owned(), 3)].into(),
+                ..Default::default()
             }),
         )
     }
@@ -482,5 +515,28 @@ mod tests {
 
         builder.push(&loss("ringbuf_full.exec"));
         assert!(builder.open[&7].tainted, "a lost exec may be this window's");
+    }
+
+    #[test]
+    fn records_refused_to_a_flooding_process_taint_its_window_only() {
+        let mut builder = WindowBuilder::new(std::time::Duration::from_secs(60));
+        for pid in [7, 8] {
+            let mut fork = Event::new(Timestamp(1), Detail::Fork(ForkDetail::default()));
+            fork.process = Some(
+                Process {
+                    pid,
+                    ..Default::default()
+                }
+                .into(),
+            );
+            builder.push(&fork);
+        }
+        let mut limited = loss("rate_limited.file");
+        if let Detail::Loss(l) = &mut limited.detail {
+            l.by_process = [(8, 5000)].into();
+        }
+        builder.push(&limited);
+        assert!(builder.open[&8].tainted, "the flooding process");
+        assert!(!builder.open[&7].tainted, "another process still teaches");
     }
 }

@@ -374,10 +374,15 @@ pub fn activity(event: &Event, host: &Host) -> Option<Value> {
             v["unmapped"] = json!({ "monitor": &event.detail });
             Some(v)
         }
-        Detail::FileOpen(f) | Detail::FileUnlink(f) | Detail::FileRename(f) => {
+        Detail::FileOpen(f)
+        | Detail::FileUnlink(f)
+        | Detail::FileRename(f)
+        | Detail::FileLink(f)
+        | Detail::FileSymlink(f) => {
             let activity = match &event.detail {
                 Detail::FileUnlink(_) => (4, "Delete"),
                 Detail::FileRename(_) => (5, "Rename"),
+                Detail::FileLink(_) | Detail::FileSymlink(_) => (1, "Create"),
                 _ if f.write => (3, "Update"),
                 _ => (2, "Read"),
             };

@@ -172,6 +172,22 @@ fn main() {
             // SAFETY: signalling a test child.
             unsafe { libc::kill(arg(1).parse().unwrap(), arg(2).parse().unwrap()) };
         }
+        Some("open-flood") => {
+            // Write-open files in directory ARG1 as fast as possible for
+            // ARG2 seconds; print how many.
+            let dir = std::path::PathBuf::from(arg(1));
+            let until =
+                std::time::Instant::now() + std::time::Duration::from_secs(arg(2).parse().unwrap());
+            let mut n = 0u64;
+            while std::time::Instant::now() < until {
+                for _ in 0..1000 {
+                    let _ = std::fs::File::create(dir.join(format!("f{}", n % 64)));
+                    n += 1;
+                }
+            }
+            println!("opened {n}");
+        }
+        Some("syscall") => watched_syscall(&arg(1), args.get(2).map(String::as_str)),
         Some("memfd-exec") => memfd_exec(),
         Some("mmap-exec") => {
             // SAFETY: anonymous mapping, then mprotect of it.
@@ -308,4 +324,133 @@ fn bpf_load() {
         "BPF_PROG_LOAD failed: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// Makes one of the syscalls the security sensor reports as called (issue
+/// 20, item 6); `target` is a pid (a test child) or a path, as the call
+/// needs. Prints the result.
+fn watched_syscall(name: &str, target: Option<&str>) {
+    let pid = || -> i32 { target.expect("a target pid").parse().unwrap() };
+    let path = || CString::new(target.expect("a target path")).unwrap();
+    let mut word = 0u64;
+    let local = libc::iovec {
+        iov_base: (&raw mut word).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: (&raw mut word).cast(),
+        iov_len: 8,
+    };
+    // SAFETY: each is one syscall on our own memory, a test child, or a
+    // path the test named; failures are results, printed.
+    let ret: i64 = unsafe {
+        match name {
+            "process_vm_readv" => {
+                libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) as i64
+            }
+            "process_vm_writev" => {
+                libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) as i64
+            }
+            "pidfd_getfd" => {
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0);
+                libc::syscall(libc::SYS_pidfd_getfd, pidfd, 0, 0)
+            }
+            "pidfd_send_signal" => {
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid(), 0);
+                libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGTERM, 0, 0)
+            }
+            "rt_sigqueueinfo" => {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                info.si_signo = libc::SIGTERM;
+                info.si_code = -1; // SI_QUEUE
+                libc::syscall(
+                    libc::SYS_rt_sigqueueinfo,
+                    pid(),
+                    libc::SIGTERM,
+                    &raw mut info,
+                )
+            }
+            "rt_tgsigqueueinfo" => {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                info.si_signo = libc::SIGTERM;
+                info.si_code = -1;
+                libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    pid(),
+                    pid(),
+                    libc::SIGTERM,
+                    &raw mut info,
+                )
+            }
+            "unshare" => libc::unshare(libc::CLONE_NEWNS) as i64,
+            "mount" => {
+                private_mounts();
+                let none = CString::new("none").unwrap();
+                let tmpfs = CString::new("tmpfs").unwrap();
+                libc::mount(
+                    none.as_ptr(),
+                    path().as_ptr(),
+                    tmpfs.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ) as i64
+            }
+            "umount2" => {
+                private_mounts();
+                libc::umount2(path().as_ptr(), libc::MNT_DETACH) as i64
+            }
+            "setns" => {
+                let ns = CString::new("/proc/1/ns/mnt").unwrap();
+                let fd = libc::open(ns.as_ptr(), libc::O_RDONLY);
+                libc::setns(fd, libc::CLONE_NEWNS) as i64
+            }
+            "pivot_root" => {
+                // Refused (the new root is not a mount point): still reported.
+                libc::syscall(libc::SYS_pivot_root, path().as_ptr(), path().as_ptr())
+            }
+            "io_uring_setup" => {
+                let mut params = [0u8; 120];
+                libc::syscall(libc::SYS_io_uring_setup, 8, params.as_mut_ptr())
+            }
+            "link" => {
+                let from = CString::new(target.unwrap().split_once(' ').unwrap().0).unwrap();
+                let to = CString::new(target.unwrap().split_once(' ').unwrap().1).unwrap();
+                libc::link(from.as_ptr(), to.as_ptr()) as i64
+            }
+            "symlink" => {
+                let from = CString::new(target.unwrap().split_once(' ').unwrap().0).unwrap();
+                let to = CString::new(target.unwrap().split_once(' ').unwrap().1).unwrap();
+                libc::symlink(from.as_ptr(), to.as_ptr()) as i64
+            }
+            other => panic!("unknown syscall {other}"),
+        }
+    };
+    // As the kernel returns it: -errno for a failure.
+    let ret = if ret == -1 {
+        -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        ret
+    };
+    println!("{name} returned {ret}");
+}
+
+/// A mount namespace of our own whose mounts do not propagate back to the
+/// host's (as `unshare -m` does).
+fn private_mounts() {
+    let root = CString::new("/").unwrap();
+    // SAFETY: plain syscalls.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+        assert_eq!(
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "make / private"
+        );
+    }
 }
