@@ -29,7 +29,7 @@ impl Default for StoreLimits {
         Self {
             per_program: 300,
             programs: 4096,
-            bytes: 16 << 20,
+            bytes: 12 << 20,
         }
     }
 }

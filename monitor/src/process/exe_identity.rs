@@ -32,7 +32,7 @@ const CACHED: usize = 8192;
 
 /// Identifies executed files; see the module docs.
 pub struct Identifier {
-    cache: HashMap<(u64, u64, i64, u64), String>,
+    cache: HashMap<CacheKey, (String, bool)>,
     own_mount_ns: Option<u64>,
     budget_since: Instant,
     hashed_since: u64,
@@ -59,6 +59,18 @@ fn mount_ns(who: &str) -> Option<u64> {
     text.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// A file's identity for the cache: device, inode, mtime (ns), size.
+type CacheKey = (u64, u64, i64, u64);
+
+fn cache_key(m: &std::fs::Metadata) -> CacheKey {
+    (
+        m.dev(),
+        m.ino(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.len(),
+    )
+}
+
 /// The kernel's `dev_t` encoding (major << 20 | minor) as (major, minor).
 fn kernel_dev(dev: u32) -> (u32, u32) {
     (dev >> 20, dev & 0xf_ffff)
@@ -67,10 +79,7 @@ fn kernel_dev(dev: u32) -> (u32, u32) {
 impl Identifier {
     /// Identifies the file process `pid` executed.
     pub fn identify(&mut self, pid: u32, exec: &ExecDetail) -> ExeIdentity {
-        let mut identity = ExeIdentity {
-            mount_ns: mount_ns(&pid.to_string()).filter(|ns| Some(*ns) != self.own_mount_ns),
-            ..ExeIdentity::default()
-        };
+        let mut identity = ExeIdentity::default();
         if exec.fileless || exec.inode == 0 {
             return identity;
         }
@@ -83,39 +92,78 @@ impl Identifier {
             m.ino() == exec.inode
                 && (libc::major(m.dev()), libc::minor(m.dev())) == kernel_dev(exec.dev)
         };
-        let opened = [
-            std::path::PathBuf::from(format!("/proc/{pid}/exe")),
-            path.clone(),
-        ]
-        .into_iter()
-        .find_map(|p| {
-            let file = std::fs::File::open(&p).ok()?;
-            let meta = file.metadata().ok()?;
-            same_file(&meta).then_some((file, meta))
-        });
-        let Some((file, meta)) = opened else {
+        // The name is the watched user's to change: by the time the agent
+        // looks, it may be a FIFO (an open for reading would block the
+        // capture) or a symlink. Only a regular file that is the one the
+        // kernel executed is read: checked before opening (never open
+        // anything else), opened without blocking or following a final
+        // symlink, and checked again on the descriptor. A file seen before
+        // (same device, inode, mtime and size) is not opened at all.
+        let stat = |p: &std::path::Path, follow: bool| -> Option<std::fs::Metadata> {
+            let m = if follow {
+                std::fs::metadata(p)
+            } else {
+                std::fs::symlink_metadata(p)
+            }
+            .ok()?;
+            (m.is_file() && same_file(&m)).then_some(m)
+        };
+        // The path in our mount namespace first: when it is the file the
+        // kernel executed, nothing in /proc is needed (a /proc lookup costs
+        // more than the rest of this together). Otherwise the process sees
+        // another file at that name: its own view, through /proc/PID/exe,
+        // and its mount namespace are looked up.
+        let found = stat(&path, false)
+            .map(|m| (path.clone(), false, m))
+            .or_else(|| {
+                identity.mount_ns =
+                    mount_ns(&pid.to_string()).filter(|ns| Some(*ns) != self.own_mount_ns);
+                let proc_exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+                stat(&proc_exe, true).map(|m| (proc_exe, true, m))
+            });
+        let Some((source, follow, meta)) = found else {
             self.not_hashed += 1;
             return identity;
         };
-        identity.memory_backed = memory_backed(&file);
         identity.world_writable_dir = path
             .parent()
             .and_then(|dir| std::fs::metadata(dir).ok())
             .is_some_and(|m| m.mode() & 0o002 != 0);
-        identity.sha256 = self.hash(file, &meta);
+        let key = cache_key(&meta);
+        if let Some((sha, memory)) = self.cache.get(&key) {
+            identity.sha256 = Some(sha.clone());
+            identity.memory_backed = *memory;
+            return identity;
+        }
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | nofollow)
+                .open(&source)
+                .ok()
+                .and_then(|f| {
+                    let m = f.metadata().ok()?;
+                    (m.is_file() && cache_key(&m) == key).then_some(f)
+                })
+        };
+        let Some(file) = opened else {
+            self.not_hashed += 1;
+            return identity;
+        };
+        identity.memory_backed = memory_backed(&file);
+        identity.sha256 = self.hash(file, &meta, key, identity.memory_backed);
         identity
     }
 
-    fn hash(&mut self, mut file: std::fs::File, meta: &std::fs::Metadata) -> Option<String> {
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
-            meta.len(),
-        );
-        if let Some(known) = self.cache.get(&key) {
-            return Some(known.clone());
-        }
+    fn hash(
+        &mut self,
+        mut file: std::fs::File,
+        meta: &std::fs::Metadata,
+        key: CacheKey,
+        memory_backed: bool,
+    ) -> Option<String> {
         if self.budget_since.elapsed() >= Duration::from_secs(1) {
             self.budget_since = Instant::now();
             self.hashed_since = 0;
@@ -146,7 +194,7 @@ impl Identifier {
         if self.cache.len() >= CACHED {
             self.cache.clear();
         }
-        self.cache.insert(key, hex.clone());
+        self.cache.insert(key, (hex.clone(), memory_backed));
         Some(hex)
     }
 }
@@ -177,6 +225,22 @@ mod tests {
             dev: (major << 20) | minor,
             ..ExecDetail::default()
         }
+    }
+
+    #[test]
+    fn a_fifo_put_at_the_executed_name_is_not_opened() {
+        let dir = std::env::temp_dir().join(format!("monitor-exe-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("looks-executed");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+        // Even when the record names the FIFO itself, it is not opened (an
+        // open for reading would wait for a writer: the capture would hang).
+        let mut id = Identifier::default();
+        let identity = id.identify(u32::MAX - 1, &exec_of(fifo.to_str().unwrap()));
+        assert_eq!(identity.sha256, None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
