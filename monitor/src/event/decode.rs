@@ -19,7 +19,7 @@ pub use super::record::{
 };
 use super::{
     ByteString, Detail, ExecDetail, ExitDetail, ForkDetail,
-    record::{check_len, read_at},
+    record::{bounded_len, check_len, read_at},
 };
 
 /// Decodes one ring-buffer record.
@@ -128,23 +128,14 @@ fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
     const KIND: &str = "exec";
     let argv_len = read_at::<u32>(bytes, offset_of!(ExecRecord, argv_len)) as usize;
     let argv_max = size_of::<[u8; monitor_common::EXEC_ARGV_MAX]>();
-    if argv_len > argv_max {
-        return Err(DecodeError::BadLength {
-            kind: KIND,
-            field: "argv_len",
-            claimed: argv_len,
-            max: argv_max,
-        });
-    }
+    let argv_len = bounded_len(KIND, "argv_len", argv_len, argv_max)?;
     let filename_len = read_at::<u16>(bytes, offset_of!(ExecRecord, filename_len)) as usize;
-    if filename_len > monitor_common::EXEC_FILENAME_MAX {
-        return Err(DecodeError::BadLength {
-            kind: KIND,
-            field: "filename_len",
-            claimed: filename_len,
-            max: monitor_common::EXEC_FILENAME_MAX,
-        });
-    }
+    let filename_len = bounded_len(
+        KIND,
+        "filename_len",
+        filename_len,
+        monitor_common::EXEC_FILENAME_MAX,
+    )?;
     let filename_at = offset_of!(ExecRecord, filename);
     let argv_at = offset_of!(ExecRecord, argv);
     let path = decode_path(bytes, offset_of!(ExecRecord, path), KIND, "path")?;

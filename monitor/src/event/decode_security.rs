@@ -17,8 +17,8 @@ use super::{
     BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
     ModuleDetail, NetDetail, PtraceDetail, SyscallDetail,
     record::{
-        DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, check_len, decode_path, read_at,
-        until_nul,
+        DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, bounded_len, check_len,
+        decode_path, read_at, until_nul,
     },
 };
 
@@ -64,15 +64,7 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
         kind::MEMFD => {
             check_len::<MemfdRecord>(bytes, name)?;
             let r: MemfdRecord = read_at(bytes, 0);
-            let len = r.name_len as usize;
-            if len > MEMFD_NAME_MAX {
-                return Err(DecodeError::BadLength {
-                    kind: name,
-                    field: "name_len",
-                    claimed: len,
-                    max: MEMFD_NAME_MAX,
-                });
-            }
+            let len = bounded_len(name, "name_len", r.name_len as usize, MEMFD_NAME_MAX)?;
             Detail::MemfdCreate(MemfdDetail {
                 name: ByteString::from(&r.name[..len]),
                 flags: flag_names(r.flags, MFD_FLAGS),
@@ -114,15 +106,7 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
         kind::SYSCALL => {
             check_len::<SyscallRecord>(bytes, name)?;
             let r: SyscallRecord = read_at(bytes, 0);
-            let len = r.text_len as usize;
-            if len > SYSCALL_TEXT_MAX {
-                return Err(DecodeError::BadLength {
-                    kind: name,
-                    field: "text_len",
-                    claimed: len,
-                    max: SYSCALL_TEXT_MAX,
-                });
-            }
+            let len = bounded_len(name, "text_len", r.text_len as usize, SYSCALL_TEXT_MAX)?;
             if !stash::is_plain(r.op) {
                 return Err(DecodeError::BadValue {
                     kind: name,
@@ -331,15 +315,12 @@ fn cred(r: &CredRecord) -> Detail {
 fn module(bytes: &[u8]) -> Result<Detail, DecodeError> {
     let r_op: u8 = read_at(bytes, offset_of!(ModuleRecord, op));
     let ret: i32 = read_at(bytes, offset_of!(ModuleRecord, ret));
-    let len = read_at::<u32>(bytes, offset_of!(ModuleRecord, args_len)) as usize;
-    if len > MODULE_ARGS_MAX {
-        return Err(DecodeError::BadLength {
-            kind: "module",
-            field: "args_len",
-            claimed: len,
-            max: MODULE_ARGS_MAX,
-        });
-    }
+    let len = bounded_len(
+        "module",
+        "args_len",
+        read_at::<u32>(bytes, offset_of!(ModuleRecord, args_len)) as usize,
+        MODULE_ARGS_MAX,
+    )?;
     let at = offset_of!(ModuleRecord, args);
     let path = decode_path(bytes, offset_of!(ModuleRecord, path), "module", "path")?;
     Ok(Detail::ModuleLoad(ModuleDetail {

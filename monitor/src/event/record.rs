@@ -144,6 +144,25 @@ pub(crate) fn read_at<T: Copy>(bytes: &[u8], offset: usize) -> T {
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(offset).cast::<T>()) }
 }
 
+/// `claimed`, if it is within `max`: a length field of a record, checked
+/// before it is used to slice the record.
+pub(crate) fn bounded_len(
+    kind: &'static str,
+    field: &'static str,
+    claimed: usize,
+    max: usize,
+) -> Result<usize, DecodeError> {
+    if claimed > max {
+        return Err(DecodeError::BadLength {
+            kind,
+            field,
+            claimed,
+            max,
+        });
+    }
+    Ok(claimed)
+}
+
 pub(crate) fn check_len<T>(bytes: &[u8], kind: &'static str) -> Result<(), DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::Short {
@@ -179,14 +198,7 @@ pub fn decode_path(
 ) -> Result<DecodedPath, DecodeError> {
     let len = read_at::<u16>(bytes, offset + offset_of!(KernelPath, len)) as usize;
     let flags = read_at::<u8>(bytes, offset + offset_of!(KernelPath, flags));
-    if len > PATH_AREA {
-        return Err(DecodeError::BadLength {
-            kind,
-            field,
-            claimed: len,
-            max: PATH_AREA,
-        });
-    }
+    let len = bounded_len(kind, field, len, PATH_AREA)?;
     let data_at = offset + offset_of!(KernelPath, data);
     let data = &bytes[data_at..data_at + len];
     let user_string = flags & path_flags::USER_STRING != 0;

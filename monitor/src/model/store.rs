@@ -158,20 +158,15 @@ impl LearningStore {
     /// flood of new programs cannot wipe out what was learned of the others).
     fn make_room(&mut self, size: usize) -> bool {
         while self.bytes + size > self.limits.bytes {
-            let Some((largest, held)) = self
+            let Some(reservoir) = self
                 .programs
-                .iter()
-                .map(|(p, r)| (p, r.windows.len()))
-                .max_by_key(|(_, n)| *n)
-                .map(|(p, n)| (p.clone(), n))
+                .values_mut()
+                .max_by_key(|r| r.windows.len())
+                .filter(|r| r.windows.len() > FAIR_SHARE)
             else {
                 return false;
             };
-            if held <= FAIR_SHARE {
-                return false;
-            }
-            let reservoir = self.programs.get_mut(&largest).expect("just found");
-            let slot = (self.rng.next() % held as u64) as usize;
+            let slot = (self.rng.next() % reservoir.windows.len() as u64) as usize;
             let gone = reservoir.windows.swap_remove(slot);
             self.bytes -= heap_bytes(&gone);
             self.windows -= 1;

@@ -149,69 +149,56 @@ const OCSF_SEVERITY: [&str; 7] = [
 /// A Detection Finding for a finding.
 pub fn finding(finding: &Finding, host: &Host) -> Value {
     let severity = finding.guidance.severity;
-    let (severity_id, severity_name) = (
-        severity.ocsf_id(),
-        OCSF_SEVERITY[usize::from(severity.ocsf_id())],
-    );
+    let severity_id = severity.ocsf_id();
     let proc = finding.process.as_ref();
-    let mut v = json!({
-        "class_uid": 2004,
-        "class_name": "Detection Finding",
-        "category_uid": 2,
-        "category_name": "Findings",
-        "activity_id": 1,
-        "activity_name": "Create",
-        "type_uid": 200401,
-        "type_name": "Detection Finding: Create",
-        "time": ms(finding.time),
-        "start_time": ms(finding.window_start),
-        "end_time": ms(finding.window_end),
-        "severity_id": severity_id,
-        "severity": severity_name,
-        "status_id": 1,
-        "status": "New",
-        "is_alert": true,
-        "confidence_score": (finding.score * 100.0).round() as u32,
-        "risk_score": (finding.score * 100.0).round() as u32,
-        "message": finding.summary,
-        "metadata": metadata(Some(&finding.id)),
-        "device": host.device(),
-        "finding_info": {
-            "uid": finding.id,
-            "title": finding.summary,
-            "desc": finding.explanation(),
-            "attacks": finding.guidance.techniques.iter().map(|t| json!({
-                "technique": { "uid": t.id, "name": t.name },
-                "tactic": { "uid": t.tactic_id, "name": t.tactic },
-                "version": "15.1",
-            })).collect::<Vec<_>>(),
-            "types": ["Behavioral Anomaly"],
-            "first_seen_time": ms(finding.window_start),
-            "last_seen_time": ms(finding.window_end),
-            "analytic": {
-                "name": "monitor behaviour baseline",
-                "type_id": 4,
-                "type": "Learning (ML/DL)",
-                "desc": "Per-host baseline: k-means clusters per executable program, nearest neighbours and categorical novelty, calibrated to a false-alarm rate",
+    let mut v = new_detection_finding(
+        finding.time,
+        severity_id,
+        &finding.id,
+        &finding.summary,
+        host,
+        json!({
+            "start_time": ms(finding.window_start),
+            "end_time": ms(finding.window_end),
+            "confidence_score": (finding.score * 100.0).round() as u32,
+            "risk_score": (finding.score * 100.0).round() as u32,
+            "finding_info": {
+                "uid": finding.id,
+                "title": finding.summary,
+                "desc": finding.explanation(),
+                "attacks": finding.guidance.techniques.iter().map(|t| json!({
+                    "technique": { "uid": t.id, "name": t.name },
+                    "tactic": { "uid": t.tactic_id, "name": t.tactic },
+                    "version": "15.1",
+                })).collect::<Vec<_>>(),
+                "types": ["Behavioral Anomaly"],
+                "first_seen_time": ms(finding.window_start),
+                "last_seen_time": ms(finding.window_end),
+                "analytic": {
+                    "name": "monitor behaviour baseline",
+                    "type_id": 4,
+                    "type": "Learning (ML/DL)",
+                    "desc": "Per-host baseline: k-means clusters per executable program, nearest neighbours and categorical novelty, calibrated to a false-alarm rate",
+                },
             },
-        },
-        "unmapped": {
-            "monitor": {
-                "program": finding.program,
-                "parent_program": finding.parent_program,
-                "score": finding.score,
-                "threshold": finding.threshold,
-                "false_alarm_rate": finding.false_alarm_rate,
-                "deviations": finding.deviations,
-                "nearest_cluster": finding.nearest_cluster,
-                "novelty": finding.novelty,
-                "guidance": finding.guidance,
-                "syscalls": finding.syscalls,
-                "incomplete": finding.incomplete,
-                "process": finding.process,
+            "unmapped": {
+                "monitor": {
+                    "program": finding.program,
+                    "parent_program": finding.parent_program,
+                    "score": finding.score,
+                    "threshold": finding.threshold,
+                    "false_alarm_rate": finding.false_alarm_rate,
+                    "deviations": finding.deviations,
+                    "nearest_cluster": finding.nearest_cluster,
+                    "novelty": finding.novelty,
+                    "guidance": finding.guidance,
+                    "syscalls": finding.syscalls,
+                    "incomplete": finding.incomplete,
+                    "process": finding.process,
+                },
             },
-        },
-    });
+        }),
+    );
     if let Some(p) = proc {
         let parent = finding.ancestry.first().map(|a| Process {
             pid: a.pid,
@@ -227,6 +214,40 @@ pub fn finding(finding: &Finding, host: &Host) -> Value {
     } else {
         v["evidences"] =
             json!([{ "data": { "novelty": finding.novelty, "program": finding.program } }]);
+    }
+    v
+}
+
+/// The fields every Detection Finding (Create) carries, with `rest` added.
+fn new_detection_finding(
+    time: crate::event::Timestamp,
+    severity_id: u8,
+    uid: &str,
+    message: &str,
+    host: &Host,
+    rest: Value,
+) -> Value {
+    let mut v = json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": 1,
+        "activity_name": "Create",
+        "type_uid": 200401,
+        "type_name": "Detection Finding: Create",
+        "time": ms(time),
+        "severity_id": severity_id,
+        "severity": OCSF_SEVERITY[usize::from(severity_id)],
+        "status_id": 1,
+        "status": "New",
+        "is_alert": true,
+        "message": message,
+        "metadata": metadata(Some(uid)),
+        "device": host.device(),
+    });
+    if let (Some(fields), Value::Object(rest)) = (v.as_object_mut(), rest) {
+        fields.extend(rest);
     }
     v
 }
@@ -247,45 +268,35 @@ pub fn tamper_finding(host: &Host, problems: &[String]) -> Value {
             .write(&now.0.to_le_bytes())
             .finish()
     );
-    json!({
-        "class_uid": 2004,
-        "class_name": "Detection Finding",
-        "category_uid": 2,
-        "category_name": "Findings",
-        "activity_id": 1,
-        "activity_name": "Create",
-        "type_uid": 200401,
-        "type_name": "Detection Finding: Create",
-        "time": ms(now),
-        "severity_id": 5,
-        "severity": OCSF_SEVERITY[5],
-        "status_id": 1,
-        "status": "New",
-        "is_alert": true,
-        "message": title,
-        "metadata": metadata(Some(&id)),
-        "device": host.device(),
-        "finding_info": {
-            "uid": id,
-            "title": title,
-            "desc": format!(
-                "{title}\n\nwhy it matters:\n  - only root can change a loaded eBPF program's maps or links; someone with root is blinding the agent while it looks alive\n\nnext steps:\n  - find who holds root on this host now (logins, sudo, services running as root) and what ran `bpf()` recently\n  - treat the host as compromised until explained"
-            ),
-            "attacks": [{
-                "technique": { "uid": "T1562.001", "name": "Impair Defenses: Disable or Modify Tools" },
-                "tactic": { "uid": "TA0005", "name": "Defense Evasion" },
-                "version": "15.1",
-            }],
-            "types": ["Sensor Tampering"],
-            "analytic": {
-                "name": "monitor sensor integrity check",
-                "type_id": 1,
-                "type": "Rule",
-                "desc": "The agent's hooks must stay attached and its maps must hold what it put there",
+    new_detection_finding(
+        now,
+        5,
+        &id,
+        &title,
+        host,
+        json!({
+            "finding_info": {
+                "uid": id,
+                "title": title,
+                "desc": format!(
+                    "{title}\n\nwhy it matters:\n  - only root can change a loaded eBPF program's maps or links; someone with root is blinding the agent while it looks alive\n\nnext steps:\n  - find who holds root on this host now (logins, sudo, services running as root) and what ran `bpf()` recently\n  - treat the host as compromised until explained"
+                ),
+                "attacks": [{
+                    "technique": { "uid": "T1562.001", "name": "Impair Defenses: Disable or Modify Tools" },
+                    "tactic": { "uid": "TA0005", "name": "Defense Evasion" },
+                    "version": "15.1",
+                }],
+                "types": ["Sensor Tampering"],
+                "analytic": {
+                    "name": "monitor sensor integrity check",
+                    "type_id": 1,
+                    "type": "Rule",
+                    "desc": "The agent's hooks must stay attached and its maps must hold what it put there",
+                },
             },
-        },
-        "unmapped": { "monitor": { "integrity": problems } },
-    })
+            "unmapped": { "monitor": { "integrity": problems } },
+        }),
+    )
 }
 
 /// An OCSF activity record for a raw event, if its kind has one.
