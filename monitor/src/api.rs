@@ -359,6 +359,12 @@ pub fn metrics(s: &Status, exposure: Exposure) -> String {
         ],
     );
     metric(
+        "monitor_spool_damaged_total",
+        "counter",
+        "Damaged stretches of spool segments (torn writes, zeros, flipped bits) skipped.",
+        one(s.spool.damaged as f64),
+    );
+    metric(
         "monitor_spool_degraded",
         "gauge",
         "1 while the spool's disk refuses writes.",

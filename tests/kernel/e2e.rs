@@ -11,12 +11,9 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -25,11 +22,14 @@ use monitor_tests::{kernel_test, python_web_server, test_dir};
 
 use crate::{agent::Agent, cli::agent};
 
-/// The normal workload: runs until dropped.
+/// The normal workload: runs until dropped. Its processes form trees of
+/// their own (the web server; a shell that runs the periodic jobs and the
+/// web clients), apart from this test process: the test harness polls the
+/// agent, lists /proc and starts the drills, which is not the workload, and
+/// its findings are printed, not counted.
 struct Workload {
     server: Child,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    jobs: Child,
 }
 
 fn get(port: u16) -> bool {
@@ -43,13 +43,20 @@ fn get(port: u16) -> bool {
     reply.starts_with(b"HTTP/1.0 200")
 }
 
-fn sh(script: &str) {
-    let _ = Command::new("/bin/sh")
-        .args(["-c", script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
+/// A web client: one request every 300 ms.
+const CLIENT: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+while True:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            while s.recv(65536):
+                pass
+    except OSError:
+        pass
+    time.sleep(0.3)
+"#;
 
 impl Workload {
     fn start(dir: &Path) -> Self {
@@ -62,44 +69,45 @@ impl Workload {
             assert!(Instant::now() < deadline, "the web server did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        // Clients of the web server.
-        let s = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                get(port);
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        }));
-        // A periodic job and package-manager-like reads.
-        let s = stop.clone();
-        let out = dir.join("job.out");
-        threads.push(std::thread::spawn(move || {
-            let mut tick = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                sh(&format!("date > '{}'; ls /etc > /dev/null; wc -l /etc/passwd > /dev/null", out.display()));
-                if tick.is_multiple_of(3) {
-                    sh("cat /var/lib/dpkg/status > /dev/null; ls /usr/share/doc > /dev/null; cat /etc/os-release > /dev/null");
-                }
-                tick += 1;
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        }));
-        Self {
-            server,
-            stop,
-            threads,
-        }
+        // The clients of the web server, a periodic job and
+        // package-manager-like reads, in a process group of their own.
+        let script = format!(
+            "python3 -c \"$CLIENT\" {port} &\n\
+             tick=0\n\
+             while :; do\n\
+               date > '{out}'; ls /etc > /dev/null; wc -l /etc/passwd > /dev/null\n\
+               if [ $((tick % 3)) -eq 0 ]; then\n\
+                 cat /var/lib/dpkg/status > /dev/null; ls /usr/share/doc > /dev/null; cat /etc/os-release > /dev/null\n\
+               fi\n\
+               tick=$((tick + 1)); sleep 2\n\
+             done\n",
+            out = dir.join("job.out").display()
+        );
+        let jobs = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("CLIENT", CLIENT)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { server, jobs }
+    }
+
+    /// True if the finding is about a process of the workload.
+    fn raised(&self, f: &LoggedFinding) -> bool {
+        [self.server.id(), self.jobs.id()]
+            .into_iter()
+            .any(|root| monitor::drill::belongs_to(f, root))
     }
 }
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        // SAFETY: kill has no memory preconditions; the group is the jobs
+        // shell's own (process_group(0)), so this signals nothing else.
+        unsafe { libc::kill(-(self.jobs.id() as i32), libc::SIGKILL) };
+        let _ = self.jobs.wait();
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
@@ -244,8 +252,6 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         monitor::fileio::jsonl::read_lines::<LoggedFinding>(&state.join("findings.jsonl")).unwrap();
     let (status, _, stderr) = running.stop();
     assert!(status.success(), "agent exit {status:?}: {stderr}");
-    drop(workload);
-
     // Every drill flagged, fast.
     let mut table = String::new();
     for o in &outcomes {
@@ -306,23 +312,18 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
                 .map(|f| f.as_str().unwrap().to_owned())
         })
         .collect();
-    // The workload is this test process and everything it started (the web
-    // server, the jobs' shells and commands) except the drill runner's tree.
-    // Findings about other processes on the host are printed, not counted:
-    // they are not the workload (on a developer's machine, their shell).
-    let workload_root = std::process::id();
+    // The workload's own trees count. Findings about other processes on the
+    // host are printed, not counted: they are not the workload (the test
+    // harness itself; on a developer's machine, their shell).
     let outside: Vec<&LoggedFinding> = logged
         .iter()
         .filter(|f| {
             !drill_findings.contains(&f.finding.id) && !monitor::drill::belongs_to(f, runner_pid)
         })
         .collect();
-    let normal: Vec<&&LoggedFinding> = outside
-        .iter()
-        .filter(|f| monitor::drill::belongs_to(f, workload_root))
-        .collect();
+    let normal: Vec<&&LoggedFinding> = outside.iter().filter(|f| workload.raised(f)).collect();
     for f in &outside {
-        let whose = if monitor::drill::belongs_to(f, workload_root) {
+        let whose = if workload.raised(f) {
             "the normal workload"
         } else {
             "another process on this host"
@@ -337,6 +338,7 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         "the normal workload raised {} findings (detecting since {detecting_since})",
         normal.len()
     );
+    drop(workload);
 
     // The drills left the system as they found it.
     assert_eq!(

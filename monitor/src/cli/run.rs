@@ -232,10 +232,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "spool      {} bytes, dropped {} findings / {} activity{}",
+        "spool      {} bytes, dropped {} findings / {} activity, {} damaged records skipped{}",
         s.spool.bytes,
         s.spool.dropped_findings,
         s.spool.dropped_activity,
+        s.spool.damaged,
         s.spool
             .degraded
             .as_ref()

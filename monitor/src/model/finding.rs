@@ -229,13 +229,20 @@ fn summarize(w: &Window, scored: &Scored, deviations: &[Deviation]) -> String {
     let name = w.program.rsplit('/').next().unwrap_or(&w.program);
     let pid = w.context.process.as_ref().map_or(w.pid, |p| p.pid);
     let mut parts: Vec<String> = novelty_lines(&scored.novelty).into_iter().take(3).collect();
-    if parts.is_empty()
-        && let Some(d) = deviations.first()
-    {
-        parts.push(format!(
-            "{}: {} where about {} is usual",
-            d.feature, d.observed, d.expected
-        ));
+    if parts.is_empty() {
+        parts.push(match (deviations.first(), scored.sequence_p) {
+            (Some(d), _) => format!(
+                "{}: {} where about {} is usual",
+                d.feature, d.observed, d.expected
+            ),
+            // The sequence model alone: the counts look usual, the order
+            // of the calls does not. A finding always says why.
+            (None, Some(p)) => format!(
+                "made its usual system calls in an order its baseline rarely shows (about 1 normal window in {:.0})",
+                1.0 / p.max(f64::MIN_POSITIVE)
+            ),
+            (None, None) => "its behaviour as a whole is far from everything learned".into(),
+        });
     }
     format!(
         "{name} (pid {pid}) behaved unlike its baseline, score {:.3}: {}",
@@ -372,5 +379,50 @@ impl Finding {
             self.id
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array1;
+
+    use super::summarize;
+    use crate::model::{
+        baseline::{Nearest, Scope, Scored},
+        window::Window,
+    };
+
+    #[test]
+    fn a_finding_scored_by_its_call_order_alone_still_says_why() {
+        let w = Window::from_sequence("/usr/bin/cat", vec![0, 1, 0, 1]);
+        let scored = Scored {
+            score: 0.9998,
+            raw: 8.5,
+            distance_p: 1.0,
+            sequence_p: Some(2e-4),
+            scope: Scope::Program,
+            nearest: Nearest {
+                cluster: 1,
+                distance: 0.0,
+                spread: 0.05,
+                exemplar_distance: 0.0,
+                exemplar_spread: 0.05,
+            },
+            novelty: Vec::new(),
+            x: Array1::zeros(0),
+            acknowledged: false,
+        };
+        let summary = summarize(&w, &scored, &[]);
+        assert!(
+            summary.ends_with(
+                "made its usual system calls in an order its baseline rarely shows (about 1 normal window in 5000)"
+            ),
+            "{summary}"
+        );
+        let neither = Scored {
+            sequence_p: None,
+            ..scored
+        };
+        assert!(!summarize(&w, &neither, &[]).ends_with(": "));
     }
 }

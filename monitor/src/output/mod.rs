@@ -6,4 +6,5 @@ pub mod ocsf;
 pub mod sink_config;
 pub mod sinks;
 pub mod spool;
+pub mod spool_format;
 pub mod syslog;

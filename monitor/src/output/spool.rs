@@ -10,9 +10,11 @@
 //! cursors/<sink>.json                 how far each sink has acknowledged
 //! ```
 //!
-//! A segment is a sequence of `[u32 length][u32 CRC-32][payload]` (little
-//! endian). A record torn by a crash fails its length or checksum; it and
-//! everything after it in that segment are cut off at the next start.
+//! A segment is a sequence of records, each with a magic, a length and a
+//! CRC-32 ([`super::spool_format`]). Damage (a torn write, a zero-filled
+//! tail after a crash, a flipped bit) is detected, skipped and counted: at
+//! the end of a segment it is cut off at the next start; in the middle,
+//! readers step over it to the next good record.
 //!
 //! Bounded: past `max_bytes`, whole segments are evicted oldest first, raw
 //! activity before findings, and every record evicted before all sinks had
@@ -22,7 +24,7 @@
 //! works again.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
@@ -32,6 +34,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::spool_format::{self, Item, Layout};
 
 /// The two classes of records, in delivery priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -138,12 +142,18 @@ pub struct SpoolStats {
     pub in_memory: u64,
     /// The disk error, while the spool is degraded.
     pub degraded: Option<String>,
+    /// Damaged stretches found in segments (torn writes, zeros, flipped
+    /// bits) and skipped; each may have held records, which are lost.
+    #[serde(default)]
+    pub damaged: u64,
 }
 
 #[derive(Debug, Default)]
 struct ClassState {
     /// Segment numbers present, oldest first, with their sizes.
     segments: BTreeMap<u64, u64>,
+    /// Segments written by an earlier version, without the record magic.
+    legacy: BTreeSet<u64>,
     /// The segment being appended to.
     writer: Option<(u64, File)>,
     /// The number the next segment gets. Never reused: a sink's cursor
@@ -165,6 +175,8 @@ struct Inner {
     memory: VecDeque<MemoryRecord>,
     memory_next: u64,
     memory_cursors: BTreeMap<String, u64>,
+    /// Damaged stretches already counted: (class, segment, offset).
+    damage_seen: BTreeSet<(Class, u64, u64)>,
     stats: SpoolStats,
 }
 
@@ -175,8 +187,6 @@ pub struct Spool {
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
 }
-
-const HEADER: usize = 8;
 
 fn seg_name(n: u64) -> String {
     format!("{n:020}.seg")
@@ -190,23 +200,41 @@ fn create_dir(path: &Path) -> Result<(), SpoolError> {
         .map_err(io("create directory", path))
 }
 
-/// Length of the valid prefix of a segment (every record with a good length
-/// and checksum, up to the first bad one).
-fn valid_prefix(path: &Path) -> Result<u64, SpoolError> {
+/// What opening found in a segment.
+struct Checked {
+    layout: Layout,
+    /// Bytes to keep: up to the end of the last good record.
+    keep: u64,
+    /// Damaged stretches before that (offsets), which readers step over.
+    damaged: Vec<u64>,
+    /// A damaged stretch at the end, cut off.
+    torn_tail: bool,
+}
+
+fn check_segment(path: &Path) -> Result<Checked, SpoolError> {
     let mut f = File::open(path).map_err(io("open", path))?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(io("read", path))?;
-    let mut at = 0usize;
-    while at + HEADER <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4"));
-        let end = at + HEADER + len;
-        if end > bytes.len() || crc32fast::hash(&bytes[at + HEADER..end]) != crc {
-            break;
-        }
-        at = end;
-    }
-    Ok(at as u64)
+    let layout = Layout::of(&bytes);
+    let items = spool_format::scan(&bytes, layout, 0);
+    let keep = items
+        .iter()
+        .rev()
+        .find(|i| matches!(i, Item::Record { .. }))
+        .map_or(0, Item::end);
+    let damaged = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Damaged { at, .. } if *at < keep => Some(*at as u64),
+            _ => None,
+        })
+        .collect();
+    Ok(Checked {
+        layout,
+        keep: keep as u64,
+        damaged,
+        torn_tail: keep < bytes.len(),
+    })
 }
 
 impl Spool {
@@ -220,6 +248,8 @@ impl Spool {
         create_dir(&dir.join("cursors"))?;
         let mut classes = BTreeMap::new();
         let mut total = 0;
+        let mut damaged = 0;
+        let mut damage_seen = BTreeSet::new();
         for class in Class::ALL {
             let cdir = dir.join(class.dir());
             create_dir(&cdir)?;
@@ -235,18 +265,26 @@ impl Spool {
                     continue;
                 };
                 let path = entry.path();
-                let valid = valid_prefix(&path)?;
+                let checked = check_segment(&path)?;
                 let len = entry.metadata().map_err(io("stat", &path))?.len();
-                if valid < len {
-                    tracing::warn!(segment = %path.display(), kept = valid, cut = len - valid, "spool: cut a torn record at the end of a segment");
+                if checked.torn_tail {
+                    tracing::warn!(segment = %path.display(), kept = checked.keep, cut = len - checked.keep, "spool: cut a damaged tail (torn write or zeros) off a segment");
                     OpenOptions::new()
                         .write(true)
                         .open(&path)
-                        .and_then(|f| f.set_len(valid))
+                        .and_then(|f| f.set_len(checked.keep))
                         .map_err(io("truncate", &path))?;
+                    damaged += 1;
                 }
-                total += valid;
-                state.segments.insert(n, valid);
+                for at in checked.damaged {
+                    tracing::warn!(segment = %path.display(), offset = at, "spool: a damaged record inside a segment is skipped");
+                    damage_seen.insert((class, n, at));
+                }
+                if checked.layout == Layout::Legacy {
+                    state.legacy.insert(n);
+                }
+                total += checked.keep;
+                state.segments.insert(n, checked.keep);
             }
             classes.insert(class, state);
         }
@@ -282,8 +320,10 @@ impl Spool {
                 memory_cursors: sinks.iter().map(|s| (s.clone(), 0)).collect(),
                 stats: SpoolStats {
                     bytes: total,
+                    damaged: damaged + damage_seen.len() as u64,
                     ..Default::default()
                 },
+                damage_seen,
             }),
             notify: tokio::sync::Notify::new(),
         });
@@ -354,7 +394,7 @@ impl Spool {
             .classes
             .get_mut(&class)
             .expect("every class has a state");
-        let record_len = (HEADER + payload.len()) as u64;
+        let record_len = (spool_format::HEADER + payload.len()) as u64;
         let need_new = match (&state.writer, state.segments.last_key_value()) {
             (Some((n, _)), _) => {
                 state.segments.get(n).copied().unwrap_or(0) + record_len
@@ -376,10 +416,8 @@ impl Spool {
             state.writer = Some((next, file));
         }
         let (n, file) = state.writer.as_mut().expect("writer set above");
-        let mut buf = Vec::with_capacity(HEADER + payload.len());
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        buf.extend_from_slice(payload);
+        let mut buf = Vec::with_capacity(spool_format::HEADER + payload.len());
+        spool_format::encode(payload, &mut buf);
         let path = cdir.join(seg_name(*n));
         if let Err(e) = file.write_all(&buf) {
             // A partial write would be a torn record: cut back to the last
@@ -471,14 +509,11 @@ impl Spool {
         } else {
             0
         };
-        let mut at = start;
-        let mut count = 0;
-        while at + HEADER <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
-            at += HEADER + len;
-            count += 1;
-        }
-        count
+        let layout = inner.classes[&class].layout(n);
+        spool_format::scan(&bytes, layout, start)
+            .iter()
+            .filter(|i| matches!(i, Item::Record { .. }))
+            .count() as u64
     }
 
     fn remove_segment(&self, inner: &mut Inner, class: Class, n: u64) {
@@ -512,8 +547,9 @@ impl Spool {
     }
 
     fn read_batch(&self, sink: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
-        let inner = self.inner.lock().expect("spool lock");
+        let mut inner = self.inner.lock().expect("spool lock");
         let mut out = Vec::new();
+        let mut damage = Vec::new();
         let cursor = inner.cursors.get(sink).cloned().unwrap_or_default();
         for class in Class::ALL {
             let state = &inner.classes[&class];
@@ -532,28 +568,31 @@ impl Spool {
                     continue;
                 }
                 let path = self.dir.join(class.dir()).join(seg_name(n));
-                let f = File::open(&path).map_err(io("open segment", &path))?;
-                let mut r = std::io::BufReader::with_capacity(64 * 1024, f);
-                r.seek(SeekFrom::Start(pos.offset))
-                    .map_err(io("seek in", &path))?;
-                let mut offset = pos.offset;
+                let mut reader = SegmentReader::open(&path, state.layout(n), pos.offset, size)?;
                 // Only records inside the known size: the writer may be mid-append.
-                while offset + HEADER as u64 <= size && out.len() < max {
-                    let mut header = [0u8; HEADER];
-                    r.read_exact(&mut header).map_err(io("read", &path))?;
-                    let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
-                    let mut payload = vec![0u8; len];
-                    r.read_exact(&mut payload).map_err(io("read", &path))?;
-                    let start = Position { segment: n, offset };
-                    offset += (HEADER + len) as u64;
-                    out.push(Record {
-                        class,
-                        at: start,
-                        next: Position { segment: n, offset },
-                        in_memory: false,
-                        payload,
-                    });
+                while out.len() < max {
+                    let offset = reader.offset;
+                    match reader.next()? {
+                        Next::End => break,
+                        Next::Record(payload) => out.push(Record {
+                            class,
+                            at: Position { segment: n, offset },
+                            next: Position {
+                                segment: n,
+                                offset: reader.offset,
+                            },
+                            in_memory: false,
+                            payload,
+                        }),
+                        Next::Skipped => damage.push((class, n, offset)),
+                    }
                 }
+            }
+        }
+        for key in damage {
+            if inner.damage_seen.insert(key) {
+                tracing::warn!(class = ?key.0, segment = key.1, offset = key.2, "spool: a damaged record inside a segment is skipped");
+                inner.stats.damaged += 1;
             }
         }
         let mem_from = inner.memory_cursors.get(sink).copied().unwrap_or(0);
@@ -655,6 +694,96 @@ impl Spool {
     }
 }
 
+impl ClassState {
+    fn layout(&self, segment: u64) -> Layout {
+        if self.legacy.contains(&segment) {
+            Layout::Legacy
+        } else {
+            Layout::Current
+        }
+    }
+}
+
+/// What the next read of a segment gave.
+enum Next {
+    Record(Vec<u8>),
+    /// A damaged stretch was stepped over.
+    Skipped,
+    End,
+}
+
+/// Reads a segment's records in order, from an offset up to a known size,
+/// stepping over damage.
+struct SegmentReader<'a> {
+    path: &'a Path,
+    reader: std::io::BufReader<File>,
+    layout: Layout,
+    offset: u64,
+    size: u64,
+}
+
+impl<'a> SegmentReader<'a> {
+    fn open(path: &'a Path, layout: Layout, offset: u64, size: u64) -> Result<Self, SpoolError> {
+        let f = File::open(path).map_err(io("open segment", path))?;
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, f);
+        reader
+            .seek(SeekFrom::Start(offset))
+            .map_err(io("seek in", path))?;
+        Ok(Self {
+            path,
+            reader,
+            layout,
+            offset,
+            size,
+        })
+    }
+
+    fn next(&mut self) -> Result<Next, SpoolError> {
+        if self.offset >= self.size {
+            return Ok(Next::End);
+        }
+        let left = (self.size - self.offset) as usize;
+        let header_len = spool_format::header_len(self.layout);
+        if left >= header_len {
+            let mut record = vec![0u8; header_len];
+            self.reader
+                .read_exact(&mut record)
+                .map_err(io("read", self.path))?;
+            if let Some(len) = spool_format::claimed_len(&record, self.layout)
+                && len <= left - header_len
+            {
+                record.resize(header_len + len, 0);
+                self.reader
+                    .read_exact(&mut record[header_len..])
+                    .map_err(io("read", self.path))?;
+                if let Some(payload) = spool_format::checked(&record, self.layout, 0) {
+                    self.offset += record.len() as u64;
+                    record.drain(..payload.start);
+                    return Ok(Next::Record(record));
+                }
+            }
+        }
+        // Damage: find the next good record in the rest of the segment.
+        self.reader
+            .seek(SeekFrom::Start(self.offset))
+            .map_err(io("seek in", self.path))?;
+        let mut rest = vec![0u8; left];
+        self.reader
+            .read_exact(&mut rest)
+            .map_err(io("read", self.path))?;
+        let skip = match spool_format::scan(&rest, self.layout, 0).first() {
+            Some(Item::Damaged { len, .. }) => *len,
+            // Good now (a writer finished it since): read it next time.
+            _ => 0,
+        };
+        self.offset += skip as u64;
+        self.reader
+            .seek(SeekFrom::Start(self.offset))
+            .map_err(io("seek in", self.path))?;
+        Ok(if skip == 0 { Next::End } else { Next::Skipped })
+    }
+}
+
 fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
     // Sink names hold URLs and paths; the file name must not.
     let safe: String = sink
@@ -745,23 +874,136 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn a_torn_tail_is_cut_on_open() {
-        let dir = tempdir("torn");
-        let sinks = vec!["s".to_owned()];
-        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
-        spool.append(Class::Findings, b"whole").unwrap();
-        drop(spool);
-        let seg = dir.join("findings").join(seg_name(1));
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap(); // a header promising 200 bytes
-        drop(f);
-        let spool = Spool::open(&dir, SpoolSettings::default(), &sinks).unwrap();
+    /// Everything sink "s" gets from the spool in `dir`, reopened, and the
+    /// spool's damage count.
+    fn reopen_and_read(dir: &Path) -> (Vec<Vec<u8>>, u64) {
+        let spool = Spool::open(dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
         let batch = rt()
-            .block_on(spool.next_batch("s", 10, Duration::ZERO))
+            .block_on(spool.next_batch("s", 100, Duration::ZERO))
             .unwrap();
-        assert_eq!(batch.len(), 1);
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), (HEADER + 5) as u64);
+        let payloads = batch.into_iter().map(|r| r.payload).collect();
+        (payloads, spool.stats().damaged)
+    }
+
+    fn spool_of(dir: &Path, payloads: &[&[u8]]) -> PathBuf {
+        let spool = Spool::open(dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        for p in payloads {
+            spool.append(Class::Findings, p).unwrap();
+        }
+        dir.join("findings").join(seg_name(1))
+    }
+
+    fn append_bytes(seg: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(seg).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_on_open_and_counted() {
+        let dir = tempdir("torn");
+        let seg = spool_of(&dir, &[b"whole"]);
+        append_bytes(&seg, &[b'M', b'S', b'R', 1, 200, 0, 0, 0, 1, 2]); // promises 200 bytes
+        let (got, damaged) = reopen_and_read(&dir);
+        assert_eq!(got, [b"whole".to_vec()]);
+        assert_eq!(damaged, 1);
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            (spool_format::HEADER + 5) as u64
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn zero_filled_tails_are_not_empty_records() {
+        let dir = tempdir("zeros");
+        let seg = spool_of(&dir, &[b"kept"]);
+        // Eight zero bytes once read as a valid empty record (length 0,
+        // CRC 0), and were delivered.
+        append_bytes(&seg, &[0; 8]);
+        let (got, damaged) = reopen_and_read(&dir);
+        assert_eq!(got, [b"kept".to_vec()]);
+        assert_eq!(damaged, 1);
+        // A whole page of zeros after a crash, then more records.
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        spool.append(Class::Findings, b"after").unwrap();
+        drop(spool);
+        let seg2 = dir.join("findings").join(seg_name(2));
+        append_bytes(&seg2, &[0; 4096]);
+        let (got, damaged) = reopen_and_read(&dir);
+        assert_eq!(got, [b"kept".to_vec(), b"after".to_vec()]);
+        assert_eq!(damaged, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_bit_costs_one_record_and_the_rest_are_delivered() {
+        let dir = tempdir("bitflip");
+        let seg = spool_of(&dir, &[b"first", b"second", b"third"]);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[2 * spool_format::HEADER + 5 + 3] ^= 0x04; // inside "second"
+        std::fs::write(&seg, &bytes).unwrap();
+        let (got, damaged) = reopen_and_read(&dir);
+        assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
+        assert_eq!(damaged, 1);
+        // The damage stays in the file (a cursor may point past it) and is
+        // counted once, however often it is read.
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        for _ in 0..3 {
+            rt().block_on(spool.next_batch("s", 100, Duration::ZERO))
+                .unwrap();
+        }
+        assert_eq!(spool.stats().damaged, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damage_that_appears_while_running_is_stepped_over_and_counted() {
+        let dir = tempdir("live-damage");
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        for p in [&b"one"[..], b"two", b"three"] {
+            spool.append(Class::Findings, p).unwrap();
+        }
+        let seg = dir.join("findings").join(seg_name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[spool_format::HEADER + 3] = 0; // the second record's magic
+        std::fs::write(&seg, &bytes).unwrap();
+        let batch = rt()
+            .block_on(spool.next_batch("s", 100, Duration::ZERO))
+            .unwrap();
+        let got: Vec<Vec<u8>> = batch.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(got, [b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(spool.stats().damaged, 1);
+        spool.ack("s", &batch).unwrap();
+        assert_eq!(
+            rt().block_on(spool.next_batch("s", 100, Duration::ZERO))
+                .unwrap()
+                .len(),
+            0
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segments_written_before_the_magic_are_still_delivered() {
+        let dir = tempdir("legacy");
+        let cdir = dir.join("findings");
+        std::fs::create_dir_all(&cdir).unwrap();
+        let mut bytes = Vec::new();
+        for p in [&b"old one"[..], b"old two"] {
+            bytes.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
+            bytes.extend_from_slice(p);
+        }
+        bytes.extend_from_slice(&[0; 8]);
+        std::fs::write(cdir.join(seg_name(1)), &bytes).unwrap();
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        assert_eq!(spool.stats().damaged, 1, "the zeros after the old records");
+        spool.append(Class::Findings, b"new").unwrap();
+        drop(spool);
+        let (got, damaged) = reopen_and_read(&dir);
+        assert_eq!(got, [b"old one".to_vec(), b"old two".to_vec(), b"new".to_vec()]);
+        assert_eq!(damaged, 0, "the zeros were cut off at the first open");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -411,12 +411,13 @@ fn sinks(status: Option<&Status>) -> String {
         .map(|(k, v)| format!("{}: {v}", esc(k)))
         .collect();
     out.push_str(&format!(
-        "<p>Lost events since start: {}. Spool: {} bytes on disk, {} records held in memory, {} findings and {} activity records dropped{}.</p>",
+        "<p>Lost events since start: {}. Spool: {} bytes on disk, {} records held in memory, {} findings and {} activity records dropped, {} damaged records skipped{}.</p>",
         if lost.is_empty() { "none".into() } else { lost.join(", ") },
         s.spool.bytes,
         s.spool.in_memory,
         s.spool.dropped_findings,
         s.spool.dropped_activity,
+        s.spool.damaged,
         s.spool.degraded.as_deref().map(|d| format!("; degraded: {}", esc(d))).unwrap_or_default()
     ));
     out
