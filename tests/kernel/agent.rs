@@ -453,6 +453,32 @@ fn config_check_names_the_file_line_and_key() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // A zero interval once passed the check and panicked the agent.
+    std::fs::write(&file, "[output]\nheartbeat = \"0s\"\n").unwrap();
+    let zero = Command::new(agent())
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&zero.stderr);
+    assert_eq!(zero.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:2:1: output.heartbeat: must be between 1s and 1day, got 0s",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::write(&file, "[api]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
+    let open = Command::new(agent())
+        .args(["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(open.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: api.listen = 0.0.0.0:9464 is reachable from other hosts"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -123,6 +123,9 @@ pub async fn run(
     settings: Settings,
     mut signals: crate::shutdown::ShutdownSignals,
 ) -> Result<(), AgentError> {
+    for w in &settings.warnings {
+        tracing::warn!("configuration: {w}");
+    }
     let paths = StatePaths::new(&settings.state_dir);
     prepare_state_dir(&paths.dir)?;
     let _lock = StateLock::take(&paths.dir)?;

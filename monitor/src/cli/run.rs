@@ -102,6 +102,9 @@ pub fn config(cmd: &ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Check { file } => {
             let raw = RawConfig::load(file, true)?;
             let settings = Settings::from_raw(raw, file)?;
+            for w in &settings.warnings {
+                eprintln!("{}: warning: {w}", file.display());
+            }
             println!(
                 "{}: ok ({} sink{}: {}; state in {})",
                 file.display(),

@@ -256,6 +256,20 @@ pub struct RawConfig {
     pub sink: Vec<SinkConfig>,
     /// `[api]`.
     pub api: ApiSection,
+    /// The text it was parsed from, to give a value's line in errors.
+    #[serde(skip)]
+    pub source: SourceText,
+}
+
+/// The text of a configuration file. It never makes two configurations
+/// different: equal settings from two files are equal.
+#[derive(Debug, Clone, Default)]
+pub struct SourceText(pub Option<std::sync::Arc<str>>);
+
+impl PartialEq for SourceText {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for RawConfig {
@@ -268,6 +282,7 @@ impl Default for RawConfig {
             spool: SpoolSection::default(),
             sink: vec![SinkConfig::Stdout {}],
             api: ApiSection::default(),
+            source: SourceText::default(),
         }
     }
 }
@@ -360,6 +375,7 @@ impl RawConfig {
         if raw.sink.is_empty() {
             raw.sink.push(SinkConfig::Stdout {});
         }
+        raw.source = SourceText(Some(text.into()));
         Ok(raw)
     }
 
@@ -391,16 +407,80 @@ pub struct Settings {
     pub host_name: String,
     /// API listen address, if on.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// Settings that work but that an operator should look at again.
+    pub warnings: Vec<String>,
 }
+
+/// Bounds of the durations in the file: below the least, a timer would spin
+/// (tokio panics on a zero interval); past the most, the value is a typo.
+const DURATIONS: [(&str, Duration, Duration); 4] = [
+    (
+        "model.learn_for",
+        Duration::from_secs(1),
+        Duration::from_secs(365 * 86_400),
+    ),
+    (
+        "model.save_every",
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86_400),
+    ),
+    (
+        "output.heartbeat",
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    ),
+    (
+        "capture.drain_interval",
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    ),
+];
 
 impl Settings {
     /// Validates a raw configuration; `path` names its origin in errors.
     pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
-        let bad = |key: &str, message: String| ConfigError::Value {
-            path: path.to_owned(),
-            key: key.to_owned(),
-            message,
+        // The value's line when it is in the file (not from a flag or the
+        // defaults).
+        let bad = |key: &str, message: String| {
+            let located = raw
+                .source
+                .0
+                .as_deref()
+                .and_then(|text| locate(text, key).map(|span| line_col(text, span.start)));
+            match located {
+                Some((line, column)) => ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    key: key.to_owned(),
+                    message,
+                },
+                None => ConfigError::Value {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    message,
+                },
+            }
         };
+        let durations = [
+            raw.model.learn_for,
+            raw.model.save_every,
+            raw.output.heartbeat,
+            raw.capture.drain_interval,
+        ];
+        for ((key, least, most), value) in DURATIONS.into_iter().zip(durations) {
+            if !(least..=most).contains(&value) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "must be between {} and {}, got {}",
+                        humantime::format_duration(least),
+                        humantime::format_duration(most),
+                        humantime::format_duration(value)
+                    ),
+                ));
+            }
+        }
         let m = &raw.model;
         if !(m.false_alarm_rate > 0.0 && m.false_alarm_rate < 1.0) {
             return Err(bad(
@@ -434,10 +514,13 @@ impl Settings {
             ));
         }
         let a = &raw.agent;
-        if a.log_max_size < 64 << 10 {
+        if !(64 << 10..=1 << 40).contains(&a.log_max_size) {
             return Err(bad(
                 "agent.log_max_size",
-                format!("must be at least 64KiB, got {} bytes", a.log_max_size),
+                format!(
+                    "must be between 64KiB and 1TiB, got {} bytes",
+                    a.log_max_size
+                ),
             ));
         }
         if !(1..=100).contains(&a.log_keep) {
@@ -454,12 +537,6 @@ impl Settings {
                 format!("must be a power of two between 64KiB and 1GiB, got {ring} bytes"),
             ));
         }
-        if c.drain_interval < Duration::from_millis(100) {
-            return Err(bad(
-                "capture.drain_interval",
-                "must be at least 100ms".into(),
-            ));
-        }
         // The agent's own state is always protected: a write there by
         // anything but the agent is tampering (the agent's own writes are
         // never reported).
@@ -472,8 +549,14 @@ impl Settings {
         }
         let sensitive = SensitivePaths::new(&c.sensitive_read, &write)
             .map_err(|e| bad("capture.sensitive_read/sensitive_write", e.to_string()))?;
-        if raw.spool.max_size < 1 << 20 {
-            return Err(bad("spool.max_size", "must be at least 1MiB".into()));
+        if !(1 << 20..=1 << 40).contains(&raw.spool.max_size) {
+            return Err(bad(
+                "spool.max_size",
+                format!(
+                    "must be between 1MiB and 1TiB, got {} bytes",
+                    raw.spool.max_size
+                ),
+            ));
         }
         for (i, sink) in raw.sink.iter().enumerate() {
             validate_sink(sink).map_err(|(key, msg)| bad(&format!("sink[{i}].{key}"), msg))?;
@@ -481,13 +564,26 @@ impl Settings {
         let api_listen = if raw.api.listen.trim().is_empty() {
             None
         } else {
-            Some(raw.api.listen.parse().map_err(|_| {
-                bad(
-                    "api.listen",
-                    format!("{:?} is not an address like 127.0.0.1:9464", raw.api.listen),
-                )
-            })?)
+            Some(
+                raw.api
+                    .listen
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| {
+                        bad(
+                            "api.listen",
+                            format!("{:?} is not an address like 127.0.0.1:9464", raw.api.listen),
+                        )
+                    })?,
+            )
         };
+        let mut warnings = Vec::new();
+        if let Some(addr) = api_listen
+            && !addr.ip().is_loopback()
+        {
+            warnings.push(format!(
+                "api.listen = {addr:?} is reachable from other hosts: /metrics and /healthz tell anyone who can connect that this host runs monitor and how busy it is; prefer 127.0.0.1"
+            ));
+        }
         let host_name = if raw.agent.host_name.is_empty() {
             system_host_name()
         } else {
@@ -525,6 +621,7 @@ impl Settings {
             state_dir: raw.agent.state_dir.clone(),
             host_name,
             api_listen,
+            warnings,
             raw,
         })
     }
@@ -598,7 +695,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "f.toml: model.false_alarm_rate: must be between 0 and 1, got 2"
+            "f.toml:2:1: model.false_alarm_rate: must be between 0 and 1, got 2"
         );
         let raw = parse("[[sink]]\ntype = \"splunk_hec\"\nurl = \"https://x\"\n").unwrap();
         let err = Settings::from_raw(raw, Path::new("f.toml"))
@@ -610,5 +707,71 @@ mod tests {
         );
         let err = parse("[agent\n").unwrap_err().to_string();
         assert!(err.contains("monitor.toml:1:"), "{err}");
+    }
+
+    fn check(text: &str) -> Result<Settings, String> {
+        Settings::from_raw(parse(text).map_err(|e| e.to_string())?, Path::new("monitor.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn zero_and_absurd_durations_and_sizes_are_refused_at_their_line() {
+        // Each of these once reached tokio's interval and panicked.
+        let err = check("[agent]\nlog_keep = 3\n\n[output]\nheartbeat = \"0s\"\n").unwrap_err();
+        assert_eq!(
+            err,
+            "monitor.toml:5:1: output.heartbeat: must be between 1s and 1day, got 0s"
+        );
+        let err = check("[model]\nsave_every = \"0s\"\n").unwrap_err();
+        assert!(
+            err.starts_with("monitor.toml:2:1: model.save_every: must be between 1s"),
+            "{err}"
+        );
+        let err = check("[model]\n  learn_for = \"900years\"\n").unwrap_err();
+        assert!(
+            err.starts_with("monitor.toml:2:3: model.learn_for:"),
+            "{err}"
+        );
+        let err = check("[capture]\ndrain_interval = \"1ms\"\n").unwrap_err();
+        assert!(
+            err.contains("capture.drain_interval: must be between 100ms and 1h"),
+            "{err}"
+        );
+        let err = check("[spool]\nmax_size = \"4000GiB\"\n").unwrap_err();
+        assert!(
+            err.starts_with("monitor.toml:2:1: spool.max_size: must be between 1MiB and 1TiB"),
+            "{err}"
+        );
+        let err = check("[[sink]]\ntype = \"elasticsearch\"\nurl = \"http://x\"\ntoken_env = \"T\"\nbatch_timeout = \"0s\"\n").unwrap_err();
+        assert!(
+            err.contains("sink[0].batch_timeout: must be between 10ms and 10m, got 0s"),
+            "{err}"
+        );
+        // A value set on the command line (not in the file) has no line.
+        let mut raw = parse("").unwrap();
+        raw.model.save_every = Duration::ZERO;
+        let err = Settings::from_raw(raw, Path::new("monitor.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("monitor.toml: model.save_every:"), "{err}");
+        // The defaults pass.
+        check("").unwrap();
+    }
+
+    #[test]
+    fn an_api_listening_beyond_loopback_is_a_warning() {
+        assert!(
+            check("[api]\nlisten = \"127.0.0.1:9464\"\n")
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
+        let s = check("[api]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(
+            s.warnings[0].contains("reachable from other hosts"),
+            "{:?}",
+            s.warnings
+        );
     }
 }

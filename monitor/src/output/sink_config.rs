@@ -217,6 +217,7 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
             token_file,
             token_env,
             batch_size,
+            batch_timeout,
             ..
         }
         | SinkConfig::Elasticsearch {
@@ -224,6 +225,7 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
             token_file,
             token_env,
             batch_size,
+            batch_timeout,
             ..
         } => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -249,6 +251,16 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
             }
             if *batch_size == 0 || *batch_size > 10_000 {
                 return Err(("batch_size", "must be between 1 and 10000".into()));
+            }
+            // Zero would poll the spool without pause.
+            if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(batch_timeout) {
+                return Err((
+                    "batch_timeout",
+                    format!(
+                        "must be between 10ms and 10m, got {}",
+                        humantime::format_duration(*batch_timeout)
+                    ),
+                ));
             }
             Ok(())
         }

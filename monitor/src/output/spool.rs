@@ -1002,7 +1002,10 @@ mod tests {
         spool.append(Class::Findings, b"new").unwrap();
         drop(spool);
         let (got, damaged) = reopen_and_read(&dir);
-        assert_eq!(got, [b"old one".to_vec(), b"old two".to_vec(), b"new".to_vec()]);
+        assert_eq!(
+            got,
+            [b"old one".to_vec(), b"old two".to_vec(), b"new".to_vec()]
+        );
         assert_eq!(damaged, 0, "the zeros were cut off at the first open");
         std::fs::remove_dir_all(&dir).unwrap();
     }

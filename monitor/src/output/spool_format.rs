@@ -85,7 +85,10 @@ impl Layout {
     /// one whose start is damaged, is read as current: new segments are
     /// only ever written so.
     pub fn of(start: &[u8]) -> Layout {
-        if start.len() >= LEGACY_HEADER && !start.starts_with(&MAGIC) && legacy_record(start, 0).is_some() {
+        if start.len() >= LEGACY_HEADER
+            && !start.starts_with(&MAGIC)
+            && legacy_record(start, 0).is_some()
+        {
             Layout::Legacy
         } else {
             Layout::Current
@@ -230,12 +233,20 @@ mod tests {
     fn whole_records_read_back_in_order() {
         let bytes = records(&[b"one", b"two", b"{}"]);
         let items = scan(&bytes, Layout::of(&bytes), 0);
-        assert_eq!(payloads(&bytes, &items), [b"one".to_vec(), b"two".to_vec(), b"{}".to_vec()]);
+        assert_eq!(
+            payloads(&bytes, &items),
+            [b"one".to_vec(), b"two".to_vec(), b"{}".to_vec()]
+        );
         assert!(damaged(&items).is_empty());
         // From the second record's offset.
         let second = items[1].clone();
-        let Item::Record { at, .. } = second else { panic!() };
-        assert_eq!(payloads(&bytes, &scan(&bytes, Layout::Current, at)).len(), 2);
+        let Item::Record { at, .. } = second else {
+            panic!()
+        };
+        assert_eq!(
+            payloads(&bytes, &scan(&bytes, Layout::Current, at)).len(),
+            2
+        );
     }
 
     #[test]
@@ -259,13 +270,19 @@ mod tests {
         let second_payload = HEADER + 5 + HEADER;
         bytes[second_payload + 2] ^= 0x10;
         let items = scan(&bytes, Layout::Current, 0);
-        assert_eq!(payloads(&bytes, &items), [b"first".to_vec(), b"third".to_vec()]);
+        assert_eq!(
+            payloads(&bytes, &items),
+            [b"first".to_vec(), b"third".to_vec()]
+        );
         assert_eq!(damaged(&items), [(HEADER + 5, HEADER + 6)]);
         // A flipped bit in a length is caught too (the CRC covers it).
         let mut bytes = records(&[b"first", b"second", b"third"]);
         bytes[HEADER + 5 + 4] ^= 0x01;
         let items = scan(&bytes, Layout::Current, 0);
-        assert_eq!(payloads(&bytes, &items), [b"first".to_vec(), b"third".to_vec()]);
+        assert_eq!(
+            payloads(&bytes, &items),
+            [b"first".to_vec(), b"third".to_vec()]
+        );
     }
 
     #[test]
@@ -308,7 +325,10 @@ mod tests {
         bytes.extend_from_slice(&[0; 8]);
         assert_eq!(Layout::of(&bytes), Layout::Legacy);
         let items = scan(&bytes, Layout::Legacy, 0);
-        assert_eq!(payloads(&bytes, &items), [b"old one".to_vec(), b"old two".to_vec()]);
+        assert_eq!(
+            payloads(&bytes, &items),
+            [b"old one".to_vec(), b"old two".to_vec()]
+        );
         assert_eq!(damaged(&items), [(good, 8)]);
     }
 }
