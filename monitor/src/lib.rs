@@ -21,6 +21,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod detect;
+pub mod display;
 pub mod drill;
 pub mod error;
 pub mod event;

@@ -309,9 +309,62 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
         "/usr/bin/dash"
     );
 
+    // A program whose name carries a right-to-left override: shown as
+    // "...hs.fdp" it would read as a PDF. Every text a person reads shows
+    // the escape, and the JSON keeps the name exactly.
+    let rlo_name = "report\u{202E}fdp.sh";
+    let rlo = dir.join(rlo_name);
+    std::fs::copy("/usr/bin/true", &rlo).unwrap();
+    assert!(Command::new(&rlo).status().unwrap().success());
+    running.wait_for(
+        "a finding for the program named with U+202E",
+        Duration::from_secs(20),
+        |a| !a.records_containing(&["202e"]).is_empty(),
+    );
     let (status, took, stderr) = running.stop();
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    let stdout = std::fs::read_to_string(dir.join("stdout.jsonl")).unwrap();
+    assert!(
+        !stdout.contains('\u{202E}'),
+        "a raw U+202E reached the sink's text"
+    );
+    let rlo_findings: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.contains("202e"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rlo_findings
+            .iter()
+            .any(|r| r["class_uid"] == 2004 && r.to_string().contains(rlo_name)),
+        "the JSON value keeps the name: {rlo_findings:?}"
+    );
+    let listed = Command::new(agent())
+        .args(["findings", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("report\\u{202e}fdp.sh") && !listed.contains('\u{202E}'),
+        "{listed}"
+    );
+    let report = dir.join("report.html");
+    let made = Command::new(agent())
+        .args(["report", "--state-dir", state.to_str().unwrap(), "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("report\\u{202e}fdp.sh") && !html.contains('\u{202E}'),
+        "the report shows the escape"
+    );
     let model = state.join("model.bin");
     assert_eq!(
         std::fs::metadata(&model).unwrap().permissions().mode() & 0o777,

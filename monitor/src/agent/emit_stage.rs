@@ -259,7 +259,10 @@ impl EmitStage {
 /// Appends a record to the spool; a failure is logged (the spool keeps
 /// records in memory and reports itself degraded).
 pub fn spool_append(spool: &Spool, class: Class, record: &serde_json::Value) {
-    let bytes = serde_json::to_vec(record).expect("a JSON value serializes");
+    // What sinks carry is read by people too (syslog viewers, files).
+    let bytes = crate::display::json_with_visible_escapes(
+        serde_json::to_vec(record).expect("a JSON value serializes"),
+    );
     if let Err(e) = spool.append(class, &bytes) {
         tracing::error!(error = %crate::error::error_chain(&e), "spool write failed; keeping records in memory");
     }

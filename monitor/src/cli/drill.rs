@@ -68,7 +68,8 @@ pub fn run(args: &DrillArgs) -> anyhow::Result<()> {
     )?;
     if args.json {
         for o in &outcomes {
-            println!("{}", serde_json::to_string(o)?);
+            let line = crate::display::json_with_visible_escapes(serde_json::to_vec(o)?);
+            println!("{}", String::from_utf8_lossy(&line));
         }
     } else {
         print!("{}", drill::table(&outcomes));

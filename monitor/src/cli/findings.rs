@@ -121,7 +121,8 @@ fn print_finding(
     args: &FindingsArgs,
 ) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string(f)?);
+        let line = crate::display::json_with_visible_escapes(serde_json::to_vec(f)?);
+        println!("{}", String::from_utf8_lossy(&line));
     } else if args.explain || args.id.is_some() {
         println!(
             "finding {} on {} at {}",

@@ -710,8 +710,11 @@ mod tests {
     }
 
     fn check(text: &str) -> Result<Settings, String> {
-        Settings::from_raw(parse(text).map_err(|e| e.to_string())?, Path::new("monitor.toml"))
-            .map_err(|e| e.to_string())
+        Settings::from_raw(
+            parse(text).map_err(|e| e.to_string())?,
+            Path::new("monitor.toml"),
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]

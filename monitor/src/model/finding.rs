@@ -251,19 +251,7 @@ fn summarize(w: &Window, scored: &Scored, deviations: &[Deviation]) -> String {
     )
 }
 
-/// Text safe to print on a terminal: control characters (newlines, escape
-/// sequences a hostile process name could carry) are shown escaped.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use crate::display::printable;
 
 fn command_line(
     exe: Option<&crate::event::ByteString>,

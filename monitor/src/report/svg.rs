@@ -1,7 +1,8 @@
 //! Small SVG charts, written inline into the report (no scripts, no
 //! network at view time).
 
-/// Escapes text for HTML and SVG.
+/// Escapes text for HTML and SVG, invisible characters included (see
+/// [`crate::display`]).
 pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -12,6 +13,7 @@ pub fn esc(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             c if c.is_control() => out.extend(c.escape_default()),
+            c if crate::display::is_invisible(c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }
