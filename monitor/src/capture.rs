@@ -150,6 +150,8 @@ pub struct Capture {
     probes: Probes,
     counters: KernelCounters,
     table: ProcessTable,
+    /// The wall clock's distance from the timeline, as last reported (ns).
+    wall_drift_reported: i128,
     drainer: Option<CountDrainer>,
     rx: mpsc::Receiver<KernelEvent>,
     source: Option<JoinHandle<std::io::Result<()>>>,
@@ -237,6 +239,7 @@ impl Capture {
             probes,
             counters,
             table,
+            wall_drift_reported: 0,
             drainer,
             rx,
             source: Some(source),
@@ -308,6 +311,7 @@ impl Capture {
                 _ = self.loss_tick.tick() => {
                     self.table.expire(boottime_ns());
                     self.check_loss();
+                    self.check_wall_clock();
                 }
                 _ = self.drain_tick.tick() => self.drain_counts(false),
                 // Held counts wait for the stream; on a quiet host
@@ -586,7 +590,9 @@ impl Capture {
             .map(|(pid, n)| self.describe_process(*pid, *n));
         tracing::warn!(?counts, top = ?top_process, "events lost");
         self.loss_reported = totals.clone();
-        let time = crate::event::Timestamp::now();
+        // On the records' timeline, not the wall clock: after a step of
+        // the wall clock, a loss stamped "now" expired every open window.
+        let time = self.table.wall_time(boottime_ns());
         self.pending.push_back(Event::new(
             time,
             Detail::Loss(LossDetail {
@@ -596,6 +602,22 @@ impl Capture {
                 top_process,
             }),
         ));
+    }
+
+    /// Says once per step when the wall clock moved more than a second away
+    /// from the timeline events are stamped on.
+    fn check_wall_clock(&mut self) {
+        let drift = self
+            .table
+            .clock()
+            .wall_drift_ns(boottime_ns(), crate::event::Timestamp::now().0);
+        if (drift - self.wall_drift_reported).abs() > 1_000_000_000 {
+            self.wall_drift_reported = drift;
+            tracing::warn!(
+                seconds = drift as f64 / 1e9,
+                "the wall clock moved away from the time the agent started with; event and finding times stay on the agent's timeline (wall time at start plus elapsed boot time), so windows and learning are unaffected"
+            );
+        }
     }
 
     /// File records refused per process since the last report, from the

@@ -164,6 +164,148 @@ fn processes() -> BTreeMap<u32, String> {
     out
 }
 
+/// What an unprivileged user plants at every name in /tmp the drills of
+/// earlier versions used (`/tmp/.monitor-drill-PID-NAME`, a file the
+/// runner wrote and ran as root, and `/tmp/monitor-drill-PID-NAME`, a
+/// directory it accepted if it existed), for the next pids: files nobody
+/// owns, symlinks to nobody's bait script, and world-writable directories.
+struct Planted {
+    root: PathBuf,
+    names: Vec<PathBuf>,
+    before: BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)>,
+}
+
+impl Planted {
+    fn as_nobody(pids: std::ops::Range<u32>) -> Self {
+        let root = PathBuf::from(format!("/tmp/monitor-e2e-bait-{}", std::process::id()));
+        // One process plants everything (a shell would spend the very pids
+        // it plants for), with the system's interpreter (root's PATH may
+        // lead to a per-user one that nobody cannot run).
+        const PLANT: &str = r##"
+import os, sys
+root, lo, hi, drills = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+os.umask(0)
+os.mkdir(root, 0o777)
+bait = root + "/bait"
+script = "#!/bin/sh\ntouch %s/EXECUTED\n" % root
+with open(bait, "w") as f:
+    f.write(script)
+os.chmod(bait, 0o777)
+for pid in range(lo, hi):
+    for d in drills:
+        name = "/tmp/.monitor-drill-%d-%s" % (pid, d)
+        if pid % 2 == 0:
+            with open(name, "w") as f:
+                f.write(script)
+            os.chmod(name, 0o777)
+        else:
+            os.symlink(bait, name)
+        os.mkdir("/tmp/monitor-drill-%d-%s" % (pid, d), 0o777)
+"##;
+        let mut names = Vec::new();
+        for pid in pids.clone() {
+            for drill in monitor::drill::DRILLS {
+                names.push(PathBuf::from(format!(
+                    "/tmp/.monitor-drill-{pid}-{}",
+                    drill.name
+                )));
+                names.push(PathBuf::from(format!(
+                    "/tmp/monitor-drill-{pid}-{}",
+                    drill.name
+                )));
+            }
+        }
+        let status = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                PLANT,
+            ])
+            .arg(&root)
+            .arg(pids.start.to_string())
+            .arg(pids.end.to_string())
+            .args(monitor::drill::DRILLS.iter().map(|d| d.name))
+            .status()
+            .unwrap();
+        assert!(status.success(), "planting as nobody failed");
+        let planted = Self {
+            before: Self::state(&root, &names),
+            root,
+            names,
+        };
+        assert!(
+            planted.before.len() > 1000,
+            "planted {}",
+            planted.before.len()
+        );
+        planted
+    }
+
+    /// Content and modification time of every planted thing (a directory's
+    /// content: its entries).
+    fn state(
+        root: &Path,
+        names: &[PathBuf],
+    ) -> BTreeMap<PathBuf, (Vec<u8>, std::time::SystemTime)> {
+        let mut out = BTreeMap::new();
+        for p in names.iter().chain([&root.join("bait")]) {
+            let Ok(meta) = std::fs::symlink_metadata(p) else {
+                continue;
+            };
+            let content = if meta.is_dir() {
+                names_of(p)
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join("/")
+                    .into_bytes()
+            } else if meta.file_type().is_symlink() {
+                std::fs::read_link(p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                std::fs::read(p).unwrap()
+            };
+            out.insert(p.clone(), (content, meta.modified().unwrap()));
+        }
+        out
+    }
+
+    fn assert_untouched(&self) {
+        assert!(
+            !self.root.join("EXECUTED").exists(),
+            "a drill ran a program nobody planted"
+        );
+        let now = Self::state(&self.root, &self.names);
+        let changed: Vec<&PathBuf> = self
+            .before
+            .iter()
+            .filter(|(p, v)| now.get(*p) != Some(v))
+            .map(|(p, _)| p)
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "the drills wrote through what nobody planted: {changed:?}"
+        );
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for p in &self.names {
+            let _ = std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p));
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn names_of(dir: &Path) -> BTreeSet<String> {
+    names(dir.to_str().unwrap())
+}
+
 #[test]
 fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
     // Learns this host: no other test may start programs meanwhile.
@@ -209,6 +351,12 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
     let detecting_since = monitor::event::Timestamp::now();
     // Detection with the normal workload alone for a while.
     std::thread::sleep(Duration::from_secs(15));
+    let last_pid: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let planted = Planted::as_nobody(last_pid + 1..last_pid + 400);
 
     let (log_before, tmp_before, state_before) = (
         names("/var/log"),
@@ -231,6 +379,10 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         .spawn()
         .unwrap();
     let runner_pid = drill.id();
+    assert!(
+        (last_pid + 1..last_pid + 400).contains(&runner_pid),
+        "the drill runner's pid {runner_pid} is outside the planted range"
+    );
     let out = drill.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -346,6 +498,8 @@ fn every_drill_is_flagged_and_the_normal_workload_stays_quiet() {
         files_before,
         "files the drills write or read changed"
     );
+    planted.assert_untouched();
+    drop(planted);
     assert_eq!(names("/var/log"), log_before, "/var/log entries changed");
     let tmp_after = names("/tmp");
     let leftover: Vec<&String> = tmp_after

@@ -116,10 +116,15 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<()> {
             let m = persist::load(file)
                 .with_context(|| format!("{} cannot be imported", file.display()))?;
             crate::state::paths::prepare_state_dir(state_dir)?;
+            // A running agent would overwrite the imported model with its
+            // own at its next save: refuse while one holds the directory.
+            let _lock = crate::state::paths::StateLock::take(state_dir).context(
+                "a model cannot be imported while the agent runs on this state directory: stop the agent (systemctl stop monitor), import, then start it",
+            )?;
             let to = StatePaths::new(state_dir).model();
             persist::save(&to, &m)?;
             println!(
-                "imported a baseline of {} windows learned on {} into {}; restart the agent to use it",
+                "imported a baseline of {} windows learned on {} into {}; start the agent to use it",
                 m.baseline.windows,
                 m.host,
                 to.display()

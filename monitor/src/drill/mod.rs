@@ -11,6 +11,7 @@ pub mod steps;
 
 use std::{
     io::{Read as _, Seek as _},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -301,19 +302,54 @@ fn in_tree(process: Option<&Process>, ancestry: &[Ancestor], root: u32) -> bool 
     process.is_some_and(|p| p.pid == root) || ancestry.iter().any(|a| a.pid == root)
 }
 
+/// A directory made with `mkdtemp` (mode 0700, a name nobody can predict),
+/// removed with everything in it when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> Result<Self, DrillError> {
+        use std::os::unix::ffi::OsStringExt as _;
+        let template = std::env::temp_dir().join("monitor-drill-XXXXXX");
+        let mut bytes = template.into_os_string().into_vec();
+        bytes.push(0);
+        // SAFETY: `bytes` is a NUL-terminated template that mkdtemp
+        // rewrites in place (same length).
+        let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+        if made.is_null() {
+            return Err(std::io::Error::last_os_error())
+                .doing("cannot make a private directory for the drills (mkdtemp)");
+        }
+        bytes.pop();
+        Ok(Self(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the drills one after the other against the running agent.
 pub fn run(drills: &[Drill], settings: &RunSettings) -> Result<Vec<Outcome>, DrillError> {
     let paths = StatePaths::new(&settings.state_dir);
     let agent = agent_info(&paths)?;
     let exe = std::env::current_exe().doing("cannot find the monitor binary")?;
     let mut outcomes = Vec::new();
+    // One private directory for every file a drill makes in a shared
+    // place: its name cannot be predicted, and no other user can have
+    // planted anything in it.
+    let private = PrivateDir::new()?;
     for drill in drills {
-        let sandbox = std::env::temp_dir().join(format!(
-            "monitor-drill-{}-{}",
-            std::process::id(),
-            drill.name
-        ));
-        std::fs::create_dir_all(&sandbox).doing(format!("cannot create {}", sandbox.display()))?;
+        let sandbox = private.path().join(drill.name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&sandbox)
+            .doing(format!("cannot create {}", sandbox.display()))?;
         let outcome = run_one(drill, settings, &paths, &exe, &sandbox, agent.pid);
         let _ = std::fs::remove_dir_all(&sandbox);
         eprintln!(

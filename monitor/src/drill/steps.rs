@@ -6,12 +6,19 @@
 //! are new, uniquely named, and removed before it returns; what it reads it
 //! discards), it waits for every process it starts, and the signals and
 //! ptrace it aims at the agent are harmless (`SIGCONT`, a seize detached at
-//! once).
+//! once). Drills run as root while other users watch: every file is created
+//! new (`O_EXCL`, `O_NOFOLLOW`), never opened if someone put a file or a
+//! symlink at its name first, and the only program a drill runs that it
+//! wrote is in the runner's private `mkdtemp` directory.
 
 use std::{
+    fs::OpenOptions,
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{
+        fs::{OpenOptionsExt as _, PermissionsExt as _},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -60,6 +67,24 @@ fn sh(script: &str) -> Result<(), DrillError> {
         .status()
         .doing("cannot run /bin/sh")?;
     Ok(())
+}
+
+/// Creates a new file with `content`: refused if anything (a file, a
+/// symlink) is already at `path`, so nothing another user planted is
+/// written through.
+fn create_new(path: &Path, content: &[u8], mode: u32) -> Result<(), DrillError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)
+        .doing(format!(
+            "cannot create {} (something is already there?)",
+            path.display()
+        ))?;
+    file.write_all(content)
+        .doing(format!("cannot write {}", path.display()))
 }
 
 /// Removes files even if the step fails half-way.
@@ -164,12 +189,12 @@ fn credential_files(ctx: &StepContext) -> Result<(), DrillError> {
         cleanup.0.push(ssh.to_owned());
     }
     let key = ssh.join(format!("id_{}", ctx.tag));
-    cleanup.0.push(key.clone());
-    std::fs::write(
+    create_new(
         &key,
-        "-----BEGIN OPENSSH PRIVATE KEY-----\nmonitor drill decoy, not a key\n-----END OPENSSH PRIVATE KEY-----\n",
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\nmonitor drill decoy, not a key\n-----END OPENSSH PRIVATE KEY-----\n",
+        0o600,
     )?;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    cleanup.0.push(key.clone());
     sh(&format!(
         "cat /etc/shadow > /dev/null; cat /etc/gshadow > /dev/null; cat {} > /dev/null",
         key.display()
@@ -205,7 +230,8 @@ fn persistence(ctx: &StepContext) -> Result<(), DrillError> {
         ssh.join(format!("{}.authorized_keys", ctx.tag)),
         "ssh-ed25519 AAAAmonitordrilldecoy drill",
     ));
-    let mut script = String::new();
+    // noclobber: the shell's `>` refuses an existing file (O_EXCL).
+    let mut script = String::from("set -C; ");
     for (path, content) in &targets {
         cleanup.0.push(path.clone());
         script.push_str(&format!(
@@ -295,10 +321,10 @@ fn download_exec(ctx: &StepContext) -> Result<(), DrillError> {
         .position(|w| w == b"\r\n\r\n")
         .map(|i| &reply[i + 4..])
         .ok_or_else(|| DrillError::Step("no HTTP body in the reply".into()))?;
-    let path = Path::new("/tmp").join(format!(".{}", ctx.tag));
+    // Hidden, as droppers name their payloads, in the private directory.
+    let path = ctx.sandbox.join(format!(".{}", ctx.tag));
+    create_new(&path, body, 0o700)?;
     let _cleanup = Cleanup(vec![path.clone()]);
-    std::fs::write(&path, body)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Command::new(&path)
         .arg("monitor drill payload")
         .stdout(Stdio::null())
@@ -344,11 +370,12 @@ fn privesc_probe() -> Result<(), DrillError> {
 /// not an existing log).
 fn log_tamper(ctx: &StepContext) -> Result<(), DrillError> {
     let log = PathBuf::from(format!("/var/log/{}.log", ctx.tag));
-    let _cleanup = Cleanup(vec![log.clone()]);
-    std::fs::write(
+    create_new(
         &log,
-        "Nov 27 00:00:00 host sshd[1]: Accepted password for root from 10.0.0.9\n",
+        b"Nov 27 00:00:00 host sshd[1]: Accepted password for root from 10.0.0.9\n",
+        0o600,
     )?;
+    let _cleanup = Cleanup(vec![log.clone()]);
     sh(&format!(": > '{0}'; rm -f '{0}'", log.display()))
 }
 
@@ -381,9 +408,12 @@ fn agent_tamper(ctx: &StepContext) -> Result<(), DrillError> {
     }
     load_trivial_bpf_program();
     let probe = ctx.state_dir.join(format!(".{}", ctx.tag));
+    create_new(
+        &probe,
+        b"monitor drill: agent state tampering probe\n",
+        0o600,
+    )?;
     let _cleanup = Cleanup(vec![probe.clone()]);
-    std::fs::write(&probe, b"monitor drill: agent state tampering probe\n")
-        .doing(format!("cannot write {}", probe.display()))?;
     Ok(())
 }
 

@@ -132,26 +132,41 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// Converts the kernel's boot-time clock (`CLOCK_BOOTTIME`, which the probes
-/// stamp records with) to wall-clock time.
+/// stamp records with) to the agent's timeline: wall-clock time as it was
+/// at start, advanced by the boot clock. Everything that measures time
+/// between events (windows, learning, quarantines, losses) uses this
+/// timeline, so a step of the wall clock (NTP, an operator's `date -s`)
+/// cannot expire windows or end learning; [`BootClock::wall_drift_ns`]
+/// tells how far the wall clock has moved away from it.
 #[derive(Debug, Clone, Copy)]
 pub struct BootClock {
-    /// Wall-clock ns at boot-time 0.
+    /// Wall-clock ns at boot-time 0, measured at start.
     offset_ns: i128,
 }
 
 impl BootClock {
     /// Measures the offset now.
     pub fn new() -> Self {
-        let boot = boottime_ns();
-        let wall = Timestamp::now().0;
+        Self::measured(boottime_ns(), Timestamp::now().0)
+    }
+
+    /// The clock of a wall-clock reading `wall_ns` taken at boot time
+    /// `boot_ns`.
+    pub fn measured(boot_ns: u64, wall_ns: u64) -> Self {
         Self {
-            offset_ns: i128::from(wall) - i128::from(boot),
+            offset_ns: i128::from(wall_ns) - i128::from(boot_ns),
         }
     }
 
-    /// Wall-clock time of a boot-time instant.
+    /// Timeline time of a boot-time instant.
     pub fn to_wall(&self, boot_ns: u64) -> Timestamp {
         Timestamp((self.offset_ns + i128::from(boot_ns)).max(0) as u64)
+    }
+
+    /// How far the wall clock (read as `wall_ns` at boot time `boot_ns`) is
+    /// ahead of the timeline (negative: behind).
+    pub fn wall_drift_ns(&self, boot_ns: u64, wall_ns: u64) -> i128 {
+        i128::from(wall_ns) - (self.offset_ns + i128::from(boot_ns))
     }
 }
 
@@ -175,6 +190,28 @@ pub fn boottime_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wall_clock_step_moves_no_event_on_the_timeline_and_is_measured() {
+        const S: u64 = 1_000_000_000;
+        let start_wall = 1_800_000_000 * S;
+        let clock = BootClock::measured(100 * S, start_wall);
+        // 10 s of boot time later the operator steps the wall clock an hour
+        // ahead: events keep their 10 s spacing from the start.
+        let before = clock.to_wall(105 * S);
+        let after = clock.to_wall(110 * S);
+        assert_eq!(after.since(before), Duration::from_secs(5));
+        assert_eq!(after, Timestamp(start_wall + 10 * S));
+        let stepped_wall = start_wall + 10 * S + 3600 * S;
+        assert_eq!(
+            clock.wall_drift_ns(110 * S, stepped_wall),
+            i128::from(3600 * S)
+        );
+        // And back, an hour behind.
+        let behind = start_wall + 20 * S - 3600 * S;
+        assert_eq!(clock.wall_drift_ns(120 * S, behind), -i128::from(3600 * S));
+        assert_eq!(clock.wall_drift_ns(120 * S, start_wall + 20 * S), 0);
+    }
 
     #[test]
     fn rfc3339_round_trip_keeps_nanoseconds() {

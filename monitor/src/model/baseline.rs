@@ -285,6 +285,100 @@ fn nearest_centroid(centroids: &[Vec<f32>], x: ArrayView1<'_, f64>) -> (usize, f
         .unwrap_or((0, 0.0))
 }
 
+/// Checks of a decoded model's meaning: a model whose checksum is right
+/// but whose contents do not fit together (a crafted or a buggy file) must
+/// be refused at load, naming the field, not panic while scoring.
+mod validate {
+    /// All finite.
+    pub fn finite(values: impl IntoIterator<Item = f64>) -> bool {
+        values.into_iter().all(f64::is_finite)
+    }
+
+    /// Strictly ascending.
+    pub fn ascending<T: PartialOrd>(values: &[T]) -> bool {
+        values.windows(2).all(|w| w[0] < w[1])
+    }
+
+    /// Each row has `dims` finite values.
+    pub fn rows(rows: &[Vec<f32>], dims: usize, at: &str) -> Result<(), String> {
+        for (i, row) in rows.iter().enumerate() {
+            if row.len() != dims {
+                return Err(format!(
+                    "{at}[{i}] has {} dimensions; the feature space has {dims}",
+                    row.len()
+                ));
+            }
+            if !finite(row.iter().map(|&v| f64::from(v))) {
+                return Err(format!(
+                    "{at}[{i}] holds a value that is not a finite number"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A spread: finite, and at least the least the fit makes.
+    pub fn spread(v: f32, at: &str) -> Result<(), String> {
+        if v.is_finite() && f64::from(v) >= super::MIN_SPREAD * 0.999 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{at} = {v}: must be a finite number of at least {}",
+                super::MIN_SPREAD
+            ))
+        }
+    }
+}
+
+impl Clusters {
+    fn validate(&self, dims: usize, at: &str) -> Result<(), String> {
+        let k = self.centroids.len();
+        if k == 0 {
+            return Err(format!("{at}.centroids is empty"));
+        }
+        for (name, len) in [
+            ("spreads", self.spreads.len()),
+            ("members", self.members.len()),
+        ] {
+            if len != k {
+                return Err(format!("{at}.{name} has {len} entries for {k} centroids"));
+            }
+        }
+        validate::rows(&self.centroids, dims, &format!("{at}.centroids"))?;
+        validate::rows(&self.exemplars, dims, &format!("{at}.exemplars"))?;
+        for (i, &v) in self.spreads.iter().enumerate() {
+            validate::spread(v, &format!("{at}.spreads[{i}]"))?;
+        }
+        validate::spread(self.exemplar_spread, &format!("{at}.exemplar_spread"))
+    }
+}
+
+impl Tail {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        if !validate::finite(self.sorted.iter().copied())
+            || !self.sorted.windows(2).all(|w| w[0] <= w[1])
+        {
+            return Err(format!(
+                "{at}.sorted must be finite numbers in ascending order"
+            ));
+        }
+        if !self.tail_start.is_finite() || !(1.0..=30.0).contains(&self.tail_index) {
+            return Err(format!(
+                "{at}: tail_start {} and tail_index {} must be finite, the index between 1 and 30",
+                self.tail_start, self.tail_index
+            ));
+        }
+        if self.tail_count > self.sorted.len() {
+            return Err(format!(
+                "{at}.tail_count {} is more than its {} values",
+                self.tail_count,
+                self.sorted.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Everything known about one program (or the global model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgramModel {
@@ -680,6 +774,61 @@ struct Evidence {
 }
 
 impl Baseline {
+    /// Checks that the parts of a decoded baseline fit together: lengths
+    /// agree with the feature space, numbers are finite and in range.
+    /// Returns what is wrong, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let space = &self.space;
+        if !validate::ascending(&space.vocabulary) {
+            return Err("baseline.space.vocabulary must be sorted without repeats".into());
+        }
+        if space.idf.len() != space.vocabulary.len() {
+            return Err(format!(
+                "baseline.space.idf has {} weights for {} syscalls",
+                space.idf.len(),
+                space.vocabulary.len()
+            ));
+        }
+        if !validate::finite(space.idf.iter().copied().chain([space.unseen_weight])) {
+            return Err("baseline.space.idf holds a value that is not a finite number".into());
+        }
+        let dims = space.len();
+        self.global
+            .clusters
+            .validate(dims, "baseline.global.clusters")?;
+        for (name, m) in &self.programs {
+            m.clusters
+                .validate(dims, &format!("baseline.programs[{name:?}].clusters"))?;
+        }
+        self.calibration
+            .distance
+            .validate("baseline.calibration.distance")?;
+        self.calibration
+            .sequence
+            .validate("baseline.calibration.sequence")?;
+        for (kind, rate) in &self.calibration.novelty_rates {
+            if !(0.0..=1.0).contains(rate) {
+                return Err(format!(
+                    "baseline.calibration.novelty_rates.{kind:?} = {rate}: must be between 0 and 1"
+                ));
+            }
+        }
+        for (id, a) in &self.acknowledged {
+            if !a.x.is_empty() {
+                validate::rows(
+                    std::slice::from_ref(&a.x),
+                    dims,
+                    &format!("baseline.acknowledged[{id:?}].x"),
+                )?;
+            }
+        }
+        if let Some(seq) = &self.sequence {
+            seq.validate()
+                .map_err(|e| format!("baseline.sequence.{e}"))?;
+        }
+        Ok(())
+    }
+
     /// Learns a baseline; see the module docs.
     pub fn fit<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Result<Self, FitError> {
         let usable: Vec<&Window> = windows.into_iter().filter(|w| !w.tainted).collect();

@@ -32,6 +32,9 @@ pub const MAGIC: &[u8; 14] = b"MONITOR-MODEL\n";
 /// The format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 14 + 4 + 4 + 8 + 4;
+/// Largest decompressed body read: a small file must not expand into all
+/// of memory.
+const MAX_DECOMPRESSED: u64 = 64 << 20;
 
 /// What the file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,9 +170,21 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<ModelFile, ModelError> {
     }
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(body)
+        .take(MAX_DECOMPRESSED + 1)
         .read_to_end(&mut json)
         .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    serde_json::from_slice(&json).map_err(|e| corrupt(format!("bad content: {e}")))
+    if json.len() as u64 > MAX_DECOMPRESSED {
+        return Err(corrupt(format!(
+            "decompresses to more than {} MiB (a model is a few MiB)",
+            MAX_DECOMPRESSED >> 20
+        )));
+    }
+    let file: ModelFile =
+        serde_json::from_slice(&json).map_err(|e| corrupt(format!("bad content: {e}")))?;
+    file.baseline
+        .validate()
+        .map_err(|e| corrupt(format!("inconsistent content: {e}")))?;
+    Ok(file)
 }
 
 /// Reads a model file.
@@ -266,6 +281,88 @@ mod tests {
         );
         let err = load(Path::new("/nonexistent/model.bin")).unwrap_err();
         assert!(err.is_missing());
+    }
+
+    /// A correctly checksummed file of this JSON body.
+    fn file_of(json: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let body = gz.finish().unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The sample, changed by `edit`, as a checksummed file.
+    fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        edit(&mut v);
+        file_of(&serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn a_checksummed_model_that_does_not_fit_together_is_refused_naming_the_field() {
+        let p = Path::new("/state/model.bin");
+        let refused = |bytes: Vec<u8>| decode(&bytes, p).unwrap_err().to_string();
+        // Each of these panicked in scoring before (an index out of bounds
+        // or a NaN distance), after a load that succeeded.
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                edited(|v| v["baseline"]["global"]["clusters"]["spreads"] = serde_json::json!([])),
+                "baseline.global.clusters.spreads has 0 entries for",
+            ),
+            (
+                edited(|v| {
+                    v["baseline"]["global"]["clusters"]["centroids"] = serde_json::json!([])
+                }),
+                "baseline.global.clusters.centroids is empty",
+            ),
+            (
+                edited(|v| {
+                    v["baseline"]["global"]["clusters"]["centroids"][0] = serde_json::json!([1.0])
+                }),
+                "baseline.global.clusters.centroids[0] has 1 dimensions",
+            ),
+            (
+                edited(|v| {
+                    v["baseline"]["global"]["clusters"]["exemplar_spread"] = serde_json::json!(0.0)
+                }),
+                "baseline.global.clusters.exemplar_spread = 0",
+            ),
+            (
+                edited(|v| v["baseline"]["space"]["idf"] = serde_json::json!([])),
+                "baseline.space.idf has 0 weights for",
+            ),
+            (
+                edited(|v| {
+                    v["baseline"]["calibration"]["distance"]["tail_count"] =
+                        serde_json::json!(1_000_000)
+                }),
+                "baseline.calibration.distance.tail_count 1000000 is more than",
+            ),
+            (
+                edited(|v| v["baseline"]["sequence"]["modes"] = serde_json::json!([])),
+                "baseline.sequence.modes has 0 entries for",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = refused(bytes);
+            assert!(
+                err.starts_with("/state/model.bin is corrupt: inconsistent content: ")
+                    && err.contains(expected),
+                "{err}\nexpected: {expected}"
+            );
+        }
+        // A small file that would decompress into gigabytes.
+        let mut bomb = b"{\"pad\":\"".to_vec();
+        bomb.resize(70 << 20, b'a');
+        let err = refused(file_of(&bomb));
+        assert!(err.contains("decompresses to more than 64 MiB"), "{err}");
     }
 
     #[test]

@@ -393,6 +393,41 @@ impl SequenceModel {
         })
     }
 
+    /// Checks that the parts of a decoded model fit together; returns what
+    /// is wrong, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let dims = self.vocabulary.len();
+        if !self.vocabulary.windows(2).all(|w| w[0] < w[1]) {
+            return Err("vocabulary must be sorted without repeats".into());
+        }
+        if self.centroids.is_empty() {
+            return Err("centroids is empty".into());
+        }
+        for (i, c) in self.centroids.iter().enumerate() {
+            if c.len() != dims {
+                return Err(format!(
+                    "centroids[{i}] has {} dimensions for {dims} syscalls",
+                    c.len()
+                ));
+            }
+            if !c.iter().all(|v| v.is_finite()) {
+                return Err(format!(
+                    "centroids[{i}] holds a value that is not a finite number"
+                ));
+            }
+        }
+        let k = self.centroids.len();
+        for (name, len) in [("members", self.members.len()), ("modes", self.modes.len())] {
+            if len != k {
+                return Err(format!("{name} has {len} entries for {k} centroids"));
+            }
+        }
+        if !self.pairs.windows(2).all(|w| w[0] < w[1]) {
+            return Err("pairs must be sorted without repeats".into());
+        }
+        Ok(())
+    }
+
     /// The statistic of a window (higher is more unusual), if it has a sequence.
     pub fn statistic(&self, w: &Window) -> Option<f64> {
         self.measure(w).map(|e| e.statistic())

@@ -639,9 +639,14 @@ impl ProcessTable {
             .take(MAX_ANCESTRY)
     }
 
-    /// Wall-clock time of a boot-time instant.
+    /// Timeline time of a boot-time instant (see [`BootClock`]).
     pub fn wall_time(&self, boot_ns: u64) -> Timestamp {
         self.clock.to_wall(boot_ns)
+    }
+
+    /// The clock that stamps events.
+    pub fn clock(&self) -> &BootClock {
+        &self.clock
     }
 }
 
