@@ -61,6 +61,10 @@ fn deliver(rt: &tokio::runtime::Runtime, spool: &Arc<Spool>, config: &SinkConfig
             batching: sinks::batching(config),
             host: "bench-host".into(),
             healths: Arc::new(std::sync::Mutex::new(vec![SinkHealth::new(&name)])),
+            dead_letters: Arc::new(monitor::output::dead_letters::DeadLetters::new(
+                &spool.dir().join("dead-letters.jsonl"),
+                monitor::fileio::rotate::Rotation::default(),
+            )),
             shutdown: shutdown.clone(),
             drain: std::time::Duration::from_secs(600),
         };

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    os::unix::fs::PermissionsExt,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -321,6 +321,27 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
         Duration::from_secs(20),
         |a| !a.records_containing(&["202e"]).is_empty(),
     );
+    // A name that is not UTF-8: every field stays a string (an object in
+    // one record and a string in the next is a mapping conflict for
+    // Elasticsearch), with the exact bytes beside it.
+    let raw_name = std::ffi::OsStr::from_bytes(b"bad\xffname");
+    let raw = dir.join(raw_name);
+    std::fs::copy("/usr/bin/true", &raw).unwrap();
+    assert!(Command::new(&raw).status().unwrap().success());
+    running.wait_for(
+        "a finding for the program whose name is not UTF-8",
+        Duration::from_secs(20),
+        |a| !a.records_containing(&["bad\\\\xffname"]).is_empty(),
+    );
+    let not_utf8 = running.records_containing(&["bad\\\\xffname"]);
+    let process = &not_utf8[0]["unmapped"]["monitor"]["process"];
+    assert!(
+        process["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("bad\\xffname"))
+            && process["exe_base64"].is_string(),
+        "{process:#}"
+    );
     let (status, took, stderr) = running.stop();
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
@@ -403,6 +424,21 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
         again.stderr().contains("resuming from the saved model"),
         "{}",
         again.stderr()
+    );
+    // An import under a running agent would be overwritten at its next
+    // save: refused, saying why.
+    let base = dir.join("base.model");
+    std::fs::copy(state.join("model.bin"), &base).unwrap();
+    let import = Command::new(agent())
+        .args(["model", "import"])
+        .arg(&base)
+        .args(["--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let import_err = String::from_utf8_lossy(&import.stderr);
+    assert!(
+        !import.status.success() && import_err.contains("cannot be imported while the agent runs"),
+        "{import_err}"
     );
     let (status, _, _) = again.stop();
     assert!(status.success());

@@ -14,11 +14,20 @@ use monitor::{
     CancellationToken,
     output::sink_config::{Compression, SinkConfig, SyslogTransport},
     output::{
+        dead_letters::DeadLetters,
         sinks::{self, Delivery, Healths, Sink, SinkHealth},
         spool::{Class, Spool, SpoolSettings},
     },
 };
 use monitor_tests::{kernel_test, receiver::Receiver, rsyslog::Rsyslog, test_dir};
+
+/// The dead letters of a test, in `dir`.
+fn dead_letters(dir: &std::path::Path) -> Arc<DeadLetters> {
+    Arc::new(DeadLetters::new(
+        &dir.join("dead-letters.jsonl"),
+        monitor::fileio::rotate::Rotation::default(),
+    ))
+}
 
 fn finding(i: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -30,13 +39,15 @@ fn finding(i: usize) -> Vec<u8> {
     .unwrap()
 }
 
-/// Runs delivery of every sink until `done` holds or `timeout`.
+/// Runs delivery of every sink until `done` holds or `timeout`; refused
+/// records go to `dead-letters.jsonl` next to the spool.
 fn deliver_until(
     spool: &Arc<Spool>,
     configs: &[SinkConfig],
     timeout: Duration,
     done: impl Fn() -> bool,
 ) -> Vec<SinkHealth> {
+    let letters = dead_letters(spool.dir().parent().unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -57,6 +68,7 @@ fn deliver_until(
                 batching: sinks::batching(c),
                 host: "test-host".into(),
                 healths: healths.clone(),
+                dead_letters: letters.clone(),
                 shutdown: shutdown.clone(),
                 drain: Duration::from_millis(100),
             })));
@@ -109,6 +121,7 @@ fn syslog_over_udp_tcp_and_unix_reaches_a_real_rsyslog() {
             path,
             app_name: app.into(),
             facility: "local3".into(),
+            max_message: 8192,
         };
     let configs = vec![
         sink(
@@ -132,10 +145,17 @@ fn syslog_over_udp_tcp_and_unix_reaches_a_real_rsyslog() {
     ];
     let names: Vec<String> = configs.iter().map(SinkConfig::name).collect();
     let spool = Spool::open(&dir.join("spool"), SpoolSettings::default(), &names).unwrap();
-    const N: usize = 20;
-    for i in 0..N {
+    const N: usize = 21;
+    for i in 0..N - 1 {
         spool.append(Class::Findings, &finding(i)).unwrap();
     }
+    // A 200 KB finding: over every transport's limit, it once failed on
+    // every retry. Shortened to 8 KiB, still JSON, marked truncated.
+    let mut big: serde_json::Value = serde_json::from_slice(&finding(N - 1)).unwrap();
+    big["actor"] = serde_json::json!({ "process": { "cmd_line": "A".repeat(200_000) } });
+    spool
+        .append(Class::Findings, &serde_json::to_vec(&big).unwrap())
+        .unwrap();
     spool
         .append(
             Class::Activity,
@@ -171,7 +191,15 @@ fn syslog_over_udp_tcp_and_unix_reaches_a_real_rsyslog() {
                 let json = &parts[3][parts[3].find('{').unwrap()..];
                 let v: serde_json::Value = serde_json::from_str(json)
                     .unwrap_or_else(|e| panic!("{app}: message is not the JSON record: {e}: {l}"));
-                v["metadata"]["uid"].as_str().unwrap().to_owned()
+                let uid = v["metadata"]["uid"].as_str().unwrap().to_owned();
+                let truncated = v["unmapped"]["monitor"]["truncated"] == true;
+                assert_eq!(
+                    truncated,
+                    uid == format!("finding-{:05}", N - 1),
+                    "{app}: only the 200 KB finding is shortened: {uid}"
+                );
+                assert!(l.len() <= 8192, "{app}: {} bytes", l.len());
+                uid
             })
             .collect();
         assert_eq!(got, expected(N), "{app}");
@@ -497,4 +525,266 @@ fn a_full_disk_gives_a_clear_error_and_keeps_the_findings() {
         expected(N),
         "findings held in memory were still delivered"
     );
+}
+
+/// A finding whose message carries `marker`.
+fn finding_with(i: usize, marker: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&finding(i)).unwrap();
+    v["message"] = format!("finding number {i}: {marker}").into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// The dead letters kept next to a test's spool.
+fn letters_in(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    monitor::fileio::jsonl::read_lines::<serde_json::Value>(&dir.join("dead-letters.jsonl"))
+        .map(|(lines, _)| lines)
+        .unwrap_or_default()
+}
+
+#[test]
+fn elasticsearch_item_errors_are_dead_lettered_and_throttled_items_retried() {
+    let _host = monitor_tests::host_shared();
+    let dir = test_dir("es-items");
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
+    receiver.behaviour.lock().unwrap().es_items = true;
+    // SAFETY: test-local variable.
+    unsafe { std::env::set_var("MONITOR_TEST_ES_ITEMS", "k") };
+    let config = SinkConfig::Elasticsearch {
+        url: format!("http://127.0.0.1:{}", receiver.addr.port()),
+        index: "monitor".into(),
+        token_file: None,
+        token_env: Some("MONITOR_TEST_ES_ITEMS".into()),
+        batch_size: 25,
+        batch_timeout: Duration::from_millis(100),
+        compression: Compression::None,
+        ca_file: None,
+    };
+    let spool = Spool::open(
+        &dir.join("spool"),
+        SpoolSettings::default(),
+        &[config.name()],
+    )
+    .unwrap();
+    const N: usize = 60;
+    let conflicts = [5, 17, 44];
+    let throttled = [8, 30];
+    for i in 0..N {
+        let payload = if conflicts.contains(&i) {
+            finding_with(i, "MAPPING-CONFLICT")
+        } else if throttled.contains(&i) {
+            finding_with(i, "THROTTLE-ONCE")
+        } else {
+            finding(i)
+        };
+        spool.append(Class::Findings, &payload).unwrap();
+    }
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(&config),
+        Duration::from_secs(30),
+        || spool.pending(&config.name()) == 0,
+    );
+    let stored = receiver.stored.lock().unwrap().clone();
+    let good: BTreeSet<String> = (0..N)
+        .filter(|i| !conflicts.contains(i))
+        .map(|i| format!("finding-{i:05}"))
+        .collect();
+    assert_eq!(uids(&stored), good, "every other finding stored");
+    assert_eq!(
+        stored.len(),
+        good.len(),
+        "each once (a retried batch is a 409)"
+    );
+    let letters = letters_in(&dir);
+    let refused: BTreeSet<String> = letters
+        .iter()
+        .map(|l| l["record"]["metadata"]["uid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        refused,
+        conflicts
+            .iter()
+            .map(|i| format!("finding-{i:05}"))
+            .collect(),
+        "{letters:#?}"
+    );
+    assert!(
+        letters.iter().all(|l| l["reason"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 400: mapper_parsing_exception")
+            && l["sink"] == config.name()),
+        "{letters:#?}"
+    );
+    assert_eq!(
+        (healths[0].delivered, healths[0].rejected),
+        ((N - conflicts.len()) as u64, conflicts.len() as u64)
+    );
+    eprintln!(
+        "elasticsearch: {} stored, {} dead-lettered, {} requests, health {:?}",
+        stored.len(),
+        letters.len(),
+        receiver.received.lock().unwrap().len(),
+        healths[0]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_413_splits_the_batch_and_a_400_dead_letters_only_the_record_refused() {
+    let _host = monitor_tests::host_shared();
+    let dir = test_dir("hec-split");
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
+    {
+        let mut b = receiver.behaviour.lock().unwrap();
+        b.max_body = Some(4000); // about ten findings
+        b.refuse_containing = Some("POISON".into());
+    }
+    // SAFETY: test-local variable.
+    unsafe { std::env::set_var("MONITOR_TEST_HEC_SPLIT", "t") };
+    let config = hec(
+        format!(
+            "http://127.0.0.1:{}/services/collector/event",
+            receiver.addr.port()
+        ),
+        "MONITOR_TEST_HEC_SPLIT",
+        None,
+        100,
+    );
+    let spool = Spool::open(
+        &dir.join("spool"),
+        SpoolSettings::default(),
+        &[config.name()],
+    )
+    .unwrap();
+    const N: usize = 80;
+    for i in 0..N {
+        let payload = if i == 33 {
+            finding_with(i, "POISON")
+        } else {
+            finding(i)
+        };
+        spool.append(Class::Findings, &payload).unwrap();
+    }
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(&config),
+        Duration::from_secs(30),
+        || spool.pending(&config.name()) == 0,
+    );
+    let docs = receiver.documents();
+    let mut good = expected(N);
+    good.remove("finding-00033");
+    assert_eq!(uids(&docs), good);
+    assert_eq!(docs.len(), N - 1, "each once");
+    let requests = receiver.received.lock().unwrap().clone();
+    assert!(
+        requests.iter().all(|r| r.body.len() <= 4000),
+        "only what fits was taken"
+    );
+    let letters = letters_in(&dir);
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["record"]["metadata"]["uid"], "finding-00033");
+    assert!(letters[0]["reason"].as_str().unwrap().contains("HTTP 400"));
+    assert_eq!(
+        (healths[0].delivered, healths[0].rejected),
+        ((N - 1) as u64, 1)
+    );
+    eprintln!(
+        "hec: {} delivered in {} accepted requests, 1 dead-lettered",
+        docs.len(),
+        requests.len()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn redirects_are_not_followed_and_a_huge_reply_is_not_read_whole() {
+    let _host = monitor_tests::host_shared();
+    let dir = test_dir("http-hostile");
+    // SAFETY: test-local variable.
+    unsafe { std::env::set_var("MONITOR_TEST_HEC_HOSTILE", "secret-token") };
+    let elsewhere = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
+    let redirecting = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
+    redirecting.behaviour.lock().unwrap().redirect_to = Some(format!(
+        "http://127.0.0.1:{}/services/collector/event",
+        elsewhere.addr.port()
+    ));
+    let config = hec(
+        format!(
+            "http://127.0.0.1:{}/services/collector/event",
+            redirecting.addr.port()
+        ),
+        "MONITOR_TEST_HEC_HOSTILE",
+        None,
+        10,
+    );
+    let spool = Spool::open(
+        &dir.join("spool"),
+        SpoolSettings::default(),
+        &[config.name()],
+    )
+    .unwrap();
+    spool.append(Class::Findings, &finding(0)).unwrap();
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(&config),
+        Duration::from_secs(3),
+        || false,
+    );
+    assert!(
+        elsewhere.received.lock().unwrap().is_empty(),
+        "the finding and the token went where the redirect pointed"
+    );
+    let err = healths[0].last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("302") && err.contains("redirects are not followed"),
+        "{err}"
+    );
+    assert_eq!(
+        spool.pending(&config.name()),
+        1,
+        "the finding waits in the spool"
+    );
+
+    // A destination that answers with 256 MiB: the agent reads 1 MiB.
+    let huge = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
+    huge.behaviour.lock().unwrap().reply_bytes = Some(256 << 20);
+    let config = hec(
+        format!(
+            "http://127.0.0.1:{}/services/collector/event",
+            huge.addr.port()
+        ),
+        "MONITOR_TEST_HEC_HOSTILE",
+        None,
+        10,
+    );
+    let spool = Spool::open(
+        &dir.join("spool2"),
+        SpoolSettings::default(),
+        &[config.name()],
+    )
+    .unwrap();
+    for i in 0..3 {
+        spool.append(Class::Findings, &finding(i)).unwrap();
+    }
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(&config),
+        Duration::from_secs(20),
+        || spool.pending(&config.name()) == 0,
+    );
+    let sent = huge.reply_sent.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "huge reply: {sent} bytes handed to the connection for {} requests; health {:?}",
+        huge.received.lock().unwrap().len(),
+        healths[0]
+    );
+    assert_eq!(healths[0].delivered, 3, "{:?}", healths[0]);
+    let requests = huge.received.lock().unwrap().len() as u64;
+    assert!(
+        sent < requests * (16 << 20),
+        "{sent} bytes of reply for {requests} requests: the reply was read whole"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

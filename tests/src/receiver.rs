@@ -1,17 +1,32 @@
 //! A local HTTP(S) receiver standing in for Splunk HEC and Elasticsearch:
 //! records every request (body decompressed), answers like the real API,
-//! and can be told to fail or to be slow.
+//! and can be told to fail, to be slow, to refuse what a real destination
+//! refuses (item errors, 413, 400), to redirect, or to answer with a huge
+//! body.
 
 use std::{
+    collections::BTreeSet,
+    convert::Infallible,
     io::Read as _,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, body::Bytes, service::service_fn};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response,
+    body::{Bytes, Frame},
+    service::service_fn,
+};
+
+type Body = BoxBody<Bytes, Infallible>;
 
 /// One request received.
 #[derive(Debug, Clone)]
@@ -33,6 +48,20 @@ pub struct Behaviour {
     pub fail_with: Option<u16>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// `_bulk` answers item by item as Elasticsearch does: a document
+    /// holding `MAPPING-CONFLICT` is refused (400
+    /// `mapper_parsing_exception`), one holding `THROTTLE-ONCE` is
+    /// throttled (429) the first time, an `_id` already stored is a 409,
+    /// the rest are stored (201).
+    pub es_items: bool,
+    /// Bodies larger than this (decompressed) get 413.
+    pub max_body: Option<usize>,
+    /// A body holding this text gets 400.
+    pub refuse_containing: Option<String>,
+    /// Answer 302 with this `Location`.
+    pub redirect_to: Option<String>,
+    /// Answer 200 with a body of this many bytes.
+    pub reply_bytes: Option<u64>,
 }
 
 /// A running receiver.
@@ -45,6 +74,11 @@ pub struct Receiver {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// PEM of its certificate, when TLS.
     pub ca_pem: Option<PathBuf>,
+    /// Documents `_bulk` stored (with `es_items`).
+    pub stored: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Bytes of huge replies the server could hand to the connection (the
+    /// client reading them, and socket buffers).
+    pub reply_sent: Arc<AtomicU64>,
     shutdown: tokio::sync::watch::Sender<bool>,
     _runtime: Option<std::thread::JoinHandle<()>>,
 }
@@ -54,6 +88,8 @@ impl Receiver {
     pub fn start(addr: SocketAddr, tls: bool, dir: &std::path::Path) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+        let state = State::default();
+        let (stored, reply_sent) = (state.stored.clone(), state.reply_sent.clone());
         let (tx, rx) = tokio::sync::watch::channel(false);
         let std_listener = std::net::TcpListener::bind(addr).expect("bind receiver");
         std_listener.set_nonblocking(true).unwrap();
@@ -87,13 +123,15 @@ impl Receiver {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(serve(std_listener, acceptor, r, b, rx));
+            rt.block_on(serve(std_listener, acceptor, r, b, state, rx));
         });
         Self {
             addr,
             received,
             behaviour,
             ca_pem,
+            stored,
+            reply_sent,
             shutdown: tx,
             _runtime: Some(thread),
         }
@@ -126,11 +164,21 @@ impl Drop for Receiver {
     }
 }
 
+/// What the receiver remembers between requests.
+#[derive(Debug, Clone, Default)]
+struct State {
+    stored: Arc<Mutex<Vec<serde_json::Value>>>,
+    ids: Arc<Mutex<BTreeSet<String>>>,
+    throttled: Arc<Mutex<BTreeSet<String>>>,
+    reply_sent: Arc<AtomicU64>,
+}
+
 async fn serve(
     listener: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     received: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    state: State,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -140,11 +188,17 @@ async fn serve(
             _ = shutdown.changed() => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let (received, behaviour, tls) = (received.clone(), behaviour.clone(), tls.clone());
+        let (received, behaviour, tls, state) = (
+            received.clone(),
+            behaviour.clone(),
+            tls.clone(),
+            state.clone(),
+        );
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (received, behaviour) = (received.clone(), behaviour.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(req, received, behaviour).await) }
+                let (received, behaviour, state) =
+                    (received.clone(), behaviour.clone(), state.clone());
+                async move { Ok::<_, Infallible>(handle(req, received, behaviour, state).await) }
             });
             match tls {
                 Some(acceptor) => {
@@ -164,11 +218,20 @@ async fn serve(
     }
 }
 
+fn reply(status: u16, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())).boxed())
+        .unwrap()
+}
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     received: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
-) -> Response<Full<Bytes>> {
+    state: State,
+) -> Response<Body> {
     let b = behaviour.lock().unwrap().clone();
     let path = req.uri().path().to_owned();
     let header = |name: &str| {
@@ -186,9 +249,13 @@ async fn handle(
         .unwrap_or_default();
     tokio::time::sleep(b.delay).await;
     if let Some(code) = b.fail_with {
+        return reply(code, "failing on purpose");
+    }
+    if let Some(to) = &b.redirect_to {
         return Response::builder()
-            .status(code)
-            .body(Full::new(Bytes::from("failing on purpose")))
+            .status(302)
+            .header("Location", to.as_str())
+            .body(Full::new(Bytes::new()).boxed())
             .unwrap();
     }
     let body = if encoding.as_deref() == Some("gzip") {
@@ -200,10 +267,20 @@ async fn handle(
     } else {
         raw
     };
-    let reply = if path.ends_with("/_bulk") {
-        r#"{"errors":false,"items":[]}"#
+    if b.max_body.is_some_and(|max| body.len() > max) {
+        return reply(413, r#"{"text":"Content too large","code":27}"#);
+    }
+    if let Some(marker) = &b.refuse_containing
+        && String::from_utf8_lossy(&body).contains(marker.as_str())
+    {
+        return reply(400, r#"{"text":"Invalid data format","code":6}"#);
+    }
+    let text = if path.ends_with("/_bulk") && b.es_items {
+        bulk(&body, &state)
+    } else if path.ends_with("/_bulk") {
+        r#"{"errors":false,"items":[]}"#.to_owned()
     } else {
-        r#"{"text":"Success","code":0}"#
+        r#"{"text":"Success","code":0}"#.to_owned()
     };
     received.lock().unwrap().push(Received {
         path,
@@ -211,9 +288,92 @@ async fn handle(
         encoding,
         body,
     });
-    Response::builder()
-        .status(200)
-        .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(reply)))
-        .unwrap()
+    if let Some(n) = b.reply_bytes {
+        return Response::builder()
+            .status(200)
+            .body(
+                Huge {
+                    left: n,
+                    sent: state.reply_sent.clone(),
+                }
+                .boxed(),
+            )
+            .unwrap();
+    }
+    reply(200, &text)
+}
+
+/// A `_bulk` reply, item by item (see [`Behaviour::es_items`]).
+fn bulk(body: &[u8], state: &State) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let mut items = Vec::new();
+    let mut errors = false;
+    while let (Some(action), Some(doc)) = (lines.next(), lines.next()) {
+        let action: serde_json::Value = serde_json::from_str(action).unwrap();
+        let id = action["create"]["_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (status, error) = if doc.contains("MAPPING-CONFLICT") {
+            (
+                400,
+                serde_json::json!({"type": "mapper_parsing_exception", "reason": "failed to parse field [message] of type [long]"}),
+            )
+        } else if doc.contains("THROTTLE-ONCE")
+            && state.throttled.lock().unwrap().insert(id.clone())
+        {
+            (
+                429,
+                serde_json::json!({"type": "es_rejected_execution_exception", "reason": "rejected execution"}),
+            )
+        } else if !state.ids.lock().unwrap().insert(id.clone()) {
+            (
+                409,
+                serde_json::json!({"type": "version_conflict_engine_exception", "reason": "document already exists"}),
+            )
+        } else {
+            state
+                .stored
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(doc).unwrap());
+            (201, serde_json::Value::Null)
+        };
+        errors |= status >= 300;
+        let mut result = serde_json::json!({ "_id": id, "status": status });
+        if !error.is_null() {
+            result["error"] = error;
+        }
+        items.push(serde_json::json!({ "create": result }));
+    }
+    serde_json::json!({ "errors": errors, "items": items }).to_string()
+}
+
+/// A reply body of `left` bytes, made as the connection takes it.
+struct Huge {
+    left: u64,
+    sent: Arc<AtomicU64>,
+}
+
+static CHUNK: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+impl hyper::body::Body for Huge {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64);
+        self.left -= n;
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &CHUNK[..n as usize],
+        )))))
+    }
 }

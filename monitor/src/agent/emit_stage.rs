@@ -259,10 +259,16 @@ impl EmitStage {
 /// Appends a record to the spool; a failure is logged (the spool keeps
 /// records in memory and reports itself degraded).
 pub fn spool_append(spool: &Spool, class: Class, record: &serde_json::Value) {
+    let mut bytes = serde_json::to_vec(record).expect("a JSON value serializes");
+    // A byte string that is not UTF-8 (rare: only then is there a base64
+    // field) becomes an OCSF string.
+    if bytes.windows(9).any(|w| w == b"\"base64\":") {
+        let mut record = record.clone();
+        crate::output::ocsf::strings_only(&mut record);
+        bytes = serde_json::to_vec(&record).expect("a JSON value serializes");
+    }
     // What sinks carry is read by people too (syslog viewers, files).
-    let bytes = crate::display::json_with_visible_escapes(
-        serde_json::to_vec(record).expect("a JSON value serializes"),
-    );
+    let bytes = crate::display::json_with_visible_escapes(bytes);
     if let Err(e) = spool.append(class, &bytes) {
         tracing::error!(error = %crate::error::error_chain(&e), "spool write failed; keeping records in memory");
     }

@@ -483,6 +483,13 @@ impl Output {
             names.iter().map(|n| SinkHealth::new(n)).collect(),
         ));
         let shutdown = CancellationToken::new();
+        let dead_letters = Arc::new(crate::output::dead_letters::DeadLetters::new(
+            &paths.dead_letters(),
+            crate::fileio::rotate::Rotation {
+                max_bytes: settings.raw.agent.log_max_size,
+                keep: settings.raw.agent.log_keep,
+            },
+        ));
         let mut deliveries = Vec::new();
         for (i, config) in settings.raw.sink.iter().enumerate() {
             let sink =
@@ -498,6 +505,7 @@ impl Output {
                 batching: sinks::batching(config),
                 host: host.name.clone(),
                 healths: healths.clone(),
+                dead_letters: dead_letters.clone(),
                 shutdown: shutdown.clone(),
                 drain: Duration::from_secs(1),
             })));

@@ -246,6 +246,21 @@ mod tests {
         let f = sample();
         let back = decode(&encode(&f), Path::new("m")).unwrap();
         assert!(back == f, "the model survives encoding exactly");
+        // Live windows carry counts, not sequences: no sequence model, an
+        // empty sequence calibration, and still a valid model.
+        let mut live = sample();
+        let windows: Vec<Window> = (0..60)
+            .map(|i| {
+                let seq: Vec<u16> = (0..50).map(|j| ((i + j) % 7) as u16).collect();
+                let mut w = Window::from_sequence("/usr/bin/x", seq);
+                w.sequence.clear();
+                w.pid = i as u32;
+                w
+            })
+            .collect();
+        live.baseline = Baseline::fit(&windows).unwrap();
+        assert!(live.baseline.sequence.is_none());
+        decode(&encode(&live), Path::new("m")).unwrap();
     }
 
     #[test]

@@ -498,3 +498,98 @@ pub fn lifecycle(kind: Lifecycle, host: &Host, message: &str, details: Value) ->
         "unmapped": { "monitor": details },
     })
 }
+
+/// Byte strings that are not UTF-8 as OCSF strings. The agent's own JSON
+/// writes them as `{"text": ..., "base64": ...}` (`crate::event::bytes`),
+/// which inside `unmapped` made a field a string in one record and an
+/// object in the next, and Elasticsearch refuses the second. Here each
+/// becomes a string, escaped losslessly (`\xNN` for a byte that is not
+/// UTF-8, `\\` for a backslash), with the exact bytes in a sibling field
+/// `<name>_base64` (for a list, a list of the same length, `null` where the
+/// item was UTF-8).
+pub fn strings_only(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let mut siblings = Vec::new();
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::Array(items) if items.iter().any(|i| as_bytes(i).is_some()) => {
+                        let raw: Vec<Value> = items
+                            .iter_mut()
+                            .map(|i| match as_bytes(i) {
+                                Some((text, b64)) => {
+                                    *i = Value::String(text);
+                                    Value::String(b64)
+                                }
+                                None => Value::Null,
+                            })
+                            .collect();
+                        siblings.push((format!("{key}_base64"), Value::Array(raw)));
+                    }
+                    _ => {
+                        if let Some((text, b64)) = as_bytes(value) {
+                            *value = Value::String(text);
+                            siblings.push((format!("{key}_base64"), Value::String(b64)));
+                        } else {
+                            strings_only(value);
+                        }
+                    }
+                }
+            }
+            map.extend(siblings);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strings_only),
+        _ => {}
+    }
+}
+
+/// The escaped text and base64 of a `{"text", "base64"}` byte string.
+fn as_bytes(v: &Value) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let Value::Object(o) = v else { return None };
+    if o.len() != 2 || !o.get("text").is_some_and(Value::is_string) {
+        return None;
+    }
+    let b64 = o.get("base64")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let mut text = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            text.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    Some((text, b64.to_owned()))
+}
+
+#[cfg(test)]
+mod strings_only_tests {
+    use serde_json::json;
+
+    use crate::event::ByteString;
+
+    #[test]
+    fn names_that_are_not_utf8_are_strings_with_their_bytes_beside() {
+        let name = ByteString::from(&b"evil\xff\\name"[..]);
+        let arg = ByteString::from(&b"\xc3(x"[..]);
+        let mut v = json!({
+            "unmapped": { "monitor": { "process": {
+                "comm": name,
+                "exe": ByteString::from("/usr/bin/ok"),
+                "args": [ByteString::from("ok"), arg],
+            } } }
+        });
+        super::strings_only(&mut v);
+        let p = &v["unmapped"]["monitor"]["process"];
+        assert_eq!(p["comm"], "evil\\xff\\\\name");
+        assert_eq!(p["exe"], "/usr/bin/ok");
+        assert!(p.get("exe_base64").is_none());
+        assert_eq!(p["args"], json!(["ok", "\\xc3(x"]));
+        // The exact bytes come back from the sibling fields.
+        let back: ByteString =
+            serde_json::from_value(json!({ "text": "", "base64": p["comm_base64"] })).unwrap();
+        assert_eq!(back.as_bytes(), b"evil\xff\\name");
+        assert_eq!(p["args_base64"][0], serde_json::Value::Null);
+        assert!(p["args_base64"][1].is_string());
+    }
+}

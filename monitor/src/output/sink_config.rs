@@ -38,6 +38,10 @@ fn default_file_size() -> u64 {
 fn default_app_name() -> String {
     "monitor".into()
 }
+fn default_max_message() -> u64 {
+    8 << 10
+}
+
 fn default_facility() -> String {
     "local0".into()
 }
@@ -90,6 +94,10 @@ pub enum SinkConfig {
         /// Facility name.
         #[serde(default = "default_facility")]
         facility: String,
+        /// Longest message, header included; a longer record is shortened
+        /// (still JSON, marked truncated). rsyslog's default limit is 8 KiB.
+        #[serde(default = "default_max_message", deserialize_with = "de_size")]
+        max_message: u64,
     },
     /// Splunk HTTP Event Collector.
     SplunkHec {
@@ -191,6 +199,7 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
             address,
             path,
             facility,
+            max_message,
             ..
         } => {
             if facility_code(facility).is_none() {
@@ -199,6 +208,12 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
                     format!(
                         "unknown facility {facility:?} (kern, user, daemon, auth, local0..local7, ...)"
                     ),
+                ));
+            }
+            if !(1 << 10..=64 << 10).contains(max_message) {
+                return Err((
+                    "max_message",
+                    format!("must be between 1KiB and 64KiB, got {max_message} bytes"),
                 ));
             }
             match transport {

@@ -4,9 +4,16 @@
 //! A sink acknowledges a batch by returning `Ok`; only then does the spool
 //! forget it for that sink. Failures are retried with exponential backoff
 //! and jitter (0.5 s doubling to 30 s, times 0.5..1.5), forever: records wait
-//! in the spool, which is bounded. A batch the destination rejects as
-//! malformed (HTTP 400, 413, 422) would block the queue forever, so it is
-//! counted as `rejected`, logged, and skipped.
+//! in the spool, which is bounded. A record the destination refuses for good
+//! (HTTP 400, 413 or 422 for that record alone, once the batch was split in
+//! halves down to it; an Elasticsearch item error other than 429 or 5xx)
+//! would block the queue forever if retried and lose a finding if dropped:
+//! it goes to the dead letters ([`super::dead_letters`]), counted as
+//! `rejected`.
+//!
+//! HTTP: redirects are not followed (a sink's URL is its final address;
+//! a redirect could send findings and tokens elsewhere), replies are read up
+//! to 1 MiB, connect and request time out.
 
 use std::{
     io::Write as _,
@@ -19,6 +26,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    dead_letters::DeadLetters,
     spool::{Class, Record, Spool},
     syslog::Syslog,
 };
@@ -27,13 +35,22 @@ use crate::output::sink_config::{Compression, SinkConfig};
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Worth retrying (network, 5xx, auth, I/O).
+    /// Worth retrying (network, 429, 5xx, auth, I/O).
     #[error("{0}")]
     Retry(String),
-    /// The destination refused the batch as malformed: retrying cannot help.
-    #[error("rejected: {0}")]
-    Rejected(String),
 }
+
+/// A record of a batch the destination refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its index in the batch.
+    pub index: usize,
+    /// What the destination said.
+    pub reason: String,
+}
+
+/// Largest reply body read from an HTTP destination.
+const MAX_REPLY: usize = 1 << 20;
 
 /// A secret read from a file or the environment; never printed.
 #[derive(Clone)]
@@ -126,12 +143,14 @@ impl Sink {
                 path,
                 app_name,
                 facility,
+                max_message,
             } => Sink::Syslog(Syslog::new(
                 *transport,
                 address.clone(),
                 path.clone(),
                 super::sink_config::facility_code(facility).unwrap_or(16),
                 app_name.clone(),
+                *max_message as usize,
             )),
             SinkConfig::SplunkHec {
                 url,
@@ -173,8 +192,9 @@ impl Sink {
         })
     }
 
-    /// Sends a batch; `Ok` means the destination has it.
-    pub async fn send(&mut self, batch: &[Record], host: &str) -> Result<(), SinkError> {
+    /// Sends a batch; `Ok` means the destination has it, but for the
+    /// records it refused for good.
+    pub async fn send(&mut self, batch: &[Record], host: &str) -> Result<Vec<Refused>, SinkError> {
         match self {
             Sink::Stdout => {
                 let mut out = Vec::new();
@@ -186,7 +206,8 @@ impl Sink {
                 stdout
                     .write_all(&out)
                     .and_then(|()| stdout.flush())
-                    .map_err(|e| SinkError::Retry(format!("stdout: {e}")))
+                    .map_err(|e| SinkError::Retry(format!("stdout: {e}")))?;
+                Ok(Vec::new())
             }
             Sink::File {
                 path,
@@ -194,6 +215,7 @@ impl Sink {
                 keep,
                 open,
             } => write_file(path, *max_size, *keep, open, batch)
+                .map(|()| Vec::new())
                 .map_err(|e| SinkError::Retry(format!("{}: {e}", path.display()))),
             Sink::Syslog(s) => {
                 let messages: Vec<Vec<u8>> = batch
@@ -202,6 +224,7 @@ impl Sink {
                         let (severity, msgid) = classify(r);
                         let id = record_uid(&r.payload);
                         super::syslog::format(
+                            s.max_message,
                             s.facility,
                             severity,
                             host,
@@ -214,6 +237,7 @@ impl Sink {
                     .collect();
                 s.send(&messages)
                     .await
+                    .map(|()| Vec::new())
                     .map_err(|e| SinkError::Retry(format!("syslog: {e}")))
             }
             Sink::Http(h) => h.send(batch).await,
@@ -246,6 +270,7 @@ fn http_client(ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("monitor/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path)
@@ -367,7 +392,45 @@ impl Http {
         body
     }
 
-    async fn send(&self, batch: &[Record]) -> Result<(), SinkError> {
+    /// Sends a batch: a 413, 400 or 422 splits it in halves down to the
+    /// single records refused, which are returned; Elasticsearch's item
+    /// errors refuse those items (429 and 5xx items make the batch retried;
+    /// `create` with the finding's id makes that safe).
+    async fn send(&self, batch: &[Record]) -> Result<Vec<Refused>, SinkError> {
+        let mut refused = Vec::new();
+        let mut parts = Vec::new();
+        parts.push(0..batch.len());
+        while let Some(part) = parts.pop() {
+            let records = &batch[part.clone()];
+            match self.post(records).await? {
+                Answer::Took(items) => {
+                    refused.extend(items.into_iter().map(|r| Refused {
+                        index: part.start + r.index,
+                        reason: r.reason,
+                    }));
+                }
+                // Halves until the records refused are alone: one bad
+                // record must not take the findings sent with it along.
+                Answer::TooLarge(why) | Answer::Refused(why) if records.len() > 1 => {
+                    let mid = part.start + records.len() / 2;
+                    parts.push(mid..part.end);
+                    parts.push(part.start..mid);
+                    tracing::debug!(url = %self.url, records = records.len(), "{why}; sending the batch in halves");
+                }
+                Answer::TooLarge(why) | Answer::Refused(why) => {
+                    refused.extend(part.map(|index| Refused {
+                        index,
+                        reason: why.clone(),
+                    }));
+                }
+            }
+        }
+        refused.sort_by_key(|r| r.index);
+        Ok(refused)
+    }
+
+    /// One request.
+    async fn post(&self, batch: &[Record]) -> Result<Answer, SinkError> {
         let mut body = self.body(batch);
         let mut req = self.client.post(&self.url);
         req = match self.flavour {
@@ -391,34 +454,61 @@ impl Http {
                 }
             };
         }
-        let response = req
+        let mut response = req
             .body(body)
             .send()
             .await
             .map_err(|e| SinkError::Retry(format!("{}: {}", self.url, without_url(&e))))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let snippet: String = text.chars().take(300).collect();
-        match status.as_u16() {
-            200..=299 => {
-                if self.flavour == HttpFlavour::Elasticsearch && bulk_failed(&text) {
-                    return Err(SinkError::Retry(format!(
-                        "{}: _bulk reported item errors: {snippet}",
-                        self.url
-                    )));
-                }
-                Ok(())
+        // At most MAX_REPLY bytes of the reply: a destination (or whoever
+        // answers in its place) cannot make the agent buffer more.
+        let mut reply = Vec::new();
+        while reply.len() < MAX_REPLY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => reply.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => break,
             }
-            400 | 413 | 422 => Err(SinkError::Rejected(format!(
-                "{}: HTTP {status}: {snippet}",
-                self.url
+        }
+        reply.truncate(MAX_REPLY);
+        let text = String::from_utf8_lossy(&reply);
+        let snippet: String = text.chars().take(300).collect();
+        let said = || format!("HTTP {status}: {snippet}");
+        match status.as_u16() {
+            200..=299 if self.flavour == HttpFlavour::Elasticsearch => {
+                bulk_items(&text, batch.len())
+                    .map(Answer::Took)
+                    .map_err(|why| SinkError::Retry(format!("{}: _bulk {why}", self.url)))
+            }
+            200..=299 => Ok(Answer::Took(Vec::new())),
+            413 => Ok(Answer::TooLarge(said())),
+            400 | 422 => Ok(Answer::Refused(said())),
+            300..=399 => Err(SinkError::Retry(format!(
+                "{}: HTTP {status}: redirects are not followed; set the sink's url to the final address{}",
+                self.url,
+                response_location(&response)
             ))),
-            _ => Err(SinkError::Retry(format!(
-                "{}: HTTP {status}: {snippet}",
-                self.url
-            ))),
+            _ => Err(SinkError::Retry(format!("{}: {}", self.url, said()))),
         }
     }
+}
+
+/// What a destination did with one request.
+enum Answer {
+    /// Took it, but for these records (indexes in the request).
+    Took(Vec<Refused>),
+    /// 413: too large.
+    TooLarge(String),
+    /// 400, 422: refused as it is.
+    Refused(String),
+}
+
+fn response_location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(|l| format!(" (it redirects to {l:?})"))
+        .unwrap_or_default()
 }
 
 /// reqwest errors print the URL; ours already does.
@@ -433,24 +523,54 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
-/// True if a `_bulk` response holds item errors other than "already exists".
-fn bulk_failed(text: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return true;
-    };
+/// The records an Elasticsearch `_bulk` reply refuses for good, by index.
+/// `Err` when the batch must be sent again: an item was throttled (429) or
+/// failed on the server (5xx), or the reply cannot be read.
+fn bulk_items(text: &str, sent: usize) -> Result<Vec<Refused>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("reply is not JSON: {e}"))?;
     if v["errors"] != serde_json::Value::Bool(true) {
-        return false;
+        return Ok(Vec::new());
     }
-    v["items"].as_array().is_none_or(|items| {
-        items.iter().any(|item| {
-            let status = item
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|a| a["status"].as_u64())
-                .unwrap_or(500);
-            status >= 300 && status != 409
-        })
-    })
+    let items = v["items"]
+        .as_array()
+        .ok_or("reply reports errors without items")?;
+    if items.len() != sent {
+        return Err(format!(
+            "reply has {} items for {sent} records",
+            items.len()
+        ));
+    }
+    let mut refused = Vec::new();
+    let mut retry = 0;
+    for (index, item) in items.iter().enumerate() {
+        let result = item.as_object().and_then(|o| o.values().next());
+        let status = result.and_then(|r| r["status"].as_u64()).unwrap_or(500);
+        match status {
+            200..=299 | 409 => {} // 409: a retried batch's record is already there
+            429 | 500.. => retry += 1,
+            _ => {
+                let error = result.map(|r| &r["error"]);
+                let reason = format!(
+                    "HTTP {status}: {}: {}",
+                    error.and_then(|e| e["type"].as_str()).unwrap_or("error"),
+                    error
+                        .and_then(|e| e["reason"].as_str())
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                );
+                refused.push(Refused { index, reason });
+            }
+        }
+    }
+    if retry > 0 {
+        return Err(format!(
+            "{retry} of {sent} items throttled or failed (429/5xx); the batch is sent again"
+        ));
+    }
+    Ok(refused)
 }
 
 /// A sink's health, for status and metrics.
@@ -460,7 +580,7 @@ pub struct SinkHealth {
     pub name: String,
     /// Records delivered.
     pub delivered: u64,
-    /// Records rejected by the destination and skipped.
+    /// Records the destination refused for good, kept in the dead letters.
     pub rejected: u64,
     /// Failed attempts.
     pub failures: u64,
@@ -523,6 +643,8 @@ pub struct Delivery {
     pub host: String,
     /// Shared health.
     pub healths: Healths,
+    /// Where refused records go.
+    pub dead_letters: Arc<DeadLetters>,
     /// Stops new work.
     pub shutdown: CancellationToken,
     /// After `shutdown`, how long to keep delivering what is spooled.
@@ -540,6 +662,7 @@ pub async fn deliver(job: Delivery) {
         batching: (batch_size, wait),
         host,
         healths,
+        dead_letters,
         shutdown,
         drain,
     } = job;
@@ -575,8 +698,11 @@ pub async fn deliver(job: Delivery) {
             }
             continue;
         }
-        match sink.send(&batch, &host).await {
-            Ok(()) => {
+        let sent = sink.send(&batch, &host).await.and_then(|refused| {
+            keep_refused(&dead_letters, &name, &batch, &refused).map(|()| refused)
+        });
+        match sent {
+            Ok(refused) => {
                 attempt = 0;
                 if let Err(e) = spool.ack(&name, &batch) {
                     tracing::error!(sink = %name, error = %e, "cannot record delivery; records may be sent again");
@@ -586,15 +712,11 @@ pub async fn deliver(job: Delivery) {
                 if hs.failing() {
                     tracing::info!(sink = %name, "sink delivering again");
                 }
-                hs.delivered += batch.len() as u64;
+                hs.delivered += (batch.len() - refused.len()) as u64;
+                hs.rejected += refused.len() as u64;
                 hs.last_error = None;
                 hs.failing_since = None;
                 hs.failing_for_secs = None;
-            }
-            Err(SinkError::Rejected(why)) => {
-                tracing::error!(sink = %name, records = batch.len(), error = %why, "destination rejected a batch; skipped");
-                let _ = spool.ack(&name, &batch);
-                healths.lock().expect("health lock")[index].rejected += batch.len() as u64;
             }
             Err(SinkError::Retry(why)) => {
                 {
@@ -622,6 +744,30 @@ pub async fn deliver(job: Delivery) {
     }
 }
 
+/// Writes the refused records of a batch to the dead letters. A failure
+/// (a full disk) makes the batch retried: a finding is never dropped.
+fn keep_refused(
+    dead_letters: &DeadLetters,
+    sink: &str,
+    batch: &[Record],
+    refused: &[Refused],
+) -> Result<(), SinkError> {
+    if let Some(first) = refused.first() {
+        tracing::error!(sink = %sink, records = refused.len(), reason = %first.reason, path = %dead_letters.path().display(), "the destination refused records for good; kept in the dead letters");
+    }
+    for r in refused {
+        dead_letters
+            .keep(sink, &r.reason, &batch[r.index].payload)
+            .map_err(|e| {
+                SinkError::Retry(format!(
+                    "cannot keep a refused record in {}: {e}",
+                    dead_letters.path().display()
+                ))
+            })?;
+    }
+    Ok(())
+}
+
 /// Exponential backoff with jitter: 0.5 s doubling to 30 s, times 0.5..1.5.
 pub fn backoff(attempt: u32) -> Duration {
     let base = (0.5 * 2f64.powi(attempt.min(10) as i32)).min(30.0);
@@ -644,14 +790,39 @@ mod tests {
     }
 
     #[test]
-    fn bulk_conflicts_are_success() {
-        assert!(!bulk_failed(r#"{"errors":false,"items":[]}"#));
-        assert!(!bulk_failed(
-            r#"{"errors":true,"items":[{"create":{"status":409}}]}"#
-        ));
-        assert!(bulk_failed(
-            r#"{"errors":true,"items":[{"create":{"status":429}}]}"#
-        ));
+    fn bulk_items_refused_for_good_are_named_and_throttled_ones_retried() {
+        assert_eq!(
+            bulk_items(r#"{"errors":false,"items":[]}"#, 3),
+            Ok(Vec::new())
+        );
+        assert_eq!(
+            bulk_items(r#"{"errors":true,"items":[{"create":{"status":409}}]}"#, 1),
+            Ok(Vec::new()),
+            "409: already there from an earlier try"
+        );
+        let refused = bulk_items(
+            r#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [x]"}}}]}"#,
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            refused,
+            [Refused {
+                index: 1,
+                reason: "HTTP 400: mapper_parsing_exception: failed to parse field [x]".into()
+            }]
+        );
+        for retried in [
+            r#"{"errors":true,"items":[{"create":{"status":429}}]}"#,
+            r#"{"errors":true,"items":[{"create":{"status":503}}]}"#,
+            r#"{"errors":true,"items":[{"create":{"status":201}}]}"#,
+            "not json",
+        ] {
+            assert!(
+                bulk_items(retried, if retried.contains("201") { 2 } else { 1 }).is_err(),
+                "{retried}"
+            );
+        }
     }
 
     #[test]

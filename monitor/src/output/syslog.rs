@@ -10,12 +10,20 @@ use tokio::{
 
 use crate::output::sink_config::SyslogTransport;
 
-/// Formats one RFC 5424 message carrying a JSON record.
+/// Formats one RFC 5424 message carrying a JSON record, at most `max`
+/// bytes: a longer record is shortened, still valid JSON and marked
+/// truncated ([`super::shorten`]), so that a collector's message limit does
+/// not make it fail on every retry.
 ///
 /// `severity` is the syslog severity (0 emergency .. 7 debug); `msgid` says
 /// what the record is (`finding`, `activity`, `lifecycle`); the record's id,
 /// when it has one, goes in structured data so a collector can index it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fields of one RFC 5424 header, named at the call"
+)]
 pub fn format(
+    max: usize,
     facility: u8,
     severity: u8,
     host: &str,
@@ -40,7 +48,8 @@ pub fn format(
     );
     let mut out = header.into_bytes();
     out.extend_from_slice("\u{feff}".as_bytes()); // BOM: the message is UTF-8
-    out.extend_from_slice(json);
+    let (json, _) = super::shorten::fit(json, max.saturating_sub(out.len()));
+    out.extend_from_slice(&json);
     out
 }
 
@@ -72,6 +81,8 @@ pub struct Syslog {
     pub facility: u8,
     /// APP-NAME.
     pub app_name: String,
+    /// Longest message sent, header included.
+    pub max_message: usize,
 }
 
 impl Syslog {
@@ -82,6 +93,7 @@ impl Syslog {
         path: Option<PathBuf>,
         facility: u8,
         app_name: String,
+        max_message: usize,
     ) -> Self {
         Self {
             transport,
@@ -92,6 +104,7 @@ impl Syslog {
             unix: None,
             facility,
             app_name,
+            max_message,
         }
     }
 
@@ -163,6 +176,7 @@ mod tests {
     #[test]
     fn rfc5424_shape() {
         let m = format(
+            8192,
             16,
             4,
             "web 01",
@@ -180,5 +194,20 @@ mod tests {
         );
         assert_eq!(facility_code("local7"), Some(23));
         assert_eq!(facility_code("bogus"), None);
+    }
+
+    #[test]
+    fn a_message_stays_under_its_limit_header_included() {
+        let big =
+            serde_json::to_vec(&serde_json::json!({ "message": "x".repeat(200_000) })).unwrap();
+        let m = format(8192, 16, 4, "host", "monitor", "finding", Some("id1"), &big);
+        assert!(m.len() <= 8192, "{}", m.len());
+        let json = &m[m
+            .windows(3)
+            .position(|w| w == "\u{feff}".as_bytes())
+            .unwrap()
+            + 3..];
+        let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(v["unmapped"]["monitor"]["truncated"], true);
     }
 }

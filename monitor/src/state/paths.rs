@@ -82,6 +82,10 @@ impl StatePaths {
     pub fn repeats(&self) -> PathBuf {
         self.dir.join("repeats.jsonl")
     }
+    /// Records sinks refused for good (`output::dead_letters`).
+    pub fn dead_letters(&self) -> PathBuf {
+        self.dir.join("dead-letters.jsonl")
+    }
     /// Acknowledgements.
     pub fn acks(&self) -> PathBuf {
         self.dir.join("acks.jsonl")

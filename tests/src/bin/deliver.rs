@@ -57,6 +57,10 @@ fn main() {
             batching: sinks::batching(&config),
             host: "test-host".into(),
             healths,
+            dead_letters: std::sync::Arc::new(monitor::output::dead_letters::DeadLetters::new(
+                &std::path::Path::new(dir).join("dead-letters.jsonl"),
+                monitor::fileio::rotate::Rotation::default(),
+            )),
             shutdown: shutdown.clone(),
             drain: Duration::from_secs(60),
         };
