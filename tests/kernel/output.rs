@@ -99,6 +99,26 @@ fn hec(url: String, token_env: &str, ca: Option<PathBuf>, batch: usize) -> SinkC
     }
 }
 
+/// A Splunk HEC sink sending to `receiver` (HTTPS when it has a
+/// certificate, which the sink is not told to trust).
+fn hec_of(receiver: &Receiver, token_env: &str, batch: usize) -> SinkConfig {
+    let scheme = if receiver.ca_pem.is_some() { "https" } else { "http" };
+    hec(
+        format!(
+            "{scheme}://127.0.0.1:{}/services/collector/event",
+            receiver.addr.port()
+        ),
+        token_env,
+        None,
+        batch,
+    )
+}
+
+/// A spool in `dir/name` for the one sink `config`.
+fn spool_for(dir: &std::path::Path, name: &str, config: &SinkConfig) -> Arc<Spool> {
+    Spool::open(&dir.join(name), SpoolSettings::default(), &[config.name()]).unwrap()
+}
+
 fn uids(docs: &[serde_json::Value]) -> BTreeSet<String> {
     docs.iter()
         .filter_map(|d| d["metadata"]["uid"].as_str().map(str::to_owned))
@@ -305,21 +325,8 @@ fn an_untrusted_certificate_is_refused() {
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), true, &dir);
     // SAFETY: test-local variable.
     unsafe { std::env::set_var("MONITOR_TEST_TOKEN_X", "t") };
-    let config = hec(
-        format!(
-            "https://127.0.0.1:{}/services/collector/event",
-            receiver.addr.port()
-        ),
-        "MONITOR_TEST_TOKEN_X",
-        None,
-        10,
-    );
-    let spool = Spool::open(
-        &dir.join("spool"),
-        SpoolSettings::default(),
-        &[config.name()],
-    )
-    .unwrap();
+    let config = hec_of(&receiver, "MONITOR_TEST_TOKEN_X", 10);
+    let spool = spool_for(&dir, "spool", &config);
     spool.append(Class::Findings, &finding(0)).unwrap();
     let healths = deliver_until(
         &spool,
@@ -559,12 +566,7 @@ fn elasticsearch_item_errors_are_dead_lettered_and_throttled_items_retried() {
         compression: Compression::None,
         ca_file: None,
     };
-    let spool = Spool::open(
-        &dir.join("spool"),
-        SpoolSettings::default(),
-        &[config.name()],
-    )
-    .unwrap();
+    let spool = spool_for(&dir, "spool", &config);
     const N: usize = 60;
     let conflicts = [5, 17, 44];
     let throttled = [8, 30];
@@ -642,21 +644,8 @@ fn a_413_splits_the_batch_and_a_400_dead_letters_only_the_record_refused() {
     }
     // SAFETY: test-local variable.
     unsafe { std::env::set_var("MONITOR_TEST_HEC_SPLIT", "t") };
-    let config = hec(
-        format!(
-            "http://127.0.0.1:{}/services/collector/event",
-            receiver.addr.port()
-        ),
-        "MONITOR_TEST_HEC_SPLIT",
-        None,
-        100,
-    );
-    let spool = Spool::open(
-        &dir.join("spool"),
-        SpoolSettings::default(),
-        &[config.name()],
-    )
-    .unwrap();
+    let config = hec_of(&receiver, "MONITOR_TEST_HEC_SPLIT", 100);
+    let spool = spool_for(&dir, "spool", &config);
     const N: usize = 80;
     for i in 0..N {
         let payload = if i == 33 {
@@ -710,21 +699,8 @@ fn redirects_are_not_followed_and_a_huge_reply_is_not_read_whole() {
         "http://127.0.0.1:{}/services/collector/event",
         elsewhere.addr.port()
     ));
-    let config = hec(
-        format!(
-            "http://127.0.0.1:{}/services/collector/event",
-            redirecting.addr.port()
-        ),
-        "MONITOR_TEST_HEC_HOSTILE",
-        None,
-        10,
-    );
-    let spool = Spool::open(
-        &dir.join("spool"),
-        SpoolSettings::default(),
-        &[config.name()],
-    )
-    .unwrap();
+    let config = hec_of(&redirecting, "MONITOR_TEST_HEC_HOSTILE", 10);
+    let spool = spool_for(&dir, "spool", &config);
     spool.append(Class::Findings, &finding(0)).unwrap();
     let healths = deliver_until(
         &spool,
@@ -750,21 +726,8 @@ fn redirects_are_not_followed_and_a_huge_reply_is_not_read_whole() {
     // A destination that answers with 256 MiB: the agent reads 1 MiB.
     let huge = Receiver::start("127.0.0.1:0".parse().unwrap(), false, &dir);
     huge.behaviour.lock().unwrap().reply_bytes = Some(256 << 20);
-    let config = hec(
-        format!(
-            "http://127.0.0.1:{}/services/collector/event",
-            huge.addr.port()
-        ),
-        "MONITOR_TEST_HEC_HOSTILE",
-        None,
-        10,
-    );
-    let spool = Spool::open(
-        &dir.join("spool2"),
-        SpoolSettings::default(),
-        &[config.name()],
-    )
-    .unwrap();
+    let config = hec_of(&huge, "MONITOR_TEST_HEC_HOSTILE", 10);
+    let spool = spool_for(&dir, "spool2", &config);
     for i in 0..3 {
         spool.append(Class::Findings, &finding(i)).unwrap();
     }

@@ -11,9 +11,11 @@
 //!   whole test suite as root, then the kernel matrix in QEMU (`vm`).
 //! - `verifier`: `build`, then the verifier budget table on this kernel.
 //! - `bench`: benchmarks (`overhead`, `model`, `sinks`, `startup`).
+//! - `fuzz`: every fuzz target (cargo fuzz, nightly) for N seconds.
 
 mod bench;
 mod cycles;
+mod fuzz;
 mod prepare;
 mod run;
 mod test;
@@ -55,6 +57,18 @@ enum Command {
     /// Build, then print what the kernel's verifier spends on each program
     /// under each setting (processed instructions against the budget).
     Verifier,
+    /// Run every fuzz target (fuzz/, cargo fuzz on nightly) from its
+    /// checked-in seeds; fails on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets run at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Only targets whose name contains this.
+        only: Option<String>,
+    },
     /// Run a benchmark: `overhead`, `model` or `sinks`.
     Bench {
         /// Which benchmark.
@@ -74,6 +88,11 @@ fn main() -> std::process::ExitCode {
         Command::Verifier => test::verifier(),
         Command::Cycles => cycles::run(),
         Command::Bench { which, args } => bench::bench(&which, args),
+        Command::Fuzz {
+            seconds,
+            jobs,
+            only,
+        } => fuzz::fuzz(seconds, jobs, only),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,7 +16,12 @@ pub fn test(filter: Option<String>, kernel: Option<String>) -> anyhow::Result<()
     let agent = prepare::build()?;
     match kernel.as_deref() {
         None => {
+            let whole = filter.is_none();
             host_suite(&agent, filter)?;
+            if whole {
+                // Every parser of outside bytes, a minute each.
+                crate::fuzz::fuzz(60, 2, None)?;
+            }
             crate::vm::matrix("all", &agent)
         }
         Some("host") => host_suite(&agent, filter),

@@ -104,6 +104,7 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<KernelEvent>, stats: &Sour
             return true;
         };
         stats.records.fetch_add(1, Ordering::Relaxed);
+        sample::keep(&item);
         match decode(&item) {
             Ok(event) => batch.push(event),
             Err(err) => {
@@ -115,4 +116,52 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<KernelEvent>, stats: &Sour
         }
     }
     false
+}
+
+/// Raw records kept for diagnosis and as the fuzzer's seeds: with
+/// `MONITOR_SAMPLE_RECORDS=DIR` in the environment (root's, when it starts
+/// the agent or `monitor record`), the first few records of each kind are
+/// written to `DIR/kind-<K>-<N>.bin` exactly as the kernel wrote them.
+mod sample {
+    use std::{path::PathBuf, sync::OnceLock};
+
+    /// Records kept per kind.
+    const PER_KIND: usize = 4;
+
+    struct Sampler {
+        dir: PathBuf,
+        kept: std::sync::Mutex<[usize; 256]>,
+    }
+
+    fn sampler() -> Option<&'static Sampler> {
+        static SAMPLER: OnceLock<Option<Sampler>> = OnceLock::new();
+        SAMPLER
+            .get_or_init(|| {
+                let dir = PathBuf::from(std::env::var_os("MONITOR_SAMPLE_RECORDS")?);
+                std::fs::create_dir_all(&dir).ok()?;
+                Some(Sampler {
+                    dir,
+                    kept: std::sync::Mutex::new([0; 256]),
+                })
+            })
+            .as_ref()
+    }
+
+    pub fn keep(record: &[u8]) {
+        let Some(s) = sampler() else { return };
+        let Some(&kind) = record.first() else { return };
+        let n = {
+            let mut kept = s
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = kept[usize::from(kind)];
+            if n >= PER_KIND {
+                return;
+            }
+            kept[usize::from(kind)] += 1;
+            n
+        };
+        let _ = std::fs::write(s.dir.join(format!("kind-{kind}-{n}.bin")), record);
+    }
 }

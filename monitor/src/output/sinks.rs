@@ -526,7 +526,7 @@ fn without_url(e: &reqwest::Error) -> String {
 /// The records an Elasticsearch `_bulk` reply refuses for good, by index.
 /// `Err` when the batch must be sent again: an item was throttled (429) or
 /// failed on the server (5xx), or the reply cannot be read.
-fn bulk_items(text: &str, sent: usize) -> Result<Vec<Refused>, String> {
+pub fn bulk_items(text: &str, sent: usize) -> Result<Vec<Refused>, String> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("reply is not JSON: {e}"))?;
     if v["errors"] != serde_json::Value::Bool(true) {
