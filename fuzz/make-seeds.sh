@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$corpus"/{record_decoder,replay_jsonl,config_toml,model_file,spool_segment,state_logs,sink_replies}
 
 # Kernel records, and the same activity as a replay stream.
-MONITOR_SAMPLE_RECORDS="$corpus/record_decoder" "$monitor" record --duration 12 --drain-interval 1 \
+MONITOR_SAMPLE_RECORDS="$work/records" "$monitor" record --duration 12 --drain-interval 1 \
     -o "$work/recorded.jsonl" 2>/dev/null &
 rec=$!
 sleep 4
@@ -45,6 +45,8 @@ done
 sh -c 'id; uname -a' >/dev/null
 kill "$web"
 wait "$rec" || true
+cp "$work"/records/*.bin "$corpus/record_decoder/"
+chmod 0644 "$corpus"/record_decoder/*.bin
 # A few dozen lines of every kind, not the whole stream.
 python3 - "$work/recorded.jsonl" "$corpus/replay_jsonl/recorded.jsonl" <<'PY'
 import json, sys, collections

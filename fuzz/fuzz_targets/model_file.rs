@@ -7,31 +7,11 @@
 //! file with a correct checksum would be. Any other input is a whole file.
 #![no_main]
 
-use std::io::Write as _;
-
-use monitor::model::{
-    finding::Finding,
-    persist::{self, FORMAT_VERSION, MAGIC},
-    window::Window,
-};
-
-fn file_of(json: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(json).expect("memory");
-    let body = gz.finish().expect("memory");
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
-}
+use monitor::model::{finding::Finding, persist, window::Window};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let bytes = match data.split_first() {
-        Some((1, json)) => file_of(json),
+        Some((1, json)) => persist::encode_json(json),
         _ => data.to_vec(),
     };
     let Ok(file) = persist::decode(&bytes, std::path::Path::new("model.bin")) else {

@@ -604,18 +604,19 @@ impl Capture {
         ));
     }
 
-    /// Says once per step when the wall clock moved more than a second away
-    /// from the timeline events are stamped on.
+    /// Measures the wall clock against the timeline events are stamped on:
+    /// what is sent out follows it, and a step over a second is logged.
     fn check_wall_clock(&mut self) {
         let drift = self
             .table
             .clock()
             .wall_drift_ns(boottime_ns(), crate::event::Timestamp::now().0);
+        crate::event::time::set_wall_correction(drift);
         if (drift - self.wall_drift_reported).abs() > 1_000_000_000 {
             self.wall_drift_reported = drift;
             tracing::warn!(
                 seconds = drift as f64 / 1e9,
-                "the wall clock moved away from the time the agent started with; event and finding times stay on the agent's timeline (wall time at start plus elapsed boot time), so windows and learning are unaffected"
+                "the wall clock moved away from the time the agent started with; windows and learning stay on the agent's timeline (wall time at start plus elapsed boot time), and the times sent to sinks follow the wall clock"
             );
         }
     }

@@ -667,9 +667,15 @@ fn a_413_splits_the_batch_and_a_400_dead_letters_only_the_record_refused() {
     assert_eq!(uids(&docs), good);
     assert_eq!(docs.len(), N - 1, "each once");
     let requests = receiver.received.lock().unwrap().clone();
+    let answered = receiver.answered.lock().unwrap().clone();
+    let count = |status: u16| answered.iter().filter(|(s, _)| *s == status).count();
     assert!(
-        requests.iter().all(|r| r.body.len() <= 4000),
-        "only what fits was taken"
+        count(413) >= 1 && count(400) >= 1,
+        "the batch was too large, then refused: {answered:?}"
+    );
+    assert!(
+        answered.iter().all(|&(s, len)| s != 200 || len <= 4000),
+        "only what fits was taken: {answered:?}"
     );
     let letters = letters_in(&dir);
     assert_eq!(letters.len(), 1, "{letters:#?}");
@@ -680,9 +686,11 @@ fn a_413_splits_the_batch_and_a_400_dead_letters_only_the_record_refused() {
         ((N - 1) as u64, 1)
     );
     eprintln!(
-        "hec: {} delivered in {} accepted requests, 1 dead-lettered",
+        "hec: {} delivered in {} accepted requests ({} answered 413, {} answered 400), 1 dead-lettered",
         docs.len(),
-        requests.len()
+        requests.len(),
+        count(413),
+        count(400)
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -76,6 +76,8 @@ pub struct Receiver {
     pub ca_pem: Option<PathBuf>,
     /// Documents `_bulk` stored (with `es_items`).
     pub stored: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Every request answered: its status and body size (decompressed).
+    pub answered: Arc<Mutex<Vec<(u16, usize)>>>,
     /// Bytes of huge replies the server could hand to the connection (the
     /// client reading them, and socket buffers).
     pub reply_sent: Arc<AtomicU64>,
@@ -89,7 +91,11 @@ impl Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let state = State::default();
-        let (stored, reply_sent) = (state.stored.clone(), state.reply_sent.clone());
+        let (stored, reply_sent, answered) = (
+            state.stored.clone(),
+            state.reply_sent.clone(),
+            state.answered.clone(),
+        );
         let (tx, rx) = tokio::sync::watch::channel(false);
         let std_listener = std::net::TcpListener::bind(addr).expect("bind receiver");
         std_listener.set_nonblocking(true).unwrap();
@@ -132,6 +138,7 @@ impl Receiver {
             ca_pem,
             stored,
             reply_sent,
+            answered,
             shutdown: tx,
             _runtime: Some(thread),
         }
@@ -171,6 +178,7 @@ struct State {
     ids: Arc<Mutex<BTreeSet<String>>>,
     throttled: Arc<Mutex<BTreeSet<String>>>,
     reply_sent: Arc<AtomicU64>,
+    answered: Arc<Mutex<Vec<(u16, usize)>>>,
 }
 
 async fn serve(
@@ -267,14 +275,18 @@ async fn handle(
     } else {
         raw
     };
+    let answer = |status: u16| state.answered.lock().unwrap().push((status, body.len()));
     if b.max_body.is_some_and(|max| body.len() > max) {
+        answer(413);
         return reply(413, r#"{"text":"Content too large","code":27}"#);
     }
     if let Some(marker) = &b.refuse_containing
         && String::from_utf8_lossy(&body).contains(marker.as_str())
     {
+        answer(400);
         return reply(400, r#"{"text":"Invalid data format","code":6}"#);
     }
+    answer(200);
     let text = if path.ends_with("/_bulk") && b.es_items {
         bulk(&body, &state)
     } else if path.ends_with("/_bulk") {

@@ -1,5 +1,7 @@
 //! `cargo xtask fuzz --seconds N`: every fuzz target under `fuzz/` (cargo
-//! fuzz, libFuzzer, nightly) for N seconds each, from its checked-in seeds
+//! fuzz, libFuzzer, nightly; optimised, with debug assertions and overflow
+//! checks, so a length that wraps is a crash) for N seconds each, from its
+//! checked-in seeds
 //! (`fuzz/corpus/TARGET`). New inputs go to `target/fuzz/corpus/TARGET`,
 //! crashes to `target/fuzz/artifacts/TARGET/`. Prints executions per second
 //! and the corpus size of each target, and fails if one crashed.
@@ -41,7 +43,7 @@ pub fn fuzz(seconds: u64, jobs: usize, only: Option<String>) -> anyhow::Result<(
         prepare::cargo()
             .current_dir(&dir)
             .env("PATH", prepare::path_with_cargo_bin())
-            .args(["+nightly", "fuzz", "build", "-O"]),
+            .args(["+nightly", "fuzz", "build", "-O", "-a"]),
     )?;
     let listed = prepare::output(
         prepare::cargo()
@@ -126,7 +128,7 @@ fn start(
     let child = prepare::cargo()
         .current_dir(dir)
         .env("PATH", prepare::path_with_cargo_bin())
-        .args(["+nightly", "fuzz", "run", "-O", target])
+        .args(["+nightly", "fuzz", "run", "-O", "-a", target])
         .arg(&corpus)
         .arg(dir.join("corpus").join(target))
         .arg("--")

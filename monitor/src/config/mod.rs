@@ -256,17 +256,23 @@ pub struct RawConfig {
     pub sink: Vec<SinkConfig>,
     /// `[api]`.
     pub api: ApiSection,
-    /// The text it was parsed from, to give a value's line in errors.
+    /// Where its values came from, to give a value's line in errors.
     #[serde(skip)]
-    pub source: SourceText,
+    pub source: Origin,
 }
 
-/// The text of a configuration file. It never makes two configurations
-/// different: equal settings from two files are equal.
+/// Where a configuration's values came from: the text of its file, and the
+/// keys a command-line flag set instead. It never makes two configurations
+/// different: equal settings are equal wherever they came from.
 #[derive(Debug, Clone, Default)]
-pub struct SourceText(pub Option<std::sync::Arc<str>>);
+pub struct Origin {
+    /// The file's text.
+    pub text: Option<std::sync::Arc<str>>,
+    /// Keys (`model.learn_for`) set on the command line.
+    pub from_flags: Vec<&'static str>,
+}
 
-impl PartialEq for SourceText {
+impl PartialEq for Origin {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -282,7 +288,7 @@ impl Default for RawConfig {
             spool: SpoolSection::default(),
             sink: vec![SinkConfig::Stdout {}],
             api: ApiSection::default(),
-            source: SourceText::default(),
+            source: Origin::default(),
         }
     }
 }
@@ -375,7 +381,10 @@ impl RawConfig {
         if raw.sink.is_empty() {
             raw.sink.push(SinkConfig::Stdout {});
         }
-        raw.source = SourceText(Some(text.into()));
+        raw.source = Origin {
+            text: Some(text.into()),
+            from_flags: Vec::new(),
+        };
         Ok(raw)
     }
 
@@ -442,9 +451,16 @@ impl Settings {
         // The value's line when it is in the file (not from a flag or the
         // defaults).
         let bad = |key: &str, message: String| {
+            if raw.source.from_flags.contains(&key) {
+                return ConfigError::Value {
+                    path: "command line".into(),
+                    key: key.to_owned(),
+                    message,
+                };
+            }
             let located = raw
                 .source
-                .0
+                .text
                 .as_deref()
                 .and_then(|text| locate(text, key).map(|span| line_col(text, span.start)));
             match located {
@@ -757,6 +773,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("monitor.toml: model.save_every:"), "{err}");
+        // One set by a flag is the command line's, even when the file has
+        // the key.
+        let mut raw = parse("[model]\nlearn_for = \"15m\"\n").unwrap();
+        raw.model.learn_for = Duration::ZERO;
+        raw.source.from_flags.push("model.learn_for");
+        let err = Settings::from_raw(raw, Path::new("monitor.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("command line: model.learn_for:"), "{err}");
         // The defaults pass.
         check("").unwrap();
     }

@@ -8,15 +8,16 @@
 //! ptrace it aims at the agent are harmless (`SIGCONT`, a seize detached at
 //! once). Drills run as root while other users watch: every file is created
 //! new (`O_EXCL`, `O_NOFOLLOW`), never opened if someone put a file or a
-//! symlink at its name first, and the only program a drill runs that it
-//! wrote is in the runner's private `mkdtemp` directory.
+//! symlink at its name first, a file is removed only if the drill made it,
+//! and the only program a drill runs that it wrote is under the runner's
+//! private `mkdtemp` directory.
 
 use std::{
     fs::OpenOptions,
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     os::unix::{
-        fs::{OpenOptionsExt as _, PermissionsExt as _},
+        fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
         process::CommandExt as _,
     },
     path::{Path, PathBuf},
@@ -230,12 +231,14 @@ fn persistence(ctx: &StepContext) -> Result<(), DrillError> {
         ssh.join(format!("{}.authorized_keys", ctx.tag)),
         "ssh-ed25519 AAAAmonitordrilldecoy drill",
     ));
-    // noclobber: the shell's `>` refuses an existing file (O_EXCL).
-    let mut script = String::from("set -C; ");
+    // Each file is made new here (never one that was there, never through
+    // a symlink), then the shell writes it, as an intruder's would.
+    let mut script = String::new();
     for (path, content) in &targets {
+        create_new(path, b"", 0o600)?;
         cleanup.0.push(path.clone());
         script.push_str(&format!(
-            "printf '%s\\n' '{content}' > '{}'; ",
+            "printf '%s\\n' '{content}' >> '{}'; ",
             path.display()
         ));
     }
@@ -321,10 +324,19 @@ fn download_exec(ctx: &StepContext) -> Result<(), DrillError> {
         .position(|w| w == b"\r\n\r\n")
         .map(|i| &reply[i + 4..])
         .ok_or_else(|| DrillError::Step("no HTTP body in the reply".into()))?;
-    // Hidden, as droppers name their payloads, in the private directory.
-    let path = ctx.sandbox.join(format!(".{}", ctx.tag));
+    // Hidden, as droppers name their payloads, in a world-writable
+    // directory as droppers use (/tmp's mode, 01777), made inside the
+    // runner's private 0700 directory: no other user can reach it.
+    let drop_dir = ctx.sandbox.join("drop");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&drop_dir)
+        .doing(format!("cannot create {}", drop_dir.display()))?;
+    let mut cleanup = Cleanup(vec![drop_dir.clone()]);
+    std::fs::set_permissions(&drop_dir, std::fs::Permissions::from_mode(0o1777))?;
+    let path = drop_dir.join(format!(".{}", ctx.tag));
     create_new(&path, body, 0o700)?;
-    let _cleanup = Cleanup(vec![path.clone()]);
+    cleanup.0.push(path.clone());
     Command::new(&path)
         .arg("monitor drill payload")
         .stdout(Stdio::null())

@@ -170,6 +170,28 @@ impl BootClock {
     }
 }
 
+/// How far the wall clock is from the timeline (ns), as the capture last
+/// measured it (every second): what leaves the agent is stamped in wall-clock
+/// time as the wall clock reads now, so after a step of the clock (an NTP
+/// sync at boot, an operator's `date -s`) a SIEM gets the right times, while
+/// windows and learning keep measuring on the timeline.
+static WALL_CORRECTION_NS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Records the wall clock's distance from the timeline.
+pub fn set_wall_correction(ns: i128) {
+    let ns = ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    WALL_CORRECTION_NS.store(ns, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Timestamp {
+    /// This timeline instant in wall-clock time as the wall clock reads now
+    /// (see [`set_wall_correction`]).
+    pub fn on_wall_clock(self) -> Timestamp {
+        let correction = WALL_CORRECTION_NS.load(std::sync::atomic::Ordering::Relaxed);
+        Timestamp((i128::from(self.0) + i128::from(correction)).max(0) as u64)
+    }
+}
+
 impl Default for BootClock {
     fn default() -> Self {
         Self::new()
@@ -211,6 +233,12 @@ mod tests {
         let behind = start_wall + 20 * S - 3600 * S;
         assert_eq!(clock.wall_drift_ns(120 * S, behind), -i128::from(3600 * S));
         assert_eq!(clock.wall_drift_ns(120 * S, start_wall + 20 * S), 0);
+        // What leaves the agent follows the step; the timeline does not.
+        set_wall_correction(clock.wall_drift_ns(110 * S, stepped_wall));
+        assert_eq!(after.on_wall_clock(), Timestamp(stepped_wall));
+        assert_eq!(clock.to_wall(110 * S), after);
+        set_wall_correction(0);
+        assert_eq!(after.on_wall_clock(), after);
     }
 
     #[test]

@@ -122,8 +122,16 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<KernelEvent>, stats: &Sour
 /// `MONITOR_SAMPLE_RECORDS=DIR` in the environment (root's, when it starts
 /// the agent or `monitor record`), the first few records of each kind are
 /// written to `DIR/kind-<K>-<N>.bin` exactly as the kernel wrote them.
+/// Records hold paths and arguments: DIR is made 0700 and must be the
+/// agent's user's own, and each file is created new (0600, never through a
+/// symlink), so a DIR in a shared place gives nothing to another user.
 mod sample {
-    use std::{path::PathBuf, sync::OnceLock};
+    use std::{
+        io::Write as _,
+        os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+        path::PathBuf,
+        sync::OnceLock,
+    };
 
     /// Records kept per kind.
     const PER_KIND: usize = 4;
@@ -138,7 +146,14 @@ mod sample {
         SAMPLER
             .get_or_init(|| {
                 let dir = PathBuf::from(std::env::var_os("MONITOR_SAMPLE_RECORDS")?);
-                std::fs::create_dir_all(&dir).ok()?;
+                let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+                let meta = std::fs::symlink_metadata(&dir).ok()?;
+                // SAFETY: geteuid has no preconditions.
+                let me = unsafe { libc::geteuid() };
+                if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+                    tracing::error!(dir = %dir.display(), "MONITOR_SAMPLE_RECORDS: not a private directory of this user (0700); no records sampled");
+                    return None;
+                }
                 Some(Sampler {
                     dir,
                     kept: std::sync::Mutex::new([0; 256]),
@@ -162,6 +177,14 @@ mod sample {
             kept[usize::from(kind)] += 1;
             n
         };
-        let _ = std::fs::write(s.dir.join(format!("kind-{kind}-{n}.bin")), record);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(s.dir.join(format!("kind-{kind}-{n}.bin")))
+        {
+            let _ = f.write_all(record);
+        }
     }
 }

@@ -366,7 +366,9 @@ impl Finding {
             "  - if this is expected: `monitor ack {} --reason \"...\"` and this program stops raising findings on it\n",
             self.id
         ));
-        out
+        // Every field, not only the names: a finding read back from a file
+        // may carry anything in any of them.
+        out.split('\n').map(printable).collect::<Vec<_>>().join("\n")
     }
 }
 

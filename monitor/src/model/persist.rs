@@ -110,9 +110,15 @@ impl ModelError {
 
 /// Encodes a model file.
 pub fn encode(file: &ModelFile) -> Vec<u8> {
-    let json = serde_json::to_vec(file).expect("a model serializes");
+    encode_json(&serde_json::to_vec(file).expect("a model serializes"))
+}
+
+/// A well-formed model file (header, gzip, CRC-32) around a JSON body,
+/// whatever the body says: for [`encode`], and for tests and the fuzzer,
+/// which need files whose checksum is right and whose contents are not.
+pub fn encode_json(json: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&json).expect("writing to memory");
+    gz.write_all(json).expect("writing to memory");
     let body = gz.finish().expect("writing to memory");
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
@@ -298,26 +304,11 @@ mod tests {
         assert!(err.is_missing());
     }
 
-    /// A correctly checksummed file of this JSON body.
-    fn file_of(json: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(json).unwrap();
-        let body = gz.finish().unwrap();
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
-
     /// The sample, changed by `edit`, as a checksummed file.
     fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
         let mut v = serde_json::to_value(sample()).unwrap();
         edit(&mut v);
-        file_of(&serde_json::to_vec(&v).unwrap())
+        encode_json(&serde_json::to_vec(&v).unwrap())
     }
 
     #[test]
@@ -376,7 +367,7 @@ mod tests {
         // A small file that would decompress into gigabytes.
         let mut bomb = b"{\"pad\":\"".to_vec();
         bomb.resize(70 << 20, b'a');
-        let err = refused(file_of(&bomb));
+        let err = refused(encode_json(&bomb));
         assert!(err.contains("decompresses to more than 64 MiB"), "{err}");
     }
 

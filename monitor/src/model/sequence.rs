@@ -67,6 +67,16 @@ fn key(symbols: u32, len: usize) -> Key {
     (1 << (4 * len)) | (symbols & ((1 << (4 * len)) - 1))
 }
 
+/// True if `k` is the key of an n-gram of order 1..=[`ORDER`]: a marker bit
+/// just above whole digits. Keys come from model files, which may be
+/// crafted: a malformed one must not reach the arithmetic on its length.
+fn well_formed(k: Key) -> bool {
+    let Some(marker) = 31u32.checked_sub(k.leading_zeros()) else {
+        return false;
+    };
+    marker % 4 == 0 && (1..=ORDER as u32).contains(&(marker / 4))
+}
+
 /// The n-gram counts of a category model: what is saved.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct LmCounts {
@@ -130,7 +140,7 @@ impl CategoryLm {
         // Group the n-grams by context: the key without its last digit.
         let mut by_context: HashMap<Key, Vec<(usize, u32)>> = HashMap::new();
         let mut unigram_total = 0u64;
-        for &(k, c) in &counts.grams {
+        for &(k, c) in counts.grams.iter().filter(|(k, _)| well_formed(*k)) {
             let next = (k & 0xf) as usize;
             if next < categories::COUNT {
                 by_context.entry(k >> 4).or_default().push((next, c));
@@ -188,6 +198,19 @@ impl CategoryLm {
             out.push(dist[usize::from(s)]);
             history = history << 4 | u32::from(s);
         }
+    }
+
+    /// Checks the counts read from a model file; says what is wrong.
+    fn validate(&self) -> Result<(), String> {
+        if let Some((k, _)) = self.counts.grams.iter().find(|(k, _)| !well_formed(*k)) {
+            return Err(format!(
+                "n-gram key {k:#x} is not an n-gram of order 1 to {ORDER}"
+            ));
+        }
+        if !self.counts.grams.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err("n-gram keys must be sorted without repeats".into());
+        }
+        Ok(())
     }
 
     /// Number of n-grams stored.
@@ -425,6 +448,10 @@ impl SequenceModel {
         if !self.pairs.windows(2).all(|w| w[0] < w[1]) {
             return Err("pairs must be sorted without repeats".into());
         }
+        self.global.validate().map_err(|e| format!("global: {e}"))?;
+        for (i, m) in self.modes.iter().enumerate() {
+            m.validate().map_err(|e| format!("modes[{i}]: {e}"))?;
+        }
         Ok(())
     }
 
@@ -470,6 +497,21 @@ mod tests {
             let total: f64 = d.iter().sum();
             assert!(total >= mass - 1e-9 && total <= 1.0 + 1e-9, "{total}");
         }
+    }
+
+    #[test]
+    fn malformed_ngram_keys_from_a_file_are_refused_not_computed_on() {
+        for k in [0u32, 1, 2, 15, 0x1000_0000, 0x20, 0xffff_ffff] {
+            assert!(!well_formed(k), "{k:#x}");
+        }
+        for n in 1..=ORDER {
+            assert!(well_formed(key(0x123456, n)), "order {n}");
+        }
+        // A crafted file: the counts deserialize (without panicking) into a
+        // model that validation refuses.
+        let crafted: CategoryLm =
+            serde_json::from_str(r#"{"grams":[[0,3],[5,1],[31,2],[4294967295,1]]}"#).unwrap();
+        assert!(crafted.validate().unwrap_err().contains("not an n-gram"));
     }
 
     #[test]

@@ -69,8 +69,10 @@ fn metadata(uid: Option<&str>) -> Value {
     m
 }
 
+/// Milliseconds of a timeline instant, in wall-clock time as the wall clock
+/// reads now (`event::time::set_wall_correction`).
 fn ms(t: crate::event::Timestamp) -> u64 {
-    t.as_millis()
+    t.on_wall_clock().as_millis()
 }
 
 /// A unique id for a process instance: pid and start time.
@@ -152,7 +154,7 @@ pub fn finding(finding: &Finding, host: &Host) -> Value {
     let severity_id = severity.ocsf_id();
     let proc = finding.process.as_ref();
     let mut v = new_detection_finding(
-        finding.time,
+        ms(finding.time),
         severity_id,
         &finding.id,
         &finding.summary,
@@ -220,7 +222,7 @@ pub fn finding(finding: &Finding, host: &Host) -> Value {
 
 /// The fields every Detection Finding (Create) carries, with `rest` added.
 fn new_detection_finding(
-    time: crate::event::Timestamp,
+    time_ms: u64,
     severity_id: u8,
     uid: &str,
     message: &str,
@@ -236,7 +238,7 @@ fn new_detection_finding(
         "activity_name": "Create",
         "type_uid": 200401,
         "type_name": "Detection Finding: Create",
-        "time": ms(time),
+        "time": time_ms,
         "severity_id": severity_id,
         "severity": OCSF_SEVERITY[usize::from(severity_id)],
         "status_id": 1,
@@ -269,7 +271,7 @@ pub fn tamper_finding(host: &Host, problems: &[String]) -> Value {
             .finish()
     );
     new_detection_finding(
-        now,
+        now.as_millis(),
         5,
         &id,
         &title,

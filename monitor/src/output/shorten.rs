@@ -21,7 +21,8 @@ pub fn fit(payload: &[u8], max: usize) -> (Vec<u8>, bool) {
     };
     mark(&mut v);
     loop {
-        let bytes = serde_json::to_vec(&v).unwrap_or_default();
+        // Measured as sent: with invisible characters escaped.
+        let bytes = crate::display::json_with_visible_escapes(serde_json::to_vec(&v).unwrap_or_default());
         if bytes.len() <= max {
             return (bytes, true);
         }
@@ -124,7 +125,8 @@ fn skeleton(v: &Value, max: usize) -> Vec<u8> {
         "metadata": { "uid": pick(&["metadata", "uid"]) },
         "unmapped": { "monitor": { "truncated": true } },
     });
-    let bytes = serde_json::to_vec(&small).unwrap_or_default();
+    let bytes =
+        crate::display::json_with_visible_escapes(serde_json::to_vec(&small).unwrap_or_default());
     if bytes.len() <= max {
         bytes
     } else {
@@ -137,8 +139,10 @@ fn not_json(payload: &[u8], max: usize) -> Vec<u8> {
         .chars()
         .take(max / 4)
         .collect();
-    let mut out = serde_json::to_vec(&serde_json::json!({ "truncated": true, "text": text }))
-        .unwrap_or_default();
+    let mut out = crate::display::json_with_visible_escapes(
+        serde_json::to_vec(&serde_json::json!({ "truncated": true, "text": text }))
+            .unwrap_or_default(),
+    );
     out.truncate(max);
     if serde_json::from_slice::<Value>(&out).is_err() {
         out = br#"{"truncated":true}"#.to_vec();
@@ -178,6 +182,16 @@ mod tests {
         // Under the limit: untouched.
         let (same, cut) = fit(br#"{"a":1}"#, 8192);
         assert_eq!((same.as_slice(), cut), (&br#"{"a":1}"#[..], false));
+    }
+
+    #[test]
+    fn a_shortened_record_keeps_invisible_characters_escaped() {
+        let v = serde_json::json!({ "cmd": format!("evil\u{202E}{}", "x".repeat(20_000)) });
+        let raw = crate::display::json_with_visible_escapes(serde_json::to_vec(&v).unwrap());
+        let (fitted, cut) = fit(&raw, 1024);
+        assert!(cut && fitted.len() <= 1024);
+        let text = std::str::from_utf8(&fitted).unwrap();
+        assert!(text.contains("\\u202e") && !text.contains('\u{202E}'), "{text}");
     }
 
     #[test]

@@ -210,10 +210,12 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
                     ),
                 ));
             }
-            if !(1 << 10..=64 << 10).contains(max_message) {
+            // 65,000: under the largest UDP datagram (65,507 bytes), which
+            // a larger message could never be sent in.
+            if !(1 << 10..=65_000).contains(max_message) {
                 return Err((
                     "max_message",
-                    format!("must be between 1KiB and 64KiB, got {max_message} bytes"),
+                    format!("must be between 1KiB and 65000 bytes, got {max_message} bytes"),
                 ));
             }
             match transport {

@@ -5,11 +5,15 @@
 //! forget it for that sink. Failures are retried with exponential backoff
 //! and jitter (0.5 s doubling to 30 s, times 0.5..1.5), forever: records wait
 //! in the spool, which is bounded. A record the destination refuses for good
-//! (HTTP 400, 413 or 422 for that record alone, once the batch was split in
-//! halves down to it; an Elasticsearch item error other than 429 or 5xx)
-//! would block the queue forever if retried and lose a finding if dropped:
-//! it goes to the dead letters ([`super::dead_letters`]), counted as
-//! `rejected`.
+//! (HTTP 413 or 422, or a 400 about the data, for that record alone, once
+//! the batch was split in halves down to it; an Elasticsearch item error
+//! about the document) would block the queue forever if retried and lose a
+//! finding if dropped: it goes to the dead letters
+//! ([`super::dead_letters`]), counted as `rejected`. What is about the
+//! destination rather than the record (Splunk HEC's unknown index or
+//! missing channel; Elasticsearch items refused 401, 403 or 404; 429 and
+//! 5xx) is retried: dead-lettering every record for it would empty the
+//! spool into a file.
 //!
 //! HTTP: redirects are not followed (a sink's URL is its final address;
 //! a redirect could send findings and tokens elsewhere), replies are read up
@@ -182,7 +186,12 @@ impl Sink {
             } => Sink::Http(Box::new(Http {
                 flavour: HttpFlavour::Elasticsearch,
                 client: http_client(ca_file.as_ref())?,
-                url: format!("{}/_bulk", url.trim_end_matches('/')),
+                // Only what the sink reads: a full reply is about 200 bytes
+                // a record, past the reply cap for large batches.
+                url: format!(
+                    "{}/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason",
+                    url.trim_end_matches('/')
+                ),
                 token: read_token(token_file.as_ref(), token_env.as_deref())?,
                 compression: *compression,
                 index: Some(index.clone()),
@@ -337,7 +346,7 @@ fn rotated(path: &std::path::Path, n: usize) -> PathBuf {
 }
 
 impl Http {
-    fn body(&self, batch: &[Record]) -> Vec<u8> {
+    fn body(&self, batch: &[&Record]) -> Vec<u8> {
         let mut body = Vec::new();
         for r in batch {
             match self.flavour {
@@ -392,33 +401,47 @@ impl Http {
         body
     }
 
-    /// Sends a batch: a 413, 400 or 422 splits it in halves down to the
+    /// Sends a batch: a 413, or a refusal of the request's data (HTTP 422,
+    /// a 400 that is about the data), splits it in halves down to the
     /// single records refused, which are returned; Elasticsearch's item
-    /// errors refuse those items (429 and 5xx items make the batch retried;
-    /// `create` with the finding's id makes that safe).
+    /// errors refuse those items, and its throttled or failed items (429,
+    /// 5xx) are sent again alone, a few times, before the whole batch is
+    /// retried later.
     async fn send(&self, batch: &[Record]) -> Result<Vec<Refused>, SinkError> {
         let mut refused = Vec::new();
-        let mut parts = Vec::new();
-        parts.push(0..batch.len());
+        let mut parts: Vec<Vec<usize>> = vec![(0..batch.len()).collect()];
+        let mut again_tries = 0u32;
         while let Some(part) = parts.pop() {
-            let records = &batch[part.clone()];
-            match self.post(records).await? {
-                Answer::Took(items) => {
+            let records: Vec<&Record> = part.iter().map(|&i| &batch[i]).collect();
+            match self.post(&records).await? {
+                Answer::Took { refused: items, again } => {
                     refused.extend(items.into_iter().map(|r| Refused {
-                        index: part.start + r.index,
+                        index: part[r.index],
                         reason: r.reason,
                     }));
+                    if !again.is_empty() {
+                        again_tries += 1;
+                        if again_tries > ITEM_RETRIES {
+                            return Err(SinkError::Retry(format!(
+                                "{}: {} items still throttled or failing (429/5xx) after {ITEM_RETRIES} tries",
+                                self.url,
+                                again.len()
+                            )));
+                        }
+                        tokio::time::sleep(backoff(again_tries)).await;
+                        parts.push(again.into_iter().map(|i| part[i]).collect());
+                    }
                 }
                 // Halves until the records refused are alone: one bad
                 // record must not take the findings sent with it along.
-                Answer::TooLarge(why) | Answer::Refused(why) if records.len() > 1 => {
-                    let mid = part.start + records.len() / 2;
-                    parts.push(mid..part.end);
-                    parts.push(part.start..mid);
-                    tracing::debug!(url = %self.url, records = records.len(), "{why}; sending the batch in halves");
+                Answer::TooLarge(why) | Answer::Refused(why) if part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    tracing::debug!(url = %self.url, records = part.len(), "{why}; sending the batch in halves");
+                    parts.push(second.to_vec());
+                    parts.push(first.to_vec());
                 }
                 Answer::TooLarge(why) | Answer::Refused(why) => {
-                    refused.extend(part.map(|index| Refused {
+                    refused.extend(part.into_iter().map(|index| Refused {
                         index,
                         reason: why.clone(),
                     }));
@@ -430,7 +453,7 @@ impl Http {
     }
 
     /// One request.
-    async fn post(&self, batch: &[Record]) -> Result<Answer, SinkError> {
+    async fn post(&self, batch: &[&Record]) -> Result<Answer, SinkError> {
         let mut body = self.body(batch);
         let mut req = self.client.post(&self.url);
         req = match self.flavour {
@@ -475,13 +498,27 @@ impl Http {
         let said = || format!("HTTP {status}: {snippet}");
         match status.as_u16() {
             200..=299 if self.flavour == HttpFlavour::Elasticsearch => {
-                bulk_items(&text, batch.len())
-                    .map(Answer::Took)
-                    .map_err(|why| SinkError::Retry(format!("{}: _bulk {why}", self.url)))
+                let items = bulk_items(&text, batch.len())
+                    .map_err(|why| SinkError::Retry(format!("{}: _bulk {why}", self.url)))?;
+                Ok(Answer::Took {
+                    refused: items.refused,
+                    again: items.again,
+                })
             }
-            200..=299 => Ok(Answer::Took(Vec::new())),
+            200..=299 => Ok(Answer::Took {
+                refused: Vec::new(),
+                again: Vec::new(),
+            }),
             413 => Ok(Answer::TooLarge(said())),
-            400 | 422 => Ok(Answer::Refused(said())),
+            422 => Ok(Answer::Refused(said())),
+            // Splunk HEC says why in a code: only a bad event is the
+            // data's fault; an unknown index or a missing channel is the
+            // destination's configuration, and every record would be
+            // refused for it.
+            400 if self.flavour == HttpFlavour::SplunkHec && !hec_data_error(&text) => Err(
+                SinkError::Retry(format!("{}: {} (a destination setting, not the data)", self.url, said())),
+            ),
+            400 => Ok(Answer::Refused(said())),
             300..=399 => Err(SinkError::Retry(format!(
                 "{}: HTTP {status}: redirects are not followed; set the sink's url to the final address{}",
                 self.url,
@@ -494,8 +531,12 @@ impl Http {
 
 /// What a destination did with one request.
 enum Answer {
-    /// Took it, but for these records (indexes in the request).
-    Took(Vec<Refused>),
+    /// Took it, but for the records it refused and those to send again
+    /// (indexes in the request).
+    Took {
+        refused: Vec<Refused>,
+        again: Vec<usize>,
+    },
     /// 413: too large.
     TooLarge(String),
     /// 400, 422: refused as it is.
@@ -523,32 +564,52 @@ fn without_url(e: &reqwest::Error) -> String {
     text
 }
 
-/// The records an Elasticsearch `_bulk` reply refuses for good, by index.
-/// `Err` when the batch must be sent again: an item was throttled (429) or
-/// failed on the server (5xx), or the reply cannot be read.
-pub fn bulk_items(text: &str, sent: usize) -> Result<Vec<Refused>, String> {
+/// Splunk HEC's codes for a request whose events are at fault (6 invalid
+/// data format, 12 event field required, 13 event field blank), as opposed
+/// to its configuration (7 incorrect index, 10 data channel missing, ...).
+fn hec_data_error(reply: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(reply)
+        .ok()
+        .and_then(|v| v["code"].as_u64())
+        .is_some_and(|code| matches!(code, 6 | 12 | 13))
+}
+
+/// Times throttled Elasticsearch items are sent again within one delivery
+/// before the batch is retried whole.
+const ITEM_RETRIES: u32 = 5;
+
+/// What an Elasticsearch `_bulk` reply says of each record.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BulkItems {
+    /// Refused for good (a mapping conflict, a bad document).
+    pub refused: Vec<Refused>,
+    /// Throttled or failed on the server (429, 5xx), or refused for a
+    /// reason of the destination's (401, 403, 404: a key without the
+    /// privilege, a missing index): to send again.
+    pub again: Vec<usize>,
+}
+
+/// Reads an Elasticsearch `_bulk` reply to `sent` records. `Err` when it
+/// cannot be read, and the batch must be sent again.
+pub fn bulk_items(text: &str, sent: usize) -> Result<BulkItems, String> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("reply is not JSON: {e}"))?;
     if v["errors"] != serde_json::Value::Bool(true) {
-        return Ok(Vec::new());
+        return Ok(BulkItems::default());
     }
     let items = v["items"]
         .as_array()
         .ok_or("reply reports errors without items")?;
     if items.len() != sent {
-        return Err(format!(
-            "reply has {} items for {sent} records",
-            items.len()
-        ));
+        return Err(format!("reply has {} items for {sent} records", items.len()));
     }
-    let mut refused = Vec::new();
-    let mut retry = 0;
+    let mut out = BulkItems::default();
     for (index, item) in items.iter().enumerate() {
         let result = item.as_object().and_then(|o| o.values().next());
         let status = result.and_then(|r| r["status"].as_u64()).unwrap_or(500);
         match status {
-            200..=299 | 409 => {} // 409: a retried batch's record is already there
-            429 | 500.. => retry += 1,
+            200..=299 | 409 => {} // 409: a retried record is already there
+            401 | 403 | 404 | 429 | 500.. => out.again.push(index),
             _ => {
                 let error = result.map(|r| &r["error"]);
                 let reason = format!(
@@ -561,16 +622,11 @@ pub fn bulk_items(text: &str, sent: usize) -> Result<Vec<Refused>, String> {
                         .take(300)
                         .collect::<String>()
                 );
-                refused.push(Refused { index, reason });
+                out.refused.push(Refused { index, reason });
             }
         }
     }
-    if retry > 0 {
-        return Err(format!(
-            "{retry} of {sent} items throttled or failed (429/5xx); the batch is sent again"
-        ));
-    }
-    Ok(refused)
+    Ok(out)
 }
 
 /// A sink's health, for status and metrics.
@@ -790,39 +846,47 @@ mod tests {
     }
 
     #[test]
-    fn bulk_items_refused_for_good_are_named_and_throttled_ones_retried() {
+    fn bulk_items_refused_for_good_are_named_and_throttled_ones_sent_again() {
         assert_eq!(
             bulk_items(r#"{"errors":false,"items":[]}"#, 3),
-            Ok(Vec::new())
+            Ok(BulkItems::default())
         );
         assert_eq!(
             bulk_items(r#"{"errors":true,"items":[{"create":{"status":409}}]}"#, 1),
-            Ok(Vec::new()),
+            Ok(BulkItems::default()),
             "409: already there from an earlier try"
         );
-        let refused = bulk_items(
-            r#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [x]"}}}]}"#,
-            2,
+        let items = bulk_items(
+            r#"{"errors":true,"items":[{"create":{"status":201}},{"create":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [x]"}}},{"create":{"status":429}},{"create":{"status":503}},{"create":{"status":403}}]}"#,
+            5,
         )
         .unwrap();
         assert_eq!(
-            refused,
-            [Refused {
-                index: 1,
-                reason: "HTTP 400: mapper_parsing_exception: failed to parse field [x]".into()
-            }]
+            items,
+            BulkItems {
+                refused: vec![Refused {
+                    index: 1,
+                    reason: "HTTP 400: mapper_parsing_exception: failed to parse field [x]".into()
+                }],
+                again: vec![2, 3, 4],
+            }
         );
-        for retried in [
-            r#"{"errors":true,"items":[{"create":{"status":429}}]}"#,
-            r#"{"errors":true,"items":[{"create":{"status":503}}]}"#,
+        for unreadable in [
             r#"{"errors":true,"items":[{"create":{"status":201}}]}"#,
+            r#"{"errors":true}"#,
             "not json",
         ] {
-            assert!(
-                bulk_items(retried, if retried.contains("201") { 2 } else { 1 }).is_err(),
-                "{retried}"
-            );
+            assert!(bulk_items(unreadable, 2).is_err(), "{unreadable}");
         }
+    }
+
+    #[test]
+    fn only_hec_codes_about_the_events_refuse_them() {
+        assert!(hec_data_error(r#"{"text":"Invalid data format","code":6}"#));
+        assert!(hec_data_error(r#"{"text":"Event field is required","code":12}"#));
+        assert!(!hec_data_error(r#"{"text":"Incorrect index","code":7}"#));
+        assert!(!hec_data_error(r#"{"text":"Data channel is missing","code":10}"#));
+        assert!(!hec_data_error("<html>bad gateway</html>"));
     }
 
     #[test]

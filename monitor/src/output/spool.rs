@@ -364,6 +364,15 @@ impl Spool {
         let result = {
             let mut inner = self.inner.lock().expect("spool lock");
             inner.stats.appended += 1;
+            if payload.len() > spool_format::MAX_PAYLOAD {
+                // A reader would take it for damage: refused here, counted.
+                tracing::error!(class = ?class, bytes = payload.len(), "spool: a record over 16 MiB is dropped");
+                match class {
+                    Class::Findings => inner.stats.dropped_findings += 1,
+                    Class::Activity => inner.stats.dropped_activity += 1,
+                }
+                return Ok(());
+            }
             let result = self.append_disk(&mut inner, class, payload);
             match &result {
                 Ok(()) => {
