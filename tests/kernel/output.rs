@@ -102,7 +102,11 @@ fn hec(url: String, token_env: &str, ca: Option<PathBuf>, batch: usize) -> SinkC
 /// A Splunk HEC sink sending to `receiver` (HTTPS when it has a
 /// certificate, which the sink is not told to trust).
 fn hec_of(receiver: &Receiver, token_env: &str, batch: usize) -> SinkConfig {
-    let scheme = if receiver.ca_pem.is_some() { "https" } else { "http" };
+    let scheme = if receiver.ca_pem.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     hec(
         format!(
             "{scheme}://127.0.0.1:{}/services/collector/event",

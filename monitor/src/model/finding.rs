@@ -368,7 +368,10 @@ impl Finding {
         ));
         // Every field, not only the names: a finding read back from a file
         // may carry anything in any of them.
-        out.split('\n').map(printable).collect::<Vec<_>>().join("\n")
+        out.split('\n')
+            .map(printable)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

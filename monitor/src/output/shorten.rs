@@ -22,7 +22,8 @@ pub fn fit(payload: &[u8], max: usize) -> (Vec<u8>, bool) {
     mark(&mut v);
     loop {
         // Measured as sent: with invisible characters escaped.
-        let bytes = crate::display::json_with_visible_escapes(serde_json::to_vec(&v).unwrap_or_default());
+        let bytes =
+            crate::display::json_with_visible_escapes(serde_json::to_vec(&v).unwrap_or_default());
         if bytes.len() <= max {
             return (bytes, true);
         }
@@ -191,7 +192,10 @@ mod tests {
         let (fitted, cut) = fit(&raw, 1024);
         assert!(cut && fitted.len() <= 1024);
         let text = std::str::from_utf8(&fitted).unwrap();
-        assert!(text.contains("\\u202e") && !text.contains('\u{202E}'), "{text}");
+        assert!(
+            text.contains("\\u202e") && !text.contains('\u{202E}'),
+            "{text}"
+        );
     }
 
     #[test]

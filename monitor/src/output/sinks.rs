@@ -414,7 +414,10 @@ impl Http {
         while let Some(part) = parts.pop() {
             let records: Vec<&Record> = part.iter().map(|&i| &batch[i]).collect();
             match self.post(&records).await? {
-                Answer::Took { refused: items, again } => {
+                Answer::Took {
+                    refused: items,
+                    again,
+                } => {
                     refused.extend(items.into_iter().map(|r| Refused {
                         index: part[r.index],
                         reason: r.reason,
@@ -515,9 +518,13 @@ impl Http {
             // data's fault; an unknown index or a missing channel is the
             // destination's configuration, and every record would be
             // refused for it.
-            400 if self.flavour == HttpFlavour::SplunkHec && !hec_data_error(&text) => Err(
-                SinkError::Retry(format!("{}: {} (a destination setting, not the data)", self.url, said())),
-            ),
+            400 if self.flavour == HttpFlavour::SplunkHec && !hec_data_error(&text) => {
+                Err(SinkError::Retry(format!(
+                    "{}: {} (a destination setting, not the data)",
+                    self.url,
+                    said()
+                )))
+            }
             400 => Ok(Answer::Refused(said())),
             300..=399 => Err(SinkError::Retry(format!(
                 "{}: HTTP {status}: redirects are not followed; set the sink's url to the final address{}",
@@ -601,7 +608,10 @@ pub fn bulk_items(text: &str, sent: usize) -> Result<BulkItems, String> {
         .as_array()
         .ok_or("reply reports errors without items")?;
     if items.len() != sent {
-        return Err(format!("reply has {} items for {sent} records", items.len()));
+        return Err(format!(
+            "reply has {} items for {sent} records",
+            items.len()
+        ));
     }
     let mut out = BulkItems::default();
     for (index, item) in items.iter().enumerate() {
@@ -883,9 +893,13 @@ mod tests {
     #[test]
     fn only_hec_codes_about_the_events_refuse_them() {
         assert!(hec_data_error(r#"{"text":"Invalid data format","code":6}"#));
-        assert!(hec_data_error(r#"{"text":"Event field is required","code":12}"#));
+        assert!(hec_data_error(
+            r#"{"text":"Event field is required","code":12}"#
+        ));
         assert!(!hec_data_error(r#"{"text":"Incorrect index","code":7}"#));
-        assert!(!hec_data_error(r#"{"text":"Data channel is missing","code":10}"#));
+        assert!(!hec_data_error(
+            r#"{"text":"Data channel is missing","code":10}"#
+        ));
         assert!(!hec_data_error("<html>bad gateway</html>"));
     }
 
