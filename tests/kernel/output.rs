@@ -118,6 +118,20 @@ fn hec_of(receiver: &Receiver, token_env: &str, batch: usize) -> SinkConfig {
     )
 }
 
+/// Spools `finding(0)` for the one sink `config` and runs its delivery for
+/// 3 s; returns the spool and the sink's health.
+fn deliver_one_for_3s(dir: &std::path::Path, config: &SinkConfig) -> (Arc<Spool>, SinkHealth) {
+    let spool = spool_for(dir, "spool", config);
+    spool.append(Class::Findings, &finding(0)).unwrap();
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(config),
+        Duration::from_secs(3),
+        || false,
+    );
+    (spool, healths[0].clone())
+}
+
 /// A spool in `dir/name` for the one sink `config`.
 fn spool_for(dir: &std::path::Path, name: &str, config: &SinkConfig) -> Arc<Spool> {
     Spool::open(&dir.join(name), SpoolSettings::default(), &[config.name()]).unwrap()
@@ -330,19 +344,12 @@ fn an_untrusted_certificate_is_refused() {
     // SAFETY: test-local variable.
     unsafe { std::env::set_var("MONITOR_TEST_TOKEN_X", "t") };
     let config = hec_of(&receiver, "MONITOR_TEST_TOKEN_X", 10);
-    let spool = spool_for(&dir, "spool", &config);
-    spool.append(Class::Findings, &finding(0)).unwrap();
-    let healths = deliver_until(
-        &spool,
-        std::slice::from_ref(&config),
-        Duration::from_secs(3),
-        || false,
-    );
+    let (spool, health) = deliver_one_for_3s(&dir, &config);
     assert!(
         receiver.received.lock().unwrap().is_empty(),
         "nothing sent to an unverified server"
     );
-    let err = healths[0].last_error.clone().unwrap_or_default();
+    let err = health.last_error.clone().unwrap_or_default();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert_eq!(
         spool.pending(&config.name()),
@@ -712,19 +719,12 @@ fn redirects_are_not_followed_and_a_huge_reply_is_not_read_whole() {
         elsewhere.addr.port()
     ));
     let config = hec_of(&redirecting, "MONITOR_TEST_HEC_HOSTILE", 10);
-    let spool = spool_for(&dir, "spool", &config);
-    spool.append(Class::Findings, &finding(0)).unwrap();
-    let healths = deliver_until(
-        &spool,
-        std::slice::from_ref(&config),
-        Duration::from_secs(3),
-        || false,
-    );
+    let (spool, health) = deliver_one_for_3s(&dir, &config);
     assert!(
         elsewhere.received.lock().unwrap().is_empty(),
         "the finding and the token went where the redirect pointed"
     );
-    let err = healths[0].last_error.clone().unwrap_or_default();
+    let err = health.last_error.clone().unwrap_or_default();
     assert!(
         err.contains("302") && err.contains("redirects are not followed"),
         "{err}"

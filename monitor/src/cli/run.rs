@@ -47,44 +47,35 @@ pub fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         humantime::parse_duration(text)
             .with_context(|| format!("{flag} {text:?}: expected a duration like 90s, 15m or 24h"))
     };
-    // A bad value from a flag is reported as the flag's, not at the
-    // file's line for the same key.
+    // Each key a flag sets is recorded where it is set: a bad value from a
+    // flag is reported as the command line's, not at the file's line for
+    // the same key.
     let flagged = &mut raw.source.from_flags;
-    if args.learn_for.is_some() {
-        flagged.push("model.learn_for");
-    }
-    if args.min_windows.is_some() {
-        flagged.push("model.min_windows");
-    }
-    if args.false_alarm_rate.is_some() {
-        flagged.push("model.false_alarm_rate");
-    }
-    if args.api_listen.is_some() {
-        flagged.push("api.listen");
-    }
-    if args.drain_interval.is_some() {
-        flagged.push("capture.drain_interval");
-    }
     if let Some(v) = &args.learn_for {
         raw.model.learn_for = dur(v, "--learn-for")?;
+        flagged.push("model.learn_for");
     }
     if let Some(v) = args.min_windows {
         raw.model.min_windows = v;
+        flagged.push("model.min_windows");
     }
     if let Some(v) = args.false_alarm_rate {
         raw.model.false_alarm_rate = v;
+        flagged.push("model.false_alarm_rate");
     }
     if let Some(v) = &args.state_dir {
         raw.agent.state_dir = v.clone();
     }
     if let Some(v) = &args.api_listen {
         raw.api.listen = v.clone();
+        flagged.push("api.listen");
     }
     if args.raw_events {
         raw.output.raw_events = true;
     }
     if let Some(v) = &args.drain_interval {
         raw.capture.drain_interval = dur(v, "--drain-interval")?;
+        flagged.push("capture.drain_interval");
     }
     Ok(Settings::from_raw(raw, &path)?)
 }
