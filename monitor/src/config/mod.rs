@@ -420,6 +420,16 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
+/// A bound as an operator reads it: whole days as days (humantime writes
+/// 365 days as "11months 30days 3h 50m 24s").
+fn bound(d: Duration) -> String {
+    match d.as_secs() {
+        86_400 => "1day".into(),
+        s if s % 86_400 == 0 && d.subsec_nanos() == 0 => format!("{}days", s / 86_400),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// Bounds of the durations in the file: below the least, a timer would spin
 /// (tokio panics on a zero interval); past the most, the value is a typo.
 const DURATIONS: [(&str, Duration, Duration); 4] = [
@@ -490,8 +500,8 @@ impl Settings {
                     key,
                     format!(
                         "must be between {} and {}, got {}",
-                        humantime::format_duration(least),
-                        humantime::format_duration(most),
+                        bound(least),
+                        bound(most),
                         humantime::format_duration(value)
                     ),
                 ));
@@ -782,6 +792,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("command line: model.learn_for:"), "{err}");
+        assert!(err.contains("between 1s and 365days, got 0s"), "{err}");
         // The defaults pass.
         check("").unwrap();
     }
