@@ -22,9 +22,17 @@ pub static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 #[unsafe(no_mangle)]
 pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 
-/// All streamed records. The agent may resize it at load time.
+/// Streamed records other than process lifecycle. The agent may resize it
+/// at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// The lifecycle lane: exec, fork and exit records only. A flood of any
+/// other kind (file opens, connects) fills `EVENTS` and cannot crowd these
+/// out, so a process is never mislabelled as its parent's program because
+/// its exec was lost. The agent may resize it at load time.
+#[map]
+pub static LIFECYCLE: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// `bpf_ringbuf_query` flags and `bpf_ringbuf_submit` flags.
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -39,7 +47,18 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// filling up wakes it at once.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 8 {
+    wakeup_flags_of(&EVENTS)
+}
+
+/// [`wakeup_flags`] for a record of the lifecycle lane.
+#[inline(always)]
+pub fn lifecycle_wakeup_flags() -> u64 {
+    wakeup_flags_of(&LIFECYCLE)
+}
+
+#[inline(always)]
+fn wakeup_flags_of(ring: &RingBuf) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA) >= ring.query(BPF_RB_RING_SIZE) / 8 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -14,7 +14,7 @@ use monitor_common::{
 use crate::{
     counting::SYSCALL_COUNTS,
     kernel::{
-        EVENTS, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
+        EVENTS, LIFECYCLE, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
         fill_task, load, off, read, read_ptr, write_header,
     },
     vfs::{capture_path, set_empty},
@@ -35,7 +35,7 @@ fn try_exec(ctx: &BtfTracePointContext) {
     let task: usize = ctx.arg(0);
     let old_tid: i32 = ctx.arg(1);
     let bprm: usize = ctx.arg(2);
-    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+    let Some(mut entry) = LIFECYCLE.reserve::<ExecRecord>(0) else {
         count_ringbuf_full(kind::EXEC);
         return;
     };
@@ -57,7 +57,7 @@ fn try_exec(ctx: &BtfTracePointContext) {
         flags |= fill_argv(rec, task);
         (*rec).header.flags = flags;
     }
-    entry.submit(crate::kernel::wakeup_flags());
+    entry.submit(crate::kernel::lifecycle_wakeup_flags());
 }
 
 /// Filename, resolved path and inode facts of the executed file.
@@ -188,7 +188,7 @@ fn try_fork(ctx: &BtfTracePointContext) {
     if tid != pid {
         return; // a new thread, not a new process
     }
-    let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
+    let Some(mut entry) = LIFECYCLE.reserve::<ForkRecord>(0) else {
         count_ringbuf_full(kind::FORK);
         return;
     };
@@ -206,7 +206,7 @@ fn try_fork(ctx: &BtfTracePointContext) {
         (*rec).parent_tid = load::<u32>(parent, off!(task_pid));
         (*rec).parent_pid = load::<u32>(parent, off!(task_tgid));
     }
-    entry.submit(crate::kernel::wakeup_flags());
+    entry.submit(crate::kernel::lifecycle_wakeup_flags());
 }
 
 /// `sched_process_exit(task[, group_dead])`: every thread; the process exit
@@ -240,7 +240,7 @@ fn try_exit(ctx: &BtfTracePointContext) {
     if !group_dead {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
+    let Some(mut entry) = LIFECYCLE.reserve::<ExitRecord>(0) else {
         count_ringbuf_full(kind::EXIT);
         return;
     };
@@ -258,7 +258,7 @@ fn try_exit(ctx: &BtfTracePointContext) {
         (*rec).exit_code = load::<u32>(task, off!(task_exit_code));
         (*rec)._pad0 = 0;
     }
-    entry.submit(crate::kernel::wakeup_flags());
+    entry.submit(crate::kernel::lifecycle_wakeup_flags());
 }
 
 /// Frees the exiting thread's map slot and sends its final counts.

@@ -192,7 +192,7 @@ impl Capture {
     /// source. Must run inside a tokio runtime.
     pub fn start(settings: &CaptureSettings) -> Result<Self, CaptureError> {
         let mut probes = Probes::load(&settings.probes)?;
-        let ring = probes.take_events()?;
+        let rings = probes.take_rings()?;
         let counters = probes.take_counters()?;
         let drainer = if settings.probes.syscall_counts {
             Some(CountDrainer::new(
@@ -227,7 +227,7 @@ impl Capture {
         let (tx, rx) = mpsc::channel(settings.channel_capacity);
         let stats = Arc::new(SourceStats::default());
         let shutdown = CancellationToken::new();
-        let source = tokio::spawn(source::run(ring, tx, stats.clone(), shutdown.clone()));
+        let source = tokio::spawn(source::run(rings, tx, stats.clone(), shutdown.clone()));
         spawn_scheduling_guard(Arc::downgrade(&stats), shutdown.clone());
         let mut loss_tick = tokio::time::interval(settings.loss_interval);
         loss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

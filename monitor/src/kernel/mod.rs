@@ -244,11 +244,22 @@ pub struct ProbeSettings {
     /// Stream security-relevant events (network, files, credentials...).
     pub security_events: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    /// The lifecycle lane gets a quarter of this on top
+    /// ([`ProbeSettings::lifecycle_ring_bytes`]).
     pub ringbuf_bytes: u32,
     /// Most threads with a syscall counts at once.
     pub counts_max_threads: u32,
     /// Where the full verifier log of a refused program is written.
     pub verifier_log_dir: std::path::PathBuf,
+}
+
+impl ProbeSettings {
+    /// Size of the lifecycle lane (exec, fork, exit): a quarter of the main
+    /// ring, at least 16 KiB. Its records are small (an exec is 13 KiB, a
+    /// fork or exit under 100 bytes), and only process churn fills it.
+    pub fn lifecycle_ring_bytes(&self) -> u32 {
+        (self.ringbuf_bytes / 4).max(16 << 10)
+    }
 }
 
 impl Default for ProbeSettings {
@@ -559,15 +570,19 @@ impl Probes {
         &self.offsets
     }
 
-    /// Takes the ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::Map(
-            "EVENTS",
-            aya::maps::MapError::InvalidName {
-                name: "EVENTS".into(),
-            },
-        ))?;
-        RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
+    /// Takes the ring buffers (once): the lifecycle lane and the rest.
+    pub fn take_rings(&mut self) -> Result<source::Rings, ProbeError> {
+        let mut ring = |name: &'static str| {
+            let map = self.ebpf.take_map(name).ok_or(ProbeError::Map(
+                name,
+                aya::maps::MapError::InvalidName { name: name.into() },
+            ))?;
+            RingBuf::try_from(map).map_err(|e| ProbeError::Map(name, e))
+        };
+        Ok(source::Rings {
+            lifecycle: ring("LIFECYCLE")?,
+            events: ring("EVENTS")?,
+        })
     }
 
     /// Takes the counters map (once).
@@ -708,6 +723,7 @@ pub(crate) fn open_object(
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", settings.ringbuf_bytes)
+        .map_max_entries("LIFECYCLE", settings.lifecycle_ring_bytes())
         .map_max_entries("SYSCALL_COUNTS", settings.counts_max_threads)
         // Errors and statistics only. The default adds the per-branch
         // trace, which for a refused program runs to gigabytes: aya then

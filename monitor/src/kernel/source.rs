@@ -2,6 +2,13 @@
 //! owned events. It does nothing slow: enrichment and output happen
 //! downstream, behind a bounded channel.
 //!
+//! Two rings feed it: the lifecycle lane (exec, fork, exit), which no flood
+//! of other records can fill, and the rest. Each pass reads the lane, then
+//! the rest, then the lane again, and orders the batch by time: a record of
+//! a new process is visible in the main ring only after its exec or fork
+//! was submitted to the lane, so the second read finds that exec, and the
+//! sort puts it first.
+//!
 //! Full policy: when the channel is full the source waits, which leaves the
 //! records in the ring buffer; if that fills too, the kernel programs count
 //! each record they cannot reserve (`ringbuf_full.*`). Loss therefore happens
@@ -39,34 +46,55 @@ pub struct SourceStats {
 /// added to an event at most.
 pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Reads records until `shutdown`, then drains what is already in the ring
+/// The kernel's two rings.
+pub struct Rings {
+    /// Exec, fork and exit records.
+    pub lifecycle: RingBuf<MapData>,
+    /// Every other record.
+    pub events: RingBuf<MapData>,
+}
+
+/// Reads records until `shutdown`, then drains what is already in the rings
 /// and returns.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    rings: Rings,
     tx: mpsc::Sender<KernelEvent>,
     stats: Arc<SourceStats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and
+    // SAFETY: each ring buffer owns its map fd, which stays open and
     // unchanged for as long as the RingBuf (moved into the AsyncFd) lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
+    let register = |ring| unsafe {
+        AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+            .map_err(std::io::Error::from)
+    };
+    let mut lifecycle = register(rings.lifecycle)?;
+    let mut events = register(rings.events)?;
     let mut batch = Vec::with_capacity(256);
-    // The programs wake us only when the ring is filling (see the eBPF
+    // The programs wake us only when a ring is filling (see the eBPF
     // `wakeup_flags`); the rest is collected here, in batches.
     let mut poll = tokio::time::interval(POLL_EVERY);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let started = boottime_ns();
+        // Readiness is edge-triggered: it is cleared only once both rings
+        // were found empty, or the remaining records would wait for a new
+        // one.
         let emptied = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = poll.tick() => drain(fd.get_mut(), &mut batch, &stats),
-            guard = fd.readable_mut() => {
+            _ = poll.tick() => drain_both(lifecycle.get_mut(), events.get_mut(), &mut batch, &stats),
+            guard = lifecycle.readable_mut() => {
                 let mut guard = guard?;
-                // Readiness is edge-triggered: clear it only once the ring is
-                // empty, or the remaining records would wait for a new one.
-                let emptied = drain(guard.get_inner_mut(), &mut batch, &stats);
+                let emptied = drain_both(guard.get_inner_mut(), events.get_mut(), &mut batch, &stats);
+                if emptied {
+                    guard.clear_ready();
+                }
+                emptied
+            }
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                let emptied = drain_both(lifecycle.get_mut(), guard.get_inner_mut(), &mut batch, &stats);
                 if emptied {
                     guard.clear_ready();
                 }
@@ -82,9 +110,9 @@ pub async fn run(
             stats.caught_up_ns.fetch_max(started, Ordering::Release);
         }
     }
-    // Final drain: records already in the ring are delivered, not dropped.
+    // Final drain: records already in the rings are delivered, not dropped.
     loop {
-        let empty = drain(fd.get_mut(), &mut batch, &stats);
+        let empty = drain_both(lifecycle.get_mut(), events.get_mut(), &mut batch, &stats);
         for event in batch.drain(..) {
             if tx.send(event).await.is_err() {
                 return Ok(());
@@ -94,6 +122,22 @@ pub async fn run(
             return Ok(());
         }
     }
+}
+
+/// Reads the lifecycle lane, the main ring and the lane again into `batch`,
+/// ordered by time (see the module docs); true if both rings were emptied.
+fn drain_both(
+    lifecycle: &mut RingBuf<MapData>,
+    events: &mut RingBuf<MapData>,
+    batch: &mut Vec<KernelEvent>,
+    stats: &SourceStats,
+) -> bool {
+    let mut emptied = drain(lifecycle, batch, stats);
+    emptied &= drain(events, batch, stats);
+    emptied &= drain(lifecycle, batch, stats);
+    // Stable: records of one ring and one time keep their order.
+    batch.sort_by_key(|e| e.ktime_ns);
+    emptied
 }
 
 /// Moves up to one batch of records into `batch`; true if the ring is empty.
