@@ -183,6 +183,9 @@ pub mod exec_flags {
     pub const SCRIPT: u16 = 16;
     /// Reading `bprm->filename` failed.
     pub const FILENAME_FAULT: u16 = 32;
+    /// The executed file was opened for writing within
+    /// [`super::RECENT_WRITE_NS`] (a file dropped and run).
+    pub const RECENTLY_WRITTEN: u16 = 64;
 }
 
 /// `sched_process_exec`: a process replaced its image.
@@ -577,7 +580,28 @@ pub mod mem_op {
     /// `mprotect` adding `PROT_EXEC` to an anonymous mapping (one that no
     /// file backs: the kernel checks the VMA).
     pub const MPROTECT: u8 = 2;
+    /// `mmap` with `PROT_EXEC` of a file opened for writing within
+    /// [`super::RECENT_WRITE_NS`]: a [`super::MemExecFileRecord`].
+    pub const MMAP_WRITTEN_FILE: u8 = 3;
 }
+
+/// How long after a write-open a file counts as recently written, for
+/// executable mappings and execs of it.
+pub const RECENT_WRITE_NS: u64 = 600_000_000_000;
+
+/// Who last opened a file for writing, and when: a value of the kernel's
+/// recent-writes map, keyed by [`InodeKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecentWrite {
+    /// When (`bpf_ktime_get_boot_ns`).
+    pub ktime_ns: u64,
+    /// The writing process.
+    pub pid: u32,
+    /// Its real user id.
+    pub uid: u32,
+}
+const _: () = assert!(size_of::<RecentWrite>() == 16);
 
 /// Anonymous memory made executable.
 #[repr(C)]
@@ -604,6 +628,27 @@ pub struct MemExecRecord {
     pub len: u64,
 }
 const _: () = assert!(size_of::<MemExecRecord>() == 112);
+
+/// A file written recently, mapped executable ([`mem_op::MMAP_WRITTEN_FILE`]):
+/// a [`MemExecRecord`] followed by the file and its writer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MemExecFileRecord {
+    /// The mapping (`kind::MEM_EXEC`, `op` [`mem_op::MMAP_WRITTEN_FILE`]).
+    pub mem: MemExecRecord,
+    /// The file's device, kernel encoding.
+    pub dev: u32,
+    /// The file descriptor mapped.
+    pub fd: i32,
+    /// The file's inode.
+    pub ino: u64,
+    /// Its last write-open.
+    pub written: RecentWrite,
+    /// The file, from kernel memory.
+    pub path: KernelPath,
+}
+const _: () = assert!(offset_of!(MemExecFileRecord, path) == 144);
+const _: () = assert!(size_of::<MemExecFileRecord>().is_multiple_of(8));
 
 /// A signal sent to another process (kill, tkill, tgkill).
 #[repr(C)]

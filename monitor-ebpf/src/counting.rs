@@ -239,7 +239,11 @@ pub fn end_batch_of_exiting(
     }
 }
 
-#[cold]
+/// Not `#[cold]`: that put it alone in `.text.unlikely.`, at offset 0 like
+/// the path walk's callback in `.text`, and aya (0.13) then resolved a
+/// `bpf_loop` callback pointer to `.text`+0 as this function in any program
+/// that used both (the verifier refused `sys_enter` with `R3 !read_ok`).
+#[inline(never)]
 fn insert(tid: u32, pid: u32) -> Option<*mut ThreadCounts> {
     let zero = ZERO_COUNTS.get(0)?;
     if SYSCALL_COUNTS

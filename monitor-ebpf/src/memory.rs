@@ -1,11 +1,16 @@
-//! Executable anonymous memory: mmap and mprotect requests that make
-//! memory both anonymous and executable, checked at syscall entry (the
-//! request itself is the behaviour of interest).
+//! Executable memory that no installed program explains: mmap and mprotect
+//! requests that make anonymous memory executable, and executable mappings
+//! of a file written moments ago (a dropped library or payload), checked at
+//! syscall entry (the request itself is the behaviour of interest).
 
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
-use monitor_common::{MemExecRecord, kind, mem_op, stash};
+use monitor_common::{MemExecFileRecord, MemExecRecord, RecentWrite, kind, mem_op, stash};
 
-use crate::kernel::{EVENTS, count_ringbuf_full, current_task, fill_task, off, read, write_header};
+use crate::{
+    fds::file_of_fd,
+    kernel::{EVENTS, count_ringbuf_full, current_task, fill_task, off, read, read_ptr, write_header},
+    vfs::capture_path,
+};
 
 const PROT_EXEC: u64 = 0x4;
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -23,16 +28,19 @@ pub fn may_exec_memory(regs: usize) -> bool {
 }
 
 /// Checks an mmap or mprotect at entry (called from `sys_enter`): reports
-/// anonymous memory being made executable. Not stashed: the request itself
-/// is the behaviour of interest.
+/// anonymous memory being made executable, and a recently written file
+/// mapped executable. Not stashed: the request itself is the behaviour of
+/// interest.
 #[inline(always)]
-pub fn check_exec_memory(op: u32, addr: u64, len: u64, prot: u64, flags: u64) {
+pub fn check_exec_memory(op: u32, addr: u64, len: u64, prot: u64, flags: u64, fd: u64) {
     if prot & PROT_EXEC == 0 {
         return;
     }
     if op == stash::MMAP {
         if flags & MAP_ANONYMOUS != 0 {
             emit_mem(mem_op::MMAP, addr, len, prot, flags);
+        } else {
+            check_file_mapping(addr, len, prot, flags, fd as i32);
         }
         return;
     }
@@ -98,6 +106,74 @@ fn emit_mem(op: u8, addr: u64, len: u64, prot: u64, flags: u64) {
         (*rec).ret = 0;
         (*rec).addr = addr;
         (*rec).len = len;
+    }
+    entry.submit(crate::kernel::wakeup_flags());
+}
+
+/// An executable mapping of file `fd`: reported when the file was opened for
+/// writing within `RECENT_WRITE_NS`. A dynamic loader maps a few libraries
+/// per exec this way; each costs one fd-table walk and one map lookup.
+#[inline(never)]
+fn check_file_mapping(addr: u64, len: u64, prot: u64, flags: u64, fd: i32) {
+    let Some(file) = file_of_fd(i64::from(fd)) else {
+        return;
+    };
+    // SAFETY: probe reads of the file's inode and superblock.
+    let (dev, ino) = unsafe {
+        let Ok(inode) = read_ptr(file, off!(file_f_inode)) else {
+            return;
+        };
+        let sb = read_ptr(inode, off!(inode_i_sb)).unwrap_or(0);
+        (
+            read::<u32>(sb, off!(sb_s_dev)).unwrap_or(0),
+            read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
+        )
+    };
+    let Some(written) = crate::files::recent_write(dev, ino) else {
+        return;
+    };
+    emit_file_mapping(addr, len, prot, flags, fd, file, dev, ino, written);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit_file_mapping(
+    addr: u64,
+    len: u64,
+    prot: u64,
+    flags: u64,
+    fd: i32,
+    file: usize,
+    dev: u32,
+    ino: u64,
+    written: RecentWrite,
+) {
+    let Some(mut entry) = EVENTS.reserve::<MemExecFileRecord>(0) else {
+        count_ringbuf_full(kind::MEM_EXEC);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record, written field by field.
+    unsafe {
+        let mem = &raw mut (*rec).mem;
+        write_header(
+            &raw mut (*mem).header,
+            kind::MEM_EXEC,
+            core::mem::size_of::<MemExecFileRecord>(),
+        );
+        let _ = fill_task(&raw mut (*mem).task, current_task());
+        (*mem).op = mem_op::MMAP_WRITTEN_FILE;
+        (*mem)._pad0 = [0; 3];
+        (*mem).prot = prot as u32;
+        (*mem).map_flags = flags as u32;
+        (*mem).ret = 0;
+        (*mem).addr = addr;
+        (*mem).len = len;
+        (*rec).dev = dev;
+        (*rec).fd = fd;
+        (*rec).ino = ino;
+        (*rec).written = written;
+        capture_path(&raw mut (*rec).path, file + off!(file_f_path));
     }
     entry.submit(crate::kernel::wakeup_flags());
 }

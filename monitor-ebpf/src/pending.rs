@@ -156,7 +156,7 @@ pub fn on_enter(regs: usize, op: u32) {
     match op {
         op::NONE => return,
         op::MMAP | op::MPROTECT => {
-            crate::memory::check_exec_memory(op, arg(0), arg(1), arg(2), arg(3));
+            crate::memory::check_exec_memory(op, arg(0), arg(1), arg(2), arg(3), arg(4));
             return;
         }
         op::PTRACE if !ptrace_reported(arg(0)) => return,

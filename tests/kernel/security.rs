@@ -523,6 +523,92 @@ fn anonymous_memory_made_executable() {
     );
 }
 
+/// Issue 20, item 6: as nobody, a file written moments ago is mapped
+/// executable (a dropped library) and then run; the kernel recognises both
+/// as code from a fresh write and names the writer. Mapping an installed
+/// binary is not reported.
+#[test]
+fn a_freshly_written_file_mapped_or_run_as_code_is_reported_with_its_writer() {
+    let Some(_k) =
+        kernel_test("a_freshly_written_file_mapped_or_run_as_code_is_reported_with_its_writer")
+    else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = monitor_tests::test_dir("fresh-code");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dropped = dir.join("dropped.so");
+    let mut rec = Recorder::start();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_actor"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn actor");
+        let pid = out.id();
+        let out = out.wait_with_output().unwrap();
+        assert!(out.status.success(), "actor {args:?}: {:?}", out.status);
+        pid
+    };
+    // An installed binary, mapped the same way: not recently written.
+    let installed = as_nobody(&["map-exec-file", "/bin/true"]);
+    let dropper = as_nobody(&["drop-and-map", dropped.to_str().unwrap()]);
+    let written = |e: &Event| match &e.detail {
+        Detail::MemExec(m) => m.file.clone(),
+        _ => None,
+    };
+    rec.until(WAIT, "the mapping of the dropped file", |evs| {
+        by_pid(evs, dropper, "mem_exec").iter().any(|e| written(e).is_some())
+    });
+    let file = by_pid(&rec.events, dropper, "mem_exec")
+        .into_iter()
+        .find_map(written)
+        .unwrap();
+    eprintln!("mapped: {file:?}");
+    assert_eq!(file.path.as_bytes(), dropped.as_os_str().as_encoded_bytes());
+    assert_eq!((file.written_by_pid, file.written_by_uid), (dropper, 65534));
+    assert!(file.written_ms_before < 10_000, "{file:?}");
+    assert!(
+        by_pid(&rec.events, installed, "mem_exec").is_empty(),
+        "mapping /bin/true is not code from a fresh write: {:?}",
+        by_pid(&rec.events, installed, "mem_exec")
+    );
+    // Run it, as nobody: the exec says the file was just written.
+    let ran = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&dropped)
+        .spawn()
+        .unwrap();
+    let ran_pid = ran.id();
+    assert!(ran.wait_with_output().unwrap().status.success());
+    let exec_of_dropped = |evs: &[Event]| {
+        by_pid(evs, ran_pid, "exec")
+            .into_iter()
+            .find_map(|e| match &e.detail {
+                Detail::Exec(x) if x.path.as_bytes() == dropped.as_os_str().as_encoded_bytes() => {
+                    Some(x.clone())
+                }
+                _ => None,
+            })
+    };
+    rec.until(WAIT, "the exec of the dropped file", |evs| {
+        exec_of_dropped(evs).is_some()
+    });
+    let exec = exec_of_dropped(&rec.events).unwrap();
+    assert!(exec.recently_written, "{exec:?}");
+    // setpriv itself ran from an installed file.
+    assert!(
+        !by_pid(&rec.events, ran_pid, "exec").iter().any(|e| matches!(
+            &e.detail,
+            Detail::Exec(x) if x.recently_written && x.path.as_bytes() != dropped.as_os_str().as_encoded_bytes()
+        )),
+        "only the dropped file was recently written"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn module_load_attempts_are_reported() {
     let Some(_k) = kernel_test("module_load_attempts_are_reported") else {

@@ -151,6 +151,7 @@ fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
         path_truncated: path.truncated || path.fault,
         fileless: flags & exec_flags::FILELESS != 0,
         script: flags & exec_flags::SCRIPT != 0,
+        recently_written: flags & exec_flags::RECENTLY_WRITTEN != 0,
         setuid: mode & 0o6000 != 0,
         file_uid: read_at::<u32>(bytes, offset_of!(ExecRecord, exe_uid)),
         file_mode: mode & 0o7777,

@@ -7,14 +7,14 @@ use std::{
 };
 
 use monitor_common::{
-    BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX, MemExecRecord,
+    BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX, MemExecFileRecord, MemExecRecord,
     MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, SYSCALL_TEXT_MAX,
     SyscallRecord, TaskInfo, UNIX_PATH_MAX, cred_op, file_flags, file_op, kind, mem_op, net_flags,
     net_op, stash,
 };
 
 use super::{
-    BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
+    BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail, WrittenFile,
     ModuleDetail, NetDetail, PtraceDetail, SyscallDetail,
     record::{
         DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, bounded_len, check_len,
@@ -74,17 +74,24 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
         kind::MEM_EXEC => {
             check_len::<MemExecRecord>(bytes, name)?;
             let r: MemExecRecord = read_at(bytes, 0);
+            let file = if r.op == mem_op::MMAP_WRITTEN_FILE {
+                check_len::<MemExecFileRecord>(bytes, name)?;
+                Some(written_file(bytes, header.ktime_ns)?)
+            } else {
+                None
+            };
             Detail::MemExec(MemExecDetail {
-                syscall: if r.op == mem_op::MMAP {
-                    "mmap"
-                } else {
+                syscall: if r.op == mem_op::MPROTECT {
                     "mprotect"
+                } else {
+                    "mmap"
                 }
                 .into(),
                 address: format!("{:#x}", r.addr),
                 length: r.len,
                 prot: flag_names(r.prot, PROT_FLAGS),
                 result: r.ret,
+                file,
             })
         }
         kind::KILL => {
@@ -236,6 +243,25 @@ fn resolve(path: &DecodedPath, base: &DecodedPath) -> ByteString {
     } else {
         path.path.clone()
     }
+}
+
+/// The file part of a [`MemExecFileRecord`] (length already checked).
+fn written_file(bytes: &[u8], mapped_ns: u64) -> Result<WrittenFile, DecodeError> {
+    let r: MemExecFileRecord = read_at(bytes, 0);
+    let path = decode_path(
+        bytes,
+        offset_of!(MemExecFileRecord, path),
+        "mem_exec",
+        "path",
+    )?;
+    Ok(WrittenFile {
+        path: path.path,
+        inode: r.ino,
+        dev: r.dev,
+        written_by_pid: r.written.pid,
+        written_by_uid: r.written.uid,
+        written_ms_before: mapped_ns.saturating_sub(r.written.ktime_ns) / 1_000_000,
+    })
 }
 
 fn file(bytes: &[u8], hflags: u16) -> Result<Detail, DecodeError> {

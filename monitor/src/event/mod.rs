@@ -243,6 +243,10 @@ pub struct ExecDetail {
     /// A script: `path` is its interpreter, `filename` the script.
     #[serde(default, skip_serializing_if = "is_false")]
     pub script: bool,
+    /// The executed file was opened for writing in the last 10 minutes (a
+    /// file dropped and run), as the kernel saw it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recently_written: bool,
     /// Set-user-id or set-group-id executable.
     #[serde(default, skip_serializing_if = "is_false")]
     pub setuid: bool,
@@ -496,7 +500,8 @@ pub struct MemfdDetail {
     pub result: i32,
 }
 
-/// Executable anonymous memory details.
+/// Executable memory details: anonymous memory made executable, or a
+/// recently written file mapped executable.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemExecDetail {
     /// `mmap` or `mprotect`.
@@ -509,6 +514,27 @@ pub struct MemExecDetail {
     pub prot: Vec<String>,
     /// Syscall result.
     pub result: i32,
+    /// The file mapped, when the memory is a file written moments ago
+    /// rather than anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<WrittenFile>,
+}
+
+/// A file mapped executable shortly after it was opened for writing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WrittenFile {
+    /// The file, as the kernel resolved it.
+    pub path: ByteString,
+    /// Its inode.
+    pub inode: u64,
+    /// Its device (kernel encoding: major << 20 | minor).
+    pub dev: u32,
+    /// The process that last opened it for writing.
+    pub written_by_pid: u32,
+    /// That process's real user id.
+    pub written_by_uid: u32,
+    /// Milliseconds between that write-open and the mapping.
+    pub written_ms_before: u64,
 }
 
 /// Signal details.

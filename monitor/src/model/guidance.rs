@@ -413,6 +413,20 @@ const RULES: &[Rule] = &[
         severity: Severity::High,
     },
     Rule {
+        matches: |n| action_is(n, &["map_exec_recently_written"]),
+        technique: ("T1129", "Shared Modules", "Execution"),
+        why: "a file written minutes ago was mapped into a process as code: a dropped library or payload being loaded",
+        next: "keep a copy of the file before anything removes it, then find the process that wrote it (the event names its pid and uid)",
+        severity: Severity::High,
+    },
+    Rule {
+        matches: |n| action_is(n, &["exec_recently_written"]),
+        technique: ("T1105", "Ingress Tool Transfer", "Command and Control"),
+        why: "a program ran minutes after its file was written: dropped or downloaded tools are run this way",
+        next: "keep a copy of the file, then find the process that wrote it and where the bytes came from",
+        severity: Severity::High,
+    },
+    Rule {
         matches: |n| action_is(n, &["exec_world_writable_dir", "exec_memory_backed"]),
         technique: ("T1105", "Ingress Tool Transfer", "Command and Control"),
         why: "a program ran from a place anyone can write to, or from memory (/tmp, /dev/shm): downloaded tools are run from there",

@@ -284,6 +284,9 @@ impl WindowBuilder {
                         &format!("inode:{}:{}", exec.dev, exec.inode),
                     ));
                 }
+                if exec.recently_written {
+                    w.facts.actions.insert("exec_recently_written".into());
+                }
                 if let Some(id) = &exec.identity {
                     if let Some(sha) = &id.sha256 {
                         w.facts
@@ -401,10 +404,20 @@ impl WindowBuilder {
                 w.activity.fileless += 1;
                 w.facts.actions.insert("memfd_create".into());
             }
-            Detail::MemExec(m) => {
-                w.activity.fileless += 1;
-                w.facts.actions.insert(format!("exec_memory:{}", m.syscall));
-            }
+            Detail::MemExec(m) => match &m.file {
+                // A file written minutes ago mapped as code: named, since a
+                // legitimate one (a JIT cache) keeps its name and is learned.
+                Some(file) => {
+                    w.facts.actions.insert(format!(
+                        "map_exec_recently_written:{}",
+                        file.path.to_string_lossy()
+                    ));
+                }
+                None => {
+                    w.activity.fileless += 1;
+                    w.facts.actions.insert(format!("exec_memory:{}", m.syscall));
+                }
+            },
             Detail::SyscallCounts(p) => {
                 for (name, &count) in &p.counts {
                     *w.syscalls.entry(canonical_id(name)).or_default() += count;

@@ -217,6 +217,26 @@ fn main() {
                 println!("{:#x}", q as usize);
             }
         }
+        Some("map-exec-file") => {
+            // Map file ARG1 executable (as a dynamic loader maps a library).
+            map_exec_file(&arg(1));
+        }
+        Some("drop-and-map") => {
+            // Write a copy of /bin/true to ARG1 (mode 0755), then map it
+            // executable: a dropped library loaded at once.
+            let bytes = std::fs::read("/bin/true").unwrap();
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o755)
+                    .open(arg(1))
+                    .unwrap();
+                f.write_all(&bytes).unwrap();
+            }
+            map_exec_file(&arg(1));
+        }
         Some("bpf-load") => bpf_load(),
         Some("finit-module") => {
             let file = std::fs::File::open(arg(1)).unwrap();
@@ -452,5 +472,25 @@ fn private_mounts() {
             0,
             "make / private"
         );
+    }
+}
+
+/// Maps `path` read-only and executable, then unmaps it; prints the address.
+fn map_exec_file(path: &str) {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: a private read-only mapping of an open file, unmapped at once.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap of {path}");
+        println!("{:#x}", p as usize);
+        libc::munmap(p, 4096);
     }
 }
