@@ -104,6 +104,8 @@ kernel_offsets! {
     skc_rcv_saddr => "sock_common.skc_rcv_saddr",
     skc_v6_daddr => "sock_common.skc_v6_daddr",
     skc_v6_rcv_saddr => "sock_common.skc_v6_rcv_saddr",
+    bpf_map_id => "bpf_map.id",
+    bpf_link_id => "bpf_link.id",
     // Syscall arguments in the saved user registers (x86_64 calling
     // convention: di, si, dx, r10, r8, r9).
     regs_arg0 => "pt_regs.di",

@@ -536,11 +536,13 @@ pub struct BpfRecord {
     pub header: RecordHeader,
     /// Who.
     pub task: TaskInfo,
-    /// `bpf(2)` command (5 = `BPF_PROG_LOAD`).
+    /// `bpf(2)` command (one of [`bpf_cmd`]).
     pub cmd: u32,
-    /// `prog_type` from the attributes.
+    /// `BPF_PROG_LOAD`: `prog_type` from the attributes. Other commands:
+    /// the [`agent_object`] kind of the agent's object they reach.
     pub prog_type: u32,
-    /// Number of instructions.
+    /// `BPF_PROG_LOAD`: number of instructions. Other commands: the id of
+    /// the agent's object they reach.
     pub insn_cnt: u32,
     /// Return value (the new program fd, or -errno).
     pub ret: i32,
@@ -548,6 +550,111 @@ pub struct BpfRecord {
     pub prog_name: [u8; 16],
 }
 const _: () = assert!(size_of::<BpfRecord>() == 112);
+
+/// `bpf(2)` commands the kernel programs look at: loads by anyone, and
+/// commands that reach one of the agent's own programs, maps or links.
+pub mod bpf_cmd {
+    /// `BPF_MAP_UPDATE_ELEM`
+    pub const MAP_UPDATE_ELEM: u32 = 2;
+    /// `BPF_MAP_DELETE_ELEM`
+    pub const MAP_DELETE_ELEM: u32 = 3;
+    /// `BPF_PROG_LOAD`
+    pub const PROG_LOAD: u32 = 5;
+    /// `BPF_PROG_GET_FD_BY_ID`
+    pub const PROG_GET_FD_BY_ID: u32 = 13;
+    /// `BPF_MAP_GET_FD_BY_ID`
+    pub const MAP_GET_FD_BY_ID: u32 = 14;
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM`
+    pub const MAP_LOOKUP_AND_DELETE_ELEM: u32 = 21;
+    /// `BPF_MAP_FREEZE`
+    pub const MAP_FREEZE: u32 = 22;
+    /// `BPF_MAP_LOOKUP_AND_DELETE_BATCH`
+    pub const MAP_LOOKUP_AND_DELETE_BATCH: u32 = 25;
+    /// `BPF_MAP_UPDATE_BATCH`
+    pub const MAP_UPDATE_BATCH: u32 = 26;
+    /// `BPF_MAP_DELETE_BATCH`
+    pub const MAP_DELETE_BATCH: u32 = 27;
+    /// `BPF_LINK_UPDATE`
+    pub const LINK_UPDATE: u32 = 29;
+    /// `BPF_LINK_GET_FD_BY_ID`
+    pub const LINK_GET_FD_BY_ID: u32 = 30;
+    /// `BPF_LINK_DETACH`
+    pub const LINK_DETACH: u32 = 34;
+
+    /// The kind of object ([`super::agent_object`]) a command acts on by
+    /// id (`*_GET_FD_BY_ID`: the id is the attributes' first word).
+    pub const fn by_id(cmd: u32) -> u32 {
+        match cmd {
+            PROG_GET_FD_BY_ID => super::agent_object::PROG,
+            MAP_GET_FD_BY_ID => super::agent_object::MAP,
+            LINK_GET_FD_BY_ID => super::agent_object::LINK,
+            _ => 0,
+        }
+    }
+
+    /// The kind of object a command changes through a file descriptor
+    /// (the attributes' first word).
+    pub const fn by_fd(cmd: u32) -> u32 {
+        match cmd {
+            MAP_UPDATE_ELEM
+            | MAP_DELETE_ELEM
+            | MAP_LOOKUP_AND_DELETE_ELEM
+            | MAP_FREEZE
+            | MAP_LOOKUP_AND_DELETE_BATCH
+            | MAP_UPDATE_BATCH
+            | MAP_DELETE_BATCH => super::agent_object::MAP,
+            LINK_UPDATE | LINK_DETACH => super::agent_object::LINK,
+            _ => 0,
+        }
+    }
+
+    /// Stable lower-case name of a command, for events.
+    pub const fn name(cmd: u32) -> &'static str {
+        match cmd {
+            MAP_UPDATE_ELEM => "map_update_elem",
+            MAP_DELETE_ELEM => "map_delete_elem",
+            PROG_LOAD => "prog_load",
+            PROG_GET_FD_BY_ID => "prog_get_fd_by_id",
+            MAP_GET_FD_BY_ID => "map_get_fd_by_id",
+            MAP_LOOKUP_AND_DELETE_ELEM => "map_lookup_and_delete_elem",
+            MAP_FREEZE => "map_freeze",
+            MAP_LOOKUP_AND_DELETE_BATCH => "map_lookup_and_delete_batch",
+            MAP_UPDATE_BATCH => "map_update_batch",
+            MAP_DELETE_BATCH => "map_delete_batch",
+            LINK_UPDATE => "link_update",
+            LINK_GET_FD_BY_ID => "link_get_fd_by_id",
+            LINK_DETACH => "link_detach",
+            _ => "other",
+        }
+    }
+}
+
+/// Kinds of the agent's own BPF objects, in the key of the kernel's
+/// agent-objects map (`kind << 32 | id`) and in a [`BpfRecord`] that
+/// reaches one.
+pub mod agent_object {
+    /// A program.
+    pub const PROG: u32 = 1;
+    /// A map.
+    pub const MAP: u32 = 2;
+    /// A link.
+    pub const LINK: u32 = 3;
+
+    /// The key of object `id` of `kind`.
+    pub const fn key(kind: u32, id: u32) -> u64 {
+        (kind as u64) << 32 | id as u64
+    }
+
+    /// Stable lower-case name of a kind.
+    pub const fn name(kind: u32) -> &'static str {
+        match kind {
+            PROG => "program",
+            MAP => "map",
+            LINK => "link",
+            _ => "object",
+        }
+    }
+}
 
 /// Bound on a memfd name captured.
 pub const MEMFD_NAME_MAX: usize = 256;

@@ -240,7 +240,7 @@ pub fn end_batch_of_exiting(
 }
 
 /// Not `#[cold]`: that put it alone in `.text.unlikely.`, at offset 0 like
-/// the path walk's callback in `.text`, and aya (0.13) then resolved a
+/// the path walk's callback in `.text`, and aya (0.14) then resolved a
 /// `bpf_loop` callback pointer to `.text`+0 as this function in any program
 /// that used both (the verifier refused `sys_enter` with `R3 !read_ok`).
 #[inline(never)]

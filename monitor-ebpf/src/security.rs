@@ -1,16 +1,19 @@
 //! Credential changes, ptrace, module loads, BPF program loads, memfd and
 //! signals to other processes (executable memory: `memory.rs`).
 
-use aya_ebpf::helpers::generated::bpf_probe_read_user;
+use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::map, maps::HashMap};
 use monitor_common::{
     BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
-    MemfdRecord, ModuleRecord, PtraceRecord, SYSCALL_TEXT_MAX, SyscallRecord, cred_op, file_flags,
-    kind, path_flags, stash,
+    MemfdRecord, ModuleRecord, PtraceRecord, SYSCALL_TEXT_MAX, SyscallRecord, agent_object,
+    bpf_cmd, cred_op, file_flags, kind, path_flags, stash,
 };
 
 use crate::{
     fds::file_of_fd,
-    kernel::{EVENTS, count, count_ringbuf_full, current_task, fill_task, off, write_header},
+    kernel::{
+        EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
+        write_header,
+    },
     pending::Pending,
     vfs::{capture_path, set_empty},
 };
@@ -106,9 +109,108 @@ pub fn on_ptrace_exit(p: &Pending, ret: i64) {
 
 // ---- bpf ---------------------------------------------------------------------
 
-/// Exit of bpf (only BPF_PROG_LOAD calls were stashed).
+/// The agent's own programs, maps and links (`agent_object::key`), filled
+/// by the agent after it attached them. Any other process that takes a
+/// handle on one of them by id, or changes one through a handle, is
+/// reported: there is no other way to blind the programs from userspace
+/// short of killing the agent.
+#[map]
+pub static AGENT_OBJECTS: HashMap<u64, u8> = HashMap::with_max_entries(512, 0);
+
+/// The first word of `bpf(2)` attributes at `attr` (an id or an fd).
+#[inline(always)]
+fn first_attr_word(attr: u64) -> Option<u32> {
+    let mut word = 0u32;
+    // SAFETY: reads into a local; the helper faults gracefully.
+    let ok = unsafe { bpf_probe_read_user((&raw mut word).cast(), 4, attr as *const _) } == 0;
+    ok.then_some(word)
+}
+
+#[inline(always)]
+fn is_agent_object(object: u32, id: u32) -> bool {
+    // SAFETY: a presence check; the value is not kept.
+    unsafe { AGENT_OBJECTS.get(&agent_object::key(object, id)) }.is_some()
+}
+
+/// Whether a `bpf(cmd, attr)` call is worth stashing at entry: loads, calls
+/// that change a map or link through an fd (whose object is known only at
+/// exit, once the call proved the fd was one), and handles taken by id on
+/// one of the agent's own objects.
+#[inline(always)]
+pub fn bpf_call_of_interest(cmd: u64, attr: u64) -> bool {
+    let cmd = cmd as u32;
+    if cmd == bpf_cmd::PROG_LOAD || bpf_cmd::by_fd(cmd) != 0 {
+        return true;
+    }
+    let object = bpf_cmd::by_id(cmd);
+    object != 0 && first_attr_word(attr).is_some_and(|id| is_agent_object(object, id))
+}
+
+/// The agent's (object kind, id) that a completed bpf call reached, if any.
+#[inline(always)]
+fn agent_object_reached(cmd: u32, attr: u64, ret: i64) -> Option<(u32, u32)> {
+    let by_id = bpf_cmd::by_id(cmd);
+    if by_id != 0 {
+        let id = first_attr_word(attr)?;
+        return is_agent_object(by_id, id).then_some((by_id, id));
+    }
+    let object = bpf_cmd::by_fd(cmd);
+    // Only a call that succeeded proves its fd was a map (or link), so only
+    // then is its `private_data` read as one.
+    if object == 0 || ret != 0 {
+        return None;
+    }
+    let fd = first_attr_word(attr)?;
+    let file = file_of_fd(i64::from(fd))?;
+    let private = read_ptr(file, off!(file_private_data)).ok()?;
+    let id_at = if object == agent_object::MAP {
+        off!(bpf_map_id)
+    } else {
+        off!(bpf_link_id)
+    };
+    // SAFETY: probe read.
+    let id: u32 = unsafe { read(private, id_at) }.ok()?;
+    is_agent_object(object, id).then_some((object, id))
+}
+
+/// Exit of bpf: a program load, or a call that reached one of the agent's
+/// objects (see [`bpf_call_of_interest`]).
 #[inline(never)]
 pub fn on_bpf_exit(p: &Pending, ret: i64) {
+    let cmd = p.args[0] as u32;
+    if cmd == bpf_cmd::PROG_LOAD {
+        emit_bpf_load(p, ret);
+    } else if let Some((object, id)) = agent_object_reached(cmd, p.args[1], ret) {
+        emit_bpf_on_agent(cmd, object, id, ret);
+    }
+}
+
+#[inline(always)]
+fn emit_bpf_on_agent(cmd: u32, object: u32, id: u32, ret: i64) {
+    let Some(mut entry) = EVENTS.reserve::<BpfRecord>(0) else {
+        count_ringbuf_full(kind::BPF);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` is the reserved record.
+    unsafe {
+        write_header(
+            &raw mut (*rec).header,
+            kind::BPF,
+            core::mem::size_of::<BpfRecord>(),
+        );
+        let _ = fill_task(&raw mut (*rec).task, current_task());
+        (*rec).cmd = cmd;
+        (*rec).ret = ret as i32;
+        (*rec).prog_type = object;
+        (*rec).insn_cnt = id;
+        (*rec).prog_name = [0; 16];
+    }
+    entry.submit(crate::kernel::wakeup_flags());
+}
+
+#[inline(always)]
+fn emit_bpf_load(p: &Pending, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<BpfRecord>(0) else {
         count_ringbuf_full(kind::BPF);
         return;

@@ -495,6 +495,57 @@ fn bpf_program_loads_by_other_processes() {
     assert!(b.result >= 0);
 }
 
+/// Issue 20, item 6: another process (root) takes a handle on one of the
+/// agent's own maps by id and writes into it, as `bpftool map update id N`
+/// would: both calls are reported, naming the map. The same calls on a map
+/// of the process's own are not.
+#[test]
+fn bpf_calls_on_the_agents_own_maps_are_reported() {
+    let Some(_k) = kernel_test("bpf_calls_on_the_agents_own_maps_are_reported") else {
+        return;
+    };
+    let mut rec = Recorder::start();
+    // The map that lists the agent's objects: harmless to add key 0 to.
+    let held = monitor::kernel::own_objects::held().unwrap();
+    let target = aya::maps::loaded_maps()
+        .flatten()
+        .find(|m| {
+            m.name_as_str() == Some("AGENT_OBJECTS")
+                && held.contains(&(monitor_common::agent_object::MAP, m.id()))
+        })
+        .expect("the capture's AGENT_OBJECTS map")
+        .id();
+    let (own_pid, own_out) = act_pid(&["bpf-map-update-by-id", "own"]);
+    let (pid, _) = act_pid(&["bpf-map-update-by-id", &target.to_string()]);
+    rec.until(WAIT, "both bpf calls on the agent's map", |evs| {
+        by_pid(evs, pid, "bpf_load").len() >= 2
+    });
+    let calls: Vec<(Option<String>, Option<String>, i32)> = by_pid(&rec.events, pid, "bpf_load")
+        .iter()
+        .filter_map(|e| match &e.detail {
+            Detail::BpfLoad(b) => Some((b.command.clone(), b.agent_object.clone(), b.result)),
+            _ => None,
+        })
+        .collect();
+    eprintln!("reported: {calls:?}");
+    let map = Some(format!("map {target}"));
+    assert!(
+        calls.contains(&(Some("map_get_fd_by_id".into()), map.clone(), calls[0].2))
+            && calls[0].2 >= 0,
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&(Some("map_update_elem".into()), map, 0)),
+        "{calls:?}"
+    );
+    assert!(
+        by_pid(&rec.events, own_pid, "bpf_load").is_empty(),
+        "calls on map {} of the actor's own are not the agent's business: {:?}",
+        own_out.trim(),
+        by_pid(&rec.events, own_pid, "bpf_load")
+    );
+}
+
 #[test]
 fn anonymous_memory_made_executable() {
     let Some(_k) = kernel_test("anonymous_memory_made_executable") else {

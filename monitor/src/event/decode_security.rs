@@ -9,7 +9,7 @@ use std::{
 use monitor_common::{
     BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX, MemExecFileRecord, MemExecRecord,
     MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, SYSCALL_TEXT_MAX,
-    SyscallRecord, TaskInfo, UNIX_PATH_MAX, cred_op, file_flags, file_op, kind, mem_op, net_flags,
+    SyscallRecord, TaskInfo, UNIX_PATH_MAX, agent_object, bpf_cmd, cred_op, file_flags, file_op, kind, mem_op, net_flags,
     net_op, stash,
 };
 
@@ -54,12 +54,27 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
         kind::BPF => {
             check_len::<BpfRecord>(bytes, name)?;
             let r: BpfRecord = read_at(bytes, 0);
-            Detail::BpfLoad(BpfDetail {
-                prog_type: bpf_prog_type(r.prog_type),
-                prog_name: ByteString::from(until_nul(&r.prog_name)),
-                insn_count: r.insn_cnt,
-                result: r.ret,
-            })
+            if r.cmd == bpf_cmd::PROG_LOAD {
+                Detail::BpfLoad(BpfDetail {
+                    prog_type: bpf_prog_type(r.prog_type),
+                    prog_name: ByteString::from(until_nul(&r.prog_name)),
+                    insn_count: r.insn_cnt,
+                    result: r.ret,
+                    ..BpfDetail::default()
+                })
+            } else {
+                // A call that reached one of the agent's own objects.
+                Detail::BpfLoad(BpfDetail {
+                    command: Some(bpf_cmd::name(r.cmd).into()),
+                    agent_object: Some(format!(
+                        "{} {}",
+                        agent_object::name(r.prog_type),
+                        r.insn_cnt
+                    )),
+                    result: r.ret,
+                    ..BpfDetail::default()
+                })
+            }
         }
         kind::MEMFD => {
             check_len::<MemfdRecord>(bytes, name)?;

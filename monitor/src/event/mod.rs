@@ -478,14 +478,21 @@ pub struct ModuleDetail {
 /// BPF program load details.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BpfDetail {
-    /// Program type name or number.
+    /// Program type name or number (a load).
     pub prog_type: String,
-    /// Program name.
+    /// Program name (a load).
     pub prog_name: ByteString,
-    /// Instruction count.
+    /// Instruction count (a load).
     pub insn_count: u32,
     /// Syscall result.
     pub result: i32,
+    /// The `bpf(2)` command, when not a program load (`map_update_elem`,
+    /// `link_detach`, `map_get_fd_by_id`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The agent's own object the command reached (`map 19`, `link 7`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_object: Option<String>,
 }
 
 /// memfd_create details.

@@ -9,6 +9,7 @@ pub mod counters;
 pub mod features;
 pub mod integrity;
 pub mod mounts;
+pub mod own_objects;
 pub mod source;
 pub mod verifier;
 
@@ -463,6 +464,12 @@ impl Probes {
             if let SensorState::Unavailable(why) = state {
                 tracing::warn!(sensor = sensor.name(), "sensor unavailable: {why}");
             }
+        }
+        match own_objects::register(&mut ebpf) {
+            Ok(n) => tracing::debug!(objects = n, "own BPF objects registered"),
+            // The sensor still works; only bpf() calls on its objects by
+            // others go unreported.
+            Err(why) => tracing::warn!("bpf() calls on the agent's own maps and links will not be reported: {why}"),
         }
         let names: Vec<&'static str> = attached.iter().map(|spec| spec.name).collect();
         let expected = integrity::Expected::snapshot(&mut ebpf, &names);

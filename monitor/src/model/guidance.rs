@@ -146,7 +146,10 @@ fn action_is(n: &Novelty, prefixes: &[&str]) -> bool {
 const RULES: &[Rule] = &[
     Rule {
         matches: |n| {
-            action_is(n, &["signal_to_the_agent", "ptrace_of_the_agent"])
+            action_is(
+                n,
+                &["signal_to_the_agent", "ptrace_of_the_agent", "bpf_on_the_agent"],
+            )
                 || path_has(n, &["/var/lib/monitor"])
         },
         technique: (

@@ -392,9 +392,15 @@ impl WindowBuilder {
                     w.facts.actions.insert("signal_to_the_agent".into());
                 }
             }
-            Detail::BpfLoad(_) => {
+            Detail::BpfLoad(b) => {
                 w.activity.tampering += 1;
-                w.facts.actions.insert("bpf_load".into());
+                match &b.command {
+                    Some(command) => w
+                        .facts
+                        .actions
+                        .insert(format!("bpf_on_the_agent:{command}")),
+                    None => w.facts.actions.insert("bpf_load".into()),
+                };
             }
             Detail::ModuleLoad(_) => {
                 w.activity.tampering += 1;

@@ -238,6 +238,17 @@ fn main() {
             map_exec_file(&arg(1));
         }
         Some("bpf-load") => bpf_load(),
+        Some("bpf-map-update-by-id") => {
+            // Take a handle on BPF map id ARG1 and write key 0 = 0 into it
+            // (8-byte key, 1-byte value); with ARG1 "own", on a map of its
+            // own made first. Prints the map id.
+            let id = match arg(1).as_str() {
+                "own" => own_map_id(),
+                id => id.parse().unwrap(),
+            };
+            bpf_map_update_by_id(id);
+            println!("{id}");
+        }
         Some("finit-module") => {
             let file = std::fs::File::open(arg(1)).unwrap();
             let params = CString::new("actor.params=1").unwrap();
@@ -493,4 +504,52 @@ fn map_exec_file(path: &str) {
         println!("{:#x}", p as usize);
         libc::munmap(p, 4096);
     }
+}
+
+/// `bpf(cmd, attr)` with a 128-byte attribute block.
+fn bpf_call(cmd: i32, attr: &[u8; 128]) -> i64 {
+    // SAFETY: bpf(2) with a valid, fully sized attribute block.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), 128u32) }
+}
+
+/// Makes a small hash map (8-byte key, 1-byte value) and returns its id.
+fn own_map_id() -> u32 {
+    let mut attr = [0u8; 128];
+    for (i, v) in [1u32, 8, 1, 4].iter().enumerate() {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes()); // type, key, value, entries
+    }
+    let fd = bpf_call(0, &attr); // BPF_MAP_CREATE
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    // BPF_OBJ_GET_INFO_BY_FD: {bpf_fd, info_len, info}; the id is info's second word.
+    let mut info = [0u8; 88];
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    assert_eq!(bpf_call(15, &attr), 0, "BPF_OBJ_GET_INFO_BY_FD");
+    u32::from_ne_bytes(info[4..8].try_into().unwrap())
+}
+
+fn bpf_map_update_by_id(id: u32) {
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    let fd = bpf_call(14, &attr); // BPF_MAP_GET_FD_BY_ID
+    assert!(
+        fd >= 0,
+        "BPF_MAP_GET_FD_BY_ID {id}: {}",
+        std::io::Error::last_os_error()
+    );
+    let key = 0u64;
+    let value = 0u8;
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(&raw const key as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(&raw const value as u64).to_ne_bytes());
+    let ret = bpf_call(2, &attr); // BPF_MAP_UPDATE_ELEM, BPF_ANY
+    assert_eq!(
+        ret,
+        0,
+        "BPF_MAP_UPDATE_ELEM: {}",
+        std::io::Error::last_os_error()
+    );
 }
