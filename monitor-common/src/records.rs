@@ -186,6 +186,9 @@ pub mod exec_flags {
     /// The executed file was opened for writing within
     /// [`super::RECENT_WRITE_NS`] (a file dropped and run).
     pub const RECENTLY_WRITTEN: u16 = 64;
+    /// The record is an [`super::ExecScriptRecord`]: it carries the working
+    /// directory a relative script name is relative to.
+    pub const CWD: u16 = 128;
 }
 
 /// `sched_process_exec`: a process replaced its image.
@@ -227,6 +230,20 @@ const _: () = assert!(offset_of!(ExecRecord, task) == 16);
 const _: () = assert!(offset_of!(ExecRecord, exe_ino) == 96);
 const _: () = assert!(offset_of!(ExecRecord, filename) == 120);
 const _: () = assert!(size_of::<ExecRecord>().is_multiple_of(8));
+
+/// The exec of a `#!` script ([`exec_flags::SCRIPT`], [`exec_flags::CWD`]):
+/// an [`ExecRecord`] and the working directory at exec, read in the kernel
+/// so a relative script name resolves to the file that ran (read later from
+/// `/proc`, the process may have changed directory, or be gone).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecScriptRecord {
+    /// The exec.
+    pub exec: ExecRecord,
+    /// The working directory, from kernel memory.
+    pub cwd: KernelPath,
+}
+const _: () = assert!(size_of::<ExecScriptRecord>().is_multiple_of(8));
 
 /// `sched_process_fork` for a new process (thread creation is not reported).
 #[repr(C)]

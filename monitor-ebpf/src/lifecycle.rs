@@ -6,13 +6,15 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use monitor_common::{
-    COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExitRecord, ForkRecord,
+    COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExecScriptRecord, ExitRecord,
+    ForkRecord,
     SyscallBatch, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
     thread_exit_flags,
 };
 
 use crate::{
     counting::SYSCALL_COUNTS,
+    fds::cwd_path,
     kernel::{
         EVENTS, LIFECYCLE, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
         fill_task, load, off, read, read_ptr, write_header,
@@ -35,13 +37,46 @@ fn try_exec(ctx: &BtfTracePointContext) {
     let task: usize = ctx.arg(0);
     let old_tid: i32 = ctx.arg(1);
     let bprm: usize = ctx.arg(2);
-    let Some(mut entry) = LIFECYCLE.reserve::<ExecRecord>(0) else {
+    let filename = read_ptr(bprm, off!(bprm_filename)).unwrap_or(0);
+    let interp = read_ptr(bprm, off!(bprm_interp)).unwrap_or(0);
+    if interp == filename {
+        let Some(mut entry) = LIFECYCLE.reserve::<ExecRecord>(0) else {
+            count_ringbuf_full(kind::EXEC);
+            return;
+        };
+        // SAFETY: the reserved record.
+        unsafe { fill_exec(entry.as_mut_ptr(), task, old_tid, bprm, 0) };
+        entry.submit(crate::kernel::lifecycle_wakeup_flags());
+        return;
+    }
+    // A script: its name may be relative to the working directory, which
+    // is captured with it.
+    let Some(mut entry) = LIFECYCLE.reserve::<ExecScriptRecord>(0) else {
         count_ringbuf_full(kind::EXEC);
         return;
     };
     let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record; fields are written in place
-    // (the record is far larger than the 512-byte stack).
+    // SAFETY: the reserved record; its exec part is an `ExecRecord`.
+    unsafe {
+        let exec = &raw mut (*rec).exec;
+        fill_exec(exec, task, old_tid, bprm, exec_flags::CWD);
+        (*exec).header.size = core::mem::size_of::<ExecScriptRecord>() as u32;
+        match cwd_path() {
+            Some(cwd) => capture_path(&raw mut (*rec).cwd, cwd),
+            None => set_empty(&raw mut (*rec).cwd, monitor_common::path_flags::FAULT),
+        }
+    }
+    entry.submit(crate::kernel::lifecycle_wakeup_flags());
+}
+
+/// Fills an exec record; `extra` header flags are added.
+///
+/// # Safety
+/// `rec` must point to a reserved record that starts with an exec record.
+#[inline(always)]
+unsafe fn fill_exec(rec: *mut ExecRecord, task: usize, old_tid: i32, bprm: usize, extra: u16) {
+    // SAFETY: per the function contract; fields are written in place (the
+    // record is far larger than the 512-byte stack).
     unsafe {
         write_header(
             &raw mut (*rec).header,
@@ -53,11 +88,10 @@ fn try_exec(ctx: &BtfTracePointContext) {
         }
         (*rec).old_tid = old_tid as u32;
         (*rec)._pad0 = 0;
-        let mut flags = fill_exe(rec, bprm);
+        let mut flags = fill_exe(rec, bprm) | extra;
         flags |= fill_argv(rec, task);
         (*rec).header.flags = flags;
     }
-    entry.submit(crate::kernel::lifecycle_wakeup_flags());
 }
 
 /// Filename, resolved path and inode facts of the executed file.

@@ -124,6 +124,61 @@ fn exec_fork_exit_of_a_spawned_process_carry_exact_facts() {
     assert_eq!(fork.parent.as_ref().unwrap().pid, std::process::id());
 }
 
+/// Issue 20, item 3: a `#!` script is named with its interpreter both, its
+/// relative name made absolute, so each script is a program of its own.
+#[test]
+fn a_script_is_named_with_its_interpreter_both() {
+    let Some(_kernel) = kernel_test("a_script_is_named_with_its_interpreter_both") else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = monitor_tests::test_dir("script-name");
+    let script = dir.join("job.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut rec = Recorder::start();
+    // Run as `./job.sh` from its directory: the kernel sees a relative name.
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "exec ./job.sh"])
+        .current_dir(&dir)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    let is_script = |e: &&Event| matches!(&e.detail, Detail::Exec(x) if x.script);
+    rec.until(Duration::from_secs(10), "the script's exec and exit", |evs| {
+        evs.iter()
+            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+            .any(|e| is_script(&e))
+            && exit_of(evs, pid).is_some()
+    });
+    let exec = rec
+        .events
+        .iter()
+        .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+        .find(is_script)
+        .unwrap();
+    let Detail::Exec(x) = &exec.detail else {
+        unreachable!()
+    };
+    let absolute = script.as_os_str().as_bytes();
+    assert_eq!(x.filename.as_bytes(), b"./job.sh");
+    assert_eq!(x.script_path.as_ref().map(|p| p.as_bytes()), Some(absolute));
+    let interpreter = std::fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(x.path.as_bytes(), interpreter.as_os_str().as_bytes());
+    // Later events of the process carry the script too, and so its program.
+    let exit = exit_of(&rec.events, pid).unwrap();
+    let p = exit.process.as_ref().unwrap();
+    assert_eq!(p.script.as_ref().map(|s| s.as_bytes()), Some(absolute));
+    let program = monitor::event::program_name(p.exe.as_ref().unwrap(), p.script.as_ref());
+    eprintln!("the script's program: {program}");
+    assert_eq!(
+        program,
+        format!("{} {}", interpreter.display(), script.display())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_killed_process_reports_its_signal() {
     let Some(_kernel) = kernel_test("a_killed_process_reports_its_signal") else {

@@ -9,7 +9,7 @@
 use std::mem::{offset_of, size_of};
 
 use monitor_common::{
-    BATCH_ENTRIES, BATCH_FLUSH, ExecRecord, ExitRecord, ForkRecord, RecordHeader, SYSCALL_SLOTS,
+    BATCH_ENTRIES, BATCH_FLUSH, ExecRecord, ExecScriptRecord, ExitRecord, ForkRecord, RecordHeader, SYSCALL_SLOTS,
     SyscallBatch, TaskInfo, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
     thread_exit_flags,
 };
@@ -142,15 +142,27 @@ fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
     let mode = read_at::<u32>(bytes, offset_of!(ExecRecord, exe_mode));
     let task: TaskInfo = read_at(bytes, size_of::<RecordHeader>());
     let old_tid = read_at::<u32>(bytes, offset_of!(ExecRecord, old_tid));
+    let filename = ByteString::from(&bytes[filename_at..filename_at + filename_len]);
+    let script_path = if flags & exec_flags::SCRIPT == 0 {
+        None
+    } else if flags & exec_flags::CWD != 0 {
+        check_len::<ExecScriptRecord>(bytes, KIND)?;
+        let cwd = decode_path(bytes, offset_of!(ExecScriptRecord, cwd), KIND, "cwd")?;
+        let usable = !(cwd.fault || cwd.truncated || cwd.absent);
+        Some(absolute_name(&filename, usable.then_some(&cwd.path)))
+    } else {
+        Some(absolute_name(&filename, None))
+    };
     Ok(ExecDetail {
         path: path.path,
-        filename: ByteString::from(&bytes[filename_at..filename_at + filename_len]),
+        filename,
         args: split_args(&bytes[argv_at..argv_at + argv_len]),
         args_truncated: flags & (exec_flags::ARGV_TRUNCATED | exec_flags::ARGV_FAULT) != 0,
         args_size: read_at::<u32>(bytes, offset_of!(ExecRecord, argv_total)),
         path_truncated: path.truncated || path.fault,
         fileless: flags & exec_flags::FILELESS != 0,
         script: flags & exec_flags::SCRIPT != 0,
+        script_path,
         recently_written: flags & exec_flags::RECENTLY_WRITTEN != 0,
         setuid: mode & 0o6000 != 0,
         file_uid: read_at::<u32>(bytes, offset_of!(ExecRecord, exe_uid)),
@@ -160,6 +172,30 @@ fn decode_exec(bytes: &[u8], flags: u16) -> Result<ExecDetail, DecodeError> {
         identity: None,
         old_tid: (old_tid != task.pid && old_tid != 0).then_some(old_tid),
     })
+}
+
+/// `name` made absolute against directory `cwd`, with `.`, `..` and
+/// repeated slashes resolved in the text (not through symlinks). A relative
+/// name without a usable `cwd` stays as it is.
+pub fn absolute_name(name: &ByteString, cwd: Option<&ByteString>) -> ByteString {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
+    let joined = match cwd {
+        _ if name.is_absolute() => name.to_path_buf(),
+        Some(cwd) => std::path::Path::new(std::ffi::OsStr::from_bytes(cwd.as_bytes())).join(name),
+        None => return ByteString::from(name.as_os_str().as_bytes()),
+    };
+    let mut clean = std::path::PathBuf::from("/");
+    for part in joined.components() {
+        match part {
+            std::path::Component::Normal(p) => clean.push(p),
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            _ => {}
+        }
+    }
+    ByteString::from(clean.as_os_str().as_bytes())
 }
 
 /// Splits a wait status into exit code, signal and core flag.
@@ -179,6 +215,23 @@ mod tests {
 
     use super::*;
     use crate::event::record::test_records::{blank, put, put_path, put_task};
+
+    #[test]
+    fn a_script_name_is_made_absolute_in_the_text_only() {
+        let b = |s: &str| ByteString::from(s.as_bytes());
+        let cwd = b("/srv/app/bin");
+        assert_eq!(absolute_name(&b("./job.sh"), Some(&cwd)), b("/srv/app/bin/job.sh"));
+        assert_eq!(absolute_name(&b("../lib//x.py"), Some(&cwd)), b("/srv/app/lib/x.py"));
+        assert_eq!(absolute_name(&b("/opt/./a/../b.sh"), None), b("/opt/b.sh"));
+        assert_eq!(absolute_name(&b("../../../../../x"), Some(&cwd)), b("/x"));
+        // No directory to resolve against: the name as passed.
+        assert_eq!(absolute_name(&b("./job.sh"), None), b("./job.sh"));
+        let raw = ByteString::from(&b"caf\xe9.sh"[..]);
+        assert_eq!(
+            absolute_name(&raw, Some(&cwd)).as_bytes(),
+            b"/srv/app/bin/caf\xe9.sh"
+        );
+    }
 
     fn exec_record(args: &[u8]) -> Vec<u8> {
         let mut b = blank::<ExecRecord>(kind::EXEC);

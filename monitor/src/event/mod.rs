@@ -96,6 +96,10 @@ pub struct Process {
     /// Executable path, resolved by the kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<ByteString>,
+    /// The script `exe` interprets, when the image is a `#!` script
+    /// (absolute: resolved against the process's working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<ByteString>,
     /// Argument vector of the current image, when known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<ByteString>,
@@ -243,6 +247,10 @@ pub struct ExecDetail {
     /// A script: `path` is its interpreter, `filename` the script.
     #[serde(default, skip_serializing_if = "is_false")]
     pub script: bool,
+    /// For a script, `filename` made absolute (against the process's
+    /// working directory, as the agent read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_path: Option<ByteString>,
     /// The executed file was opened for writing in the last 10 minutes (a
     /// file dropped and run), as the kernel saw it.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -266,6 +274,18 @@ pub struct ExecDetail {
     /// Thread that called exec, when not the main thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_tid: Option<u32>,
+}
+
+/// The name a program's behaviour is learned and reported under: its
+/// executable, and for a script the interpreter and the script both
+/// (`/usr/bin/python3 /opt/app/serve.py`), so two scripts of one
+/// interpreter are two programs, and a script run by another interpreter
+/// is another program.
+pub fn program_name(exe: &ByteString, script: Option<&ByteString>) -> String {
+    match script {
+        Some(script) => format!("{} {}", exe.to_string_lossy(), script.to_string_lossy()),
+        None => exe.to_string_lossy().into_owned(),
+    }
 }
 
 /// What an executed file is (see `process::exe_identity`).

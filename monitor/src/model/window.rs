@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::shared::Shared,
-    event::{Ancestor, Detail, Event, Process, Timestamp},
+    event::{Ancestor, Detail, Event, Process, Timestamp, program_name},
     kernel::counters,
     syscalls::canonical_id,
 };
@@ -259,18 +259,18 @@ impl WindowBuilder {
         let w = self.window(pid, time);
         w.end = w.end.max(time);
         if let Some(exe) = &process.exe {
-            w.program = exe.to_string_lossy().into_owned();
+            w.program = program_name(exe, process.script.as_ref());
         }
         w.context.process = Some(process.clone());
         if let Some(parent) = &event.parent {
             w.parent_program = parent
                 .exe
                 .as_ref()
-                .map(|e| e.to_string_lossy().into_owned());
+                .map(|e| program_name(e, parent.script.as_ref()));
         }
         match &event.detail {
             Detail::Exec(exec) => {
-                let program = exec.path.to_string_lossy().into_owned();
+                let program = program_name(&exec.path, exec.script_path.as_ref());
                 w.activity.execs += 1;
                 w.facts.executed.insert(program.clone());
                 w.context.ancestry = event.ancestry.clone();
@@ -305,8 +305,8 @@ impl WindowBuilder {
                 }
                 let parent = event.parent.as_ref();
                 let parent_exe = parent
-                    .and_then(|p| p.exe.as_ref())
-                    .map_or_else(|| "?".to_owned(), |e| e.to_string_lossy().into_owned());
+                    .and_then(|p| Some(program_name(p.exe.as_ref()?, p.script.as_ref())))
+                    .unwrap_or_else(|| "?".to_owned());
                 w.facts
                     .exec_pairs
                     .insert(format!("{parent_exe} -> {program}"));

@@ -169,6 +169,7 @@ fn describes(
         user,
         comm,
         exe,
+        script,
         args,
         cgroup_id,
         container_id,
@@ -184,6 +185,7 @@ fn describes(
         && user.as_deref() == user_name
         && *comm == p.comm
         && *exe == p.exe
+        && *script == p.script
         && *args == p.args
         && *cgroup_id == p.cgroup_id
         && *container_id == p.container_id
@@ -209,6 +211,8 @@ pub struct ProcessEntry {
     pub comm: ByteString,
     /// Executable path.
     pub exe: Option<ByteString>,
+    /// The script `exe` interprets (see [`Process::script`]).
+    pub script: Option<ByteString>,
     /// Argument vector.
     pub args: Vec<ByteString>,
     /// cgroup id.
@@ -360,6 +364,7 @@ impl ProcessTable {
                 egid: facts.egid,
                 comm: facts.comm,
                 exe: facts.exe,
+                script: None,
                 args: facts.args,
                 cgroup_id,
                 container_id,
@@ -380,13 +385,14 @@ impl ProcessTable {
         match &event.payload {
             Payload::Event(Detail::Fork(_)) => {
                 // The child runs its parent's image until it execs.
-                let (exe, args) = self
+                let (exe, script, args) = self
                     .procs
                     .get(&task.ppid)
-                    .map(|p| (p.exe.clone(), p.args.clone()))
+                    .map(|p| (p.exe.clone(), p.script.clone(), p.args.clone()))
                     .unwrap_or_default();
                 let mut entry = self.entry_from_task(task);
                 entry.exe = exe;
+                entry.script = script;
                 entry.args = args;
                 self.procs.insert(task.pid, entry);
             }
@@ -403,6 +409,7 @@ impl ProcessTable {
                         .collect();
                 }
                 entry.exe = Some(exec.path.clone());
+                entry.script = exec.script_path.clone();
                 entry.args = exec.args.clone();
                 entry.own_image = true;
                 self.procs.insert(task.pid, entry);
@@ -454,6 +461,7 @@ impl ProcessTable {
             egid: task.egid,
             comm: task.comm.clone(),
             exe: None,
+            script: None,
             args: Vec::new(),
             cgroup_id: task.cgroup_id,
             container_id: self.container_for(task.cgroup_id, task.pid),
@@ -531,6 +539,7 @@ impl ProcessTable {
             user: user.map(str::to_owned),
             comm: p.comm.clone(),
             exe: p.exe.clone(),
+            script: p.script.clone(),
             args: p.args.clone(),
             cgroup_id: p.cgroup_id,
             container_id: p.container_id.clone(),
