@@ -136,6 +136,12 @@ pub struct ProbeConfig {
     /// Non-zero: the `sched_process_exit` tracepoint passes `group_dead`
     /// (kernel 6.16+); otherwise the programs read `signal->live`.
     pub exit_has_group_dead: u32,
+    /// Offset of the `opcode` field in the io_uring submit tracepoint's
+    /// record (`io_uring_submit_req`, or `io_uring_submit_sqe` before 5.18),
+    /// read from its tracefs format; 0: none, the program does nothing.
+    pub io_uring_opcode_at: u32,
+    /// Always zero.
+    pub _pad1: u32,
 }
 
 impl ProbeConfig {
@@ -148,6 +154,8 @@ impl ProbeConfig {
             security_enabled: 0,
             _pad0: 0,
             exit_has_group_dead: 0,
+            io_uring_opcode_at: 0,
+            _pad1: 0,
         }
     }
 }

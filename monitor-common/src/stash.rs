@@ -91,10 +91,40 @@ pub const SETNS: u32 = 89;
 pub const PIVOT_ROOT: u32 = 90;
 /// io_uring_setup(entries, params)
 pub const IO_URING_SETUP: u32 = 91;
+/// Not a syscall: an io_uring operation submitted (the io_uring submit
+/// tracepoint). `args`: the `IORING_OP_*` opcode, how many such
+/// submissions the record covers (the first, and those not reported since).
+pub const IO_URING_SUBMIT: u32 = 92;
 
 /// True for the ops reported as called (see [`PROCESS_VM_READV`]).
 pub const fn is_plain(op: u32) -> bool {
-    op >= PROCESS_VM_READV && op <= IO_URING_SETUP
+    op >= PROCESS_VM_READV && op <= IO_URING_SUBMIT
+}
+
+/// io_uring operations that act on files, sockets or other processes'
+/// view of the system, which the syscall tracepoints never see when they
+/// go through a ring: `IORING_OP_*` and its name.
+pub const IO_URING_WATCHED: &[(u8, &str)] = &[
+    (13, "accept"),
+    (16, "connect"),
+    (18, "openat"),
+    (28, "openat2"),
+    (35, "renameat"),
+    (36, "unlinkat"),
+    (37, "mkdirat"),
+    (38, "symlinkat"),
+    (39, "linkat"),
+    (45, "socket"),
+    (56, "bind"),
+    (57, "listen"),
+];
+
+/// The name of a watched io_uring opcode.
+pub fn io_uring_op_name(opcode: u64) -> Option<&'static str> {
+    IO_URING_WATCHED
+        .iter()
+        .find(|(op, _)| u64::from(*op) == opcode)
+        .map(|(_, name)| *name)
 }
 
 /// The syscall name of a plain op.
@@ -112,6 +142,7 @@ pub const fn plain_name(op: u32) -> &'static str {
         SETNS => "setns",
         PIVOT_ROOT => "pivot_root",
         IO_URING_SETUP => "io_uring_setup",
+        IO_URING_SUBMIT => "io_uring_submit",
         _ => "unknown",
     }
 }

@@ -12,6 +12,7 @@ mod counting;
 mod exits;
 mod fds;
 mod files;
+mod iouring;
 mod kernel;
 mod lifecycle;
 mod memory;

@@ -12,7 +12,7 @@ use std::{
 
 use monitor::{
     capture::CaptureSettings,
-    event::{Detail, Event},
+    event::{Detail, Event, SyscallDetail},
     kernel::{Sensor, SensorState},
     sensitive::SensitivePaths,
 };
@@ -544,6 +544,70 @@ fn bpf_calls_on_the_agents_own_maps_are_reported() {
         own_out.trim(),
         by_pid(&rec.events, own_pid, "bpf_load")
     );
+}
+
+/// Issue 20, item 6: as nobody, a process opens a file 50 times through an
+/// io_uring ring, never calling open(2). The submissions are reported as
+/// `io_uring_openat`, at most once a second, with how many each covers.
+#[test]
+fn opens_submitted_through_io_uring_are_reported() {
+    let Some(_k) = kernel_test("opens_submitted_through_io_uring_are_reported") else {
+        return;
+    };
+    let tracepoints = ["io_uring_submit_req", "io_uring_submit_sqe"];
+    if !tracepoints
+        .iter()
+        .any(|t| std::path::Path::new("/sys/kernel/tracing/events/io_uring").join(t).is_dir())
+    {
+        eprintln!(
+            "SKIPPED opens_submitted_through_io_uring_are_reported: this kernel has no io_uring submit tracepoint (CONFIG_IO_URING unset), so no ring can submit anything"
+        );
+        return;
+    }
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!(
+            "SKIPPED opens_submitted_through_io_uring_are_reported: io_uring is disabled on this host (kernel.io_uring_disabled = 2), so no ring can submit anything"
+        );
+        return;
+    }
+    let mut rec = Recorder::start();
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_actor"))
+        .args(["io-uring-openat", "/etc/hostname", "50"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(said, "opened 50", "the ring opened the file");
+    let uring_opens = |evs: &[Event]| -> Vec<SyscallDetail> {
+        by_pid(evs, pid, "syscall")
+            .into_iter()
+            .filter_map(|e| match &e.detail {
+                Detail::Syscall(s) if s.syscall == "io_uring_openat" => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    rec.until(WAIT, "the ring's opens", |evs| !uring_opens(evs).is_empty());
+    let reports = uring_opens(&rec.events);
+    eprintln!("io_uring opens reported: {reports:?}");
+    assert_eq!(reports[0].args[0], 18, "IORING_OP_OPENAT");
+    assert_eq!(
+        rec.events
+            .iter()
+            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid && p.uid == 65534))
+            .filter(|e| matches!(&e.detail, Detail::Syscall(s) if s.syscall == "io_uring_openat"))
+            .count(),
+        reports.len(),
+        "reported as nobody's"
+    );
+    // 50 opens in well under a second: one report, covering the first.
+    assert!(reports.len() <= 2, "rate-limited: {reports:?}");
 }
 
 #[test]

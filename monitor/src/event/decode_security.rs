@@ -134,11 +134,28 @@ pub fn decode(bytes: &[u8], header: RecordHeader, tag: u8) -> Result<KernelEvent
                     kind: name,
                     field: "op",
                     value: u64::from(r.op),
-                    rule: "a syscall op between 80 and 91".into(),
+                    rule: format!(
+                        "a syscall op between {} and {}",
+                        stash::PROCESS_VM_READV,
+                        stash::IO_URING_SUBMIT
+                    ),
                 });
             }
+            let syscall = if r.op == stash::IO_URING_SUBMIT {
+                let Some(name) = stash::io_uring_op_name(r.args[0]) else {
+                    return Err(DecodeError::BadValue {
+                        kind: name,
+                        field: "args[0]",
+                        value: r.args[0],
+                        rule: "a watched io_uring opcode".into(),
+                    });
+                };
+                format!("io_uring_{name}")
+            } else {
+                stash::plain_name(r.op).to_owned()
+            };
             Detail::Syscall(SyscallDetail {
-                syscall: stash::plain_name(r.op).to_owned(),
+                syscall,
                 args: r.args.to_vec(),
                 path: (len > 0).then(|| ByteString::from(&r.text[..len])),
                 result: r.ret,

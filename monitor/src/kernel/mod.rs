@@ -118,6 +118,16 @@ pub fn programs() -> &'static [ProgramSpec] {
             .filter_map(|(name, op)| Some((*name, monitor_common::stash::exit_program(*op)?)))
             .collect();
         names.dedup();
+        // Operations submitted through an io_uring ring bypass the syscall
+        // hooks; the program is attached at whichever tracepoint exists.
+        for tracepoint in IO_URING_SUBMIT_TRACEPOINTS {
+            specs.push(ProgramSpec {
+                name: "io_uring_submit",
+                hook: Hook::Tracepoint("io_uring", tracepoint),
+                sensor: Sensor::Security,
+                counts_only: false,
+            });
+        }
         for (name, program) in names {
             // The tracepoint is named after the kernel's SYSCALL_DEFINE,
             // which for umount2 is `umount`.
@@ -725,6 +735,8 @@ pub(crate) fn open_object(
         security_enabled: u32::from(settings.security_events),
         _pad0: 0,
         exit_has_group_dead: u32::from(exit_tracepoint_has_group_dead()),
+        io_uring_opcode_at: io_uring_opcode_offset().unwrap_or(0),
+        _pad1: 0,
     };
     let ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
@@ -975,6 +987,35 @@ fn attach(
 
 /// Kernels since 6.16 pass `group_dead` to `sched_process_exit`; the
 /// tracepoint's format file says whether this one does.
+/// The io_uring submit tracepoints, newest name first (`io_uring_submit_sqe`
+/// became `io_uring_submit_req` in 5.18).
+const IO_URING_SUBMIT_TRACEPOINTS: [&str; 2] = ["io_uring_submit_req", "io_uring_submit_sqe"];
+
+/// Offset of `opcode` in the record of whichever io_uring submit tracepoint
+/// this kernel has (its layout changed between versions).
+fn io_uring_opcode_offset() -> Option<u32> {
+    IO_URING_SUBMIT_TRACEPOINTS.iter().find_map(|name| {
+        let format = std::fs::read_to_string(format!(
+            "/sys/kernel/tracing/events/io_uring/{name}/format"
+        ))
+        .ok()?;
+        field_offset(&format, "opcode")
+    })
+}
+
+/// The offset of `field` in a tracefs event format
+/// (`field:u8 opcode;\toffset:32;\tsize:1;...`).
+fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let declared = line.trim().strip_prefix("field:")?.split(';').next()?;
+        if declared.rsplit([' ', '*']).next()? != field {
+            return None;
+        }
+        let offset = line.split("offset:").nth(1)?.split(';').next()?;
+        offset.trim().parse().ok()
+    })
+}
+
 fn exit_tracepoint_has_group_dead() -> bool {
     std::fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")
         .is_ok_and(|f| f.contains("group_dead"))
@@ -993,5 +1034,22 @@ fn raise_memlock_limit() {
             error = %std::io::Error::last_os_error(),
             "could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_offset;
+
+    #[test]
+    fn a_field_offset_is_read_from_a_tracefs_format() {
+        // io_uring_submit_req on 6.18, and io_uring_submit_sqe on 5.17.
+        let req = "name: io_uring_submit_req\nID: 2140\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:void * req;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:unsigned long long user_data;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:u8 opcode;\toffset:32;\tsize:1;\tsigned:0;\n\tfield:__data_loc char[] op_str;\toffset:52;\tsize:4;\tsigned:0;\n";
+        let sqe = "format:\n\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:void * req;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:u8 opcode;\toffset:24;\tsize:1;\tsigned:0;\n\tfield:u64 user_data;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(field_offset(req, "opcode"), Some(32));
+        assert_eq!(field_offset(sqe, "opcode"), Some(24));
+        assert_eq!(field_offset(req, "req"), Some(16));
+        assert_eq!(field_offset(req, "code"), None, "a name is matched whole");
+        assert_eq!(field_offset("", "opcode"), None);
     }
 }

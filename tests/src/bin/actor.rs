@@ -237,6 +237,12 @@ fn main() {
             }
             map_exec_file(&arg(1));
         }
+        Some("io-uring-openat") => {
+            // Open file ARG1 ARG2 times through an io_uring ring, never
+            // calling open(2); print how many opens completed.
+            let n: u32 = arg(2).parse().unwrap();
+            println!("opened {}", io_uring_openat(&arg(1), n));
+        }
         Some("bpf-load") => bpf_load(),
         Some("bpf-map-update-by-id") => {
             // Take a handle on BPF map id ARG1 and write key 0 = 0 into it
@@ -552,4 +558,67 @@ fn bpf_map_update_by_id(id: u32) {
         "BPF_MAP_UPDATE_ELEM: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// Opens `path` `times` times through an io_uring ring (raw syscalls, no
+/// liburing), one submission at a time; returns how many succeeded.
+fn io_uring_openat(path: &str, times: u32) -> u32 {
+    let path = CString::new(path).unwrap();
+    // struct io_uring_params: 40 bytes, then sq_off (40) and cq_off (40).
+    let mut params = [0u32; 30];
+    // SAFETY: io_uring_setup(entries, params) with a zeroed 120-byte block.
+    let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    assert!(ring >= 0, "io_uring_setup: {}", std::io::Error::last_os_error());
+    let ring = ring as i32;
+    let sq_entries = params[0];
+    let (sq_head, sq_tail, sq_mask, sq_array) = (params[10], params[11], params[12], params[16]);
+    let map = |len: usize, offset: i64| {
+        // SAFETY: maps the ring's shared memory at the offsets the kernel gave.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                ring,
+                offset,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap of the ring");
+        p.cast::<u8>()
+    };
+    let sq = map(sq_array as usize + sq_entries as usize * 4, 0);
+    let sqes = map(sq_entries as usize * 64, 0x1000_0000);
+    let mut opened = 0;
+    for _ in 0..times {
+        // SAFETY: the SQE and ring words are inside the mappings above.
+        unsafe {
+            let sqe = std::slice::from_raw_parts_mut(sqes, 64);
+            sqe.fill(0);
+            sqe[0] = 18; // IORING_OP_OPENAT
+            sqe[4..8].copy_from_slice(&libc::AT_FDCWD.to_ne_bytes());
+            sqe[16..24].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+            sqe[28..32].copy_from_slice(&(libc::O_RDONLY as u32).to_ne_bytes());
+            let word = |off: u32| &*(sq.add(off as usize).cast::<std::sync::atomic::AtomicU32>());
+            let tail = word(sq_tail).load(std::sync::atomic::Ordering::Acquire);
+            let mask = word(sq_mask).load(std::sync::atomic::Ordering::Relaxed);
+            *sq.add(sq_array as usize + ((tail & mask) as usize) * 4).cast::<u32>() = 0;
+            word(sq_tail).store(tail.wrapping_add(1), std::sync::atomic::Ordering::Release);
+            let _ = sq_head;
+            // io_uring_enter(fd, to_submit 1, min_complete 1, GETEVENTS)
+            let ret = libc::syscall(
+                libc::SYS_io_uring_enter,
+                ring,
+                1u32,
+                1u32,
+                1u32,
+                std::ptr::null::<u8>(),
+                0usize,
+            );
+            if ret == 1 {
+                opened += 1;
+            }
+        }
+    }
+    opened
 }
