@@ -11,8 +11,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_RATE_LIMITED, COUNTER_USER_FAULT, FILE_BURST, FILE_RATE, FileBudget, FileRecord,
-    InodeKey, KernelPath, RECENT_WRITE_NS, RecentWrite, file_flags, file_op, kind, path_flags,
-    stash,
+    InodeKey, KernelPath, file_flags, file_op, kind, path_flags, stash,
 };
 
 use crate::{
@@ -67,37 +66,6 @@ fn file_budget_allows() -> bool {
             true
         }
     }
-}
-
-/// Regular files by device and inode -> their latest write-open, so an
-/// executable mapping or an exec of a file written moments ago (a dropped
-/// payload) is recognised in the kernel, however the write was limited or
-/// reported. Least recently written files make room.
-#[map]
-pub static RECENT_WRITES: LruHashMap<InodeKey, RecentWrite> =
-    LruHashMap::with_max_entries(16384, 0);
-
-#[inline(always)]
-fn note_recent_write(dev: u32, ino: u64) {
-    let key = InodeKey { dev, _pad0: 0, ino };
-    let value = RecentWrite {
-        // SAFETY: helpers without arguments.
-        ktime_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() },
-        pid: current_ids().1,
-        uid: aya_ebpf::helpers::bpf_get_current_uid_gid() as u32,
-    };
-    let _ = RECENT_WRITES.insert(&key, &value, 0);
-}
-
-/// The latest write-open of (`dev`, `ino`), if within [`RECENT_WRITE_NS`].
-#[inline(always)]
-pub fn recent_write(dev: u32, ino: u64) -> Option<RecentWrite> {
-    let key = InodeKey { dev, _pad0: 0, ino };
-    // SAFETY: a value of the map, copied out at once.
-    let written = *unsafe { RECENT_WRITES.get(&key) }?;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
-    (now.saturating_sub(written.ktime_ns) < RECENT_WRITE_NS).then_some(written)
 }
 
 /// Sensitive locations (directories or files) by device and inode, filled
@@ -206,7 +174,7 @@ pub fn on_open_exit(op: u32, ret: i64) {
         // SAFETY: probe read.
         let ino: u64 = unsafe { read(inode, off!(inode_i_ino)) }.unwrap_or(0);
         if write {
-            note_recent_write(dev, ino);
+            crate::recent::note_write(dev, ino);
         }
         let sensitive = is_sensitive_file(dentry, dev, ino);
         if !write && !sensitive {

@@ -153,7 +153,7 @@ unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize) -> u16 {
                     if sb != 0 {
                         (*rec).exe_dev = load::<u32>(sb, off!(sb_s_dev));
                     }
-                    if crate::files::recent_write((*rec).exe_dev, (*rec).exe_ino).is_some() {
+                    if crate::recent::written((*rec).exe_dev, (*rec).exe_ino).is_some() {
                         flags |= exec_flags::RECENTLY_WRITTEN;
                     }
                 }

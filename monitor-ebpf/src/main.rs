@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod agent_objects;
 mod counting;
 mod exits;
 mod fds;
@@ -18,6 +19,7 @@ mod lifecycle;
 mod memory;
 mod net;
 mod pending;
+mod recent;
 mod security;
 mod vfs;
 

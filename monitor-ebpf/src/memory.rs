@@ -129,7 +129,7 @@ fn check_file_mapping(addr: u64, len: u64, prot: u64, flags: u64, fd: i32) {
             read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0),
         )
     };
-    let Some(written) = crate::files::recent_write(dev, ino) else {
+    let Some(written) = crate::recent::written(dev, ino) else {
         return;
     };
     emit_file_mapping(addr, len, prot, flags, fd, file, dev, ino, written);

@@ -160,7 +160,7 @@ pub fn on_enter(regs: usize, op: u32) {
             return;
         }
         op::PTRACE if !ptrace_reported(arg(0)) => return,
-        op::BPF if !crate::security::bpf_call_of_interest(arg(0), arg(1)) => return,
+        op::BPF if !crate::agent_objects::bpf_call_of_interest(arg(0), arg(1)) => return,
         // Signals to self and existence probes (signal 0) are not reported.
         op::KILL if arg(1) == 0 || arg(0) as i32 == pid as i32 => return,
         op::TKILL if arg(1) == 0 || arg(0) as i32 == tid as i32 => return,

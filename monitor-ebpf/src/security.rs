@@ -1,7 +1,7 @@
 //! Credential changes, ptrace, module loads, BPF program loads, memfd and
 //! signals to other processes (executable memory: `memory.rs`).
 
-use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::map, maps::HashMap};
+use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use monitor_common::{
     BpfRecord, COUNTER_USER_FAULT, CredRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
     MemfdRecord, ModuleRecord, PtraceRecord, SYSCALL_TEXT_MAX, SyscallRecord, agent_object,
@@ -9,6 +9,7 @@ use monitor_common::{
 };
 
 use crate::{
+    agent_objects::{first_attr_word, is_agent_object},
     fds::file_of_fd,
     kernel::{
         EVENTS, count, count_ringbuf_full, current_task, fill_task, off, read, read_ptr,
@@ -109,43 +110,6 @@ pub fn on_ptrace_exit(p: &Pending, ret: i64) {
 
 // ---- bpf ---------------------------------------------------------------------
 
-/// The agent's own programs, maps and links (`agent_object::key`), filled
-/// by the agent after it attached them. Any other process that takes a
-/// handle on one of them by id, or changes one through a handle, is
-/// reported: there is no other way to blind the programs from userspace
-/// short of killing the agent.
-#[map]
-pub static AGENT_OBJECTS: HashMap<u64, u8> = HashMap::with_max_entries(512, 0);
-
-/// The first word of `bpf(2)` attributes at `attr` (an id or an fd).
-#[inline(always)]
-fn first_attr_word(attr: u64) -> Option<u32> {
-    let mut word = 0u32;
-    // SAFETY: reads into a local; the helper faults gracefully.
-    let ok = unsafe { bpf_probe_read_user((&raw mut word).cast(), 4, attr as *const _) } == 0;
-    ok.then_some(word)
-}
-
-#[inline(always)]
-fn is_agent_object(object: u32, id: u32) -> bool {
-    // SAFETY: a presence check; the value is not kept.
-    unsafe { AGENT_OBJECTS.get(&agent_object::key(object, id)) }.is_some()
-}
-
-/// Whether a `bpf(cmd, attr)` call is worth stashing at entry: loads, calls
-/// that change a map or link through an fd (whose object is known only at
-/// exit, once the call proved the fd was one), and handles taken by id on
-/// one of the agent's own objects.
-#[inline(always)]
-pub fn bpf_call_of_interest(cmd: u64, attr: u64) -> bool {
-    let cmd = cmd as u32;
-    if cmd == bpf_cmd::PROG_LOAD || bpf_cmd::by_fd(cmd) != 0 {
-        return true;
-    }
-    let object = bpf_cmd::by_id(cmd);
-    object != 0 && first_attr_word(attr).is_some_and(|id| is_agent_object(object, id))
-}
-
 /// The agent's (object kind, id) that a completed bpf call reached, if any.
 #[inline(always)]
 fn agent_object_reached(cmd: u32, attr: u64, ret: i64) -> Option<(u32, u32)> {
@@ -174,7 +138,7 @@ fn agent_object_reached(cmd: u32, attr: u64, ret: i64) -> Option<(u32, u32)> {
 }
 
 /// Exit of bpf: a program load, or a call that reached one of the agent's
-/// objects (see [`bpf_call_of_interest`]).
+/// objects (see `agent_objects::bpf_call_of_interest`).
 #[inline(never)]
 pub fn on_bpf_exit(p: &Pending, ret: i64) {
     let cmd = p.args[0] as u32;

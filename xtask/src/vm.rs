@@ -11,7 +11,14 @@
 //! - `monitor verifier`: every program in every setting, within budget;
 //! - `monitor record`: an exec (path, argv, parent), a connect and a
 //!   sensitive open, each captured;
-//! - `monitor run`: learning, then one finding for a sensitive read.
+//! - `monitor run`: learning, then one finding for a sensitive read;
+//! - the attacks of issue 20 whose capture depends on the kernel, played by
+//!   the tests' `actor` while `monitor record` watches: a file flood by
+//!   nobody with an exec in the middle of it (the lifecycle lane), a file
+//!   written and mapped as code by nobody, opens through io_uring by nobody,
+//!   a relative `#!` script, and a write into the agent's own map by id.
+//!   (The other attacks, on the API, the findings and the state, do not
+//!   depend on the kernel and run in the host suite only.)
 //!
 //! A kernel too old for the agent (5.10) must instead be refused by
 //! `monitor run` with one line that names the missing features.
@@ -130,7 +137,9 @@ pub fn matrix(which: &str, agent: &Path) -> anyhow::Result<()> {
     let cache = cache_dir();
     let work = prepare::root().join("target/vm");
     std::fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(agent, &work).context("cannot build the guest initramfs")?;
+    let actor = build_actor()?;
+    let initrd =
+        build_initramfs(agent, &actor, &work).context("cannot build the guest initramfs")?;
     let accel = accelerator();
     step("ok", "vm accelerator", &accel);
     let mut results = Vec::new();
@@ -329,7 +338,18 @@ fn find_file(dir: &Path, want: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
 
 /// An initramfs with busybox, the agent (and the libraries it links) and
 /// the guest script as `/init`.
-fn build_initramfs(agent: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+/// The tests' `actor` (it plays the attacks in the guest).
+fn build_actor() -> anyhow::Result<PathBuf> {
+    run_cmd(
+        prepare::cargo()
+            .args(["build", "--release", "--package", "monitor-tests", "--bin", "actor"])
+            .current_dir(prepare::root())
+            .env("PATH", prepare::path_with_cargo_bin()),
+    )?;
+    Ok(prepare::root().join("target/release/actor"))
+}
+
+fn build_initramfs(agent: &Path, actor: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     let root = work.join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
     for dir in [
@@ -362,7 +382,11 @@ fn build_initramfs(agent: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     // inside the shell without an exec).
     copy(Path::new("/bin/busybox"), "/usr/bin/mx-probe")?;
     copy(agent, "/usr/local/bin/monitor")?;
-    for lib in shared_libraries(agent)? {
+    copy(actor, "/usr/local/bin/actor")?;
+    for lib in shared_libraries(agent)?
+        .into_iter()
+        .chain(shared_libraries(actor)?)
+    {
         copy(&lib, lib.to_str().context("library path")?)?;
     }
     std::fs::write(
@@ -504,7 +528,9 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
                     values.insert(key.to_owned(), value.to_owned());
                 }
             }
-            "MXV" | "MXR" | "MXF" | "MXE" => lines.entry(tag).or_default().push(rest.to_owned()),
+            "MXV" | "MXR" | "MXF" | "MXE" | "MXA" => {
+                lines.entry(tag).or_default().push(rest.to_owned())
+            }
             _ => {}
         }
     }
@@ -588,6 +614,7 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             }) {
                 bail!("no sensitive open of /etc/shadow captured: {records:?}");
             }
+            let attacks = check_attacks(&json_lines(&lines, "MXA"), &value, &errors)?;
             let findings = json_lines(&lines, "MXF");
             let finding = findings.iter().find(|f| {
                 f["class_uid"] == 2004
@@ -605,7 +632,7 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             Ok(Report {
                 release,
                 summary: format!(
-                    "{} loads within budget (most {most} insns), exec/connect/open captured, first exec {} s after start, finding raised {} s after learning",
+                    "{} loads within budget (most {most} insns), exec/connect/open captured, first exec {} s after start, finding raised {} s after learning; attacks: {attacks}",
                     costs.len(),
                     value("record_ready_s").unwrap_or_default(),
                     value("finding_after_s").unwrap_or_default(),
@@ -614,6 +641,71 @@ fn check(kernel: &Kernel, log: &Path) -> anyhow::Result<Report> {
             })
         }
     }
+}
+
+/// The attack phase's events (`MXA`): each attack must have been captured,
+/// or, for io_uring, the kernel must lack the tracepoint. Returns a summary.
+fn check_attacks(
+    events: &[serde_json::Value],
+    value: &dyn Fn(&str) -> Option<String>,
+    errors: &[String],
+) -> anyhow::Result<String> {
+    if value("attacks_rc").as_deref() != Some("0") {
+        bail!(
+            "`monitor record` of the attacks exited {:?}: {errors:?}",
+            value("attacks_rc")
+        );
+    }
+    let exec_during_flood = events.iter().any(|r| {
+        r["kind"] == "exec" && r["path"] == "/usr/bin/mx-probe" && r["args"][1] == "mx-flood-token"
+    });
+    if !exec_during_flood {
+        bail!("the exec during nobody's file flood was not captured: {events:?} {errors:?}");
+    }
+    let mapped = events.iter().find(|r| {
+        r["kind"] == "mem_exec"
+            && r["file"]["path"] == "/tmp/drop/dropped.so"
+            && r["file"]["written_by_uid"] == 65534
+    });
+    if mapped.is_none() {
+        bail!("nobody's freshly written file mapped as code was not reported: {events:?}");
+    }
+    let script = events.iter().any(|r| {
+        r["kind"] == "exec" && r["script"] == true && r["script_path"] == "/tmp/jobs/job.sh"
+    });
+    if !script {
+        bail!("the relative script ./job.sh was not named /tmp/jobs/job.sh: {events:?}");
+    }
+    let written = value("agent_maps_written").unwrap_or_default();
+    let reached = events.iter().any(|r| {
+        r["kind"] == "bpf_load"
+            && r["command"] == "map_update_elem"
+            && r["agent_object"].as_str().is_some_and(|o| o.starts_with("map "))
+    });
+    if written == "0" || !reached {
+        bail!(
+            "a write into the agent's AGENT_OBJECTS map (written into {written:?} maps) was not reported: {events:?}"
+        );
+    }
+    let uring = if value("io_uring_tracepoint").as_deref() == Some("1") {
+        let reported = events
+            .iter()
+            .any(|r| r["syscall"] == "io_uring_openat" && r["process"]["uid"] == 65534);
+        if !reported {
+            bail!(
+                "nobody's opens through io_uring were not reported (actor said {:?}): {events:?}",
+                value("io_uring_actor")
+            );
+        }
+        "io_uring opens reported"
+    } else {
+        "io_uring skipped (no io_uring submit tracepoint)"
+    };
+    let limited = events.iter().any(|r| r["kind"] == "loss");
+    Ok(format!(
+        "exec during a file flood captured{}, fresh code mapped, script named, agent map write reported, {uring}",
+        if limited { " (flood rate-limited)" } else { "" }
+    ))
 }
 
 /// The lines of one tag that parse as JSON (a line the console garbled is
@@ -741,6 +833,39 @@ else
     grep '"kind":"connect"' /tmp/rec.jsonl | grep '"port":7777' | head -n 2 | sed 's/^/MXR /'
     grep '"kind":"file_open"' /tmp/rec.jsonl | grep /etc/shadow | head -n 2 | sed 's/^/MXR /'
     tail -n 5 /tmp/rec.err | sed 's/^/MXE record: /'
+
+    # The attacks whose capture depends on the kernel (issue 20), while
+    # `monitor record` watches. nobody is uid 65534.
+    [ -d /sys/kernel/tracing/events/io_uring/io_uring_submit_req ] || \
+        [ -d /sys/kernel/tracing/events/io_uring/io_uring_submit_sqe ]
+    echo "MX io_uring_tracepoint=$((1 - $?))"
+    mkdir -p /tmp/flood /tmp/drop /tmp/jobs
+    chmod 777 /tmp/flood /tmp/drop
+    printf '#!/bin/sh\nexit 0\n' >/tmp/jobs/job.sh
+    chmod 755 /tmp/jobs/job.sh
+    monitor record --duration 20 >/tmp/att.jsonl 2>/tmp/att.err &
+    rec=$!
+    wait_for /tmp/att.err "monitor: ready" 120 || echo "MXE attacks: record never ready"
+    actor as 65534 open-flood /tmp/flood 4 >/dev/null &
+    f1=$!
+    actor as 65534 open-flood /tmp/flood 4 >/dev/null &
+    f2=$!
+    sleep 1
+    /usr/bin/mx-probe mx-flood-token >/dev/null 2>&1
+    wait $f1 $f2
+    actor as 65534 drop-and-map /tmp/drop/dropped.so >/dev/null
+    actor as 65534 io-uring-openat /etc/hostname 20 >/tmp/uring.out 2>&1
+    echo "MX io_uring_actor=$(head -c 200 /tmp/uring.out | tr '\n' ' ')"
+    ( cd /tmp/jobs && ./job.sh )
+    echo "MX agent_maps_written=$(actor bpf-map-update-by-name AGENT_OBJECTS | wc -l)"
+    wait $rec
+    echo "MX attacks_rc=$?"
+    grep '"kind":"exec"' /tmp/att.jsonl | grep -e mx-flood-token -e /tmp/jobs/job.sh | head -n 4 | sed 's/^/MXA /'
+    grep '"kind":"mem_exec"' /tmp/att.jsonl | grep /tmp/drop/dropped.so | head -n 2 | sed 's/^/MXA /'
+    grep '"io_uring_openat"' /tmp/att.jsonl | head -n 2 | sed 's/^/MXA /'
+    grep '"agent_object"' /tmp/att.jsonl | grep '"command":"map_update_elem"' | head -n 2 | sed 's/^/MXA /'
+    grep '"kind":"loss"' /tmp/att.jsonl | grep rate_limited | head -n 1 | sed 's/^/MXA /'
+    tail -n 5 /tmp/att.err | sed 's/^/MXE attacks: /'
 
     # A steady workload to learn from while the agent learns.
     ( while :; do ls / >/dev/null; cat /proc/uptime >/dev/null; sleep 0.3; done ) &

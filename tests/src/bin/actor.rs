@@ -20,6 +20,22 @@ fn main() {
             .unwrap_or_else(|| panic!("missing argument {i}"))
     };
     match args.first().map(String::as_str) {
+        Some("as") => {
+            // As uid (and gid) ARG1, with no supplementary groups, do the
+            // rest of the command line (for hosts without setpriv).
+            use std::os::unix::process::CommandExt as _;
+            let id: u32 = arg(1).parse().unwrap();
+            // SAFETY: plain syscalls.
+            unsafe {
+                assert_eq!(libc::setgroups(0, std::ptr::null()), 0, "setgroups failed");
+                assert_eq!(libc::setgid(id), 0, "setgid failed");
+                assert_eq!(libc::setuid(id), 0, "setuid failed");
+            }
+            let err = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(&args[2..])
+                .exec();
+            panic!("exec of the actor failed: {err}");
+        }
         Some("connect") => {
             let mut s = TcpStream::connect(("127.0.0.1", arg(1).parse::<u16>().unwrap())).unwrap();
             let _ = s.write_all(b"hi");
@@ -244,6 +260,14 @@ fn main() {
             println!("opened {}", io_uring_openat(&arg(1), n));
         }
         Some("bpf-load") => bpf_load(),
+        Some("bpf-map-update-by-name") => {
+            // Find the BPF maps named ARG1 and write key 0 = 0 into each (as
+            // `bpf-map-update-by-id`); print their ids.
+            for id in bpf_map_ids_named(&arg(1)) {
+                bpf_map_update_by_id(id);
+                println!("{id}");
+            }
+        }
         Some("bpf-map-update-by-id") => {
             // Take a handle on BPF map id ARG1 and write key 0 = 0 into it
             // (8-byte key, 1-byte value); with ARG1 "own", on a map of its
@@ -621,4 +645,37 @@ fn io_uring_openat(path: &str, times: u32) -> u32 {
         }
     }
     opened
+}
+
+/// Ids of the loaded BPF maps whose name is `name`.
+fn bpf_map_ids_named(name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut attr = [0u8; 128];
+        attr[..4].copy_from_slice(&id.to_ne_bytes());
+        if bpf_call(12, &attr) != 0 {
+            return found; // BPF_MAP_GET_NEXT_ID: no more
+        }
+        id = u32::from_ne_bytes(attr[4..8].try_into().unwrap());
+        let mut attr = [0u8; 128];
+        attr[..4].copy_from_slice(&id.to_ne_bytes());
+        let fd = bpf_call(14, &attr);
+        if fd < 0 {
+            continue; // gone meanwhile
+        }
+        let mut info = [0u8; 88];
+        let mut attr = [0u8; 128];
+        attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+        let ok = bpf_call(15, &attr) == 0;
+        // SAFETY: closing the fd just opened.
+        unsafe { libc::close(fd as i32) };
+        // struct bpf_map_info: name[16] at offset 24.
+        let map_name = info[24..40].split(|&b| b == 0).next().unwrap_or_default();
+        if ok && map_name == name.as_bytes() {
+            found.push(id);
+        }
+    }
 }
