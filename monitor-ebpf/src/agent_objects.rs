@@ -41,4 +41,3 @@ pub fn bpf_call_of_interest(cmd: u64, attr: u64) -> bool {
     let object = bpf_cmd::by_id(cmd);
     object != 0 && first_attr_word(attr).is_some_and(|id| is_agent_object(object, id))
 }
-

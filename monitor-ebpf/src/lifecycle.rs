@@ -7,8 +7,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExecScriptRecord, ExitRecord,
-    ForkRecord,
-    SyscallBatch, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
+    ForkRecord, SyscallBatch, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
     thread_exit_flags,
 };
 
@@ -16,8 +15,8 @@ use crate::{
     counting::SYSCALL_COUNTS,
     fds::cwd_path,
     kernel::{
-        EVENTS, LIFECYCLE, config, configured, count, count_kernel_fault, count_ringbuf_full, current_task,
-        fill_task, load, off, read, read_ptr, write_header,
+        EVENTS, LIFECYCLE, config, configured, count, count_kernel_fault, count_ringbuf_full,
+        current_task, fill_task, load, off, read, read_ptr, write_header,
     },
     vfs::{capture_path, set_empty},
 };

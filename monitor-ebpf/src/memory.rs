@@ -8,7 +8,9 @@ use monitor_common::{MemExecFileRecord, MemExecRecord, RecentWrite, kind, mem_op
 
 use crate::{
     fds::file_of_fd,
-    kernel::{EVENTS, count_ringbuf_full, current_task, fill_task, off, read, read_ptr, write_header},
+    kernel::{
+        EVENTS, count_ringbuf_full, current_task, fill_task, off, read, read_ptr, write_header,
+    },
     vfs::capture_path,
 };
 

@@ -37,4 +37,3 @@ pub fn written(dev: u32, ino: u64) -> Option<RecentWrite> {
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
     (now.saturating_sub(written.ktime_ns) < RECENT_WRITE_NS).then_some(written)
 }
-

@@ -146,12 +146,16 @@ fn a_script_is_named_with_its_interpreter_both() {
     let pid = child.id();
     assert_eq!(child.wait().unwrap().code(), Some(3));
     let is_script = |e: &&Event| matches!(&e.detail, Detail::Exec(x) if x.script);
-    rec.until(Duration::from_secs(10), "the script's exec and exit", |evs| {
-        evs.iter()
-            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
-            .any(|e| is_script(&e))
-            && exit_of(evs, pid).is_some()
-    });
+    rec.until(
+        Duration::from_secs(10),
+        "the script's exec and exit",
+        |evs| {
+            evs.iter()
+                .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid))
+                .any(|e| is_script(&e))
+                && exit_of(evs, pid).is_some()
+        },
+    );
     let exec = rec
         .events
         .iter()

@@ -555,10 +555,11 @@ fn opens_submitted_through_io_uring_are_reported() {
         return;
     };
     let tracepoints = ["io_uring_submit_req", "io_uring_submit_sqe"];
-    if !tracepoints
-        .iter()
-        .any(|t| std::path::Path::new("/sys/kernel/tracing/events/io_uring").join(t).is_dir())
-    {
+    if !tracepoints.iter().any(|t| {
+        std::path::Path::new("/sys/kernel/tracing/events/io_uring")
+            .join(t)
+            .is_dir()
+    }) {
         eprintln!(
             "SKIPPED opens_submitted_through_io_uring_are_reported: this kernel has no io_uring submit tracepoint (CONFIG_IO_URING unset), so no ring can submit anything"
         );
@@ -600,7 +601,10 @@ fn opens_submitted_through_io_uring_are_reported() {
     assert_eq!(
         rec.events
             .iter()
-            .filter(|e| e.process.as_ref().is_some_and(|p| p.pid == pid && p.uid == 65534))
+            .filter(|e| e
+                .process
+                .as_ref()
+                .is_some_and(|p| p.pid == pid && p.uid == 65534))
             .filter(|e| matches!(&e.detail, Detail::Syscall(s) if s.syscall == "io_uring_openat"))
             .count(),
         reports.len(),
@@ -675,7 +679,9 @@ fn a_freshly_written_file_mapped_or_run_as_code_is_reported_with_its_writer() {
         _ => None,
     };
     rec.until(WAIT, "the mapping of the dropped file", |evs| {
-        by_pid(evs, dropper, "mem_exec").iter().any(|e| written(e).is_some())
+        by_pid(evs, dropper, "mem_exec")
+            .iter()
+            .any(|e| written(e).is_some())
     });
     let file = by_pid(&rec.events, dropper, "mem_exec")
         .into_iter()

@@ -342,7 +342,14 @@ fn find_file(dir: &Path, want: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
 fn build_actor() -> anyhow::Result<PathBuf> {
     run_cmd(
         prepare::cargo()
-            .args(["build", "--release", "--package", "monitor-tests", "--bin", "actor"])
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "monitor-tests",
+                "--bin",
+                "actor",
+            ])
             .current_dir(prepare::root())
             .env("PATH", prepare::path_with_cargo_bin()),
     )?;
@@ -680,7 +687,9 @@ fn check_attacks(
     let reached = events.iter().any(|r| {
         r["kind"] == "bpf_load"
             && r["command"] == "map_update_elem"
-            && r["agent_object"].as_str().is_some_and(|o| o.starts_with("map "))
+            && r["agent_object"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("map "))
     });
     if written == "0" || !reached {
         bail!(

@@ -9,9 +9,9 @@
 use std::mem::{offset_of, size_of};
 
 use monitor_common::{
-    BATCH_ENTRIES, BATCH_FLUSH, ExecRecord, ExecScriptRecord, ExitRecord, ForkRecord, RecordHeader, SYSCALL_SLOTS,
-    SyscallBatch, TaskInfo, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
-    thread_exit_flags,
+    BATCH_ENTRIES, BATCH_FLUSH, ExecRecord, ExecScriptRecord, ExitRecord, ForkRecord, RecordHeader,
+    SYSCALL_SLOTS, SyscallBatch, TaskInfo, ThreadCallsRecord, ThreadCounts, ThreadExitRecord,
+    exec_flags, kind, thread_exit_flags,
 };
 
 pub use super::record::{
@@ -220,8 +220,14 @@ mod tests {
     fn a_script_name_is_made_absolute_in_the_text_only() {
         let b = |s: &str| ByteString::from(s.as_bytes());
         let cwd = b("/srv/app/bin");
-        assert_eq!(absolute_name(&b("./job.sh"), Some(&cwd)), b("/srv/app/bin/job.sh"));
-        assert_eq!(absolute_name(&b("../lib//x.py"), Some(&cwd)), b("/srv/app/lib/x.py"));
+        assert_eq!(
+            absolute_name(&b("./job.sh"), Some(&cwd)),
+            b("/srv/app/bin/job.sh")
+        );
+        assert_eq!(
+            absolute_name(&b("../lib//x.py"), Some(&cwd)),
+            b("/srv/app/lib/x.py")
+        );
         assert_eq!(absolute_name(&b("/opt/./a/../b.sh"), None), b("/opt/b.sh"));
         assert_eq!(absolute_name(&b("../../../../../x"), Some(&cwd)), b("/x"));
         // No directory to resolve against: the name as passed.

@@ -7,15 +7,15 @@ use std::{
 };
 
 use monitor_common::{
-    BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX, MemExecFileRecord, MemExecRecord,
-    MemfdRecord, ModuleRecord, NetRecord, PtraceRecord, RecordHeader, SYSCALL_TEXT_MAX,
-    SyscallRecord, TaskInfo, UNIX_PATH_MAX, agent_object, bpf_cmd, cred_op, file_flags, file_op, kind, mem_op, net_flags,
-    net_op, stash,
+    BpfRecord, CredRecord, FileRecord, KillRecord, MEMFD_NAME_MAX, MODULE_ARGS_MAX,
+    MemExecFileRecord, MemExecRecord, MemfdRecord, ModuleRecord, NetRecord, PtraceRecord,
+    RecordHeader, SYSCALL_TEXT_MAX, SyscallRecord, TaskInfo, UNIX_PATH_MAX, agent_object, bpf_cmd,
+    cred_op, file_flags, file_op, kind, mem_op, net_flags, net_op, stash,
 };
 
 use super::{
-    BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail, WrittenFile,
-    ModuleDetail, NetDetail, PtraceDetail, SyscallDetail,
+    BpfDetail, ByteString, CredDetail, Detail, FileDetail, KillDetail, MemExecDetail, MemfdDetail,
+    ModuleDetail, NetDetail, PtraceDetail, SyscallDetail, WrittenFile,
     record::{
         DecodeError, DecodedPath, KernelEvent, Payload, TaskFacts, bounded_len, check_len,
         decode_path, read_at, until_nul,

@@ -255,7 +255,7 @@ pub struct ProbeSettings {
     /// Stream security-relevant events (network, files, credentials...).
     pub security_events: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    /// The lifecycle lane gets a quarter of this on top
+    /// The lifecycle lane gets half of this on top
     /// ([`ProbeSettings::lifecycle_ring_bytes`]).
     pub ringbuf_bytes: u32,
     /// Most threads with a syscall counts at once.
@@ -265,11 +265,12 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    /// Size of the lifecycle lane (exec, fork, exit): a quarter of the main
-    /// ring, at least 16 KiB. Its records are small (an exec is 13 KiB, a
-    /// fork or exit under 100 bytes), and only process churn fills it.
+    /// Size of the lifecycle lane (exec, fork, exit): half the main ring,
+    /// at least 16 KiB. 4 MiB by default: about 300 execs (13 KiB each, a
+    /// script's 17.6 KiB; a fork or exit is under 100 bytes) before the
+    /// agent must have read them, and only process churn fills it.
     pub fn lifecycle_ring_bytes(&self) -> u32 {
-        (self.ringbuf_bytes / 4).max(16 << 10)
+        (self.ringbuf_bytes / 2).max(16 << 10)
     }
 }
 
@@ -278,7 +279,7 @@ impl Default for ProbeSettings {
         Self {
             syscall_counts: true,
             security_events: true,
-            ringbuf_bytes: 16 << 20,
+            ringbuf_bytes: 8 << 20,
             counts_max_threads: 16384,
             verifier_log_dir: "/run/monitor".into(),
         }
@@ -479,7 +480,9 @@ impl Probes {
             Ok(n) => tracing::debug!(objects = n, "own BPF objects registered"),
             // The sensor still works; only bpf() calls on its objects by
             // others go unreported.
-            Err(why) => tracing::warn!("bpf() calls on the agent's own maps and links will not be reported: {why}"),
+            Err(why) => tracing::warn!(
+                "bpf() calls on the agent's own maps and links will not be reported: {why}"
+            ),
         }
         let names: Vec<&'static str> = attached.iter().map(|spec| spec.name).collect();
         let expected = integrity::Expected::snapshot(&mut ebpf, &names);
@@ -995,10 +998,9 @@ const IO_URING_SUBMIT_TRACEPOINTS: [&str; 2] = ["io_uring_submit_req", "io_uring
 /// this kernel has (its layout changed between versions).
 fn io_uring_opcode_offset() -> Option<u32> {
     IO_URING_SUBMIT_TRACEPOINTS.iter().find_map(|name| {
-        let format = std::fs::read_to_string(format!(
-            "/sys/kernel/tracing/events/io_uring/{name}/format"
-        ))
-        .ok()?;
+        let format =
+            std::fs::read_to_string(format!("/sys/kernel/tracing/events/io_uring/{name}/format"))
+                .ok()?;
         field_offset(&format, "opcode")
     })
 }

@@ -61,9 +61,13 @@ mod tests {
     #[test]
     fn fdinfo_of_maps_programs_and_links_is_read_and_nothing_else() {
         let link = "pos:\t0\nflags:\t02000000\nmnt_id:\t15\nino:\t1057\nlink_type:\ttracing\nlink_id:\t7\nprog_tag:\tabc\nprog_id:\t42\n";
-        let map = "pos:\t0\nflags:\t02000002\nmap_type:\t27\nkey_size:\t0\nmap_id:\t19\nfrozen:\t0\n";
+        let map =
+            "pos:\t0\nflags:\t02000002\nmap_type:\t27\nkey_size:\t0\nmap_id:\t19\nfrozen:\t0\n";
         let file = "pos:\t0\nflags:\t0100000\nmnt_id:\t25\nino:\t99\n";
-        let got: Vec<_> = [link, map, file].iter().flat_map(|t| parse_fdinfo(t)).collect();
+        let got: Vec<_> = [link, map, file]
+            .iter()
+            .flat_map(|t| parse_fdinfo(t))
+            .collect();
         assert_eq!(
             got,
             vec![

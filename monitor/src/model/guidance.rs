@@ -148,9 +148,12 @@ const RULES: &[Rule] = &[
         matches: |n| {
             action_is(
                 n,
-                &["signal_to_the_agent", "ptrace_of_the_agent", "bpf_on_the_agent"],
-            )
-                || path_has(n, &["/var/lib/monitor"])
+                &[
+                    "signal_to_the_agent",
+                    "ptrace_of_the_agent",
+                    "bpf_on_the_agent",
+                ],
+            ) || path_has(n, &["/var/lib/monitor"])
         },
         technique: (
             "T1562.001",

@@ -549,7 +549,11 @@ fn own_map_id() -> u32 {
         attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes()); // type, key, value, entries
     }
     let fd = bpf_call(0, &attr); // BPF_MAP_CREATE
-    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
     // BPF_OBJ_GET_INFO_BY_FD: {bpf_fd, info_len, info}; the id is info's second word.
     let mut info = [0u8; 88];
     let mut attr = [0u8; 128];
@@ -592,7 +596,11 @@ fn io_uring_openat(path: &str, times: u32) -> u32 {
     let mut params = [0u32; 30];
     // SAFETY: io_uring_setup(entries, params) with a zeroed 120-byte block.
     let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
-    assert!(ring >= 0, "io_uring_setup: {}", std::io::Error::last_os_error());
+    assert!(
+        ring >= 0,
+        "io_uring_setup: {}",
+        std::io::Error::last_os_error()
+    );
     let ring = ring as i32;
     let sq_entries = params[0];
     let (sq_head, sq_tail, sq_mask, sq_array) = (params[10], params[11], params[12], params[16]);
@@ -626,7 +634,8 @@ fn io_uring_openat(path: &str, times: u32) -> u32 {
             let word = |off: u32| &*(sq.add(off as usize).cast::<std::sync::atomic::AtomicU32>());
             let tail = word(sq_tail).load(std::sync::atomic::Ordering::Acquire);
             let mask = word(sq_mask).load(std::sync::atomic::Ordering::Relaxed);
-            *sq.add(sq_array as usize + ((tail & mask) as usize) * 4).cast::<u32>() = 0;
+            *sq.add(sq_array as usize + ((tail & mask) as usize) * 4)
+                .cast::<u32>() = 0;
             word(sq_tail).store(tail.wrapping_add(1), std::sync::atomic::Ordering::Release);
             let _ = sq_head;
             // io_uring_enter(fd, to_submit 1, min_complete 1, GETEVENTS)
