@@ -1,10 +1,11 @@
 //! The agent's own BPF programs, maps and links, told to the kernel
 //! programs (`AGENT_OBJECTS`) so that another process reaching one of them
-//! through `bpf(2)` is reported. From userspace, root can blind the sensor
-//! without stopping the agent only by taking a handle on one of its objects
-//! by id (`bpftool map update id N ...`, `bpftool link detach id N`) and
-//! changing it; the agent pins nothing, and a handle from its own fd table
-//! (`pidfd_getfd`) is reported by its own sensor.
+//! through `bpf(2)` is reported. Taking a handle on one of them by id and
+//! changing it (`bpftool map update id N ...`, `bpftool link detach id N`)
+//! is how root blinds the sensor from userspace without stopping the agent;
+//! the agent pins nothing, and the other ways in (a handle taken from the
+//! agent's fd table with `pidfd_getfd`, ptrace of the agent, a module) are
+//! reported by their own sensors.
 
 use std::collections::BTreeSet;
 
