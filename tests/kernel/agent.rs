@@ -348,7 +348,10 @@ fn run_learns_then_reports_a_schema_valid_finding_for_a_shadow_read() {
     assert!(process["exe_base64"].is_string(), "{process:#}");
     let (status, took, stderr) = running.stop();
     assert!(status.success(), "exit {status:?}: {stderr}");
-    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    // Each tracepoint hook's detach waits for RCU grace periods, one hook
+    // after another in the kernel (about 50 ms each): 1.8-2.1 s for the 37
+    // hooks on this machine. The service manager allows 10 s.
+    assert!(took < Duration::from_secs(3), "stopped in {took:?}");
     let stdout = std::fs::read_to_string(dir.join("stdout.jsonl")).unwrap();
     assert!(
         !stdout.contains('\u{202E}'),

@@ -108,14 +108,29 @@ fn record_stops_cleanly_on_sigterm_and_flushes() {
     let Some(_kernel) = kernel_test("record_stops_cleanly_on_sigterm_and_flushes") else {
         return;
     };
-    let agent = Command::new(agent())
+    let mut agent = Command::new(agent())
         .arg("record")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .expect("start monitor record");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ready once it says so (loading can take seconds while other tests
+    // load theirs); a fixed wait here made the exec race the attach.
+    let mut err = agent.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains("monitor: ready") {
+        let mut b = [0u8; 256];
+        let n = std::io::Read::read(&mut err, &mut b).unwrap();
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "record did not start: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&b[..n]);
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     let token = token("sigterm");
     Command::new("/bin/true").arg(&token).status().unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -125,7 +140,10 @@ fn record_stops_cleanly_on_sigterm_and_flushes() {
     let output = agent.wait_with_output().unwrap();
     let took = started.elapsed();
     assert!(output.status.success(), "exit status {:?}", output.status);
-    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    // Each tracepoint hook's detach waits for RCU grace periods, one hook
+    // after another in the kernel (about 50 ms each): 1.8-2.1 s for the 37
+    // hooks on this machine. The service manager allows 10 s.
+    assert!(took < Duration::from_secs(3), "stopped in {took:?}");
     let events = parse_lines(&output.stdout);
     assert!(
         events.iter().any(|e| match &e.detail {
