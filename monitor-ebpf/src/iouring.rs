@@ -10,13 +10,10 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use monitor_common::{SyscallRecord, kind, stash};
+use monitor_common::stash;
 
 use crate::{
-    kernel::{
-        EVENTS, config, configured, count_ringbuf_full, current_ids, current_task, fill_task,
-        write_header,
-    },
+    kernel::{config, configured, current_ids},
     pending::is_agent,
 };
 
@@ -82,23 +79,10 @@ fn try_submit(ctx: &TracePointContext) {
             1
         }
     };
-    let Some(mut entry) = EVENTS.reserve::<SyscallRecord>(0) else {
-        count_ringbuf_full(kind::SYSCALL);
-        return;
-    };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record.
-    unsafe {
-        write_header(
-            &raw mut (*rec).header,
-            kind::SYSCALL,
-            core::mem::size_of::<SyscallRecord>(),
-        );
-        let _ = fill_task(&raw mut (*rec).task, current_task());
-        (*rec).op = stash::IO_URING_SUBMIT;
-        (*rec).text_len = 0;
-        (*rec).ret = 0;
-        (*rec).args = [u64::from(opcode), covered, 0, 0];
-    }
-    entry.submit(crate::kernel::wakeup_flags());
+    crate::security::emit_syscall(
+        stash::IO_URING_SUBMIT,
+        0,
+        [u64::from(opcode), covered, 0, 0],
+        0,
+    );
 }

@@ -44,7 +44,7 @@ fn try_exec(ctx: &BtfTracePointContext) {
             return;
         };
         // SAFETY: the reserved record.
-        unsafe { fill_exec(entry.as_mut_ptr(), task, old_tid, bprm, 0) };
+        unsafe { fill_exec(entry.as_mut_ptr(), task, old_tid, bprm, filename, 0) };
         entry.submit(crate::kernel::lifecycle_wakeup_flags());
         return;
     }
@@ -58,7 +58,14 @@ fn try_exec(ctx: &BtfTracePointContext) {
     // SAFETY: the reserved record; its exec part is an `ExecRecord`.
     unsafe {
         let exec = &raw mut (*rec).exec;
-        fill_exec(exec, task, old_tid, bprm, exec_flags::CWD);
+        fill_exec(
+            exec,
+            task,
+            old_tid,
+            bprm,
+            filename,
+            exec_flags::SCRIPT | exec_flags::CWD,
+        );
         (*exec).header.size = core::mem::size_of::<ExecScriptRecord>() as u32;
         match cwd_path() {
             Some(cwd) => capture_path(&raw mut (*rec).cwd, cwd),
@@ -68,12 +75,20 @@ fn try_exec(ctx: &BtfTracePointContext) {
     entry.submit(crate::kernel::lifecycle_wakeup_flags());
 }
 
-/// Fills an exec record; `extra` header flags are added.
+/// Fills an exec record of `bprm->filename` at `filename`; `extra` header
+/// flags are added (the caller knows whether it is a script).
 ///
 /// # Safety
 /// `rec` must point to a reserved record that starts with an exec record.
 #[inline(always)]
-unsafe fn fill_exec(rec: *mut ExecRecord, task: usize, old_tid: i32, bprm: usize, extra: u16) {
+unsafe fn fill_exec(
+    rec: *mut ExecRecord,
+    task: usize,
+    old_tid: i32,
+    bprm: usize,
+    filename: usize,
+    extra: u16,
+) {
     // SAFETY: per the function contract; fields are written in place (the
     // record is far larger than the 512-byte stack).
     unsafe {
@@ -87,7 +102,7 @@ unsafe fn fill_exec(rec: *mut ExecRecord, task: usize, old_tid: i32, bprm: usize
         }
         (*rec).old_tid = old_tid as u32;
         (*rec)._pad0 = 0;
-        let mut flags = fill_exe(rec, bprm) | extra;
+        let mut flags = fill_exe(rec, bprm, filename) | extra;
         flags |= fill_argv(rec, task);
         (*rec).header.flags = flags;
     }
@@ -98,15 +113,10 @@ unsafe fn fill_exec(rec: *mut ExecRecord, task: usize, old_tid: i32, bprm: usize
 /// # Safety
 /// `rec` must point to a reserved exec record.
 #[inline(always)]
-unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize) -> u16 {
+unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize, filename: usize) -> u16 {
     let mut flags = 0;
     // SAFETY: per the function contract.
     unsafe {
-        let filename = read_ptr(bprm, off!(bprm_filename)).unwrap_or(0);
-        let interp = read_ptr(bprm, off!(bprm_interp)).unwrap_or(0);
-        if interp != filename {
-            flags |= exec_flags::SCRIPT;
-        }
         let n = bpf_probe_read_kernel_str(
             (*rec).filename.as_mut_ptr().cast(),
             EXEC_FILENAME_MAX as u32,

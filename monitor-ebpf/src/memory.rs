@@ -4,7 +4,7 @@
 //! syscall entry (the request itself is the behaviour of interest).
 
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
-use monitor_common::{MemExecFileRecord, MemExecRecord, RecentWrite, kind, mem_op, stash};
+use monitor_common::{MemExecFileRecord, MemExecRecord, kind, mem_op, stash};
 
 use crate::{
     fds::file_of_fd,
@@ -134,22 +134,6 @@ fn check_file_mapping(addr: u64, len: u64, prot: u64, flags: u64, fd: i32) {
     let Some(written) = crate::recent::written(dev, ino) else {
         return;
     };
-    emit_file_mapping(addr, len, prot, flags, fd, file, dev, ino, written);
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn emit_file_mapping(
-    addr: u64,
-    len: u64,
-    prot: u64,
-    flags: u64,
-    fd: i32,
-    file: usize,
-    dev: u32,
-    ino: u64,
-    written: RecentWrite,
-) {
     let Some(mut entry) = EVENTS.reserve::<MemExecFileRecord>(0) else {
         count_ringbuf_full(kind::MEM_EXEC);
         return;

@@ -142,39 +142,14 @@ fn agent_object_reached(cmd: u32, attr: u64, ret: i64) -> Option<(u32, u32)> {
 #[inline(never)]
 pub fn on_bpf_exit(p: &Pending, ret: i64) {
     let cmd = p.args[0] as u32;
-    if cmd == bpf_cmd::PROG_LOAD {
-        emit_bpf_load(p, ret);
-    } else if let Some((object, id)) = agent_object_reached(cmd, p.args[1], ret) {
-        emit_bpf_on_agent(cmd, object, id, ret);
-    }
-}
-
-#[inline(always)]
-fn emit_bpf_on_agent(cmd: u32, object: u32, id: u32, ret: i64) {
-    let Some(mut entry) = EVENTS.reserve::<BpfRecord>(0) else {
-        count_ringbuf_full(kind::BPF);
-        return;
+    let reached = if cmd == bpf_cmd::PROG_LOAD {
+        None
+    } else {
+        match agent_object_reached(cmd, p.args[1], ret) {
+            Some(reached) => Some(reached),
+            None => return,
+        }
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record.
-    unsafe {
-        write_header(
-            &raw mut (*rec).header,
-            kind::BPF,
-            core::mem::size_of::<BpfRecord>(),
-        );
-        let _ = fill_task(&raw mut (*rec).task, current_task());
-        (*rec).cmd = cmd;
-        (*rec).ret = ret as i32;
-        (*rec).prog_type = object;
-        (*rec).insn_cnt = id;
-        (*rec).prog_name = [0; 16];
-    }
-    entry.submit(crate::kernel::wakeup_flags());
-}
-
-#[inline(always)]
-fn emit_bpf_load(p: &Pending, ret: i64) {
     let Some(mut entry) = EVENTS.reserve::<BpfRecord>(0) else {
         count_ringbuf_full(kind::BPF);
         return;
@@ -188,24 +163,37 @@ fn emit_bpf_load(p: &Pending, ret: i64) {
             core::mem::size_of::<BpfRecord>(),
         );
         let _ = fill_task(&raw mut (*rec).task, current_task());
-        (*rec).cmd = p.args[0] as u32;
+        (*rec).cmd = cmd;
         (*rec).ret = ret as i32;
-        (*rec).prog_type = 0;
-        (*rec).insn_cnt = 0;
         (*rec).prog_name = [0; 16];
-        let attr = p.args[1];
-        // union bpf_attr, BPF_PROG_LOAD: prog_type @0, insn_cnt @4, prog_name @48.
-        let ok = bpf_probe_read_user((&raw mut (*rec).prog_type).cast(), 4, attr as *const _) == 0
-            && bpf_probe_read_user((&raw mut (*rec).insn_cnt).cast(), 4, (attr + 4) as *const _)
-                == 0
-            && bpf_probe_read_user(
-                (*rec).prog_name.as_mut_ptr().cast(),
-                16,
-                (attr + 48) as *const _,
-            ) == 0;
-        if !ok {
-            count(COUNTER_USER_FAULT + u32::from(kind::BPF));
-            (*rec).header.flags = file_flags::USER_FAULT;
+        match reached {
+            Some((object, id)) => {
+                (*rec).prog_type = object;
+                (*rec).insn_cnt = id;
+            }
+            None => {
+                (*rec).prog_type = 0;
+                (*rec).insn_cnt = 0;
+                let attr = p.args[1];
+                // union bpf_attr, BPF_PROG_LOAD: prog_type @0, insn_cnt @4, prog_name @48.
+                let ok =
+                    bpf_probe_read_user((&raw mut (*rec).prog_type).cast(), 4, attr as *const _)
+                        == 0
+                        && bpf_probe_read_user(
+                            (&raw mut (*rec).insn_cnt).cast(),
+                            4,
+                            (attr + 4) as *const _,
+                        ) == 0
+                        && bpf_probe_read_user(
+                            (*rec).prog_name.as_mut_ptr().cast(),
+                            16,
+                            (attr + 48) as *const _,
+                        ) == 0;
+                if !ok {
+                    count(COUNTER_USER_FAULT + u32::from(kind::BPF));
+                    (*rec).header.flags = file_flags::USER_FAULT;
+                }
+            }
         }
     }
     entry.submit(crate::kernel::wakeup_flags());
@@ -298,6 +286,13 @@ pub fn on_plain_exit(op: u32, ret: i64) {
         stash::UMOUNT2 | stash::PIVOT_ROOT => p.args[0],
         _ => 0,
     };
+    emit_syscall(op, ret, [p.args[0], p.args[1], p.args[2], p.args[3]], text);
+}
+
+/// Sends a [`SyscallRecord`]: `op`, its result and first arguments, and the
+/// user-memory string at `text` unless it is 0.
+#[inline(always)]
+pub fn emit_syscall(op: u32, ret: i64, args: [u64; 4], text: u64) {
     let Some(mut entry) = EVENTS.reserve::<SyscallRecord>(0) else {
         count_ringbuf_full(kind::SYSCALL);
         return;
@@ -313,7 +308,7 @@ pub fn on_plain_exit(op: u32, ret: i64) {
         let _ = fill_task(&raw mut (*rec).task, current_task());
         (*rec).op = op;
         (*rec).ret = ret;
-        (*rec).args = [p.args[0], p.args[1], p.args[2], p.args[3]];
+        (*rec).args = args;
         (*rec).text_len = 0;
         if text != 0 {
             let n = aya_ebpf::helpers::generated::bpf_probe_read_user_str(

@@ -117,20 +117,7 @@ fn record_stops_cleanly_on_sigterm_and_flushes() {
         .expect("start monitor record");
     // Ready once it says so (loading can take seconds while other tests
     // load theirs); a fixed wait here made the exec race the attach.
-    let mut err = agent.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&seen).contains("monitor: ready") {
-        let mut b = [0u8; 256];
-        let n = std::io::Read::read(&mut err, &mut b).unwrap();
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "record did not start: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&b[..n]);
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    monitor_tests::wait_until_ready(&mut agent);
     let token = token("sigterm");
     Command::new("/bin/true").arg(&token).status().unwrap();
     std::thread::sleep(Duration::from_millis(300));

@@ -67,21 +67,7 @@ fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Ready once it says so on stderr.
-    let mut err = recorder.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&seen).contains("monitor: ready") {
-        let mut b = [0u8; 256];
-        let n = err.read(&mut b).unwrap();
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "record did not start: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&b[..n]);
-    }
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    monitor_tests::wait_until_ready(&mut recorder);
 
     let (mut server, port) = python_web_server(&www, true);
     let started = Instant::now();

@@ -166,6 +166,27 @@ pub fn execs_with<'a>(events: &'a [Event], token: &'a str) -> impl Iterator<Item
     })
 }
 
+/// Waits until `child` (a `monitor record` or `run` with stderr piped)
+/// says "monitor: ready" on stderr, at most 30 s; the rest of its stderr is
+/// then read and dropped, so it never blocks on a full pipe.
+pub fn wait_until_ready(child: &mut std::process::Child) {
+    use std::io::Read as _;
+    let mut err = child.stderr.take().expect("stderr piped");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains("monitor: ready") {
+        let mut b = [0u8; 256];
+        let n = err.read(&mut b).unwrap();
+        assert!(
+            n > 0 && std::time::Instant::now() < deadline,
+            "monitor did not start: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&b[..n]);
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+}
+
 /// A unique token for one test's processes.
 pub fn token(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
