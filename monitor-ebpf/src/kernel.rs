@@ -25,7 +25,7 @@ pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 /// Streamed records other than process lifecycle. The agent may resize it
 /// at load time.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
 /// The lifecycle lane: exec, fork and exit records only. A flood of any
 /// other kind (file opens, connects) fills `EVENTS` and cannot crowd these
