@@ -43,8 +43,15 @@ for s in process_vm_readv pidfd_send_signal rt_sigqueueinfo unshare mount umount
     "$actor" syscall "$s" "$work/target" || true
 done
 sh -c 'id; uname -a' >/dev/null
+# A dropped file mapped as code, io_uring opens, and a script run by a
+# relative name (a packed exec record with its working directory).
+"$actor" drop-and-map "$work/dropped.so" || true
+"$actor" io-uring-openat /etc/hostname 3 || true
+printf '#!/bin/sh\nexit 0\n' > "$work/job.sh" && chmod 0755 "$work/job.sh"
+(cd "$work" && ./job.sh) || true
 kill "$web"
 wait "$rec" || true
+rm -f "$corpus"/record_decoder/kind-*.bin
 cp "$work"/records/*.bin "$corpus/record_decoder/"
 chmod 0644 "$corpus"/record_decoder/*.bin
 # A few dozen lines of every kind, not the whole stream.

@@ -33,8 +33,12 @@ pub const COUNTER_PATH_TRUNCATED: u32 = 52;
 /// File records a process was over its budget for (`FILE_BUDGET`): not
 /// written, counted per process in the map.
 pub const COUNTER_RATE_LIMITED: u32 = 53;
+/// A record built in a per-CPU area (see [`crate::packing`]) was not sent:
+/// another program took the area over while this one was preempted, on a
+/// kernel that runs programs preemptibly. `BUILD_TAKEN + kind`.
+pub const COUNTER_BUILD_TAKEN: u32 = 64;
 /// Number of counter slots.
-pub const COUNTER_SLOTS: u32 = 64;
+pub const COUNTER_SLOTS: u32 = 80;
 
 const _: () = assert!(kind::COUNT <= 16);
 
@@ -51,6 +55,7 @@ pub fn counter_name(index: u32) -> Option<(&'static str, Option<&'static str>)> 
         COUNTER_PENDING_MISSING => ("pending_missing", None),
         COUNTER_PATH_TRUNCATED => ("path_truncated", None),
         COUNTER_RATE_LIMITED => ("rate_limited", Some("file")),
+        64..80 => ("build_taken", Some(kind_of(COUNTER_BUILD_TAKEN))),
         _ => return None,
     })
 }

@@ -25,6 +25,7 @@
 pub mod counters;
 pub mod counting;
 pub mod offsets;
+pub mod packing;
 pub mod records;
 pub mod stash;
 

@@ -1,10 +1,11 @@
 //! Ring-buffer records: one [`RecordHeader`] followed by a per-kind payload.
 //!
-//! Each record is reserved at its full fixed size in the ring buffer and
-//! filled in place (no per-CPU scratch: kernel programs can be preempted on
-//! this kernel, and a shared scratch buffer could then be overwritten by
-//! another task). Variable-length areas carry their used length in a field;
-//! bytes beyond it are undefined and must not be read.
+//! Small records are reserved at their fixed size in the ring buffer and
+//! filled in place. The large ones (exec, file, an executable mapping of a
+//! written file) are built in a per-CPU area and sent packed, each variable
+//! area cut to its used length (see [`crate::packing`]). Variable-length
+//! areas carry their used length in a field; bytes beyond it are undefined
+//! and must not be read.
 
 use core::mem::{offset_of, size_of};
 

@@ -11,14 +11,14 @@ use aya_ebpf::{
 };
 use monitor_common::{
     COUNTER_RATE_LIMITED, COUNTER_USER_FAULT, FILE_BURST, FILE_RATE, FileBudget, FileRecord,
-    InodeKey, KernelPath, file_flags, file_op, kind, path_flags, stash,
+    InodeKey, KernelPath, file_flags, file_op, kind, packing::FILE_AREAS, path_flags, stash,
 };
 
 use crate::{
+    build,
     fds::{cwd_path, file_of_fd},
     kernel::{
-        EVENTS, count, count_ringbuf_full, current_ids, current_task, fill_task, off, read,
-        read_ptr, write_header,
+        EVENTS, count, current_ids, current_task, fill_task, off, read, read_ptr, write_header,
     },
     pending::{Pending, args_at_exit},
     vfs::{capture_path, capture_user_string, set_empty},
@@ -213,12 +213,11 @@ enum OpenPath {
 
 #[inline(always)]
 fn emit_open(hflags: u16, flags: u32, mode: u32, ret: i64, ino: u64, path: OpenPath) {
-    let Some(mut entry) = EVENTS.reserve::<FileRecord>(0) else {
-        count_ringbuf_full(kind::FILE);
+    let Some(build) = build::start::<FileRecord>(kind::FILE) else {
         return;
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record, written field by field.
+    let rec = build.rec;
+    // SAFETY: `rec` is the record being built, written field by field.
     unsafe {
         write_header(
             &raw mut (*rec).header,
@@ -245,14 +244,19 @@ fn emit_open(hflags: u16, flags: u32, mode: u32, ret: i64, ino: u64, path: OpenP
         }
         (*rec).header.flags = hflags;
     }
-    entry.submit(crate::kernel::wakeup_flags());
+    build.send(
+        &EVENTS,
+        kind::FILE,
+        &FILE_AREAS,
+        crate::kernel::wakeup_flags(),
+    );
 }
 
 /// Captures a user-memory name, and the directory it is relative to when it
 /// does not start with `/`. Returns header flags.
 ///
 /// # Safety
-/// `path` and `base` must point into a reserved record.
+/// `path` and `base` must point into a record being built.
 unsafe fn user_name(path: *mut KernelPath, base: *mut KernelPath, name: u64, dfd: i64) -> u16 {
     // SAFETY: per the function contract.
     unsafe {
@@ -431,12 +435,11 @@ fn emit_names(p: &Pending, ret: i64) {
         return; // nothing changed on disk, or over budget (counted)
     }
     let (op, dfd, name, name2, flags) = name_args(p);
-    let Some(mut entry) = EVENTS.reserve::<FileRecord>(0) else {
-        count_ringbuf_full(kind::FILE);
+    let Some(build) = build::start::<FileRecord>(kind::FILE) else {
         return;
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record, written field by field.
+    let rec = build.rec;
+    // SAFETY: `rec` is the record being built, written field by field.
     unsafe {
         write_header(
             &raw mut (*rec).header,
@@ -467,5 +470,10 @@ fn emit_names(p: &Pending, ret: i64) {
         }
         (*rec).header.flags = hflags;
     }
-    entry.submit(crate::kernel::wakeup_flags());
+    build.send(
+        &EVENTS,
+        kind::FILE,
+        &FILE_AREAS,
+        crate::kernel::wakeup_flags(),
+    );
 }

@@ -25,14 +25,14 @@ pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 /// Streamed records other than process lifecycle. The agent may resize it
 /// at load time.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// The lifecycle lane: exec, fork and exit records only. A flood of any
 /// other kind (file opens, connects) fills `EVENTS` and cannot crowd these
 /// out, so a process is never mislabelled as its parent's program because
 /// its exec was lost. The agent may resize it at load time.
 #[map]
-pub static LIFECYCLE: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static LIFECYCLE: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// `bpf_ringbuf_query` flags and `bpf_ringbuf_submit` flags.
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -188,7 +188,7 @@ pub fn current_task() -> usize {
 /// Writes a record header.
 #[inline(always)]
 pub fn write_header(header: *mut RecordHeader, kind: u8, size: usize) {
-    // SAFETY: `header` points into a reserved ring-buffer record.
+    // SAFETY: `header` points into a record being built or reserved.
     unsafe {
         (*header).kind = kind;
         (*header)._pad0 = 0;
@@ -203,7 +203,7 @@ pub fn write_header(header: *mut RecordHeader, kind: u8, size: usize) {
 /// inherits).
 #[inline(always)]
 pub fn fill_task(info: *mut TaskInfo, task: usize) -> Result<(), i64> {
-    // SAFETY: `info` points into a reserved ring-buffer record; `task` is a
+    // SAFETY: `info` points into a record being built or reserved; `task` is a
     // BTF-typed task (the tracepoint's argument or the current task), and
     // its pointer fields are loaded as BTF-typed pointers (see `load`).
     unsafe {

@@ -8,10 +8,12 @@ use aya_ebpf::{
 use monitor_common::{
     COUNTER_USER_FAULT, EXEC_ARGV_MAX, EXEC_FILENAME_MAX, ExecRecord, ExecScriptRecord, ExitRecord,
     ForkRecord, SyscallBatch, ThreadCallsRecord, ThreadCounts, ThreadExitRecord, exec_flags, kind,
+    packing::{EXEC_AREAS, EXEC_SCRIPT_AREAS},
     thread_exit_flags,
 };
 
 use crate::{
+    build,
     counting::SYSCALL_COUNTS,
     fds::cwd_path,
     kernel::{
@@ -38,26 +40,21 @@ fn try_exec(ctx: &BtfTracePointContext) {
     let bprm: usize = ctx.arg(2);
     let filename = read_ptr(bprm, off!(bprm_filename)).unwrap_or(0);
     let interp = read_ptr(bprm, off!(bprm_interp)).unwrap_or(0);
-    if interp == filename {
-        let Some(mut entry) = LIFECYCLE.reserve::<ExecRecord>(0) else {
-            count_ringbuf_full(kind::EXEC);
-            return;
-        };
-        // SAFETY: the reserved record.
-        unsafe { fill_exec(entry.as_mut_ptr(), task, old_tid, bprm, filename, 0) };
-        entry.submit(crate::kernel::lifecycle_wakeup_flags());
-        return;
-    }
-    // A script: its name may be relative to the working directory, which
-    // is captured with it.
-    let Some(mut entry) = LIFECYCLE.reserve::<ExecScriptRecord>(0) else {
-        count_ringbuf_full(kind::EXEC);
+    let Some(build) = build::start::<ExecScriptRecord>(kind::EXEC) else {
         return;
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: the reserved record; its exec part is an `ExecRecord`.
+    let rec = build.rec;
+    let flags = crate::kernel::lifecycle_wakeup_flags();
+    // SAFETY: the record being built; its exec part is an `ExecRecord`.
     unsafe {
         let exec = &raw mut (*rec).exec;
+        if interp == filename {
+            fill_exec(exec, task, old_tid, bprm, filename, 0);
+            build.send(&LIFECYCLE, kind::EXEC, &EXEC_AREAS, flags);
+            return;
+        }
+        // A script: its name may be relative to the working directory,
+        // which is captured with it.
         fill_exec(
             exec,
             task,
@@ -66,20 +63,19 @@ fn try_exec(ctx: &BtfTracePointContext) {
             filename,
             exec_flags::SCRIPT | exec_flags::CWD,
         );
-        (*exec).header.size = core::mem::size_of::<ExecScriptRecord>() as u32;
         match cwd_path() {
             Some(cwd) => capture_path(&raw mut (*rec).cwd, cwd),
             None => set_empty(&raw mut (*rec).cwd, monitor_common::path_flags::FAULT),
         }
     }
-    entry.submit(crate::kernel::lifecycle_wakeup_flags());
+    build.send(&LIFECYCLE, kind::EXEC, &EXEC_SCRIPT_AREAS, flags);
 }
 
 /// Fills an exec record of `bprm->filename` at `filename`; `extra` header
 /// flags are added (the caller knows whether it is a script).
 ///
 /// # Safety
-/// `rec` must point to a reserved record that starts with an exec record.
+/// `rec` must point to a record being built that starts with an exec record.
 #[inline(always)]
 unsafe fn fill_exec(
     rec: *mut ExecRecord,
@@ -111,7 +107,7 @@ unsafe fn fill_exec(
 /// Filename, resolved path and inode facts of the executed file.
 ///
 /// # Safety
-/// `rec` must point to a reserved exec record.
+/// `rec` must point to an exec record being built.
 #[inline(always)]
 unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize, filename: usize) -> u16 {
     let mut flags = 0;
@@ -175,7 +171,7 @@ unsafe fn fill_exe(rec: *mut ExecRecord, bprm: usize, filename: usize) -> u16 {
 /// The argument block `mm->arg_start..arg_end` of the new image.
 ///
 /// # Safety
-/// `rec` must point to a reserved exec record.
+/// `rec` must point to an exec record being built.
 #[inline(always)]
 unsafe fn fill_argv(rec: *mut ExecRecord, task: usize) -> u16 {
     let mut flags = 0;

@@ -9,6 +9,7 @@
 #![no_main]
 
 mod agent_objects;
+mod build;
 mod counting;
 mod exits;
 mod fds;

@@ -4,7 +4,9 @@
 //! syscall entry (the request itself is the behaviour of interest).
 
 use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf};
-use monitor_common::{MemExecFileRecord, MemExecRecord, kind, mem_op, stash};
+use monitor_common::{
+    MemExecFileRecord, MemExecRecord, kind, mem_op, packing::MEM_EXEC_FILE_AREAS, stash,
+};
 
 use crate::{
     fds::file_of_fd,
@@ -134,12 +136,11 @@ fn check_file_mapping(addr: u64, len: u64, prot: u64, flags: u64, fd: i32) {
     let Some(written) = crate::recent::written(dev, ino) else {
         return;
     };
-    let Some(mut entry) = EVENTS.reserve::<MemExecFileRecord>(0) else {
-        count_ringbuf_full(kind::MEM_EXEC);
+    let Some(build) = crate::build::start::<MemExecFileRecord>(kind::MEM_EXEC) else {
         return;
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is the reserved record, written field by field.
+    let rec = build.rec;
+    // SAFETY: `rec` is the record being built, written field by field.
     unsafe {
         let mem = &raw mut (*rec).mem;
         write_header(
@@ -161,5 +162,10 @@ fn check_file_mapping(addr: u64, len: u64, prot: u64, flags: u64, fd: i32) {
         (*rec).written = written;
         capture_path(&raw mut (*rec).path, file + off!(file_f_path));
     }
-    entry.submit(crate::kernel::wakeup_flags());
+    build.send(
+        &EVENTS,
+        kind::MEM_EXEC,
+        &MEM_EXEC_FILE_AREAS,
+        crate::kernel::wakeup_flags(),
+    );
 }

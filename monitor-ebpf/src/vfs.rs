@@ -34,7 +34,7 @@ pub fn capture_path(out: *mut KernelPath, path: usize) {
 /// Marks `out` as holding nothing, with `flags`.
 #[inline(always)]
 pub fn set_empty(out: *mut KernelPath, flags: u8) {
-    // SAFETY: `out` points into a reserved ring-buffer record.
+    // SAFETY: `out` points into a record being built or reserved.
     unsafe {
         (*out).len = 0;
         (*out).depth = 0;
@@ -133,7 +133,7 @@ pub fn capture_dentry(out: *mut KernelPath, dentry: usize, vfsmnt: usize) {
     if flags & path_flags::TRUNCATED != 0 {
         count(COUNTER_PATH_TRUNCATED);
     }
-    // SAFETY: `out` points into a reserved ring-buffer record.
+    // SAFETY: `out` points into a record being built or reserved.
     unsafe {
         (*out).len = len as u16;
         (*out).depth = done.depth as u8;
@@ -196,7 +196,7 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     // offset < PATH_CAPTURE_MAX and at most NAME_READ_MAX bytes.
     let at = len & (PATH_CAPTURE_MAX - 1);
     // SAFETY: data[at..at + NAME_READ_MAX] lies inside the PATH_AREA array
-    // of the reserved record `out` points to.
+    // of the record `out` points to.
     let n = unsafe {
         bpf_probe_read_kernel_str(
             (*walk.out).data.as_mut_ptr().wrapping_add(at).cast(),
@@ -217,7 +217,7 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
 /// [`path_flags::USER_STRING`] path. Returns false if the read failed.
 #[inline(always)]
 pub fn capture_user_string(out: *mut KernelPath, src: usize) -> bool {
-    // SAFETY: `out` points into a reserved ring-buffer record; the helper
+    // SAFETY: `out` points into a record being built or reserved. the helper
     // writes at most PATH_CAPTURE_MAX bytes into the PATH_AREA array.
     let n = unsafe {
         bpf_probe_read_user_str(

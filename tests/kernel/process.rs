@@ -11,7 +11,7 @@ use monitor::{
     capture::CaptureSettings,
     event::{Detail, Event},
 };
-use monitor_tests::{Recorder, execs_with, kernel_test, token};
+use monitor_tests::{Recorder, execs_with, kernel_test, test_dir, token};
 
 fn exec_of(events: &[Event], pid: u32) -> Option<&Event> {
     events.iter().find(|e| {
@@ -260,8 +260,9 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
         return;
     };
     const N: u64 = 2000;
-    // A 64 KiB ring holds about four exec records, and a one-slot channel that
-    // nobody reads during the storm keeps it full: drops are certain.
+    // A 64 KiB ring has a 16 KiB lifecycle lane, about 80 exec records and
+    // their forks and exits, and a one-slot channel that nobody reads during
+    // the storm keeps it full: drops are certain.
     let mut settings = CaptureSettings::default();
     settings.probes.ringbuf_bytes = 64 * 1024;
     settings.channel_capacity = 1;
@@ -315,6 +316,86 @@ fn exec_storm_through_a_tiny_ring_counts_every_drop() {
         })
         .sum();
     assert_eq!(reported, dropped, "loss events add up to the counter");
+}
+
+/// Records are sized to their contents: a burst of 200 write-opens of short
+/// names fits a 64 KiB ring that nobody reads meanwhile (at the fixed 13 KiB
+/// a file record took before, three 4,360-byte path areas, four would
+/// have), and the same burst with 3 KiB names overflows it, every record
+/// lost counted.
+#[test]
+fn records_are_sized_to_their_contents_so_a_small_ring_holds_a_burst() {
+    let Some(_kernel) =
+        kernel_test("records_are_sized_to_their_contents_so_a_small_ring_holds_a_burst")
+    else {
+        return;
+    };
+    const N: usize = 200;
+    let (captured, lost) = burst_through_a_small_ring(N, 0);
+    eprintln!(
+        "{N} write-opens of short names through a 64 KiB ring: {captured} captured, {lost} lost"
+    );
+    assert_eq!(captured, N, "every write-open fit the ring ({lost} lost)");
+
+    // Twelve directories of 250-byte names: each path about 3 KiB.
+    let (captured, lost) = burst_through_a_small_ring(N, 12);
+    eprintln!(
+        "{N} write-opens of 3 KiB names through a 64 KiB ring: {captured} captured, {lost} lost"
+    );
+    assert!(
+        captured < N / 4,
+        "long names take more of the ring: {captured} fit"
+    );
+    assert!(
+        captured as u64 + lost >= N as u64,
+        "every write-open is captured or counted lost: {captured} + {lost} < {N}"
+    );
+}
+
+/// `n` write-opens by one shell, in a directory `depth` levels of 250-byte
+/// names below a fresh one, through a 64 KiB ring that is not read until
+/// they are done: how many were captured and how many file records the
+/// kernel counted lost.
+fn burst_through_a_small_ring(n: usize, depth: usize) -> (usize, u64) {
+    let mut dir = test_dir("sized");
+    let top = dir.clone();
+    for level in 0..depth {
+        dir.push(format!("{level:02}{}", "d".repeat(248)));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut settings = CaptureSettings::default();
+    settings.probes.ringbuf_bytes = 64 * 1024;
+    settings.channel_capacity = 1;
+    let mut rec = Recorder::with_settings(settings);
+    // One shell writes them (the capture leaves out its own process's).
+    let script = format!("i=0; while [ $i -lt {n} ]; do : > f$i; i=$((i+1)); done");
+    let status = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    rec.stop();
+    let _ = std::fs::remove_dir_all(&top);
+    let prefix = dir.as_os_str().as_bytes();
+    let captured = rec
+        .events
+        .iter()
+        .filter(|e| match &e.detail {
+            Detail::FileOpen(f) => f.write && f.path.as_bytes().starts_with(prefix),
+            _ => false,
+        })
+        .count();
+    let lost = rec
+        .events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            Detail::Loss(loss) => loss.counts.get("ringbuf_full.file").copied(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    (captured, lost)
 }
 
 /// Runs the actor with `args` under 200 ms counts (so counts must

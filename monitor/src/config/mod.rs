@@ -121,7 +121,7 @@ impl Default for CaptureSection {
             syscall_counts: true,
             security_events: true,
             drain_interval: Duration::from_secs(5),
-            ring_buffer: 16 << 20,
+            ring_buffer: 8 << 20,
             sensitive_read: crate::sensitive::DEFAULT_READ
                 .iter()
                 .map(|s| (*s).to_owned())

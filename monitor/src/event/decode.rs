@@ -31,6 +31,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         });
     }
     let header: RecordHeader = read_at(bytes, 0);
+    let unpacked = super::unpack::unpack(bytes, header)?;
+    let bytes = &*unpacked;
     let name = kind::name(header.kind);
     let task_at = size_of::<RecordHeader>();
     let task = |bytes: &[u8]| Some(TaskFacts::from(&read_at::<TaskInfo>(bytes, task_at)));
@@ -239,7 +241,12 @@ mod tests {
         );
     }
 
+    /// An exec record as the kernel sends it: packed.
     fn exec_record(args: &[u8]) -> Vec<u8> {
+        crate::event::unpack::pack(&exec_fixed(args))
+    }
+
+    fn exec_fixed(args: &[u8]) -> Vec<u8> {
         let mut b = blank::<ExecRecord>(kind::EXEC);
         put_task(&mut b, 42, 7, b"echo");
         let filename = b"/bin/echo";
@@ -326,7 +333,9 @@ mod tests {
             })
         ));
         let mut b = exec_record(b"x\0");
-        put(&mut b, offset_of!(ExecRecord, path), (PATH_AREA + 1) as u16);
+        // Packed, the path follows the file name's 9 bytes.
+        let path_at = offset_of!(ExecRecord, filename) + b"/bin/echo".len();
+        put(&mut b, path_at, (PATH_AREA + 1) as u16);
         assert!(matches!(
             decode(&b),
             Err(DecodeError::BadLength { field: "path", .. })
@@ -338,14 +347,15 @@ mod tests {
 
     #[test]
     fn path_edge_cases() {
-        let mut b = exec_record(b"");
+        let mut b = exec_fixed(b"");
         put_path(&mut b, offset_of!(ExecRecord, path), &[], 0);
+        let b = crate::event::unpack::pack(&b);
         let Payload::Event(Detail::Exec(exec)) = decode(&b).unwrap().payload else {
             panic!()
         };
         assert_eq!(exec.path.as_bytes(), b"/");
         // A final component cut without its NUL at the capture bound.
-        let mut b = exec_record(b"");
+        let mut b = exec_fixed(b"");
         let long = vec![b'a'; PATH_CAPTURE_MAX];
         put_path(
             &mut b,
@@ -353,6 +363,7 @@ mod tests {
             &[&long[..10]],
             path_flags::TRUNCATED,
         );
+        let b = crate::event::unpack::pack(&b);
         let Payload::Event(Detail::Exec(exec)) = decode(&b).unwrap().payload else {
             panic!()
         };

@@ -12,6 +12,7 @@ pub mod decode_security;
 pub mod record;
 pub mod shared;
 pub mod time;
+pub mod unpack;
 
 use std::{borrow::Cow, collections::BTreeMap};
 

@@ -55,6 +55,7 @@ pub fn counts_line(counts: &BTreeMap<String, u64>) -> String {
 /// Counters that mean an event was lost (the rest mean degraded fields).
 pub fn is_loss(name: &str) -> bool {
     name.starts_with("ringbuf_full")
+        || name.starts_with("build_taken")
         || name.starts_with("counts_")
         || name == "uncounted_syscalls"
         || name.starts_with("pending_")

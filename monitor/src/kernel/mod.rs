@@ -255,7 +255,7 @@ pub struct ProbeSettings {
     /// Stream security-relevant events (network, files, credentials...).
     pub security_events: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    /// The lifecycle lane gets an eighth of this on top
+    /// The lifecycle lane gets a quarter of this on top
     /// ([`ProbeSettings::lifecycle_ring_bytes`]).
     pub ringbuf_bytes: u32,
     /// Most threads with a syscall counts at once.
@@ -265,12 +265,14 @@ pub struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    /// Size of the lifecycle lane (exec, fork, exit): an eighth of the main
-    /// ring, at least 16 KiB. 2 MiB by default: about 150 execs (13 KiB each, a
-    /// script's 17.6 KiB; a fork or exit is under 100 bytes) before the
-    /// agent must have read them, and only process churn fills it.
+    /// Size of the lifecycle lane (exec, fork, exit): a quarter of the main
+    /// ring, at least 16 KiB. 2 MiB by default: about 5,000 processes (an
+    /// exec record packed to its contents is 150 to 300 bytes, up to 17.6
+    /// KiB for a script with 8 KiB of arguments and long paths; a fork or
+    /// exit is 88 bytes) before the agent must have read them, and only
+    /// process churn fills it.
     pub fn lifecycle_ring_bytes(&self) -> u32 {
-        (self.ringbuf_bytes / 8).max(16 << 10)
+        (self.ringbuf_bytes / 4).max(16 << 10)
     }
 }
 
@@ -279,7 +281,7 @@ impl Default for ProbeSettings {
         Self {
             syscall_counts: true,
             security_events: true,
-            ringbuf_bytes: 16 << 20,
+            ringbuf_bytes: 8 << 20,
             counts_max_threads: 16384,
             verifier_log_dir: "/run/monitor".into(),
         }

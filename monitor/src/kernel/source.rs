@@ -164,8 +164,10 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<KernelEvent>, stats: &Sour
 
 /// Raw records kept for diagnosis and as the fuzzer's seeds: with
 /// `MONITOR_SAMPLE_RECORDS=DIR` in the environment (root's, when it starts
-/// the agent or `monitor record`), the first few records of each kind are
-/// written to `DIR/kind-<K>-<N>.bin` exactly as the kernel wrote them.
+/// the agent or `monitor record`), the first few records of each kind and
+/// header flags (an exec and a script's exec, a write and a sensitive read;
+/// for `mem_exec`, its op too) are written to `DIR/kind-<K>-f<FLAGS>-<N>.bin`
+/// exactly as the kernel wrote them.
 /// Records hold paths and arguments: DIR is made 0700 and must be the
 /// agent's user's own, and each file is created new (0600, never through a
 /// symlink), so a DIR in a shared place gives nothing to another user.
@@ -177,12 +179,12 @@ mod sample {
         sync::OnceLock,
     };
 
-    /// Records kept per kind.
-    const PER_KIND: usize = 4;
+    /// Records kept per kind and header flags.
+    const PER_KIND: usize = 2;
 
     struct Sampler {
         dir: PathBuf,
-        kept: std::sync::Mutex<[usize; 256]>,
+        kept: std::sync::Mutex<std::collections::HashMap<(u8, u16), usize>>,
     }
 
     fn sampler() -> Option<&'static Sampler> {
@@ -200,7 +202,7 @@ mod sample {
                 }
                 Some(Sampler {
                     dir,
-                    kept: std::sync::Mutex::new([0; 256]),
+                    kept: std::sync::Mutex::new(std::collections::HashMap::new()),
                 })
             })
             .as_ref()
@@ -208,25 +210,34 @@ mod sample {
 
     pub fn keep(record: &[u8]) {
         let Some(s) = sampler() else { return };
-        let Some(&kind) = record.first() else { return };
+        let (Some(&kind), Some(flags)) = (record.first(), record.get(2..4)) else {
+            return;
+        };
+        let mut flags = u16::from_le_bytes([flags[0], flags[1]]);
+        // An executable mapping of a file differs from one of anonymous
+        // memory by its op, not its flags: keep both.
+        if kind == monitor_common::kind::MEM_EXEC {
+            let op = record.get(monitor_common::packing::MEM_EXEC_OP_AT);
+            flags |= u16::from(op.copied().unwrap_or(0)) << 8;
+        }
         let n = {
             let mut kept = s
                 .kept
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = kept[usize::from(kind)];
-            if n >= PER_KIND {
+            let n = kept.entry((kind, flags)).or_default();
+            if *n >= PER_KIND {
                 return;
             }
-            kept[usize::from(kind)] += 1;
-            n
+            *n += 1;
+            *n - 1
         };
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
-            .open(s.dir.join(format!("kind-{kind}-{n}.bin")))
+            .open(s.dir.join(format!("kind-{kind}-f{flags}-{n}.bin")))
         {
             let _ = f.write_all(record);
         }
