@@ -7,11 +7,19 @@
 //! used bytes are copied one area after another into `BUILD[1]`, and
 //! `bpf_ringbuf_output` sends that many.
 //!
-//! The areas are this CPU's. A program preempted while it builds (on
-//! kernels that run programs preemptibly) may find them taken over by
-//! another program on the same CPU: each build carries an owner token, and
-//! a record whose token changed is counted as `build_taken` and not sent,
-//! never sent mixed.
+//! The areas are this CPU's, and a program can be preempted while it
+//! builds (kernels that run programs preemptibly: seen on 7.3, where a
+//! file flood on the same CPU took over an exec's area). So each CPU has
+//! three slots of two areas, and a program claims a free slot by writing
+//! its token into the slot's owner word before it writes, and frees it
+//! when done: a preempted program keeps its slot, and the programs that
+//! run meanwhile use another. (The bpf target has no compare-and-exchange
+//! in Rust; the claim is a read then a write, and the owner is checked
+//! again before the send, so a race inside those two instructions costs
+//! the record that lost it, counted.) Slot 0 is the lifecycle lane's (execs): no
+//! flood of other records can leave an exec without one. A program that
+//! finds no free slot, or its slot's owner changed, counts
+//! `build_taken.<kind>` and sends nothing, never a mixed record.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
@@ -31,56 +39,103 @@ pub struct BuildArea {
     bytes: [u8; BUILD_AREA],
 }
 
-/// Index 0: the record at its fixed layout. Index 1: the record packed.
-#[map]
-static BUILD: PerCpuArray<BuildArea> = PerCpuArray::with_max_entries(2, 0);
+/// Slots per CPU: 0 for the lifecycle lane, the others for every other
+/// record.
+const SLOTS: u32 = 3;
 
-/// The owner token of this CPU's areas.
+/// Entry `2 * slot`: the record at its fixed layout; `2 * slot + 1`: the
+/// record packed.
 #[map]
-static BUILD_OWNER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static BUILD: PerCpuArray<BuildArea> = PerCpuArray::with_max_entries(2 * SLOTS, 0);
 
-/// A record of type `T` being built in this CPU's area.
+/// Each slot's owner token; 0 while the slot is free.
+#[map]
+static BUILD_OWNER: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// Which slots a record may build in.
+#[derive(Clone, Copy)]
+pub enum Lane {
+    /// Exec records: slot 0 only.
+    Lifecycle,
+    /// Every other record: slots 1 and up.
+    Events,
+}
+
+/// A record of type `T` being built in a slot of this CPU's areas; the
+/// slot is freed when this is dropped.
 pub struct Build<T> {
     /// The record, at its fixed layout. Its bytes are those of the last
     /// record built here until written.
     pub rec: *mut T,
     packed: *mut u8,
-    owner: u64,
+    owner: *mut u64,
+    token: u64,
 }
 
-/// Takes this CPU's areas for a record of type `T` and kind
-/// `record_kind` (counted as `build_taken` if the areas cannot be had).
+/// Claims a free slot of this CPU for a record of type `T` and kind
+/// `record_kind` (counted as `build_taken` when none is free).
 #[inline(always)]
-pub fn start<T>(record_kind: u8) -> Option<Build<T>> {
+pub fn start<T>(record_kind: u8, lane: Lane) -> Option<Build<T>> {
     const { assert!(core::mem::size_of::<T>() <= BUILD_AREA) };
-    let (Some(fixed), Some(packed), Some(slot)) = (
-        BUILD.get_ptr_mut(0),
-        BUILD.get_ptr_mut(1),
-        BUILD_OWNER.get_ptr_mut(0),
-    ) else {
-        count(COUNTER_BUILD_TAKEN + u32::from(record_kind));
-        return None;
-    };
     // SAFETY: a helper without arguments.
-    let owner = unsafe { bpf_ktime_get_ns() } | 1;
-    // SAFETY: this CPU's map value.
-    unsafe { *slot = owner };
-    Some(Build {
-        rec: fixed.cast(),
-        packed: packed.cast(),
-        owner,
-    })
+    let token = unsafe { bpf_ktime_get_ns() } | 1;
+    let (first, last) = match lane {
+        Lane::Lifecycle => (0, 0),
+        Lane::Events => (1, SLOTS - 1),
+    };
+    let mut slot = first;
+    while slot <= last {
+        if let Some(build) = claim(slot, token) {
+            return Some(build);
+        }
+        slot += 1;
+    }
+    count(COUNTER_BUILD_TAKEN + u32::from(record_kind));
+    None
+}
+
+/// Takes slot `slot` for `token` if it is free.
+#[inline(always)]
+fn claim<T>(slot: u32, token: u64) -> Option<Build<T>> {
+    let owner = BUILD_OWNER.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's map value; only this CPU's programs touch it.
+    unsafe {
+        if core::ptr::read_volatile(owner) != 0 {
+            return None;
+        }
+        core::ptr::write_volatile(owner, token);
+    }
+    match (BUILD.get_ptr_mut(2 * slot), BUILD.get_ptr_mut(2 * slot + 1)) {
+        (Some(fixed), Some(packed)) => Some(Build {
+            rec: fixed.cast(),
+            packed: packed.cast(),
+            owner,
+            token,
+        }),
+        _ => {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(owner, 0) };
+            None
+        }
+    }
+}
+
+impl<T> Drop for Build<T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.still_ours() {
+            // SAFETY: the slot's owner word (see `claim`).
+            unsafe { core::ptr::write_volatile(self.owner, 0) };
+        }
+    }
 }
 
 impl<T> Build<T> {
-    /// True while no other program has taken the areas over.
+    /// True while no other program has taken the slot over.
     #[inline(always)]
     fn still_ours(&self) -> bool {
-        match BUILD_OWNER.get_ptr_mut(0) {
-            // SAFETY: this CPU's map value.
-            Some(slot) => unsafe { *slot == self.owner },
-            None => false,
-        }
+        // SAFETY: the slot's owner word (see `claim`).
+        unsafe { core::ptr::read_volatile(self.owner) == self.token }
     }
 
     /// Packs the record by `areas` (which must tile the end of `T`'s

@@ -213,7 +213,7 @@ enum OpenPath {
 
 #[inline(always)]
 fn emit_open(hflags: u16, flags: u32, mode: u32, ret: i64, ino: u64, path: OpenPath) {
-    let Some(build) = build::start::<FileRecord>(kind::FILE) else {
+    let Some(build) = build::start::<FileRecord>(kind::FILE, build::Lane::Events) else {
         return;
     };
     let rec = build.rec;
@@ -435,7 +435,7 @@ fn emit_names(p: &Pending, ret: i64) {
         return; // nothing changed on disk, or over budget (counted)
     }
     let (op, dfd, name, name2, flags) = name_args(p);
-    let Some(build) = build::start::<FileRecord>(kind::FILE) else {
+    let Some(build) = build::start::<FileRecord>(kind::FILE, build::Lane::Events) else {
         return;
     };
     let rec = build.rec;

@@ -40,7 +40,7 @@ fn try_exec(ctx: &BtfTracePointContext) {
     let bprm: usize = ctx.arg(2);
     let filename = read_ptr(bprm, off!(bprm_filename)).unwrap_or(0);
     let interp = read_ptr(bprm, off!(bprm_interp)).unwrap_or(0);
-    let Some(build) = build::start::<ExecScriptRecord>(kind::EXEC) else {
+    let Some(build) = build::start::<ExecScriptRecord>(kind::EXEC, build::Lane::Lifecycle) else {
         return;
     };
     let rec = build.rec;

@@ -136,7 +136,9 @@ fn check_file_mapping(addr: u64, len: u64, prot: u64, flags: u64, fd: i32) {
     let Some(written) = crate::recent::written(dev, ino) else {
         return;
     };
-    let Some(build) = crate::build::start::<MemExecFileRecord>(kind::MEM_EXEC) else {
+    let Some(build) =
+        crate::build::start::<MemExecFileRecord>(kind::MEM_EXEC, crate::build::Lane::Events)
+    else {
         return;
     };
     let rec = build.rec;
