@@ -1,5 +1,19 @@
-//! FNV-1a, for ids and samples that must be the same on every run, host
-//! and version (std's hasher is randomly seeded and may change).
+//! Hashes that must be the same on every run, host and version (std's
+//! hasher is randomly seeded and may change): FNV-1a for ids and samples,
+//! SHA-256 for content a peer checks.
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
 
 /// An FNV-1a 64-bit hash being computed.
 #[derive(Debug, Clone, Copy)]

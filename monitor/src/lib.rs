@@ -11,7 +11,8 @@
 //! - [`counts`]: syscall counts windows from the in-kernel counters;
 //! - [`capture`]: all of the above as one live stream of events;
 //! - [`agent`]: `monitor run`, as stages joined by [`channel`]s;
-//! - [`output`]: JSON Lines and the other sinks.
+//! - [`output`]: JSON Lines and the other sinks;
+//! - [`fleet`]: what agents share through a NATS JetStream cluster.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -26,6 +27,7 @@ pub mod drill;
 pub mod error;
 pub mod event;
 pub mod fileio;
+pub mod fleet;
 pub mod hash;
 pub mod kernel;
 pub mod model;
@@ -33,6 +35,7 @@ pub mod output;
 pub mod process;
 pub mod report;
 pub mod sched;
+pub mod secret;
 pub mod sensitive;
 pub mod shutdown;
 pub mod state;

@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
             Command::Report(args) => monitor::cli::report::run(&args),
             Command::DrillStep(args) => monitor::cli::drill::step(&args),
             Command::Config(cmd) => monitor::cli::run::config(&cmd),
-            Command::Model(cmd) => monitor::cli::model::run(&cmd),
+            Command::Model(cmd) => monitor::cli::model::run(&cmd).await,
             Command::Record(args) => monitor::cli::record::run(args).await,
             Command::Verifier(args) => monitor::cli::verifier::run(&args),
             Command::BenchFloor => monitor::cli::bench_floor().await,

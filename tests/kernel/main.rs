@@ -5,6 +5,7 @@
 mod agent;
 mod cli;
 mod e2e;
+mod fleet;
 mod output;
 mod process;
 mod replay;

@@ -763,3 +763,205 @@ fn redirects_are_not_followed_and_a_huge_reply_is_not_read_whole() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The stream the NATS tests publish to.
+const NATS_STREAM: &str = "MONITOR";
+
+/// Creates the test stream, replicated three ways, with an hour's duplicate
+/// window; retries while the new cluster elects its leaders.
+async fn create_nats_stream(url: &str) {
+    use async_nats::jetstream;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let client = async_nats::connect(url).await?;
+            let js = jetstream::new(client);
+            js.create_stream(jetstream::stream::Config {
+                name: NATS_STREAM.into(),
+                subjects: vec!["monitor.>".into()],
+                num_replicas: 3,
+                duplicate_window: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .await?;
+            Ok::<_, async_nats::Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("nats: stream not created yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("nats: cannot create the stream within 60 s: {e}"),
+        }
+    }
+}
+
+/// Every message of the test stream: how many it holds, and each one's
+/// `Nats-Msg-Id` with the finding id in its payload.
+async fn nats_stream_contents(url: &str) -> (u64, Vec<(String, String)>) {
+    use async_nats::jetstream::{self, consumer::pull};
+    use futures_util::StreamExt as _;
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(NATS_STREAM).await.unwrap();
+    let count = stream.info().await.unwrap().state.messages;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while (seen.len() as u64) < count {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let before = seen.len();
+        while let Some(m) = batch.next().await {
+            let m = m.unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let doc: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let uid = doc["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            seen.push((id, uid));
+        }
+        assert!(
+            seen.len() > before,
+            "the stream stopped giving messages at {}",
+            seen.len()
+        );
+    }
+    (count, seen)
+}
+
+/// 10,000 findings reach a real three-node JetStream cluster exactly once
+/// while the agent's connection is cut and a server is killed and started
+/// again mid-stream: a batch whose acknowledgements were lost is sent again
+/// whole, and the stream drops what it already has by `Nats-Msg-Id`.
+#[test]
+fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a_cut() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use monitor_tests::nats::{Cluster, Relay};
+    let _host = monitor_tests::host_shared();
+    let dir = test_dir("nats");
+    let cluster = Mutex::new(Cluster::start(&dir));
+    let (url0, url1, port0) = {
+        let c = cluster.lock().unwrap();
+        (c.url(0), c.url(1), c.port(0))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(create_nats_stream(&url0));
+    // The agent knows one server, through a relay the test can cut.
+    let relay = Relay::start(port0);
+    let config = SinkConfig::Nats {
+        urls: vec![format!("nats://127.0.0.1:{}", relay.port)],
+        subject: "monitor.{host}.{class}".into(),
+        stream: Some(NATS_STREAM.into()),
+        creds_file: None,
+        nkey_file: None,
+        token_file: None,
+        token_env: None,
+        tls: false,
+        ca_file: None,
+        batch_size: 100,
+        batch_timeout: Duration::from_millis(50),
+    };
+    let name = config.name();
+    let spool = spool_for(&dir, "spool", &config);
+    const N: usize = 10_000;
+    // Findings arrive over ten seconds, so the cut and the kill fall in the
+    // middle of the stream, not before or after it.
+    let appended = Arc::new(AtomicUsize::new(0));
+    let feeder = {
+        let (spool, appended) = (spool.clone(), appended.clone());
+        std::thread::spawn(move || {
+            for i in 0..N {
+                spool.append(Class::Findings, &finding(i)).unwrap();
+                appended.store(i + 1, Ordering::Relaxed);
+                if i % 100 == 99 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    // 0: nothing yet; 1: cut; 2: node killed; 3: node back.
+    let step = AtomicUsize::new(0);
+    let killed_at = Mutex::new(None::<Instant>);
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(&config),
+        Duration::from_secs(240),
+        || {
+            let n = appended.load(Ordering::Relaxed);
+            match step.load(Ordering::Relaxed) {
+                0 if n >= 2_500 => {
+                    let cut = relay.cut();
+                    eprintln!("nats: cut {cut} connection(s) at {n} findings appended");
+                    step.store(1, Ordering::Relaxed);
+                }
+                1 if n >= 5_000 => {
+                    cluster.lock().unwrap().kill_node(2);
+                    eprintln!("nats: killed server n2 at {n} findings appended");
+                    *killed_at.lock().unwrap() = Some(Instant::now());
+                    step.store(2, Ordering::Relaxed);
+                }
+                2 if killed_at.lock().unwrap().unwrap().elapsed() > Duration::from_secs(3) => {
+                    cluster.lock().unwrap().start_node(2);
+                    eprintln!("nats: server n2 started again at {n} findings appended");
+                    step.store(3, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            step.load(Ordering::Relaxed) == 3 && n == N && spool.pending(&name) == 0
+        },
+    );
+    feeder.join().unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        spool.pending(&name),
+        0,
+        "delivered within 240 s: {healths:?}"
+    );
+    assert_eq!(
+        step.load(Ordering::Relaxed),
+        3,
+        "the cut and the kill happened"
+    );
+    let (count, seen) = rt.block_on(nats_stream_contents(&url1));
+    let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+    let mismatched = seen.iter().filter(|(id, uid)| id != uid).count();
+    eprintln!(
+        "nats: {N} findings sent in {took:?} ({} failed attempts); in the stream: {count} messages, {} distinct ids, {} duplicates",
+        healths[0].failures,
+        ids.len(),
+        seen.len() - ids.len()
+    );
+    assert_eq!(
+        mismatched, 0,
+        "each message's Nats-Msg-Id is its finding id"
+    );
+    assert_eq!(ids, expected(N), "every finding is in the stream");
+    assert_eq!(count, N as u64, "and each exactly once");
+    assert_eq!(healths[0].delivered, N as u64);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,7 @@
 //! Helpers for monitor's integration tests: a privilege gate, a live capture
 //! that collects events in the background, and partial event matchers.
 
+pub mod nats;
 pub mod receiver;
 pub mod rsyslog;
 

@@ -1,6 +1,8 @@
 //! `cargo xtask bench WHICH`: benchmarks that need the real kernel or the
 //! built agent. `overhead`, `rss` and `startup` are here; the model and sink benchmarks are
-//! `cargo bench` targets of the agent crate, which this command runs too.
+//! `cargo bench` targets of the agent crate, and the NATS one of the tests
+//! crate (it starts a cluster with the tests' helper), which this command
+//! runs too.
 
 mod cost;
 mod overhead;
@@ -29,8 +31,19 @@ pub fn bench(which: &str, args: Vec<String>) -> anyhow::Result<()> {
             }
             crate::prepare::run_cmd(&mut cmd)
         }
+        "nats" => {
+            crate::prepare::build()?;
+            crate::prepare::apt_packages(&[("nats-server", "/usr/sbin/nats-server")])?;
+            let mut cmd = crate::prepare::cargo();
+            cmd.args(["bench", "--package", "monitor-tests", "--bench", "nats"])
+                .current_dir(crate::prepare::root())
+                .env("PATH", crate::prepare::path_with_cargo_bin());
+            crate::prepare::run_cmd(&mut cmd)
+        }
         other => {
-            bail!("unknown benchmark `{other}`; choose overhead, rss, startup, model or sinks")
+            bail!(
+                "unknown benchmark `{other}`; choose overhead, rss, startup, model, sinks or nats"
+            )
         }
     }
 }

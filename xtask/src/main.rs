@@ -10,7 +10,7 @@
 //! - `test`: `build`, mounts, the servers and tools the tests use, then the
 //!   whole test suite as root, then the kernel matrix in QEMU (`vm`).
 //! - `verifier`: `build`, then the verifier budget table on this kernel.
-//! - `bench`: benchmarks (`overhead`, `model`, `sinks`, `startup`).
+//! - `bench`: benchmarks (`overhead`, `model`, `sinks`, `nats`, `startup`).
 //! - `fuzz`: every fuzz target (cargo fuzz, nightly) for N seconds.
 
 mod bench;
@@ -69,7 +69,7 @@ enum Command {
         /// Only targets whose name contains this.
         only: Option<String>,
     },
-    /// Run a benchmark: `overhead`, `model` or `sinks`.
+    /// Run a benchmark: `overhead`, `model`, `sinks` or `nats`.
     Bench {
         /// Which benchmark.
         which: String,

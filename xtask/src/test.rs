@@ -47,10 +47,12 @@ pub fn verifier() -> anyhow::Result<()> {
 /// Every test of the workspace on this kernel.
 fn host_suite(agent: &std::path::Path, filter: Option<String>) -> anyhow::Result<()> {
     prepare::mounts()?;
-    // The output tests talk to a real rsyslogd; the OCSF tests validate
-    // against the official schema; the report test renders in Chromium.
+    // The output tests talk to a real rsyslogd and a real NATS JetStream
+    // cluster; the OCSF tests validate against the official schema; the
+    // report test renders in Chromium.
     prepare::apt_packages(&[
         ("rsyslog", "/usr/sbin/rsyslogd"),
+        ("nats-server", "/usr/sbin/nats-server"),
         ("chromium", "/usr/bin/chromium"),
     ])?;
     let ocsf_python = prepare::ocsf_validator()?;

@@ -776,6 +776,20 @@ mod tests {
             err.contains("sink[0].batch_timeout: must be between 10ms and 10m, got 0s"),
             "{err}"
         );
+        let err = check("[[sink]]\ntype = \"nats\"\nurls = [\"http://x:4222\"]\n").unwrap_err();
+        assert!(
+            err.contains("sink[0].urls: \"http://x:4222\" is not a server address"),
+            "{err}"
+        );
+        let err = check(
+            "[[sink]]\ntype = \"nats\"\nurls = [\"nats://x:4222\"]\nsubject = \"m.{class}\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("sink[0].subject: \"m.{class}\" must contain {host}"),
+            "{err}"
+        );
+        check("[[sink]]\ntype = \"nats\"\nurls = [\"nats://x:4222\", \"tls://y:4222\"]\nstream = \"S\"\n").unwrap();
         // A value set on the command line (not in the file) has no line.
         let mut raw = parse("").unwrap();
         raw.model.save_every = Duration::ZERO;

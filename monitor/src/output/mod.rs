@@ -3,6 +3,7 @@
 
 pub mod dead_letters;
 pub mod jsonl;
+pub mod nats;
 pub mod ocsf;
 pub mod shorten;
 pub mod sink_config;

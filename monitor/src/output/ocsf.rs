@@ -564,6 +564,13 @@ fn as_bytes(v: &Value) -> Option<(String, String)> {
     Some((text, b64.to_owned()))
 }
 
+/// The id (`metadata.uid`) of a record, if it has one: a finding's uid,
+/// which sinks use to make a record sent twice stored once.
+pub fn record_uid(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    v["metadata"]["uid"].as_str().map(str::to_owned)
+}
+
 #[cfg(test)]
 mod strings_only_tests {
     use serde_json::json;

@@ -60,6 +60,9 @@ fn default_sourcetype() -> String {
 fn default_es_index() -> String {
     "monitor-findings".into()
 }
+fn default_nats_subject() -> String {
+    "monitor.{host}.{class}".into()
+}
 
 /// One `[[sink]]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -154,6 +157,45 @@ pub enum SinkConfig {
         #[serde(default)]
         ca_file: Option<PathBuf>,
     },
+    /// NATS JetStream: each record published to a stream, acknowledged.
+    Nats {
+        /// Servers (`nats://host:4222`, `tls://host:4222`); the client
+        /// also learns the rest of the cluster from them.
+        urls: Vec<String>,
+        /// Subject template: `{host}` and `{class}` (`findings`,
+        /// `activity`) are filled in.
+        #[serde(default = "default_nats_subject")]
+        subject: String,
+        /// The stream the subjects belong to: published records must land
+        /// in it (`Nats-Expected-Stream`), and its duplicate window is
+        /// checked at start.
+        #[serde(default)]
+        stream: Option<String>,
+        /// A `.creds` file (user JWT and nkey seed).
+        #[serde(default)]
+        creds_file: Option<PathBuf>,
+        /// A file holding an nkey seed.
+        #[serde(default)]
+        nkey_file: Option<PathBuf>,
+        /// A file holding a token.
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+        /// Environment variable holding a token.
+        #[serde(default)]
+        token_env: Option<String>,
+        /// Require TLS (also implied by a `tls://` url).
+        #[serde(default)]
+        tls: bool,
+        /// Extra CA certificate (PEM).
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        /// Records per batch (published together, then every ack awaited).
+        #[serde(default = "default_batch_size")]
+        batch_size: usize,
+        /// Longest wait to fill a batch.
+        #[serde(default = "default_batch_timeout", deserialize_with = "de_duration")]
+        batch_timeout: Duration,
+    },
 }
 
 impl SinkConfig {
@@ -177,6 +219,7 @@ impl SinkConfig {
             ),
             SinkConfig::SplunkHec { url, .. } => format!("splunk_hec:{url}"),
             SinkConfig::Elasticsearch { url, .. } => format!("elasticsearch:{url}"),
+            SinkConfig::Nats { urls, .. } => format!("nats:{}", urls.join(",")),
         }
     }
 }
@@ -229,6 +272,50 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
                 _ => Ok(()),
             }
         }
+        SinkConfig::Nats {
+            urls,
+            subject,
+            creds_file,
+            nkey_file,
+            token_file,
+            token_env,
+            batch_size,
+            batch_timeout,
+            ..
+        } => {
+            if urls.is_empty() {
+                return Err((
+                    "urls",
+                    "give at least one server, like \"nats://127.0.0.1:4222\"".into(),
+                ));
+            }
+            if let Some(bad) = urls.iter().find(|u| {
+                !["nats://", "tls://"].iter().any(|s| u.starts_with(s))
+                    || u.parse::<async_nats::ServerAddr>().is_err()
+            }) {
+                return Err((
+                    "urls",
+                    format!(
+                        "{bad:?} is not a server address like nats://host:4222 or tls://host:4222"
+                    ),
+                ));
+            }
+            check_subject(subject).map_err(|e| ("subject", e))?;
+            let given = [
+                creds_file.is_some(),
+                nkey_file.is_some(),
+                token_file.is_some() || token_env.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() > 1
+                || (token_file.is_some() && token_env.is_some())
+            {
+                return Err((
+                    "creds_file",
+                    "give one of creds_file, nkey_file, token_file or token_env".into(),
+                ));
+            }
+            check_batching(*batch_size, *batch_timeout)
+        }
         SinkConfig::SplunkHec {
             url,
             token_file,
@@ -266,22 +353,50 @@ pub fn validate_sink(sink: &SinkConfig) -> Result<(), (&'static str, String)> {
                     "Splunk HEC needs a token: token_file or token_env".into(),
                 ));
             }
-            if *batch_size == 0 || *batch_size > 10_000 {
-                return Err(("batch_size", "must be between 1 and 10000".into()));
-            }
-            // Zero would poll the spool without pause.
-            if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(batch_timeout) {
-                return Err((
-                    "batch_timeout",
-                    format!(
-                        "must be between 10ms and 10m, got {}",
-                        humantime::format_duration(*batch_timeout)
-                    ),
-                ));
-            }
-            Ok(())
+            check_batching(*batch_size, *batch_timeout)
         }
     }
+}
+
+/// Checks a subject template: dot-separated tokens, none empty, no
+/// wildcard, no whitespace, and `{host}` in it (each host its own subject).
+pub fn check_subject(template: &str) -> Result<(), String> {
+    let filled = template.replace("{host}", "h").replace("{class}", "c");
+    if !template.contains("{host}") {
+        return Err(format!(
+            "{template:?} must contain {{host}}: each host publishes to its own subjects"
+        ));
+    }
+    if filled
+        .split('.')
+        .any(|t| t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace))
+    {
+        return Err(format!(
+            "{template:?} is not a NATS subject: dot-separated tokens, none empty, no '*', '>' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a sink's batch size and wait.
+fn check_batching(
+    batch_size: usize,
+    batch_timeout: Duration,
+) -> Result<(), (&'static str, String)> {
+    if batch_size == 0 || batch_size > 10_000 {
+        return Err(("batch_size", "must be between 1 and 10000".into()));
+    }
+    // Zero would poll the spool without pause.
+    if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&batch_timeout) {
+        return Err((
+            "batch_timeout",
+            format!(
+                "must be between 10ms and 10m, got {}",
+                humantime::format_duration(batch_timeout)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Facility names to codes (RFC 5424 table 1).
@@ -309,4 +424,21 @@ pub fn facility_code(name: &str) -> Option<u8> {
         "local7" => 23,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nats_subject_template_is_checked() {
+        assert!(check_subject("monitor.{host}.{class}").is_ok());
+        assert!(
+            check_subject("monitor.{class}")
+                .unwrap_err()
+                .contains("{host}")
+        );
+        assert!(check_subject("monitor..{host}").is_err());
+        assert!(check_subject("monitor.>.{host}").is_err());
+    }
 }

@@ -31,10 +31,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     dead_letters::DeadLetters,
+    nats::Nats,
     spool::{Class, Record, Spool},
     syslog::Syslog,
 };
-use crate::output::sink_config::{Compression, SinkConfig};
+use crate::{
+    fleet::connection::{Endpoint, EndpointSettings},
+    output::sink_config::{Compression, SinkConfig},
+    secret::{Secret, read_token},
+};
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,35 +60,6 @@ pub struct Refused {
 
 /// Largest reply body read from an HTTP destination.
 const MAX_REPLY: usize = 1 << 20;
-
-/// A secret read from a file or the environment; never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(redacted)")
-    }
-}
-
-/// Reads a token from `file` or environment variable `env`.
-pub fn read_token(file: Option<&PathBuf>, env: Option<&str>) -> Result<Option<Secret>, String> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(format!("token file {} is empty", path.display()));
-        }
-        return Ok(Some(Secret(token.to_owned())));
-    }
-    if let Some(var) = env {
-        let token = std::env::var(var)
-            .map_err(|_| format!("environment variable {var} (the token) is not set"))?;
-        return Ok(Some(Secret(token.trim().to_owned())));
-    }
-    Ok(None)
-}
 
 /// The HTTP API a sink speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +99,8 @@ pub enum Sink {
     Syslog(Syslog),
     /// HTTP.
     Http(Box<Http>),
+    /// NATS JetStream.
+    Nats(Box<Nats>),
 }
 
 impl Sink {
@@ -198,6 +176,34 @@ impl Sink {
                 sourcetype: String::new(),
                 host: host.to_owned(),
             })),
+            SinkConfig::Nats {
+                urls,
+                subject,
+                stream,
+                creds_file,
+                nkey_file,
+                token_file,
+                token_env,
+                tls,
+                ca_file,
+                ..
+            } => {
+                let endpoint = Endpoint::new(&EndpointSettings {
+                    urls,
+                    creds_file: creds_file.as_ref(),
+                    nkey_file: nkey_file.as_ref(),
+                    token_file: token_file.as_ref(),
+                    token_env: token_env.as_deref(),
+                    tls: *tls,
+                    ca_file: ca_file.as_ref(),
+                })?;
+                Sink::Nats(Box::new(Nats::new(
+                    endpoint,
+                    subject,
+                    stream.as_deref(),
+                    host,
+                )))
+            }
         })
     }
 
@@ -231,7 +237,7 @@ impl Sink {
                     .iter()
                     .map(|r| {
                         let (severity, msgid) = classify(r);
-                        let id = record_uid(&r.payload);
+                        let id = super::ocsf::record_uid(&r.payload);
                         super::syslog::format(
                             s.max_message,
                             s.facility,
@@ -250,6 +256,16 @@ impl Sink {
                     .map_err(|e| SinkError::Retry(format!("syslog: {e}")))
             }
             Sink::Http(h) => h.send(batch).await,
+            Sink::Nats(n) => n
+                .send(batch)
+                .await
+                .map(|refused| {
+                    refused
+                        .into_iter()
+                        .map(|(index, reason)| Refused { index, reason })
+                        .collect()
+                })
+                .map_err(|e| SinkError::Retry(e.to_string())),
         }
     }
 }
@@ -267,12 +283,6 @@ fn classify(r: &Record) -> (u8, &'static str) {
             }
         }
     }
-}
-
-/// The finding id (`metadata.uid`) of a record, if any.
-fn record_uid(payload: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    v["metadata"]["uid"].as_str().map(str::to_owned)
 }
 
 fn http_client(ca_file: Option<&PathBuf>) -> Result<reqwest::Client, String> {
@@ -387,7 +397,7 @@ impl Http {
                     // `create` with the finding id as _id: a retried batch
                     // cannot duplicate a finding (409 conflicts are success).
                     let index = self.index.as_deref().unwrap_or("monitor");
-                    let action = match record_uid(&r.payload) {
+                    let action = match super::ocsf::record_uid(&r.payload) {
                         Some(id) => serde_json::json!({ "create": { "_index": index, "_id": id } }),
                         None => serde_json::json!({ "create": { "_index": index } }),
                     };
@@ -473,10 +483,10 @@ impl Http {
         if let Some(token) = &self.token {
             req = match self.flavour {
                 HttpFlavour::SplunkHec => {
-                    req.header("Authorization", format!("Splunk {}", token.0))
+                    req.header("Authorization", format!("Splunk {}", token.expose()))
                 }
                 HttpFlavour::Elasticsearch => {
-                    req.header("Authorization", format!("ApiKey {}", token.0))
+                    req.header("Authorization", format!("ApiKey {}", token.expose()))
                 }
             };
         }
@@ -685,6 +695,11 @@ pub fn batching(config: &SinkConfig) -> (usize, Duration) {
             ..
         }
         | SinkConfig::Elasticsearch {
+            batch_size,
+            batch_timeout,
+            ..
+        }
+        | SinkConfig::Nats {
             batch_size,
             batch_timeout,
             ..
@@ -901,14 +916,6 @@ mod tests {
             r#"{"text":"Data channel is missing","code":10}"#
         ));
         assert!(!hec_data_error("<html>bad gateway</html>"));
-    }
-
-    #[test]
-    fn tokens_are_never_printed() {
-        let s = Secret("hunter2".into());
-        assert_eq!(format!("{s:?}"), "Secret(redacted)");
-        let err = read_token(None, Some("MONITOR_TEST_NO_SUCH_VAR")).unwrap_err();
-        assert!(err.contains("MONITOR_TEST_NO_SUCH_VAR"));
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! The NATS JetStream sink: every record is published to a stream and the
+//! batch counts as delivered only once the stream has acknowledged each one.
+//!
+//! Exactly once: a record carries its id in `Nats-Msg-Id` (the finding's
+//! `metadata.uid`, or a SHA-256 of the record when it has none), so a batch
+//! sent again after a lost acknowledgement, a cut connection or a node
+//! failover is dropped by the stream's duplicate window instead of stored
+//! twice. The window must be longer than the longest outage the spool may
+//! ride out (see `docs/operations.md`); at start the sink reads the
+//! stream's window and warns when it is under ten minutes.
+//!
+//! The connection ([`crate::fleet::connection`]) is made on the first send,
+//! and `async-nats` reconnects on its own, forever, to any server of `urls`
+//! or of the cluster they announce; while it is down, sends fail, the spool
+//! keeps the records and the delivery loop retries with backoff.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+
+use super::spool::{Class, Record};
+use crate::fleet::connection::Endpoint;
+
+/// Why a batch failed, worth sending again.
+#[derive(Debug, thiserror::Error)]
+#[error("nats {servers}: {why}")]
+pub struct NatsError {
+    servers: String,
+    why: String,
+}
+
+/// A record of a batch the servers refused for good: its index, and why.
+pub type Refusal = (usize, String);
+
+/// A JetStream sink.
+pub struct Nats {
+    endpoint: Endpoint,
+    subject: String,
+    stream: Option<String>,
+    host: String,
+    context: Option<jetstream::Context>,
+}
+
+/// The longest wait for one publish acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A duplicate window shorter than this cannot cover a sink outage of
+/// ordinary length: a batch sent again later could be stored twice.
+const SHORTEST_SAFE_WINDOW: Duration = Duration::from_secs(600);
+
+impl Nats {
+    /// A sink publishing to `endpoint` on subjects made from `subject`
+    /// (see [`subject_for`]), into `stream` if given.
+    pub fn new(endpoint: Endpoint, subject: &str, stream: Option<&str>, host: &str) -> Self {
+        Self {
+            endpoint,
+            subject: subject.to_owned(),
+            stream: stream.map(str::to_owned),
+            host: host.to_owned(),
+            context: None,
+        }
+    }
+
+    /// The subject of a record: the configured template with `{host}`
+    /// and `{class}` filled in.
+    fn subject_of(&self, class: Class) -> String {
+        subject_for(&self.subject, &self.host, class)
+    }
+
+    async fn connect(&self) -> Result<jetstream::Context, NatsError> {
+        let client = self
+            .endpoint
+            .connect(&format!("monitor@{}", self.host))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .build(client);
+        if let Some(name) = &self.stream {
+            self.check_window(&context, name).await;
+        }
+        Ok(context)
+    }
+
+    /// Warns when the stream's duplicate window is too short to make a
+    /// batch sent again harmless.
+    async fn check_window(&self, context: &jetstream::Context, name: &str) {
+        match context.get_stream(name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) if info.config.duplicate_window < SHORTEST_SAFE_WINDOW => {
+                    tracing::warn!(stream = %name, window = ?info.config.duplicate_window, "nats: the stream's duplicate window is under 10 minutes: a batch sent again after a longer outage may be stored twice");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %name, error = %e, "nats: cannot read the stream's settings")
+                }
+            },
+            Err(e) => tracing::warn!(stream = %name, error = %e, "nats: cannot find the stream"),
+        }
+    }
+
+    /// Publishes a batch and waits for every acknowledgement. A record the
+    /// servers refuse for good (over their `max_payload`) is returned as
+    /// refused; any other failure fails the batch, which is sent again
+    /// whole (the stream drops what it already has).
+    pub async fn send(&mut self, batch: &[Record]) -> Result<Vec<Refusal>, NatsError> {
+        if self.context.is_none() {
+            self.context = Some(self.connect().await?);
+        }
+        let context = self.context.as_ref().expect("connected above");
+        let mut refused = Vec::new();
+        let mut acks = Vec::with_capacity(batch.len());
+        for (index, r) in batch.iter().enumerate() {
+            let mut message = PublishMessage::build()
+                .payload(r.payload.clone().into())
+                .message_id(message_id(&r.payload));
+            if let Some(stream) = &self.stream {
+                message = message.expected_stream(stream);
+            }
+            match context
+                .send_publish(self.subject_of(r.class), message)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    refused.push((index, format!("nats: {e}")));
+                }
+                Err(e) => return Err(self.failed(&e)),
+            }
+        }
+        for ack in acks {
+            ack.await.map_err(|e| self.failed(&e))?;
+        }
+        Ok(refused)
+    }
+
+    fn failed(&self, e: &dyn std::fmt::Display) -> NatsError {
+        NatsError {
+            servers: self.endpoint.describe(),
+            why: e.to_string(),
+        }
+    }
+}
+
+/// `template` with `{host}` and `{class}` filled in; a host name's dots,
+/// spaces and wildcards become `_`, so it stays one subject token.
+pub fn subject_for(template: &str, host: &str, class: Class) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let class = match class {
+        Class::Findings => "findings",
+        Class::Activity => "activity",
+    };
+    template.replace("{host}", &host).replace("{class}", class)
+}
+
+/// The id the stream deduplicates a record by: its finding id, or the
+/// SHA-256 of its bytes.
+fn message_id(payload: &[u8]) -> String {
+    if let Some(id) = super::ocsf::record_uid(payload) {
+        return id;
+    }
+    format!("sha256:{}", crate::hash::sha256_hex(payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_per_host_and_class_and_a_host_stays_one_token() {
+        assert_eq!(
+            subject_for(
+                "monitor.{host}.{class}",
+                "web-1.prod.example",
+                Class::Findings
+            ),
+            "monitor.web-1_prod_example.findings"
+        );
+        assert_eq!(
+            subject_for("x.{class}.{host}", "a b>*", Class::Activity),
+            "x.activity.a_b__"
+        );
+    }
+
+    #[test]
+    fn a_record_is_deduplicated_by_its_finding_id_or_its_hash() {
+        assert_eq!(message_id(br#"{"metadata":{"uid":"f-1"}}"#), "f-1");
+        let a = message_id(br#"{"class_uid":1007}"#);
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64);
+        assert_eq!(a, message_id(br#"{"class_uid":1007}"#));
+        assert_ne!(a, message_id(br#"{"class_uid":1008}"#));
+    }
+}

@@ -1,0 +1,181 @@
+//! `cargo bench -p monitor-tests --bench nats` (or `cargo xtask bench
+//! nats`): findings per second through the agent's spool and NATS sink into
+//! a real three-node JetStream cluster on loopback, the stream replicated
+//! three ways, every record acknowledged. It prints each figure against the
+//! floor of 10,000 findings/s (met or NOT MET); it does not fail on it, a
+//! benchmark reports.
+//!
+//! The finding is a real one rendered as OCSF (the sink benchmark's
+//! fixture, about 5 KiB), and a smaller one of 1 KiB, so the figure says how
+//! much is per message and how much per byte.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use monitor::{
+    CancellationToken,
+    output::{
+        ocsf::{self, Host},
+        sink_config::SinkConfig,
+        sinks::{self, Delivery, Sink, SinkHealth},
+        spool::{Class, Spool, SpoolSettings},
+    },
+    state::findings::LoggedFinding,
+};
+use monitor_tests::nats::Cluster;
+
+const FINDINGS: usize = 30_000;
+const FLOOR: f64 = 10_000.0;
+
+fn ocsf_finding() -> serde_json::Value {
+    let text = include_str!("../../monitor/benches/fixtures/logged-finding.json");
+    let logged: LoggedFinding = serde_json::from_str(text).expect("fixture is a logged finding");
+    let host = Host {
+        name: "bench-host".into(),
+        kernel: "6.18".into(),
+    };
+    ocsf::finding(&logged.finding, &host)
+}
+
+/// The finding with its own id, optionally cut to about 1 KiB.
+fn numbered(base: &serde_json::Value, i: usize, small: bool) -> Vec<u8> {
+    let mut v = if small {
+        serde_json::json!({
+            "class_uid": base["class_uid"],
+            "message": base["message"],
+            "finding_info": { "title": base["finding_info"]["title"] },
+            "metadata": {},
+            "padding": "x".repeat(700),
+        })
+    } else {
+        base.clone()
+    };
+    v["metadata"]["uid"] = serde_json::Value::String(format!("bench-{i:06}"));
+    serde_json::to_vec(&v).expect("serializes")
+}
+
+async fn create_stream(url: &str, name: &str, subjects: &str) {
+    use async_nats::jetstream;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let js = jetstream::new(async_nats::connect(url).await?);
+            js.create_stream(jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                num_replicas: 3,
+                duplicate_window: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .await?;
+            Ok::<_, async_nats::Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot create the stream within 60 s: {e}"),
+        }
+    }
+}
+
+async fn stream_messages(url: &str, name: &str) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let mut stream = js.get_stream(name).await.expect("stream");
+    stream.info().await.expect("info").state.messages
+}
+
+/// Spools `n` findings for a NATS sink publishing to `stream` and delivers
+/// them; returns (findings/s end to end, bytes per finding).
+fn run(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    stream: &str,
+    small: bool,
+) -> (f64, usize) {
+    let base = ocsf_finding();
+    rt.block_on(create_stream(
+        &cluster.url(0),
+        stream,
+        &format!("{}.>", stream.to_lowercase()),
+    ));
+    let config = SinkConfig::Nats {
+        urls: vec![cluster.url(0), cluster.url(1)],
+        subject: format!("{}.{{host}}.{{class}}", stream.to_lowercase()),
+        stream: Some(stream.into()),
+        creds_file: None,
+        nkey_file: None,
+        token_file: None,
+        token_env: None,
+        tls: false,
+        ca_file: None,
+        batch_size: 500,
+        batch_timeout: Duration::from_millis(200),
+    };
+    let name = config.name();
+    let settings = SpoolSettings {
+        max_bytes: 1 << 34,
+        ..SpoolSettings::default()
+    };
+    let spool =
+        Spool::open(&dir.join(stream), settings, std::slice::from_ref(&name)).expect("spool");
+    let records: Vec<Vec<u8>> = (0..FINDINGS).map(|i| numbered(&base, i, small)).collect();
+    let started = Instant::now();
+    for r in &records {
+        spool.append(Class::Findings, r).expect("append");
+    }
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let job = Delivery {
+            spool: spool.clone(),
+            sink: Sink::from_config(&config, "bench-host").expect("sink"),
+            name: name.clone(),
+            index: 0,
+            batching: sinks::batching(&config),
+            host: "bench-host".into(),
+            healths: Arc::new(std::sync::Mutex::new(vec![SinkHealth::new(&name)])),
+            dead_letters: Arc::new(monitor::output::dead_letters::DeadLetters::new(
+                &dir.join("dead-letters.jsonl"),
+                monitor::fileio::rotate::Rotation::default(),
+            )),
+            shutdown: shutdown.clone(),
+            drain: Duration::from_secs(600),
+        };
+        let task = tokio::spawn(sinks::deliver(job));
+        shutdown.cancel();
+        task.await.expect("delivery task");
+    });
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(spool.pending(&name), 0, "everything delivered");
+    let stored = rt.block_on(stream_messages(&cluster.url(2), stream));
+    assert_eq!(stored, FINDINGS as u64, "every finding stored once");
+    (FINDINGS as f64 / secs, records[0].len())
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("monitor-bench-nats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let cluster = Cluster::start(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "NATS sink benchmark: 3-node JetStream cluster on loopback, stream R3, batches of 500, {FINDINGS} findings a run"
+    );
+    for (stream, small) in [("BENCHFULL", false), ("BENCHSMALL", true)] {
+        let (rate, bytes) = run(&rt, &cluster, &dir, stream, small);
+        let verdict = if rate >= FLOOR { "met" } else { "NOT MET" };
+        println!(
+            "  {bytes:>5} B findings: {rate:>8.0} findings/s end to end (spool append, publish, every ack), floor {FLOOR:.0}/s: {verdict}"
+        );
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,236 @@
+//! A real NATS JetStream cluster (the Debian package `nats-server`): three
+//! servers on loopback, routed to one another, each with its own store, that
+//! a test can kill and start again; and a TCP relay in front of one of them
+//! whose connections a test can cut.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// One server of the cluster.
+struct Node {
+    conf: PathBuf,
+    client_port: u16,
+    child: Option<Child>,
+}
+
+/// A running three-node cluster.
+pub struct Cluster {
+    nodes: Vec<Node>,
+}
+
+fn binary() -> &'static str {
+    // Debian installs it in /usr/sbin, which a user's PATH may lack.
+    if Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    }
+}
+
+impl Cluster {
+    /// Starts three servers in `dir` (stores, configuration and logs) and
+    /// waits until each accepts clients.
+    pub fn start(dir: &Path) -> Self {
+        let client: Vec<u16> = (0..3).map(|_| crate::free_tcp_port()).collect();
+        let route: Vec<u16> = (0..3).map(|_| crate::free_tcp_port()).collect();
+        let nodes = (0..3)
+            .map(|i| {
+                let store = dir.join(format!("n{i}"));
+                std::fs::create_dir_all(&store).unwrap();
+                let routes: Vec<String> = (0..3)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("nats-route://127.0.0.1:{}", route[j]))
+                    .collect();
+                let conf = dir.join(format!("n{i}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        r#"server_name: n{i}
+host: 127.0.0.1
+port: {port}
+log_file: "{log}"
+jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }}
+cluster {{
+  name: monitor-test
+  host: 127.0.0.1
+  port: {route}
+  routes: [{routes}]
+}}
+"#,
+                        port = client[i],
+                        log = dir.join(format!("n{i}.log")).display(),
+                        store = store.display(),
+                        route = route[i],
+                        routes = routes.join(", ")
+                    ),
+                )
+                .unwrap();
+                Node {
+                    conf,
+                    client_port: client[i],
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { nodes };
+        for i in 0..3 {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// The client URL of server `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// The client port of server `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].client_port
+    }
+
+    /// Starts server `i` (again, with its store as it was left) and waits
+    /// until it accepts clients.
+    pub fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&node.conf)
+            .spawn()
+            .expect("start nats-server (install the Debian package nats-server; `cargo xtask test` does)");
+        node.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", node.client_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server n{i} does not accept clients on port {} within 15 s",
+                node.client_port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until JetStream answers through server `i` (a new cluster
+    /// elects its meta leader first); panics after 60 s.
+    pub fn wait_for_jetstream(&self, i: usize) {
+        let url = self.url(i);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                // A replicated stream made and removed: what every test
+                // needs of the cluster (the account query's reply of this
+                // server version does not parse in the client).
+                let attempt = async {
+                    let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+                    js.create_stream(async_nats::jetstream::stream::Config {
+                        name: "READY".into(),
+                        subjects: vec!["ready.>".into()],
+                        num_replicas: 3,
+                        ..Default::default()
+                    })
+                    .await?;
+                    js.delete_stream("READY").await?;
+                    Ok::<_, async_nats::Error>(())
+                };
+                match attempt.await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "JetStream does not answer on {url} within 60 s: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Kills server `i` with SIGKILL, as a crash would.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+}
+
+/// A TCP relay from a loopback port to `127.0.0.1:target`, whose open
+/// connections [`Relay::cut`] closes at once (a network cut, as the client
+/// sees it: its socket is reset mid-stream).
+pub struct Relay {
+    /// The port clients connect to.
+    pub port: u16,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    /// Starts relaying to `target`.
+    pub fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let kept = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut list = kept.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Self { port, open }
+    }
+
+    /// Closes every connection relayed so far; returns how many there were.
+    pub fn cut(&self) -> usize {
+        let mut list = self.open.lock().unwrap();
+        for s in list.iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let n = list.len() / 2;
+        list.clear();
+        n
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
