@@ -56,32 +56,6 @@ fn numbered(base: &serde_json::Value, i: usize, small: bool) -> Vec<u8> {
     serde_json::to_vec(&v).expect("serializes")
 }
 
-async fn create_stream(url: &str, name: &str, subjects: &str) {
-    use async_nats::jetstream;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = async {
-            let js = jetstream::new(async_nats::connect(url).await?);
-            js.create_stream(jetstream::stream::Config {
-                name: name.into(),
-                subjects: vec![subjects.into()],
-                num_replicas: 3,
-                duplicate_window: Duration::from_secs(3600),
-                ..Default::default()
-            })
-            .await?;
-            Ok::<_, async_nats::Error>(())
-        };
-        match attempt.await {
-            Ok(()) => return,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("cannot create the stream within 60 s: {e}"),
-        }
-    }
-}
-
 async fn stream_messages(url: &str, name: &str) -> u64 {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
     let mut stream = js.get_stream(name).await.expect("stream");
@@ -98,7 +72,7 @@ fn run(
     small: bool,
 ) -> (f64, usize) {
     let base = ocsf_finding();
-    rt.block_on(create_stream(
+    rt.block_on(monitor_tests::nats::create_stream(
         &cluster.url(0),
         stream,
         &format!("{}.>", stream.to_lowercase()),

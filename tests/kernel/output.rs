@@ -767,36 +767,6 @@ fn redirects_are_not_followed_and_a_huge_reply_is_not_read_whole() {
 /// The stream the NATS tests publish to.
 const NATS_STREAM: &str = "MONITOR";
 
-/// Creates the test stream, replicated three ways, with an hour's duplicate
-/// window; retries while the new cluster elects its leaders.
-async fn create_nats_stream(url: &str) {
-    use async_nats::jetstream;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = async {
-            let client = async_nats::connect(url).await?;
-            let js = jetstream::new(client);
-            js.create_stream(jetstream::stream::Config {
-                name: NATS_STREAM.into(),
-                subjects: vec!["monitor.>".into()],
-                num_replicas: 3,
-                duplicate_window: Duration::from_secs(3600),
-                ..Default::default()
-            })
-            .await?;
-            Ok::<_, async_nats::Error>(())
-        };
-        match attempt.await {
-            Ok(()) => return,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("nats: stream not created yet ({e}); retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("nats: cannot create the stream within 60 s: {e}"),
-        }
-    }
-}
-
 /// Every message of the test stream: how many it holds, and each one's
 /// `Nats-Msg-Id` with the finding id in its payload.
 async fn nats_stream_contents(url: &str) -> (u64, Vec<(String, String)>) {
@@ -868,7 +838,11 @@ fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(create_nats_stream(&url0));
+    rt.block_on(monitor_tests::nats::create_stream(
+        &url0,
+        NATS_STREAM,
+        "monitor.>",
+    ));
     // The agent knows one server, through a relay the test can cut.
     let relay = Relay::start(port0);
     let config = SinkConfig::Nats {

@@ -173,6 +173,36 @@ impl Drop for Cluster {
     }
 }
 
+/// Creates stream `name` on `subjects`, replicated three ways, with an
+/// hour's duplicate window; retries for a minute while a new cluster
+/// elects its leaders.
+pub async fn create_stream(url: &str, name: &str, subjects: &str) {
+    use async_nats::jetstream;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let js = jetstream::new(async_nats::connect(url).await?);
+            js.create_stream(jetstream::stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                num_replicas: 3,
+                duplicate_window: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .await?;
+            Ok::<_, async_nats::Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("nats: stream {name} not created yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("nats: cannot create stream {name} within 60 s: {e}"),
+        }
+    }
+}
+
 /// A TCP relay from a loopback port to `127.0.0.1:target`, whose open
 /// connections [`Relay::cut`] closes at once (a network cut, as the client
 /// sees it: its socket is reset mid-stream).
