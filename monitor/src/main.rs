@@ -46,7 +46,13 @@ fn main() -> std::process::ExitCode {
             Command::Verifier(args) => monitor::cli::verifier::run(&args),
             Command::BenchFloor => monitor::cli::bench_floor().await,
             Command::Eval(args) => monitor::cli::eval::run(&args),
-            Command::Replay(args) => monitor::cli::replay::run(&args),
+            // Off the runtime's threads: the replay blocks on the fleet's
+            // answers (with a `[fleet]`) through this runtime's handle.
+            Command::Replay(args) => {
+                tokio::task::spawn_blocking(move || monitor::cli::replay::run(&args))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the replay panicked: {e}")))
+            }
         }
     });
     match result {

@@ -33,21 +33,25 @@ impl Agent {
     /// for none), after it has learned this host for 20 s (30 windows at
     /// least, counts drained every second).
     pub(crate) fn learned(dir: &Path, state: &str, api_listen: &str) -> Self {
-        let running = Self::start(
-            dir,
-            &[
-                "--learn-for",
-                "20s",
-                "--min-windows",
-                "30",
-                "--drain-interval",
-                "1s",
-                "--state-dir",
-                state,
-                "--api-listen",
-                api_listen,
-            ],
-        );
+        Self::learned_with(dir, state, api_listen, &[])
+    }
+
+    /// [`Agent::learned`], with `extra` arguments (`--config FILE`).
+    pub(crate) fn learned_with(dir: &Path, state: &str, api_listen: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--learn-for",
+            "20s",
+            "--min-windows",
+            "30",
+            "--drain-interval",
+            "1s",
+            "--state-dir",
+            state,
+            "--api-listen",
+            api_listen,
+        ];
+        args.extend_from_slice(extra);
+        let running = Self::start(dir, &args);
         running.wait_for("the end of learning", Duration::from_secs(90), |a| {
             a.stderr().contains("; detecting")
         });
@@ -95,7 +99,7 @@ impl Agent {
             .collect()
     }
 
-    fn records(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.stdout)
             .unwrap_or_default()
             .lines()

@@ -857,6 +857,7 @@ fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a
         ca_file: None,
         batch_size: 100,
         batch_timeout: Duration::from_millis(50),
+        compression: monitor::output::sink_config::Compression::None,
     };
     let name = config.name();
     let spool = spool_for(&dir, "spool", &config);

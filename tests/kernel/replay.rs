@@ -8,6 +8,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::Path,
     process::{Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -41,14 +42,20 @@ fn replay(file: &Path, learn_for: &str) -> (Vec<serde_json::Value>, String) {
     (findings, stderr)
 }
 
-#[test]
-fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not() {
-    let Some(_k) =
-        kernel_test("a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not")
-    else {
-        return;
-    };
-    let dir = test_dir("replay");
+/// A recorded stream of a real server, and the time just before the
+/// attack in it: 70 s of pages served, then a shell run through a CGI
+/// request, then 15 s more of pages. Recorded once per test process (it
+/// takes about 90 s) and shared by the tests that replay it. The caller
+/// holds the host alone, then the kernel lock (in that order, as every test
+/// does): other tests' programs in the recording made the learned baseline
+/// take the shell for usual (a CI run, with the NATS tests alongside).
+pub fn recorded_server_stream() -> &'static (std::path::PathBuf, monitor::event::Timestamp) {
+    static STREAM: OnceLock<(std::path::PathBuf, monitor::event::Timestamp)> = OnceLock::new();
+    STREAM.get_or_init(record_server_stream)
+}
+
+fn record_server_stream() -> (std::path::PathBuf, monitor::event::Timestamp) {
+    let dir = test_dir("recorded-server");
     let www = dir.join("www");
     std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
     std::fs::write(www.join("index.html"), "hello\n").unwrap();
@@ -99,8 +106,13 @@ fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not()
     unsafe { libc::kill(recorder.id() as i32, libc::SIGTERM) };
     assert!(recorder.wait().unwrap().success());
 
+    (recording, cut)
+}
+
+/// The events of `recording` before `cut`, written to `to`.
+pub fn cut_before(recording: &Path, cut: monitor::event::Timestamp, to: &Path) {
     // The same stream without the attack: every event before it.
-    let text = std::fs::read_to_string(&recording).unwrap();
+    let text = std::fs::read_to_string(recording).unwrap();
     let before: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -109,8 +121,22 @@ fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not()
             t < cut
         })
         .collect();
+    std::fs::write(to, before.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not() {
+    let host = monitor_tests::host_alone();
+    let Some(_k) =
+        kernel_test("a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not")
+    else {
+        return;
+    };
+    let (recording, cut) = recorded_server_stream();
+    drop(host);
+    let dir = test_dir("replay");
     let clean = dir.join("clean.jsonl");
-    std::fs::write(&clean, before.join("\n") + "\n").unwrap();
+    cut_before(recording, *cut, &clean);
 
     let (findings, stderr) = replay(&clean, "45s");
     assert!(
@@ -118,7 +144,7 @@ fn a_shell_from_a_server_is_found_in_replay_and_the_stream_without_it_does_not()
         "the stream without the attack raised findings:\n{findings:#?}\n{stderr}"
     );
 
-    let (findings, stderr) = replay(&recording, "45s");
+    let (findings, stderr) = replay(recording, "45s");
     let shell = findings.iter().find(|a| {
         let text = a.to_string();
         text.contains("python")

@@ -36,6 +36,7 @@ mod capture_stage;
 mod detect_stage;
 mod downtime;
 mod emit_stage;
+mod fleet_stage;
 mod model_keeper;
 mod status_stage;
 
@@ -100,6 +101,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// `[fleet]` cannot be used (a credential or key file).
+    #[error("{0}")]
+    Fleet(String),
     /// Capture cannot start (probes, /proc, the ring buffer).
     #[error("cannot start capture")]
     Capture(#[source] crate::capture::CaptureError),
@@ -136,6 +140,7 @@ pub async fn run(
     let (engine, model_created) = start_engine(&paths, &settings, started)?;
     let phase = engine.phase();
     let output = Output::start(&settings, &host)?;
+    let fleet = settings.raw.fleet.fleet().map_err(AgentError::Fleet)?;
     let status: SharedStatus = Arc::new(Mutex::new(None));
     let api_shutdown = CancellationToken::new();
     serve_api(&settings, &paths, &status, &api_shutdown).await?;
@@ -180,6 +185,28 @@ pub async fn run(
         }
         .run(emit_rx),
     );
+    // With a fleet, findings pass through the fleet stage on their way.
+    let mut channels = BTreeMap::from([("events", events_gauge), ("emissions", emit_gauge)]);
+    let (findings_tx, fleet_stage) = match fleet {
+        Some((endpoint, fleet_settings)) => {
+            let (tx, rx, gauge) = channel::bounded(EMISSIONS_CAPACITY);
+            channels.insert("fleet", gauge);
+            let stage = tokio::spawn(
+                fleet_stage::FleetStage {
+                    fleet: crate::fleet::prevalence::Fleet::new(
+                        endpoint,
+                        fleet_settings,
+                        &host.name,
+                    ),
+                    emit: emit_tx.clone(),
+                    host: host.clone(),
+                }
+                .run(rx),
+            );
+            (tx, Some(stage))
+        }
+        None => (emit_tx.clone(), None),
+    };
     let keeper = tokio::spawn(model_keeper::keep(
         models_rx,
         paths.clone(),
@@ -195,7 +222,7 @@ pub async fn run(
             paths: paths.clone(),
             model_created,
             save_every: settings.raw.model.save_every,
-            emit: emit_tx.clone(),
+            emit: findings_tx,
             models: models_tx,
             progress: progress_tx,
         }
@@ -212,7 +239,7 @@ pub async fn run(
             emitted: emitted.clone(),
             sinks: output.healths.clone(),
             spool: output.spool.clone(),
-            channels: BTreeMap::from([("events", events_gauge), ("emissions", emit_gauge)]),
+            channels,
             shared: status,
             emit: emit_tx.clone(),
             heartbeat: settings.raw.output.heartbeat,
@@ -261,6 +288,11 @@ pub async fn run(
     let phase = detect
         .await
         .map_err(|_| AgentError::StagePanicked("detect"))?;
+    if let Some(stage) = fleet_stage {
+        stage
+            .await
+            .map_err(|_| AgentError::StagePanicked("fleet"))?;
+    }
     stop_status.cancel();
     let _ = status_stage.await;
     emit.await.map_err(|_| AgentError::StagePanicked("emit"))?;

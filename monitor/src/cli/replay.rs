@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::{
     detect::{Detection, Detector},
     event::{Event, Timestamp},
-    model::{EngineSettings, finding::Finding},
+    fleet::{facts::Campaign, prevalence::Fleet},
+    model::EngineSettings,
 };
 
 /// Arguments of `monitor replay`.
@@ -36,6 +37,18 @@ pub struct ReplayArgs {
     /// Length of a behaviour window when the stream has no syscall counts.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub window: f64,
+    /// A configuration file whose `[fleet]` section is used: each finding
+    /// is judged by the fleet (prevalence, campaigns) as the agent would.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The host the stream is replayed as (for the fleet; default: the
+    /// configuration's `agent.host_name`, or this machine's name).
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
+    /// Replay the stream as if it were recorded this much later (`2h`,
+    /// `90m`): one recording then plays several hosts at different times.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shift: Option<Duration>,
 }
 
 /// How much to learn.
@@ -73,10 +86,107 @@ fn fraction(v: f64, text: &str) -> anyhow::Result<LearnFor> {
 }
 
 #[derive(Serialize)]
-struct Tagged<'a> {
+struct Tagged<'a, T> {
     kind: &'static str,
     #[serde(flatten)]
-    finding: &'a Finding,
+    finding: &'a T,
+}
+
+/// The fleet a replay's findings are judged by, if configured.
+struct ReplayFleet {
+    fleet: Fleet,
+    /// Where its requests run: the caller's runtime (the replay runs on a
+    /// blocking thread of it), or one of its own.
+    runtime: tokio::runtime::Handle,
+    _own: Option<tokio::runtime::Runtime>,
+}
+
+impl ReplayFleet {
+    fn from_args(args: &ReplayArgs) -> anyhow::Result<Option<Self>> {
+        let Some(path) = &args.config else {
+            return Ok(None);
+        };
+        let raw = crate::config::RawConfig::load(path, true)?;
+        let settings = crate::config::Settings::from_raw(raw, path)?;
+        let Some((endpoint, fleet_settings)) = settings
+            .raw
+            .fleet
+            .fleet()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        else {
+            bail!(
+                "{}: [fleet] has no urls: nothing to judge findings by",
+                path.display()
+            );
+        };
+        let host = args.host_name.clone().unwrap_or(settings.host_name);
+        let (runtime, own) = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => (handle, None),
+            Err(_) => {
+                let own = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the fleet client's runtime")?;
+                (own.handle().clone(), Some(own))
+            }
+        };
+        Ok(Some(Self {
+            fleet: Fleet::new(endpoint, fleet_settings, &host),
+            runtime,
+            _own: own,
+        }))
+    }
+}
+
+/// Where a replay's findings go: stdout, after the fleet judged them.
+struct Output<W: Write> {
+    out: W,
+    findings: u64,
+    campaigns: u64,
+    fleet: Option<ReplayFleet>,
+}
+
+impl<W: Write> Output<W> {
+    fn emit(&mut self, detections: Vec<Detection>) -> anyhow::Result<()> {
+        for d in detections {
+            match d {
+                Detection::Finding(mut finding) => {
+                    self.findings += 1;
+                    let campaign: Option<Campaign> = match &mut self.fleet {
+                        Some(f) => f.runtime.block_on(f.fleet.judge(&mut finding)),
+                        None => None,
+                    };
+                    self.line("finding", &*finding)?;
+                    if let Some(c) = campaign {
+                        self.campaigns += 1;
+                        self.line("campaign", &c)?;
+                    }
+                }
+                Detection::Learned { windows, programs } => {
+                    eprintln!(
+                        "monitor: baseline learned from {windows} windows ({programs} programs with their own model); detecting"
+                    );
+                }
+                Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),
+                // The finding it repeats is already in the output.
+                // A replay's engine fits inline.
+                Detection::Repeat(_) | Detection::FitDue => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn line<T: Serialize>(&mut self, kind: &'static str, value: &T) -> anyhow::Result<()> {
+        serde_json::to_writer(
+            &mut self.out,
+            &Tagged {
+                kind,
+                finding: value,
+            },
+        )?;
+        self.out.write_all(b"\n")?;
+        Ok(())
+    }
 }
 
 /// Reads events from a file, calling `f` for each; reports bad lines with
@@ -84,6 +194,7 @@ struct Tagged<'a> {
 fn for_each_event(
     path: &Path,
     skip_invalid: bool,
+    shift: Option<Duration>,
     mut f: impl FnMut(Event) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let file =
@@ -95,7 +206,12 @@ fn for_each_event(
             continue;
         }
         match serde_json::from_slice::<Event>(&line) {
-            Ok(event) => f(event)?,
+            Ok(mut event) => {
+                if let Some(by) = shift {
+                    event.shift(by);
+                }
+                f(event)?
+            }
             Err(err) if skip_invalid => {
                 skipped += 1;
                 if skipped <= 5 {
@@ -126,7 +242,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let learn_until = match learn_for {
         LearnFor::Fraction(f) => {
             let (mut first, mut last) = (None::<Timestamp>, Timestamp::default());
-            for_each_event(&args.file, true, |e| {
+            for_each_event(&args.file, true, args.shift, |e| {
                 first.get_or_insert(e.time);
                 last = last.max(e.time);
                 Ok(())
@@ -148,53 +264,29 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     };
     let mut detector = Detector::learning(settings, window_len);
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut findings = 0u64;
+    let mut out = Output {
+        out: std::io::BufWriter::new(stdout.lock()),
+        findings: 0,
+        campaigns: 0,
+        fleet: ReplayFleet::from_args(args)?,
+    };
     let mut events = 0u64;
     let mut learned_at = None;
-    let emit = |detections: Vec<Detection>,
-                out: &mut dyn Write,
-                findings: &mut u64|
-     -> anyhow::Result<()> {
-        for d in detections {
-            match d {
-                Detection::Finding(a) => {
-                    *findings += 1;
-                    serde_json::to_writer(
-                        &mut *out,
-                        &Tagged {
-                            kind: "finding",
-                            finding: &a,
-                        },
-                    )?;
-                    out.write_all(b"\n")?;
-                }
-                Detection::Learned { windows, programs } => {
-                    eprintln!(
-                        "monitor: baseline learned from {windows} windows ({programs} programs with their own model); detecting"
-                    );
-                }
-                Detection::LearningExtended(why) => eprintln!("monitor: still learning: {why}"),
-                // The finding it repeats is already in the output.
-                // A replay's engine fits inline.
-                Detection::Repeat(_) | Detection::FitDue => {}
-            }
-        }
-        Ok(())
-    };
-    let skipped = for_each_event(&args.file, args.skip_invalid, |event| {
+    let skipped = for_each_event(&args.file, args.skip_invalid, args.shift, |event| {
         events += 1;
+        if let Some(f) = &mut out.fleet
+            && f.fleet.presence_due(event.time)
+        {
+            f.runtime.block_on(f.fleet.announce(event.time));
+        }
         if learned_at.is_none() && event.time >= learn_until {
             learned_at = Some(event.time);
-            let d = detector.finish_learning();
-            emit(d, &mut out, &mut findings)?;
+            out.emit(detector.finish_learning())?;
         }
-        let d = detector.push(&event);
-        emit(d, &mut out, &mut findings)
+        out.emit(detector.push(&event))
     })?;
-    let d = detector.finish();
-    emit(d, &mut out, &mut findings)?;
-    out.flush()?;
+    out.emit(detector.finish())?;
+    out.out.flush()?;
     let progress = detector.progress();
     if detector.engine().baseline().is_none() {
         bail!(
@@ -206,8 +298,16 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "monitor: replayed {events} events, {} windows; {findings} findings{}",
+        "monitor: replayed {events} events, {} windows; {} findings{}{}",
         progress.windows_seen,
+        out.findings,
+        match &out.fleet {
+            Some(f) => format!(
+                "; fleet: {} judged, {} unavailable, {} campaigns raised",
+                f.fleet.stats.judged, f.fleet.stats.unavailable, out.campaigns
+            ),
+            None => String::new(),
+        },
         if skipped > 0 {
             format!("; {skipped} invalid lines skipped")
         } else {

@@ -15,6 +15,11 @@ use serde::Deserialize;
 
 use crate::{
     capture::CaptureSettings,
+    fleet::{
+        connection::{Endpoint, EndpointSettings},
+        facts::{FactNamer, Judgement},
+        prevalence::FleetSettings,
+    },
     kernel::ProbeSettings,
     model::EngineSettings,
     output::sink_config::{SinkConfig, validate_sink},
@@ -238,6 +243,76 @@ impl Default for ApiSection {
     }
 }
 
+/// `[fleet]`: fleet prevalence and campaigns through a NATS JetStream
+/// cluster. Off while `urls` is empty.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// Servers (`nats://host:4222`, `tls://host:4222`); empty: off.
+    pub urls: Vec<String>,
+    /// A `.creds` file (user JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an nkey seed.
+    pub nkey_file: Option<PathBuf>,
+    /// A file holding a token.
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding a token.
+    pub token_env: Option<String>,
+    /// Require TLS (also implied by a `tls://` url).
+    pub tls: bool,
+    /// Extra CA certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// The key-value bucket facts are shared in.
+    pub bucket: String,
+    /// Its replicas, when this agent is the one to create it.
+    pub replicas: usize,
+    /// A file holding the fleet's secret key for fact ids; without one,
+    /// ids are plain hashes anyone can test guesses against.
+    pub key_file: Option<PathBuf>,
+    /// Also share each fact's program and value (paths, peers, arguments).
+    pub share_details: bool,
+    /// Prevalence counts hosts that saw a fact this recently.
+    #[serde(deserialize_with = "de_duration")]
+    pub window: Duration,
+    /// A fact first seen on at least this many hosts...
+    pub campaign_hosts: usize,
+    /// ...within this long is a fleet campaign.
+    #[serde(deserialize_with = "de_duration")]
+    pub campaign_within: Duration,
+    /// Lower a finding's severity one level when its least common fact is
+    /// on at least this share of the fleet (0: never).
+    pub lower_severity_at: f64,
+    /// ...and on at least this many hosts.
+    pub lower_severity_min_hosts: usize,
+    /// Longest wait for the cluster's answer on one finding.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            creds_file: None,
+            nkey_file: None,
+            token_file: None,
+            token_env: None,
+            tls: false,
+            ca_file: None,
+            bucket: "monitor-fleet".into(),
+            replicas: 1,
+            key_file: None,
+            share_details: false,
+            window: Duration::from_secs(86_400),
+            campaign_hosts: 5,
+            campaign_within: Duration::from_secs(600),
+            lower_severity_at: 0.5,
+            lower_severity_min_hosts: 3,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -256,6 +331,8 @@ pub struct RawConfig {
     pub sink: Vec<SinkConfig>,
     /// `[api]`.
     pub api: ApiSection,
+    /// `[fleet]`.
+    pub fleet: FleetSection,
     /// Where its values came from, to give a value's line in errors.
     #[serde(skip)]
     pub source: Origin,
@@ -288,6 +365,7 @@ impl Default for RawConfig {
             spool: SpoolSection::default(),
             sink: vec![SinkConfig::Stdout {}],
             api: ApiSection::default(),
+            fleet: FleetSection::default(),
             source: Origin::default(),
         }
     }
@@ -398,6 +476,155 @@ impl RawConfig {
                 source,
             }),
         }
+    }
+}
+
+/// Checks `[fleet]`: the key at fault and what is wrong.
+fn check_fleet(f: &FleetSection) -> Result<(), (&'static str, String)> {
+    for url in &f.urls {
+        url.parse::<async_nats::ServerAddr>().map_err(|e| {
+            (
+                "fleet.urls",
+                format!("{url:?} is not a NATS server address: {e}"),
+            )
+        })?;
+    }
+    if f.bucket.is_empty()
+        || !f
+            .bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err((
+            "fleet.bucket",
+            format!("{:?}: a bucket name is letters, digits, - and _", f.bucket),
+        ));
+    }
+    if !(1..=5).contains(&f.replicas) {
+        return Err((
+            "fleet.replicas",
+            format!("must be between 1 and 5, got {}", f.replicas),
+        ));
+    }
+    let (hour, month) = (Duration::from_secs(3600), Duration::from_secs(30 * 86_400));
+    if !(hour..=month).contains(&f.window) {
+        return Err((
+            "fleet.window",
+            format!(
+                "must be between 1h and 30days, got {}",
+                humantime::format_duration(f.window)
+            ),
+        ));
+    }
+    if !(2..=100_000).contains(&f.campaign_hosts) {
+        return Err((
+            "fleet.campaign_hosts",
+            format!("must be between 2 and 100000, got {}", f.campaign_hosts),
+        ));
+    }
+    if !(Duration::from_secs(10)..=f.window).contains(&f.campaign_within) {
+        return Err((
+            "fleet.campaign_within",
+            format!(
+                "must be between 10s and fleet.window ({}), got {}",
+                humantime::format_duration(f.window),
+                humantime::format_duration(f.campaign_within)
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&f.lower_severity_at) {
+        return Err((
+            "fleet.lower_severity_at",
+            format!(
+                "a share of the fleet's hosts, between 0 (never) and 1, got {}",
+                f.lower_severity_at
+            ),
+        ));
+    }
+    if f.lower_severity_min_hosts == 0 {
+        return Err((
+            "fleet.lower_severity_min_hosts",
+            "must be at least 1".into(),
+        ));
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&f.timeout) {
+        return Err((
+            "fleet.timeout",
+            format!(
+                "must be between 100ms and 60s, got {}",
+                humantime::format_duration(f.timeout)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The shortest fleet key accepted: a key anyone can guess hides nothing.
+const MIN_FLEET_KEY_LEN: usize = 16;
+
+impl FleetSection {
+    /// Where the fleet is and how this agent takes part, from `[fleet]` (already
+    /// checked for ranges); `None` when it is off. Reads the credential and key
+    /// files now, so a missing one is an error at start that names it.
+    pub fn fleet(&self) -> Result<Option<(Endpoint, FleetSettings)>, String> {
+        let f = self;
+        if f.urls.is_empty() {
+            return Ok(None);
+        }
+        let endpoint = Endpoint::new(&EndpointSettings {
+            urls: &f.urls,
+            creds_file: f.creds_file.as_ref(),
+            nkey_file: f.nkey_file.as_ref(),
+            token_file: f.token_file.as_ref(),
+            token_env: f.token_env.as_deref(),
+            tls: f.tls,
+            ca_file: f.ca_file.as_ref(),
+        })
+        .map_err(|e| format!("fleet: {e}"))?;
+        let key = match &f.key_file {
+            Some(path) => {
+                let key = crate::secret::read_token(Some(path), None)
+                    .map_err(|e| format!("fleet.key_file: {e}"))?
+                    .ok_or_else(|| format!("fleet.key_file {} is empty", path.display()))?;
+                if key.expose().len() < MIN_FLEET_KEY_LEN {
+                    return Err(format!(
+                        "fleet.key_file {}: the key must be at least {MIN_FLEET_KEY_LEN} characters",
+                        path.display()
+                    ));
+                }
+                if let Ok(meta) = std::fs::metadata(path)
+                    && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
+                {
+                    tracing::warn!(
+                        "fleet.key_file {} can be read by other users: anyone who reads it can test guesses of the fleet's facts",
+                        path.display()
+                    );
+                }
+                Some(key)
+            }
+            None => {
+                tracing::warn!(
+                    "fleet: no key_file, so fact ids are plain hashes: whoever can read bucket {:?} can test guesses of which programs did what",
+                    f.bucket
+                );
+                None
+            }
+        };
+        let settings = FleetSettings {
+            bucket: f.bucket.clone(),
+            replicas: f.replicas,
+            share_details: f.share_details,
+            timeout: f.timeout,
+            judgement: Judgement {
+                window: f.window,
+                campaign_hosts: f.campaign_hosts,
+                campaign_within: f.campaign_within,
+                lower_at: (f.lower_severity_at > 0.0).then_some(f.lower_severity_at),
+                lower_min_hosts: f.lower_severity_min_hosts,
+            },
+            namer: FactNamer::new(key.as_ref().map(|k| k.expose().as_bytes())),
+        };
+        Ok(Some((endpoint, settings)))
     }
 }
 
@@ -554,6 +781,9 @@ impl Settings {
                 "agent.log_keep",
                 format!("must be between 1 and 100, got {}", a.log_keep),
             ));
+        }
+        if let Err((key, message)) = check_fleet(&raw.fleet) {
+            return Err(bad(key, message));
         }
         let c = &raw.capture;
         let ring = c.ring_buffer;
@@ -733,6 +963,47 @@ mod tests {
         );
         let err = parse("[agent\n").unwrap_err().to_string();
         assert!(err.contains("monitor.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn fleet_values_are_checked_and_named() {
+        for (text, says) in [
+            (
+                "[fleet]\ncampaign_hosts = 1\n",
+                "f.toml:2:1: fleet.campaign_hosts: must be between 2 and 100000, got 1",
+            ),
+            (
+                "[fleet]\nwindow = \"1h\"\ncampaign_within = \"2h\"\n",
+                "f.toml:3:1: fleet.campaign_within: must be between 10s and fleet.window (1h), got 2h",
+            ),
+            (
+                "[fleet]\nurls = [\"nats://a:4222\", \"http://b\"]\n",
+                "fleet.urls: \"http://b\" is not a NATS server address",
+            ),
+            (
+                "[fleet]\nbucket = \"facts.v1\"\n",
+                "fleet.bucket: \"facts.v1\": a bucket name is letters, digits, - and _",
+            ),
+            (
+                "[fleet]\nlower_severity_at = 1.5\n",
+                "fleet.lower_severity_at: a share of the fleet's hosts, between 0 (never) and 1, got 1.5",
+            ),
+        ] {
+            let raw = parse(text).unwrap();
+            let err = Settings::from_raw(raw, Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+        let on =
+            parse("[fleet]\nurls = [\"nats://127.0.0.1:4222\"]\nkey_file = \"/nonexistent/key\"\n")
+                .unwrap();
+        let settings = Settings::from_raw(on, Path::new("f.toml")).unwrap();
+        let err = settings.raw.fleet.fleet().unwrap_err();
+        assert!(
+            err.contains("fleet.key_file") && err.contains("/nonexistent/key"),
+            "{err}"
+        );
     }
 
     fn check(text: &str) -> Result<Settings, String> {

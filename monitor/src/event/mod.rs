@@ -65,6 +65,23 @@ impl Event {
         }
     }
 
+    /// The same event `by` later: its time, its processes' start times and
+    /// a count's span (to replay one recording as another host, later).
+    pub fn shift(&mut self, by: std::time::Duration) {
+        self.time = self.time.plus(by);
+        for process in [&mut self.process, &mut self.parent].into_iter().flatten() {
+            if let Some(start) = process.start_time {
+                let mut later = Process::clone(process);
+                later.start_time = Some(start.plus(by));
+                *process = Shared::new(later);
+            }
+        }
+        if let Detail::SyscallCounts(counts) = &mut self.detail {
+            counts.since = counts.since.plus(by);
+            counts.until = counts.until.plus(by);
+        }
+    }
+
     /// The `kind` tag as it appears in JSON.
     pub fn kind(&self) -> &'static str {
         self.detail.kind()

@@ -121,6 +121,9 @@ pub struct Finding {
     /// The window overlapped lost events (less certain).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// What the fleet says of it (with a `[fleet]` configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet_context::FleetContext>,
 }
 
 /// A stable id for a window's finding.
@@ -177,6 +180,7 @@ impl Finding {
             guidance: guidance::for_novelty(&scored.novelty),
             summary,
             incomplete: w.tainted,
+            fleet: None,
         }
     }
 }
@@ -319,6 +323,18 @@ impl Finding {
                     .unwrap_or_default()
             )),
             None => out.push_str(&format!("  {} <- program\n", printable(&self.program))),
+        }
+        if let Some(fleet) = &self.fleet {
+            out.push_str(&format!("\nfleet: {}\n", fleet.text));
+            if let Some(before) = fleet.lowered_from {
+                out.push_str(&format!(
+                    "  severity lowered from {} because it is common across the fleet\n",
+                    before.name()
+                ));
+            }
+            if let Some(campaign) = &fleet.campaign {
+                out.push_str(&format!("  part of fleet campaign {campaign}\n"));
+            }
         }
         if !self.novelty.is_empty() {
             out.push_str("\nnever seen in this host's baseline:\n");

@@ -17,6 +17,7 @@ pub mod categories;
 pub mod eval;
 pub mod features;
 pub mod finding;
+pub mod fleet_context;
 pub mod guidance;
 pub mod persist;
 pub mod sequence;

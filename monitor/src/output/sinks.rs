@@ -186,6 +186,7 @@ impl Sink {
                 token_env,
                 tls,
                 ca_file,
+                compression,
                 ..
             } => {
                 let endpoint = Endpoint::new(&EndpointSettings {
@@ -202,6 +203,7 @@ impl Sink {
                     subject,
                     stream.as_deref(),
                     host,
+                    *compression == Compression::Gzip,
                 )))
             }
         })
