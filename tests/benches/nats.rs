@@ -18,7 +18,7 @@ use monitor::{
     CancellationToken,
     output::{
         ocsf::{self, Host},
-        sink_config::{Compression, SinkConfig},
+        sink_config::Compression,
         sinks::{self, Delivery, Sink, SinkHealth},
         spool::{Class, Spool, SpoolSettings},
     },
@@ -80,24 +80,18 @@ fn run(
         stream,
         &format!("{}.>", stream.to_lowercase()),
     ));
-    let config = SinkConfig::Nats {
-        urls: vec![cluster.url(0), cluster.url(1)],
-        subject: format!("{}.{{host}}.{{class}}", stream.to_lowercase()),
-        stream: Some(stream.into()),
-        creds_file: None,
-        nkey_file: None,
-        token_file: None,
-        token_env: None,
-        tls: false,
-        ca_file: None,
-        batch_size: BATCH,
-        batch_timeout: Duration::from_millis(200),
-        compression: if gzip {
+    let config = monitor_tests::nats::sink_config(
+        vec![cluster.url(0), cluster.url(1)],
+        &stream.to_lowercase(),
+        stream,
+        BATCH,
+        Duration::from_millis(200),
+        if gzip {
             Compression::Gzip
         } else {
             Compression::None
         },
-    };
+    );
     let name = config.name();
     let settings = SpoolSettings {
         max_bytes: 1 << 34,

@@ -845,20 +845,14 @@ fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a
     ));
     // The agent knows one server, through a relay the test can cut.
     let relay = Relay::start(port0);
-    let config = SinkConfig::Nats {
-        urls: vec![format!("nats://127.0.0.1:{}", relay.port)],
-        subject: "monitor.{host}.{class}".into(),
-        stream: Some(NATS_STREAM.into()),
-        creds_file: None,
-        nkey_file: None,
-        token_file: None,
-        token_env: None,
-        tls: false,
-        ca_file: None,
-        batch_size: 100,
-        batch_timeout: Duration::from_millis(50),
-        compression: monitor::output::sink_config::Compression::None,
-    };
+    let config = monitor_tests::nats::sink_config(
+        vec![format!("nats://127.0.0.1:{}", relay.port)],
+        "monitor",
+        NATS_STREAM,
+        100,
+        Duration::from_millis(50),
+        Compression::None,
+    );
     let name = config.name();
     let spool = spool_for(&dir, "spool", &config);
     const N: usize = 10_000;

@@ -264,3 +264,29 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Both);
     });
 }
+
+/// A `nats` sink on `urls`, publishing `{prefix}.{host}.{class}` into
+/// `stream`, with no credentials.
+pub fn sink_config(
+    urls: Vec<String>,
+    prefix: &str,
+    stream: &str,
+    batch_size: usize,
+    batch_timeout: Duration,
+    compression: monitor::output::sink_config::Compression,
+) -> monitor::output::sink_config::SinkConfig {
+    monitor::output::sink_config::SinkConfig::Nats {
+        urls,
+        subject: format!("{prefix}.{{host}}.{{class}}"),
+        stream: Some(stream.into()),
+        creds_file: None,
+        nkey_file: None,
+        token_file: None,
+        token_env: None,
+        tls: false,
+        ca_file: None,
+        batch_size,
+        batch_timeout,
+        compression,
+    }
+}

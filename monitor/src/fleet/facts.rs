@@ -50,11 +50,6 @@ impl FactNamer {
         }
     }
 
-    /// Whether fact ids are keyed.
-    pub fn keyed(&self) -> bool {
-        self.key.is_some()
-    }
-
     /// The id of "`program` did `kind` `value`": 32 hex digits.
     pub fn id(&self, program: &str, kind: &str, value: &str) -> String {
         // Lengths first, so no two (program, kind, value) make the same input.
@@ -267,7 +262,7 @@ pub struct Verdict {
 }
 
 /// A window as people write it: whole hours as hours ("24h").
-pub fn span(d: Duration) -> String {
+fn span(d: Duration) -> String {
     if d.as_secs().is_multiple_of(3600) && d.subsec_nanos() == 0 && d.as_secs() > 0 {
         format!("{}h", d.as_secs() / 3600)
     } else {

@@ -106,11 +106,6 @@ impl Fleet {
         }
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &FleetSettings {
-        &self.settings
-    }
-
     /// Says this host is in the fleet, at `at` (start, and every ten
     /// minutes while findings are rare). Failures are logged, not fatal.
     pub async fn announce(&mut self, at: Timestamp) {
