@@ -934,3 +934,94 @@ fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sink keeps one batch in flight while it publishes the next. When the
+/// whole cluster freezes, the acknowledgements of both time out; both are
+/// sent again from the spool, and the stream keeps each finding once.
+#[test]
+fn a_frozen_cluster_fails_the_batches_in_flight_and_each_finding_is_still_stored_once() {
+    use monitor_tests::nats::Cluster;
+    let _host = monitor_tests::host_shared();
+    let dir = test_dir("nats-frozen");
+    let cluster = Cluster::start(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(monitor_tests::nats::create_stream(
+        &cluster.url(0),
+        NATS_STREAM,
+        "monitor.>",
+    ));
+    let config = monitor_tests::nats::sink_config(
+        vec![cluster.url(0), cluster.url(1)],
+        "monitor",
+        NATS_STREAM,
+        500,
+        Duration::from_millis(50),
+        Compression::None,
+    );
+    let name = config.name();
+    let spool = spool_for(&dir, "spool", &config);
+    // A backlog, so two batches are always in flight.
+    const N: usize = 40_000;
+    for i in 0..N {
+        spool.append(Class::Findings, &finding(i)).unwrap();
+    }
+    let started = Instant::now();
+    // 0: delivering; 1: frozen; 2: thawed.
+    let step = std::sync::atomic::AtomicUsize::new(0);
+    let frozen_at = Mutex::new(None::<Instant>);
+    let healths = deliver_until(
+        &spool,
+        std::slice::from_ref(&config),
+        Duration::from_secs(180),
+        || {
+            use std::sync::atomic::Ordering::Relaxed;
+            match step.load(Relaxed) {
+                0 if started.elapsed() > Duration::from_millis(300) => {
+                    cluster.freeze();
+                    eprintln!(
+                        "nats: froze all three servers {:?} into the delivery",
+                        started.elapsed()
+                    );
+                    *frozen_at.lock().unwrap() = Some(Instant::now());
+                    step.store(1, Relaxed);
+                }
+                // Past the sink's 10 s wait for an acknowledgement.
+                1 if frozen_at.lock().unwrap().unwrap().elapsed() > Duration::from_secs(12) => {
+                    cluster.thaw();
+                    eprintln!("nats: thawed them after 12 s");
+                    step.store(2, Relaxed);
+                }
+                _ => {}
+            }
+            step.load(Relaxed) == 2 && spool.pending(&name) == 0
+        },
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        spool.pending(&name),
+        0,
+        "delivered within 180 s: {healths:?}"
+    );
+    let (count, seen) = rt.block_on(nats_stream_contents(&cluster.url(1)));
+    let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+    eprintln!(
+        "nats: {N} findings sent in {took:?} ({} failed attempts, last error {:?}); in the stream: {count} messages, {} distinct ids, {} duplicates",
+        healths[0].failures,
+        healths[0].last_error,
+        ids.len(),
+        seen.len() - ids.len()
+    );
+    assert!(
+        healths[0].failures >= 1,
+        "the freeze failed a batch: {healths:?}"
+    );
+    assert_eq!(ids, expected(N), "every finding is in the stream");
+    assert_eq!(count, N as u64, "and each exactly once");
+    assert_eq!(healths[0].delivered, N as u64);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,6 +22,8 @@ struct Node {
 /// A running three-node cluster.
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// Environment given to every server (e.g. Go's `GOGC`).
+    env: Vec<(String, String)>,
 }
 
 fn binary() -> &'static str {
@@ -37,6 +39,11 @@ impl Cluster {
     /// Starts three servers in `dir` (stores, configuration and logs) and
     /// waits until each accepts clients.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// Like [`Cluster::start`], with `env` set for every server.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
         let client: Vec<u16> = (0..3).map(|_| crate::free_tcp_port()).collect();
         let route: Vec<u16> = (0..3).map(|_| crate::free_tcp_port()).collect();
         let nodes = (0..3)
@@ -78,7 +85,13 @@ cluster {{
                 }
             })
             .collect();
-        let mut cluster = Self { nodes };
+        let mut cluster = Self {
+            nodes,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
         for i in 0..3 {
             cluster.start_node(i);
         }
@@ -102,6 +115,7 @@ cluster {{
         let child = Command::new(binary())
             .arg("-c")
             .arg(&node.conf)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("start nats-server (install the Debian package nats-server; `cargo xtask test` does)");
         node.child = Some(child);
@@ -154,6 +168,30 @@ cluster {{
                 }
             }
         });
+    }
+
+    /// Stops every server with SIGSTOP, as a paused VM or a stalled disk
+    /// would: connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets frozen servers run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        for node in &self.nodes {
+            if let Some(child) = &node.child {
+                let status = Command::new("kill")
+                    .arg(signal)
+                    .arg(child.id().to_string())
+                    .status()
+                    .expect("run kill");
+                assert!(status.success(), "kill {signal} {}: {status}", child.id());
+            }
+        }
     }
 
     /// Kills server `i` with SIGKILL, as a crash would.

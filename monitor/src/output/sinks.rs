@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     dead_letters::DeadLetters,
-    nats::Nats,
+    nats::{Nats, Published},
     spool::{Class, Record, Spool},
     syslog::Syslog,
 };
@@ -187,6 +187,7 @@ impl Sink {
                 tls,
                 ca_file,
                 compression,
+                batch_size,
                 ..
             } => {
                 let endpoint = Endpoint::new(&EndpointSettings {
@@ -204,6 +205,7 @@ impl Sink {
                     stream.as_deref(),
                     host,
                     *compression == Compression::Gzip,
+                    *batch_size,
                 )))
             }
         })
@@ -212,7 +214,15 @@ impl Sink {
     /// Sends a batch; `Ok` means the destination has it, but for the
     /// records it refused for good.
     pub async fn send(&mut self, batch: &[Record], host: &str) -> Result<Vec<Refused>, SinkError> {
-        match self {
+        self.start(batch, host).await?.confirmed().await
+    }
+
+    /// Hands a batch to the destination. Most sinks are done when this
+    /// returns; a NATS sink has published the batch and its
+    /// acknowledgements are still on their way, so the delivery loop reads
+    /// and publishes the next batch before [`Sending::confirmed`] waits for them.
+    pub async fn start(&mut self, batch: &[Record], host: &str) -> Result<Sending, SinkError> {
+        let done = match self {
             Sink::Stdout => {
                 let mut out = Vec::new();
                 for r in batch {
@@ -258,8 +268,34 @@ impl Sink {
                     .map_err(|e| SinkError::Retry(format!("syslog: {e}")))
             }
             Sink::Http(h) => h.send(batch).await,
-            Sink::Nats(n) => n
-                .send(batch)
+            Sink::Nats(n) => {
+                return n
+                    .publish(batch)
+                    .await
+                    .map(Sending::Awaiting)
+                    .map_err(|e| SinkError::Retry(e.to_string()));
+            }
+        };
+        done.map(Sending::Done)
+    }
+}
+
+/// A batch a sink has taken.
+pub enum Sending {
+    /// The destination has it, but for these records, refused for good.
+    Done(Vec<Refused>),
+    /// Published to NATS; the acknowledgements are on their way.
+    Awaiting(Published),
+}
+
+impl Sending {
+    /// Waits until the destination has the batch; `Ok` holds the records
+    /// it refused for good.
+    pub async fn confirmed(self) -> Result<Vec<Refused>, SinkError> {
+        match self {
+            Sending::Done(refused) => Ok(refused),
+            Sending::Awaiting(published) => published
+                .confirmed()
                 .await
                 .map(|refused| {
                     refused
@@ -736,6 +772,13 @@ pub struct Delivery {
 
 /// Delivers from the spool to one sink until `shutdown`, then until the
 /// spool is empty for it or `drain` passes.
+///
+/// A sink whose batches are confirmed later (NATS: the stream's
+/// acknowledgements) keeps one batch in flight: the next batch is read and
+/// published before the last one is awaited, so neither the agent nor the
+/// servers sit idle between batches. The spool moves past a batch only
+/// once it is confirmed; when a confirmation fails, both batches are sent
+/// again from the spool, and the stream drops what it already has.
 pub async fn deliver(job: Delivery) {
     let Delivery {
         spool,
@@ -751,6 +794,7 @@ pub async fn deliver(job: Delivery) {
     } = job;
     let mut attempt: u32 = 0;
     let mut drain_until = None;
+    let mut in_flight: Option<(Vec<Record>, Sending)> = None;
     loop {
         if shutdown.is_cancelled() && drain_until.is_none() {
             drain_until = Some(tokio::time::Instant::now() + drain);
@@ -758,13 +802,16 @@ pub async fn deliver(job: Delivery) {
         if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
             return;
         }
-        let wait = if drain_until.is_some() {
+        // With a batch in flight, take what is there now: its confirmation
+        // must not wait for new records.
+        let wait = if drain_until.is_some() || in_flight.is_some() {
             Duration::ZERO
         } else {
             wait
         };
+        let after = in_flight.as_ref().map_or(&[][..], |(b, _)| b.as_slice());
         let batch = tokio::select! {
-            b = spool.next_batch(&name, batch_size, wait) => b,
+            b = spool.next_batch_after(&name, after, batch_size, wait) => b,
             () = shutdown.cancelled(), if drain_until.is_none() => continue,
         };
         let batch = match batch {
@@ -775,44 +822,56 @@ pub async fn deliver(job: Delivery) {
                 continue;
             }
         };
-        if batch.is_empty() {
-            if drain_until.is_some() {
-                return; // delivered everything
+        let read_nothing = batch.is_empty();
+        let started = if read_nothing {
+            None
+        } else {
+            Some(sink.start(&batch, &host).await)
+        };
+        let outcome = match in_flight.take() {
+            Some((sent, sending)) => {
+                let confirmed = sending.confirmed().await;
+                settle(
+                    &spool,
+                    &dead_letters,
+                    &healths,
+                    index,
+                    &name,
+                    &sent,
+                    confirmed,
+                )
             }
-            continue;
+            None => Ok(()),
         }
-        let sent = sink.send(&batch, &host).await.and_then(|refused| {
-            keep_refused(&dead_letters, &name, &batch, &refused).map(|()| refused)
+        .and_then(|()| match started {
+            None => Ok(()),
+            Some(Ok(Sending::Done(refused))) => settle(
+                &spool,
+                &dead_letters,
+                &healths,
+                index,
+                &name,
+                &batch,
+                Ok(refused),
+            ),
+            Some(Ok(sending)) => {
+                in_flight = Some((batch, sending));
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
         });
-        match sent {
-            Ok(refused) => {
+        match outcome {
+            Ok(()) => {
                 attempt = 0;
-                if let Err(e) = spool.ack(&name, &batch) {
-                    tracing::error!(sink = %name, error = %e, "cannot record delivery; records may be sent again");
+                if read_nothing && drain_until.is_some() {
+                    return; // delivered everything
                 }
-                let mut h = healths.lock().expect("health lock");
-                let hs = &mut h[index];
-                if hs.failing() {
-                    tracing::info!(sink = %name, "sink delivering again");
-                }
-                hs.delivered += (batch.len() - refused.len()) as u64;
-                hs.rejected += refused.len() as u64;
-                hs.last_error = None;
-                hs.failing_since = None;
-                hs.failing_for_secs = None;
             }
             Err(SinkError::Retry(why)) => {
-                {
-                    let mut h = healths.lock().expect("health lock");
-                    let hs = &mut h[index];
-                    hs.failures += 1;
-                    if !hs.failing() {
-                        tracing::warn!(sink = %name, error = %why, "sink failing; retrying with backoff");
-                        hs.failing_since = Some(Instant::now());
-                    }
-                    hs.failing_for_secs = hs.failing_since.map(|s| s.elapsed().as_secs_f64());
-                    hs.last_error = Some(why);
-                }
+                // What was started after the failed batch is sent again
+                // with it; its acknowledgements are no longer awaited.
+                in_flight = None;
+                note_failure(&healths, index, &name, why);
                 let backoff = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
@@ -825,6 +884,50 @@ pub async fn deliver(job: Delivery) {
             }
         }
     }
+}
+
+/// Records the outcome of a batch's confirmation: the refused records go
+/// to the dead letters, the spool moves past the batch and the sink's
+/// health counts it. An error means the batch is to be sent again.
+fn settle(
+    spool: &Spool,
+    dead_letters: &DeadLetters,
+    healths: &Healths,
+    index: usize,
+    name: &str,
+    batch: &[Record],
+    confirmed: Result<Vec<Refused>, SinkError>,
+) -> Result<(), SinkError> {
+    let refused = confirmed?;
+    keep_refused(dead_letters, name, batch, &refused)?;
+    if let Err(e) = spool.ack(name, batch) {
+        tracing::error!(sink = %name, error = %e, "cannot record delivery; records may be sent again");
+    }
+    let mut h = healths.lock().expect("health lock");
+    let hs = &mut h[index];
+    if hs.failing() {
+        tracing::info!(sink = %name, "sink delivering again");
+    }
+    hs.delivered += (batch.len() - refused.len()) as u64;
+    hs.rejected += refused.len() as u64;
+    hs.last_error = None;
+    hs.failing_since = None;
+    hs.failing_for_secs = None;
+    Ok(())
+}
+
+/// Counts a failed batch in the sink's health; warns when the sink starts
+/// failing.
+fn note_failure(healths: &Healths, index: usize, name: &str, why: String) {
+    let mut h = healths.lock().expect("health lock");
+    let hs = &mut h[index];
+    hs.failures += 1;
+    if !hs.failing() {
+        tracing::warn!(sink = %name, error = %why, "sink failing; retrying with backoff");
+        hs.failing_since = Some(Instant::now());
+    }
+    hs.failing_for_secs = hs.failing_since.map(|s| s.elapsed().as_secs_f64());
+    hs.last_error = Some(why);
 }
 
 /// Writes the refused records of a batch to the dead letters. A failure

@@ -544,10 +544,23 @@ impl Spool {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Record>, SpoolError> {
+        self.next_batch_after(sink, &[], max, wait).await
+    }
+
+    /// Like [`Spool::next_batch`], but past the records of `in_flight`, a
+    /// batch read and sent but not yet acknowledged: what a sink that
+    /// keeps one batch in flight reads next.
+    pub async fn next_batch_after(
+        &self,
+        sink: &str,
+        in_flight: &[Record],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>, SpoolError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.notify.notified();
-            let batch = self.read_batch(sink, max)?;
+            let batch = self.read_batch(sink, in_flight, max)?;
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(batch);
             }
@@ -555,11 +568,20 @@ impl Spool {
         }
     }
 
-    fn read_batch(&self, sink: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
+    fn read_batch(
+        &self,
+        sink: &str,
+        in_flight: &[Record],
+        max: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
         let mut inner = self.inner.lock().expect("spool lock");
         let mut out = Vec::new();
         let mut damage = Vec::new();
-        let cursor = inner.cursors.get(sink).cloned().unwrap_or_default();
+        let mut cursor = inner.cursors.get(sink).cloned().unwrap_or_default();
+        for r in in_flight.iter().filter(|r| !r.in_memory) {
+            let c = cursor.entry(r.class).or_default();
+            *c = (*c).max(r.next);
+        }
         for class in Class::ALL {
             let state = &inner.classes[&class];
             let mut pos = cursor.get(&class).copied().unwrap_or_default();
@@ -604,7 +626,13 @@ impl Spool {
                 inner.stats.damaged += 1;
             }
         }
-        let mem_from = inner.memory_cursors.get(sink).copied().unwrap_or(0);
+        let mem_from = in_flight
+            .iter()
+            .filter(|r| r.in_memory)
+            .map(|r| r.at.offset)
+            .chain(inner.memory_cursors.get(sink).copied())
+            .max()
+            .unwrap_or(0);
         for m in inner.memory.iter().filter(|m| m.seq > mem_from) {
             if out.len() >= max {
                 break;
@@ -1069,6 +1097,59 @@ mod tests {
         assert_eq!(batch[0].payload, b"kept", "the record is still delivered");
         spool.ack("s", &batch).unwrap();
         assert_eq!(spool.stats().in_memory, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_read_past_one_in_flight_takes_what_follows_and_a_failure_reads_both_again() {
+        let dir = tempdir("in-flight");
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        for p in [&b"f1"[..], b"f2", b"f3"] {
+            spool.append(Class::Findings, p).unwrap();
+        }
+        spool.append(Class::Activity, b"a1").unwrap();
+        let read = |after: &[Record], max| {
+            rt().block_on(spool.next_batch_after("s", after, max, Duration::ZERO))
+                .unwrap()
+        };
+        let payloads =
+            |b: &[Record]| -> Vec<Vec<u8>> { b.iter().map(|r| r.payload.clone()).collect() };
+        let first = read(&[], 2);
+        assert_eq!(payloads(&first), [b"f1".to_vec(), b"f2".to_vec()]);
+        // A finding appended while the first batch is in flight still goes
+        // before the activity.
+        spool.append(Class::Findings, b"f4").unwrap();
+        let second = read(&first, 10);
+        assert_eq!(
+            payloads(&second),
+            [b"f3".to_vec(), b"f4".to_vec(), b"a1".to_vec()]
+        );
+        assert!(read(&second, 10).is_empty(), "nothing follows the second");
+        // The first is not confirmed: both are read again, in order.
+        assert_eq!(payloads(&read(&[], 10)).len(), 5);
+        spool.ack("s", &first).unwrap();
+        assert_eq!(payloads(&read(&[], 10)), payloads(&second));
+        spool.ack("s", &second).unwrap();
+        assert!(read(&[], 10).is_empty());
+
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Records kept in memory (the disk failed) are read past the same way.
+        let dir = tempdir("in-flight-memory");
+        let spool = Spool::open(&dir, SpoolSettings::default(), &["s".to_owned()]).unwrap();
+        let fdir = dir.join("findings");
+        std::fs::remove_dir_all(&fdir).unwrap();
+        std::fs::write(&fdir, b"not a directory").unwrap();
+        for p in [&b"m1"[..], b"m2", b"m3"] {
+            assert!(spool.append(Class::Findings, p).is_err());
+        }
+        let read = |after: &[Record], max| {
+            rt().block_on(spool.next_batch_after("s", after, max, Duration::ZERO))
+                .unwrap()
+        };
+        let first = read(&[], 2);
+        assert!(first.iter().all(|r| r.in_memory));
+        assert_eq!(payloads(&read(&first, 10)), [b"m3".to_vec()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
