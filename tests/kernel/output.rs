@@ -817,6 +817,61 @@ async fn nats_stream_contents(url: &str) -> (u64, Vec<(String, String)>) {
     (count, seen)
 }
 
+/// A runtime for the test's own NATS calls, the test stream made through
+/// `url`, and a `nats` sink publishing to it through `sink_urls`.
+fn nats_stream_and_sink(
+    url: &str,
+    sink_urls: Vec<String>,
+    batch: usize,
+) -> (tokio::runtime::Runtime, SinkConfig) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(monitor_tests::nats::create_stream(
+        url,
+        NATS_STREAM,
+        "monitor.>",
+    ));
+    let config = monitor_tests::nats::sink_config(
+        sink_urls,
+        "monitor",
+        NATS_STREAM,
+        batch,
+        Duration::from_millis(50),
+        Compression::None,
+    );
+    (rt, config)
+}
+
+/// Prints the delivery counts and checks that the test stream, read
+/// through `url`, holds findings `0..n` each once, under its own id.
+fn assert_stream_holds_each_once(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    n: usize,
+    took: Duration,
+    health: &SinkHealth,
+) {
+    let (count, seen) = rt.block_on(nats_stream_contents(url));
+    let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+    let mismatched = seen.iter().filter(|(id, uid)| id != uid).count();
+    eprintln!(
+        "nats: {n} findings sent in {took:?} ({} failed attempts); in the stream: {count} messages, {} distinct ids, {} duplicates",
+        health.failures,
+        ids.len(),
+        seen.len() - ids.len()
+    );
+    assert_eq!(
+        mismatched, 0,
+        "each message's Nats-Msg-Id is its finding id"
+    );
+    assert_eq!(ids, expected(n), "every finding is in the stream");
+    assert_eq!(count, n as u64, "and each exactly once");
+    assert_eq!(health.delivered, n as u64);
+}
+
 /// 10,000 findings reach a real three-node JetStream cluster exactly once
 /// while the agent's connection is cut and a server is killed and started
 /// again mid-stream: a batch whose acknowledgements were lost is sent again
@@ -833,26 +888,10 @@ fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a
         let c = cluster.lock().unwrap();
         (c.url(0), c.url(1), c.port(0))
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(monitor_tests::nats::create_stream(
-        &url0,
-        NATS_STREAM,
-        "monitor.>",
-    ));
     // The agent knows one server, through a relay the test can cut.
     let relay = Relay::start(port0);
-    let config = monitor_tests::nats::sink_config(
-        vec![format!("nats://127.0.0.1:{}", relay.port)],
-        "monitor",
-        NATS_STREAM,
-        100,
-        Duration::from_millis(50),
-        Compression::None,
-    );
+    let (rt, config) =
+        nats_stream_and_sink(&url0, vec![format!("nats://127.0.0.1:{}", relay.port)], 100);
     let name = config.name();
     let spool = spool_for(&dir, "spool", &config);
     const N: usize = 10_000;
@@ -915,22 +954,7 @@ fn a_jetstream_cluster_gets_every_finding_exactly_once_through_a_node_kill_and_a
         3,
         "the cut and the kill happened"
     );
-    let (count, seen) = rt.block_on(nats_stream_contents(&url1));
-    let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
-    let mismatched = seen.iter().filter(|(id, uid)| id != uid).count();
-    eprintln!(
-        "nats: {N} findings sent in {took:?} ({} failed attempts); in the stream: {count} messages, {} distinct ids, {} duplicates",
-        healths[0].failures,
-        ids.len(),
-        seen.len() - ids.len()
-    );
-    assert_eq!(
-        mismatched, 0,
-        "each message's Nats-Msg-Id is its finding id"
-    );
-    assert_eq!(ids, expected(N), "every finding is in the stream");
-    assert_eq!(count, N as u64, "and each exactly once");
-    assert_eq!(healths[0].delivered, N as u64);
+    assert_stream_holds_each_once(&rt, &url1, N, took, &healths[0]);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -944,24 +968,8 @@ fn a_frozen_cluster_fails_the_batches_in_flight_and_each_finding_is_still_stored
     let _host = monitor_tests::host_shared();
     let dir = test_dir("nats-frozen");
     let cluster = Cluster::start(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(monitor_tests::nats::create_stream(
-        &cluster.url(0),
-        NATS_STREAM,
-        "monitor.>",
-    ));
-    let config = monitor_tests::nats::sink_config(
-        vec![cluster.url(0), cluster.url(1)],
-        "monitor",
-        NATS_STREAM,
-        500,
-        Duration::from_millis(50),
-        Compression::None,
-    );
+    let (rt, config) =
+        nats_stream_and_sink(&cluster.url(0), vec![cluster.url(0), cluster.url(1)], 500);
     let name = config.name();
     let spool = spool_for(&dir, "spool", &config);
     // A backlog, so two batches are always in flight.
@@ -1006,22 +1014,11 @@ fn a_frozen_cluster_fails_the_batches_in_flight_and_each_finding_is_still_stored
         0,
         "delivered within 180 s: {healths:?}"
     );
-    let (count, seen) = rt.block_on(nats_stream_contents(&cluster.url(1)));
-    let ids: BTreeSet<String> = seen.iter().map(|(id, _)| id.clone()).collect();
-    eprintln!(
-        "nats: {N} findings sent in {took:?} ({} failed attempts, last error {:?}); in the stream: {count} messages, {} distinct ids, {} duplicates",
-        healths[0].failures,
-        healths[0].last_error,
-        ids.len(),
-        seen.len() - ids.len()
-    );
     assert!(
         healths[0].failures >= 1,
         "the freeze failed a batch: {healths:?}"
     );
-    assert_eq!(ids, expected(N), "every finding is in the stream");
-    assert_eq!(count, N as u64, "and each exactly once");
-    assert_eq!(healths[0].delivered, N as u64);
+    assert_stream_holds_each_once(&rt, &cluster.url(1), N, took, &healths[0]);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
