@@ -38,6 +38,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Most entries read for one key pattern: a bucket flooded by a hostile
 /// client costs bounded memory and time (and the count is then a floor).
 const MAX_ENTRIES: usize = 100_000;
+/// Reads of a fact's sightings until one holds this host's own write
+/// (waits of 20, 40, 80 and 160 ms between them).
+const READ_TRIES: usize = 5;
 /// A host's presence is refreshed at least this often (stream time).
 const PRESENCE_EVERY: Duration = Duration::from_secs(600);
 
@@ -281,9 +284,7 @@ impl Fleet {
                 },
             )
             .await?;
-            let seen = self
-                .latest_under(&store, &format!("fact.{}.*", fact.id))
-                .await?;
+            let seen = self.sightings_since_own(&store, &fact.id, at).await?;
             sightings.push(seen);
         }
         let fleet = self.latest_under(&store, "host.*").await?;
@@ -362,6 +363,36 @@ impl Fleet {
 
     /// The latest value of every key matching `pattern` (`fact.<id>.*`),
     /// decoded; entries that do not decode are counted and skipped.
+    /// Every host's sighting of fact `id`, read until this host's own, just
+    /// written at `at`, is among them. A read is served by whichever of the
+    /// bucket's replicas the server places its consumer on, and a replica
+    /// may not yet have applied the latest writes; one that has this
+    /// host's last write has every write before it. After a few tries the
+    /// last read is used: a count short by the latest writes is better than
+    /// none.
+    async fn sightings_since_own(
+        &mut self,
+        store: &kv::Store,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<Vec<Sighting>, String> {
+        let pattern = format!("fact.{id}.*");
+        let mut pause = Duration::from_millis(20);
+        for _ in 1..READ_TRIES {
+            let seen: Vec<Sighting> = self.latest_under(store, &pattern).await?;
+            if seen
+                .iter()
+                .any(|s| s.host == self.host && s.last_seen == at)
+            {
+                return Ok(seen);
+            }
+            tracing::debug!(fact = %id, "fleet: a replica behind the latest writes answered; reading again");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        self.latest_under(store, &pattern).await
+    }
+
     async fn latest_under<T: DeserializeOwned>(
         &mut self,
         store: &kv::Store,

@@ -211,12 +211,6 @@ impl Sink {
         })
     }
 
-    /// Sends a batch; `Ok` means the destination has it, but for the
-    /// records it refused for good.
-    pub async fn send(&mut self, batch: &[Record], host: &str) -> Result<Vec<Refused>, SinkError> {
-        self.start(batch, host).await?.confirmed().await
-    }
-
     /// Hands a batch to the destination. Most sinks are done when this
     /// returns; a NATS sink has published the batch and its
     /// acknowledgements are still on their way, so the delivery loop reads
