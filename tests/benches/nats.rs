@@ -8,8 +8,8 @@
 //! recommends for a findings cluster.
 //!
 //! The finding is a real one rendered as OCSF (the sink benchmark's
-//! fixture, about 5 KiB), and a smaller one of 1 KiB, so the figure says how
-//! much is per message and how much per byte.
+//! fixture, 6,886 bytes), and a smaller one of about 1 KiB, so the figure
+//! says how much is per message and how much per byte.
 
 use std::{
     sync::Arc,

@@ -361,8 +361,6 @@ impl Fleet {
         }
     }
 
-    /// The latest value of every key matching `pattern` (`fact.<id>.*`),
-    /// decoded; entries that do not decode are counted and skipped.
     /// Every host's sighting of fact `id`, read until this host's own, just
     /// written at `at`, is among them. A read is served by whichever of the
     /// bucket's replicas the server places its consumer on, and a replica
@@ -393,6 +391,8 @@ impl Fleet {
         self.latest_under(store, &pattern).await
     }
 
+    /// The latest value of every key matching `pattern` (`fact.<id>.*`),
+    /// decoded; entries that do not decode are counted and skipped.
     async fn latest_under<T: DeserializeOwned>(
         &mut self,
         store: &kv::Store,

@@ -822,32 +822,23 @@ pub async fn deliver(job: Delivery) {
         } else {
             Some(sink.start(&batch, &host).await)
         };
+        let ledger = Ledger {
+            spool: &spool,
+            dead_letters: &dead_letters,
+            healths: &healths,
+            index,
+            name: &name,
+        };
         let outcome = match in_flight.take() {
-            Some((sent, sending)) => {
-                let confirmed = sending.confirmed().await;
-                settle(
-                    &spool,
-                    &dead_letters,
-                    &healths,
-                    index,
-                    &name,
-                    &sent,
-                    confirmed,
-                )
-            }
+            Some((sent, sending)) => sending
+                .confirmed()
+                .await
+                .and_then(|refused| ledger.settle(&sent, refused)),
             None => Ok(()),
         }
         .and_then(|()| match started {
             None => Ok(()),
-            Some(Ok(Sending::Done(refused))) => settle(
-                &spool,
-                &dead_letters,
-                &healths,
-                index,
-                &name,
-                &batch,
-                Ok(refused),
-            ),
+            Some(Ok(Sending::Done(refused))) => ledger.settle(&batch, refused),
             Some(Ok(sending)) => {
                 in_flight = Some((batch, sending));
                 Ok(())
@@ -865,7 +856,7 @@ pub async fn deliver(job: Delivery) {
                 // What was started after the failed batch is sent again
                 // with it; its acknowledgements are no longer awaited.
                 in_flight = None;
-                note_failure(&healths, index, &name, why);
+                ledger.note_failure(why);
                 let backoff = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
@@ -880,48 +871,51 @@ pub async fn deliver(job: Delivery) {
     }
 }
 
-/// Records the outcome of a batch's confirmation: the refused records go
-/// to the dead letters, the spool moves past the batch and the sink's
-/// health counts it. An error means the batch is to be sent again.
-fn settle(
-    spool: &Spool,
-    dead_letters: &DeadLetters,
-    healths: &Healths,
+/// Where a delivery records what each batch came to.
+struct Ledger<'a> {
+    spool: &'a Spool,
+    dead_letters: &'a DeadLetters,
+    healths: &'a Healths,
     index: usize,
-    name: &str,
-    batch: &[Record],
-    confirmed: Result<Vec<Refused>, SinkError>,
-) -> Result<(), SinkError> {
-    let refused = confirmed?;
-    keep_refused(dead_letters, name, batch, &refused)?;
-    if let Err(e) = spool.ack(name, batch) {
-        tracing::error!(sink = %name, error = %e, "cannot record delivery; records may be sent again");
-    }
-    let mut h = healths.lock().expect("health lock");
-    let hs = &mut h[index];
-    if hs.failing() {
-        tracing::info!(sink = %name, "sink delivering again");
-    }
-    hs.delivered += (batch.len() - refused.len()) as u64;
-    hs.rejected += refused.len() as u64;
-    hs.last_error = None;
-    hs.failing_since = None;
-    hs.failing_for_secs = None;
-    Ok(())
+    name: &'a str,
 }
 
-/// Counts a failed batch in the sink's health; warns when the sink starts
-/// failing.
-fn note_failure(healths: &Healths, index: usize, name: &str, why: String) {
-    let mut h = healths.lock().expect("health lock");
-    let hs = &mut h[index];
-    hs.failures += 1;
-    if !hs.failing() {
-        tracing::warn!(sink = %name, error = %why, "sink failing; retrying with backoff");
-        hs.failing_since = Some(Instant::now());
+impl Ledger<'_> {
+    /// A confirmed batch: the refused records go to the dead letters, the
+    /// spool moves past the batch and the sink's health counts it. An error
+    /// means the batch is to be sent again.
+    fn settle(&self, batch: &[Record], refused: Vec<Refused>) -> Result<(), SinkError> {
+        let name = self.name;
+        keep_refused(self.dead_letters, name, batch, &refused)?;
+        if let Err(e) = self.spool.ack(name, batch) {
+            tracing::error!(sink = %name, error = %e, "cannot record delivery; records may be sent again");
+        }
+        let mut h = self.healths.lock().expect("health lock");
+        let hs = &mut h[self.index];
+        if hs.failing() {
+            tracing::info!(sink = %name, "sink delivering again");
+        }
+        hs.delivered += (batch.len() - refused.len()) as u64;
+        hs.rejected += refused.len() as u64;
+        hs.last_error = None;
+        hs.failing_since = None;
+        hs.failing_for_secs = None;
+        Ok(())
     }
-    hs.failing_for_secs = hs.failing_since.map(|s| s.elapsed().as_secs_f64());
-    hs.last_error = Some(why);
+
+    /// Counts a failed batch in the sink's health; warns when the sink
+    /// starts failing.
+    fn note_failure(&self, why: String) {
+        let mut h = self.healths.lock().expect("health lock");
+        let hs = &mut h[self.index];
+        hs.failures += 1;
+        if !hs.failing() {
+            tracing::warn!(sink = %self.name, error = %why, "sink failing; retrying with backoff");
+            hs.failing_since = Some(Instant::now());
+        }
+        hs.failing_for_secs = hs.failing_since.map(|s| s.elapsed().as_secs_f64());
+        hs.last_error = Some(why);
+    }
 }
 
 /// Writes the refused records of a batch to the dead letters. A failure
